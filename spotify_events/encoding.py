@@ -1,0 +1,341 @@
+"""Avro encoding: one event to bytes in the caller's thread, and the wire batch codec.
+
+Two jobs, both fixed by the wire contract in DESIGN.md:
+
+* :class:`EventEncoder` turns a record into Avro binary with a schema parsed
+  once at registration (re-parsing per call roughly doubles the cost), and turns
+  fastavro's terse errors into :class:`EventValidationError` naming the field.
+* :func:`encode_batch` / :func:`decode_batch` write and read one HTTP body: an
+  Avro object container of ``spotify_events.wire.Envelope`` records, zstandard
+  compressed, with batch facts (producer, watermarks, drop notices) in the
+  container metadata, so any Avro tool can open a captured batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import fastavro
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.validation import ValidationError, validate
+
+from .errors import BatchDecodeError, EventTooLargeError, EventValidationError
+from .schemas import EventSchema
+
+ENVELOPE_SCHEMA = fastavro.parse_schema(
+    {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": "spotify_events.wire",
+        "doc": "One event inside a wire batch.",
+        "fields": [
+            {"name": "seq", "type": "long", "doc": "Sequence number within (producer, event_type), from 1."},
+            {"name": "event_type", "type": "string", "doc": "Full name of the event's schema."},
+            {
+                "name": "fingerprint",
+                "type": {"type": "fixed", "name": "Fingerprint", "size": 8},
+                "doc": "CRC-64-AVRO of the writer schema's canonical form, little-endian.",
+            },
+            {
+                "name": "timestamp",
+                "type": {"type": "long", "logicalType": "timestamp-millis"},
+                "doc": "Event time, milliseconds since the Unix epoch (UTC).",
+            },
+            {"name": "payload", "type": "bytes", "doc": "Avro binary of the event, written with that schema."},
+        ],
+    }
+)
+
+#: Media type of a wire batch body.
+CONTENT_TYPE = "avro/binary"
+#: Codec used for the container blocks; deflate is accepted on decode too.
+WIRE_CODEC = "zstandard"
+DECODABLE_CODECS = frozenset({"null", "deflate", "zstandard"})
+
+META_PRODUCER = "se.producer_id"
+META_NEXT_SEQ = "se.next_seq"
+META_DROPS = "se.drops"
+META_SERVICE = "se.service"
+META_HOST = "se.host"
+META_SDK_VERSION = "se.sdk_version"
+
+_AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def is_avro_full_name(name: str) -> bool:
+    """True when ``name`` is a valid Avro full name (safe to use as a path component)."""
+    return len(name) <= 512 and _AVRO_FULL_NAME.match(name) is not None
+
+
+class Envelope(NamedTuple):
+    """One event as it travels: sequence, type, writer fingerprint, time, payload."""
+
+    seq: int
+    event_type: str
+    fingerprint: bytes
+    timestamp: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class DropNotice:
+    """A contiguous run of sequence numbers that was dropped on purpose, and why."""
+
+    event_type: str
+    first_seq: int
+    last_seq: int
+    count: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_type": self.event_type,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "count": self.count,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DropNotice:
+        notice = cls(
+            event_type=str(data["event_type"]),
+            first_seq=int(data["first_seq"]),
+            last_seq=int(data["last_seq"]),
+            count=int(data["count"]),
+            reason=str(data["reason"]),
+        )
+        if notice.first_seq < 1 or notice.last_seq < notice.first_seq:
+            raise ValueError(f"drop notice with bad range {notice.first_seq}..{notice.last_seq}")
+        return notice
+
+
+@dataclass
+class WireBatch:
+    """One POST body, decoded. An empty ``envelopes`` list is a heartbeat."""
+
+    producer_id: str
+    envelopes: list[Envelope] = field(default_factory=list)
+    next_seq: dict[str, int] = field(default_factory=dict)
+    drops: list[DropNotice] = field(default_factory=list)
+    service: str = ""
+    host: str = ""
+    sdk_version: str = ""
+
+
+class EventEncoder:
+    """Encodes records of one schema version; built once per version, reused per call.
+
+    The fast path is fastavro's writer with ``strict_allow_default`` (catches wrong
+    types, missing and unknown fields) plus a range check on top-level ``int``
+    fields, which the writer would silently widen. Schemas with 32-bit ints nested
+    deeper take fastavro's full validator per event: slower, but never wrong.
+    """
+
+    __slots__ = ("_deep_validate", "_int_fields", "max_event_bytes", "schema")
+
+    def __init__(self, schema: EventSchema, max_event_bytes: int = 1 << 20) -> None:
+        self.schema = schema
+        self.max_event_bytes = max_event_bytes
+        self._int_fields, self._deep_validate = _int_checks(schema.parsed)
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        try:
+            if self._deep_validate:
+                validate(record, self.schema.parsed, raise_errors=True)
+            for name in self._int_fields:
+                value = record.get(name)
+                if type(value) is int and not _INT32_MIN <= value <= _INT32_MAX:
+                    raise EventValidationError(
+                        self.schema.full_name,
+                        [f"{name}: {value} does not fit a 32-bit Avro int"],
+                        field=name,
+                    )
+            schemaless_writer(buf, self.schema.parsed, record, strict_allow_default=True)
+        except EventValidationError:
+            raise
+        except Exception as exc:
+            raise self._explain(record, exc) from exc
+        payload = buf.getvalue()
+        if len(payload) > self.max_event_bytes:
+            raise EventTooLargeError(self.schema.full_name, len(payload), self.max_event_bytes)
+        return payload
+
+    def _explain(self, record: Any, exc: Exception) -> EventValidationError:
+        """Turn a writer failure into an error that names the field (slow path only)."""
+        name = self.schema.full_name
+        if not isinstance(record, Mapping):
+            return EventValidationError(name, [f"record must be a mapping, got {type(record).__name__}"])
+        try:
+            validate(record, self.schema.parsed, raise_errors=True)
+        except ValidationError as verr:
+            errors = [_strip_prefix(str(e), name) for e in verr.errors]
+            errors = [e.replace(f"Field({name}.", "Field(") for e in errors]
+            return EventValidationError(name, errors, field=_field_of(errors[0]) if errors else None)
+        except Exception:  # the validator itself choked; fall back to the writer's message
+            pass
+        message = str(exc)
+        match = re.search(r"(?:on field|fields than the schema specifies:|missing from the record|Field) (\w+)", message)
+        return EventValidationError(name, [message], field=match.group(1) if match else None)
+
+
+def decode_event(schema: EventSchema, payload: bytes, reader_schema: EventSchema | None = None) -> Any:
+    """Decode one payload written with ``schema`` (optionally resolved to ``reader_schema``)."""
+    reader = reader_schema.parsed if reader_schema is not None else None
+    return schemaless_reader(io.BytesIO(payload), schema.parsed, reader)
+
+
+def encode_batch(batch: WireBatch, codec: str = WIRE_CODEC, level: int | None = None) -> bytes:
+    """Write ``batch`` as an Avro object container (the HTTP body)."""
+    metadata = {
+        META_PRODUCER: batch.producer_id,
+        META_NEXT_SEQ: json.dumps(batch.next_seq, separators=(",", ":"), sort_keys=True),
+        META_DROPS: json.dumps([d.to_json() for d in batch.drops], separators=(",", ":")),
+        META_SERVICE: batch.service,
+        META_HOST: batch.host,
+        META_SDK_VERSION: batch.sdk_version,
+    }
+    out = io.BytesIO()
+    records = (
+        {"seq": e[0], "event_type": e[1], "fingerprint": e[2], "timestamp": e[3], "payload": e[4]}
+        for e in batch.envelopes
+    )
+    fastavro.writer(
+        out,
+        ENVELOPE_SCHEMA,
+        records,
+        codec=codec,
+        metadata=metadata,
+        sync_interval=1 << 20,
+        codec_compression_level=level,
+    )
+    return out.getvalue()
+
+
+def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:
+    """Read a wire batch; any malformation becomes :class:`BatchDecodeError`.
+
+    ``max_events`` bounds how many envelopes are materialised, so a body that
+    claims millions of records cannot exhaust memory.
+    """
+    try:
+        reader = fastavro.reader(io.BytesIO(body), return_record_name=False)
+        codec = reader.codec
+        if codec not in DECODABLE_CODECS:
+            raise BatchDecodeError(f"unsupported codec {codec!r}")
+        if reader.writer_schema.get("name") != "spotify_events.wire.Envelope":
+            raise BatchDecodeError("container does not hold spotify_events.wire.Envelope records")
+        meta = reader.metadata
+        envelopes: list[Envelope] = []
+        for record in reader:
+            envelopes.append(
+                Envelope(
+                    record["seq"],
+                    record["event_type"],
+                    record["fingerprint"],
+                    _timestamp_millis(record["timestamp"]),
+                    record["payload"],
+                )
+            )
+            if max_events is not None and len(envelopes) > max_events:
+                raise BatchDecodeError(f"batch holds more than {max_events} events")
+        return WireBatch(
+            producer_id=_meta(meta, META_PRODUCER),
+            envelopes=envelopes,
+            next_seq=_parse_next_seq(_meta(meta, META_NEXT_SEQ, "{}")),
+            drops=_parse_drops(_meta(meta, META_DROPS, "[]")),
+            service=_meta(meta, META_SERVICE, ""),
+            host=_meta(meta, META_HOST, ""),
+            sdk_version=_meta(meta, META_SDK_VERSION, ""),
+        )
+    except BatchDecodeError:
+        raise
+    except Exception as exc:  # fastavro raises a zoo of types on corrupt input
+        raise BatchDecodeError(f"undecodable batch: {type(exc).__name__}: {exc}") from exc
+
+
+def envelopes_from_rows(rows: Iterable[Sequence[Any]]) -> list[Envelope]:
+    """Build envelopes from (seq, event_type, fingerprint, timestamp, payload) rows."""
+    return [Envelope(*row) for row in rows]
+
+
+def _timestamp_millis(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    # fastavro turns timestamp-millis into an aware datetime on read
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+
+
+def _meta(meta: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = meta.get(key, default)
+    if value is None:
+        raise BatchDecodeError(f"container metadata lacks {key!r}")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_next_seq(text: str) -> dict[str, int]:
+    data = json.loads(text)
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in data.items()
+    ):
+        raise BatchDecodeError(f"{META_NEXT_SEQ} must map event types to sequence numbers >= 1")
+    return data
+
+
+def _parse_drops(text: str) -> list[DropNotice]:
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise BatchDecodeError(f"{META_DROPS} must be a JSON list")
+    try:
+        return [DropNotice.from_json(item) for item in data]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BatchDecodeError(f"bad drop notice in {META_DROPS}: {exc}") from exc
+
+
+def _int_checks(parsed: Any) -> tuple[tuple[str, ...], bool]:
+    """Top-level fields whose type is int (or nullable int), and whether ints hide deeper."""
+    top: list[str] = []
+    deep = False
+    for f in parsed["fields"]:
+        ftype = f["type"]
+        branches = ftype if isinstance(ftype, list) else [ftype]
+        if any(b == "int" for b in branches):
+            top.append(f["name"])
+        for branch in branches:
+            if branch != "int" and _contains_int(branch):
+                deep = True
+    return tuple(top), deep
+
+
+def _contains_int(schema: Any) -> bool:
+    if schema == "int":
+        return True
+    if isinstance(schema, list):
+        return any(_contains_int(s) for s in schema)
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "int" and "logicalType" not in schema:
+            return True
+        if kind == "array":
+            return _contains_int(schema["items"])
+        if kind == "map":
+            return _contains_int(schema["values"])
+        if kind in ("record", "error"):
+            return any(_contains_int(f["type"]) for f in schema["fields"])
+    return False
+
+
+def _strip_prefix(message: str, full_name: str) -> str:
+    return message[len(full_name) + 1 :] if message.startswith(full_name + ".") else message
+
+
+def _field_of(message: str) -> str | None:
+    match = re.match(r"(?:Field\((?:[\w.]+\.)?)?([\w.]+)\)? is ", message)
+    return match.group(1) if match else None

@@ -1,0 +1,88 @@
+"""The exception tree of spotify-events.
+
+Everything the package raises on purpose derives from one root, so a caller can
+catch ``SpotifyEventsError`` and know it is ours::
+
+    SpotifyEventsError
+    ├── ConfigError(ValueError)            nonsense configuration, caught at construction
+    ├── SchemaError(ValueError)            a schema that cannot be loaded or parsed
+    ├── EventValidationError(ValueError)   log() refused an event; names type and field
+    │   ├── UnknownEventTypeError          no schema registered under that name
+    │   └── EventTooLargeError             encoded event exceeds max_event_bytes
+    ├── BatchDecodeError(ValueError)       a wire batch that is not a valid container
+    ├── QueueError                         the on-disk queue cannot be used
+    │   ├── QueueCorruptError              not SQLite, or damaged; names the file
+    │   └── QueueVersionError              written by a newer spotify-events
+    └── TransportError                     a send failed below HTTP (refused, reset, timeout)
+
+The ``ValueError`` parents are deliberate: code that already guards input with
+``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SpotifyEventsError(Exception):
+    """Root of every exception spotify-events raises on purpose."""
+
+
+class ConfigError(SpotifyEventsError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class SchemaError(SpotifyEventsError, ValueError):
+    """A schema file or definition cannot be used; the message names the source."""
+
+
+class EventValidationError(SpotifyEventsError, ValueError):
+    """An event was refused before it entered the queue.
+
+    ``errors`` holds one human-readable line per problem, each naming the field
+    path, so a caller can log them or surface them in a test failure.
+    """
+
+    def __init__(self, event_type: str, errors: Sequence[str], field: str | None = None) -> None:
+        self.event_type = event_type
+        self.errors = list(errors)
+        self.field = field
+        where = f" (field {field!r})" if field else ""
+        super().__init__(f"invalid {event_type} event{where}: " + "; ".join(self.errors))
+
+
+class UnknownEventTypeError(EventValidationError):
+    """No schema is registered under the requested event type name."""
+
+    def __init__(self, event_type: str, known: Sequence[str]) -> None:
+        shown = ", ".join(sorted(known)[:20]) or "none"
+        super().__init__(event_type, [f"unknown event type; registered types: {shown}"])
+
+
+class EventTooLargeError(EventValidationError):
+    """The encoded event is larger than ``max_event_bytes``."""
+
+    def __init__(self, event_type: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(event_type, [f"encoded size {size} bytes exceeds max_event_bytes={limit}"])
+
+
+class BatchDecodeError(SpotifyEventsError, ValueError):
+    """A wire batch could not be decoded as an envelope container."""
+
+
+class QueueError(SpotifyEventsError):
+    """The durable queue cannot be opened or written."""
+
+
+class QueueCorruptError(QueueError):
+    """The queue file is not an SQLite database, or is damaged."""
+
+
+class QueueVersionError(QueueError):
+    """The queue file was written by a newer, incompatible spotify-events."""
+
+
+class TransportError(SpotifyEventsError):
+    """Sending a batch failed below HTTP: refused, reset, timed out."""

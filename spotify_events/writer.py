@@ -1,0 +1,242 @@
+"""QueueWriter: the bounded in-memory buffer and its group commit into the queue.
+
+``log()`` must cost microseconds, so the caller only encodes and appends to a
+list here; a daemon thread commits what accumulated every ``commit_interval``
+in one SQLite transaction (group commit). At the ``commit`` and ``fsync``
+levels the caller instead waits for the commit that contains its event, and
+becomes the committer itself when no commit is running (leader/follower group
+commit: one thread alone pays one transaction per event with no thread
+hand-off; many threads share transactions).
+
+The buffer is bounded in bytes. When the writer falls behind, callers wait up
+to ``block_timeout`` for space (backpressure), then drop the event; a drop is
+counted per (type, reason) and later committed as a drop record that consumes
+sequence numbers, so the collector reports it instead of seeing a gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import backoff
+
+from .errors import QueueError
+from .queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingEvent
+
+logger = logging.getLogger("spotify_events.writer")
+
+
+@dataclass
+class WriterCounters:
+    """Counts kept by the writer; read them through ``EventClient.stats()``."""
+
+    logged: int = 0
+    committed: int = 0
+    commits: int = 0
+    write_errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+class QueueWriter:
+    """Buffers encoded events in memory and group-commits them to a DurableQueue."""
+
+    def __init__(
+        self,
+        queue: DurableQueue,
+        *,
+        commit_interval: float = 0.005,
+        max_buffer_bytes: int = 8 << 20,
+        block_timeout: float = 0.1,
+        batch_events: int = 2000,
+        on_commit: threading.Event | None = None,
+    ) -> None:
+        self.queue = queue
+        self.commit_interval = commit_interval
+        self.max_buffer_bytes = max_buffer_bytes
+        self.block_timeout = block_timeout
+        self.batch_events = batch_events
+        self.on_commit = on_commit
+        self.counters = WriterCounters()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._commit_lock = threading.Lock()
+        self._committed = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._hurry = threading.Event()
+        self._stopping = False
+        self._pending: list[PendingEvent] = []
+        self._pending_bytes = 0
+        self._overflow: dict[tuple[str, str], int] = {}
+        self._ticket = 0
+        self._committed_ticket = 0
+        self._failing = False
+        self._dropping = False
+        self._thread: threading.Thread | None = None
+
+    # -- caller side -------------------------------------------------------------
+    def submit(self, event: PendingEvent) -> int:
+        """Buffer one encoded event; returns its ticket, or 0 when it was dropped."""
+        size = len(event[3])
+        with self._lock:
+            self.counters.logged += 1
+            if self._pending_bytes + size > self.max_buffer_bytes and not self._wait_for_space(size):
+                reason = DROP_WRITE_FAILED if self._failing else DROP_BUFFER_FULL
+                key = (event[0], reason)
+                self._overflow[key] = self._overflow.get(key, 0) + 1
+                self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
+                first_drop, self._dropping = not self._dropping, True
+            else:
+                self._pending.append(event)
+                self._pending_bytes += size
+                self._ticket += 1
+                n = len(self._pending)
+                if n == 1:
+                    self._wake.set()
+                elif n == self.batch_events:
+                    self._hurry.set()
+                return self._ticket
+        if first_drop:  # once per episode, not once per event
+            logger.warning(
+                "spotify-events buffer full (%d bytes): dropping %s events (counted and reported); "
+                "the queue writer is not keeping up%s",
+                self.max_buffer_bytes,
+                event[0],
+                f" ({self.counters.last_error})" if self._failing else "",
+            )
+        return 0
+
+    def _wait_for_space(self, size: int) -> bool:
+        """Called with the lock held: wait for the writer to drain (backpressure)."""
+        if self.block_timeout <= 0 or self._thread is None:
+            return False
+        self._hurry.set()
+        deadline = time.monotonic() + self.block_timeout
+        while self._pending_bytes + size > self.max_buffer_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping:
+                return False
+            self._space.wait(remaining)
+        return True
+
+    def commit_through(self, ticket: int, timeout: float | None = None) -> bool:
+        """Return once the event with ``ticket`` is committed, committing it ourselves
+        if no one else is (used by the ``commit``/``fsync`` levels and by flush)."""
+        if ticket <= self._committed_ticket:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while ticket > self._committed_ticket:
+            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._commit_lock.acquire(timeout=wait):
+                return False
+            try:
+                if ticket > self._committed_ticket and not self._commit_pending():
+                    return False
+            finally:
+                self._commit_lock.release()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return ticket <= self._committed_ticket
+
+    @property
+    def last_ticket(self) -> int:
+        return self._ticket
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(events, bytes) waiting in memory."""
+        return len(self._pending), self._pending_bytes
+
+    # -- writer thread -------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spotify-events-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        delays = backoff.expo(base=2, factor=0.01, max_value=2.0)
+        next(delays)  # the generator's first value is a priming None
+        while True:
+            self._wake.wait()
+            if not self._stopping:
+                self._hurry.wait(self.commit_interval)
+            self._wake.clear()
+            self._hurry.clear()
+            with self._commit_lock:
+                ok = self._commit_pending()
+            if self._stopping:
+                return
+            if ok:
+                delays = backoff.expo(base=2, factor=0.01, max_value=2.0)
+                next(delays)
+            else:
+                self._wake.set()  # the events are still pending: come back after the pause
+                self._hurry.wait(backoff.full_jitter(next(delays)))
+
+    def _commit_pending(self) -> bool:
+        """Commit everything buffered (caller holds ``_commit_lock``); False on a write error."""
+        with self._lock:
+            events, self._pending = self._pending, []
+            self._pending_bytes = 0
+            overflow, self._overflow = self._overflow, {}
+            upto = self._ticket
+            self._space.notify_all()
+        if not events and not overflow:
+            self._committed_ticket = upto
+            return True
+        try:
+            result = self.queue.append(events, overflow)
+        except QueueError as exc:
+            with self._lock:
+                # put them back in front so order (and so sequence order) is kept
+                self._pending[:0] = events
+                self._pending_bytes += sum(len(e[3]) for e in events)
+                for key, n in overflow.items():
+                    self._overflow[key] = self._overflow.get(key, 0) + n
+            self.counters.write_errors += 1
+            self.counters.last_error = str(exc)
+            if not self._failing:
+                logger.error("spotify-events cannot write to its queue, keeping events in memory: %s", exc)
+            self._failing = True
+            return False
+        if self._failing:
+            logger.warning("spotify-events queue writes recovered")
+            self._failing = False
+        with self._lock:
+            self._dropping = False
+            self.counters.committed += result.stored
+            self.counters.commits += 1
+            for reason, n in result.dropped.items():
+                if reason != DROP_BUFFER_FULL and reason != DROP_WRITE_FAILED:
+                    self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + n
+        self._committed_ticket = upto
+        with self._committed:
+            self._committed.notify_all()
+        if self.on_commit is not None:
+            self.on_commit.set()
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread and commit what is left; True when nothing stayed in memory."""
+        self._stopping = True
+        self._wake.set()
+        self._hurry.set()
+        with self._lock:
+            self._space.notify_all()
+        thread = self._thread
+        deadline = time.monotonic() + timeout
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        ok = self.commit_through(self._ticket, max(0.0, deadline - time.monotonic()))
+        return ok and not self._overflow
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child: forget the parent's buffer (the parent commits it) and
+        every lock a parent thread might have held at fork time."""
+        self._init_state()
