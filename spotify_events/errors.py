@@ -10,6 +10,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   ├── UnknownEventTypeError          no schema registered under that name
     │   └── EventTooLargeError             encoded event exceeds max_event_bytes
     ├── BatchDecodeError(ValueError)       a wire batch that is not a valid container
+    ├── ClientClosedError(RuntimeError)    log() on a client after close()
     ├── QueueError                         the on-disk queue cannot be used
     │   ├── QueueCorruptError              not SQLite, or damaged; names the file
     │   └── QueueVersionError              written by a newer spotify-events
@@ -70,6 +71,10 @@ class EventTooLargeError(EventValidationError):
 
 class BatchDecodeError(SpotifyEventsError, ValueError):
     """A wire batch could not be decoded as an envelope container."""
+
+
+class ClientClosedError(SpotifyEventsError, RuntimeError):
+    """The client was closed; events logged now would have nowhere to go."""
 
 
 class QueueError(SpotifyEventsError):

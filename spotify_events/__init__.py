@@ -1,0 +1,46 @@
+"""spotify-events: typed events, buffered durably, delivered exactly once or reported.
+
+The public face is :class:`EventClient` (log, flush, close); schemas live in a
+:class:`SchemaRegistry`. Everything this package raises derives from
+:class:`SpotifyEventsError`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("spotify-events")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+unknown"
+
+from .client import ClientStats, EventClient
+from .config import ClientConfig, Durability
+from .errors import (
+    ConfigError,
+    EventTooLargeError,
+    EventValidationError,
+    QueueError,
+    SchemaError,
+    SpotifyEventsError,
+    UnknownEventTypeError,
+)
+from .schemas import SchemaRegistry, check_compatibility
+
+
+__all__ = [
+    "ClientConfig",
+    "ClientStats",
+    "Durability",
+    "EventClient",
+    "ConfigError",
+    "EventTooLargeError",
+    "EventValidationError",
+    "QueueError",
+    "SchemaError",
+    "SchemaRegistry",
+    "SpotifyEventsError",
+    "UnknownEventTypeError",
+    "__version__",
+    "check_compatibility",
+]

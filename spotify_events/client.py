@@ -1,0 +1,309 @@
+"""EventClient: the public face a service holds for its whole life.
+
+It wires the one-way path together (encode in the caller's thread, buffer,
+group commit to the SQLite queue, ship in the background) and owns the
+lifecycle rules that keep the host service first:
+
+* ``log()`` never touches the network and never raises for network or
+  collector trouble; it raises only for the caller's own mistakes (unknown
+  type, invalid record, oversized event), before anything is enqueued.
+* Threads are daemons, started on first use, so creating a client at import
+  time (gunicorn/uwsgi pre-fork) starts nothing; after ``os.fork()`` the child
+  drops the parent's in-memory buffer, opens its own connections and starts its
+  own threads lazily, and no lock is inherited in a held state.
+* ``close()`` and the ``atexit`` hook commit the buffer and give the shipper a
+  bounded chance to send; what is left stays in the queue for the next start.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import __version__
+from .config import ClientConfig, Durability
+from .encoding import EventEncoder
+from .errors import ClientClosedError
+from .queue import DurableQueue, PendingEvent
+from .schemas import SchemaRegistry
+from .shipper import Shipper, ShipperSettings
+from .transport import HttpTransport, Transport
+from .writer import QueueWriter
+
+logger = logging.getLogger("spotify_events")
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """A snapshot of what the client has done; every drop is somewhere in here."""
+
+    logged: int
+    committed: int
+    sent: int
+    acknowledged: int
+    retried: int
+    heartbeats: int
+    dropped: dict[str, int]
+    dead_lettered: dict[str, int]
+    buffered_events: int
+    queue_events: int
+    queue_bytes: int
+    oldest_event_age: float | None
+    last_error: str | None
+
+
+class EventClient:
+    """Log typed events; they are delivered to the collector or reported as lost.
+
+    Settings are keyword-only and fall back to ``SPOTIFY_EVENTS_<NAME>``
+    environment variables (see :class:`~spotify_events.config.ClientConfig`).
+    """
+
+    def __init__(self, *, transport: Transport | None = None, **settings: Any) -> None:
+        self.config = ClientConfig.build(**settings)
+        cfg = self.config
+        self.registry = SchemaRegistry.coerce(cfg.schemas)
+        self._encoders: dict[str, EventEncoder] = {}
+        self._durable = cfg.durability is not Durability.BUFFERED
+        self._own_transport = transport is None
+        self._transport: Transport = transport or HttpTransport(
+            cfg.endpoint,
+            token=cfg.token,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            verify=cfg.verify,
+            user_agent=f"spotify-events/{__version__}",
+        )
+        self._open()
+        self._closed = False
+        self._pid = os.getpid()
+        _register_fork_hook(self)
+        self._atexit = _register_atexit(self)
+        if self._writer_queue.depth().events or self._writer_queue.unreported_drops(1):
+            self._start()  # an earlier process left events behind: ship them now
+
+    def _open(self) -> None:
+        cfg = self.config
+        queue_args: dict[str, Any] = {
+            "max_queue_bytes": cfg.max_queue_bytes,
+            "drop_policy": cfg.drop_policy,
+            "fsync": cfg.durability is Durability.FSYNC,
+        }
+        self._writer_queue = DurableQueue(cfg.queue_path, **queue_args)
+        self._shipper_queue = DurableQueue(cfg.queue_path, **queue_args)
+        self._writer = QueueWriter(
+            self._writer_queue,
+            commit_interval=cfg.commit_interval,
+            max_buffer_bytes=cfg.max_buffer_bytes,
+            block_timeout=cfg.block_timeout,
+        )
+        self._shipper = Shipper(
+            self._shipper_queue,
+            self._transport,
+            ShipperSettings(
+                max_events=cfg.batch_max_events,
+                max_bytes=cfg.batch_max_bytes,
+                linger=cfg.linger,
+                heartbeat_interval=cfg.heartbeat_interval,
+                lease_ttl=cfg.lease_ttl,
+                backoff_max=cfg.backoff_max,
+                service=cfg.service,
+                host=cfg.host,
+                sdk_version=__version__,
+            ),
+        )
+        self._writer.on_commit = self._shipper.committed
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    @property
+    def producer_id(self) -> str:
+        return self._writer_queue.producer_id
+
+    # -- the hot path ------------------------------------------------------------------
+    def log(
+        self,
+        event: str | Any,
+        record: Mapping[str, Any] | None = None,
+        *,
+        timestamp: float | datetime | None = None,
+    ) -> None:
+        """Validate, encode and enqueue one event.
+
+        ``event`` is an event type name (full, or short where unambiguous) with
+        ``record`` a dict, or an instance of a generated event class. The event
+        time defaults to now; ``timestamp`` takes epoch seconds or a datetime.
+        Raises :class:`EventValidationError` (a ``ValueError``) for bad input.
+        """
+        if not self._started or self._pid != os.getpid():
+            self._start()
+        if record is None and not isinstance(event, str):
+            record = event.to_avro()
+            event = event.__event_type__
+        encoder = self._encoders.get(event) or self._encoder_for(event)
+        payload = encoder.encode(record)  # type: ignore[arg-type]
+        if timestamp is None:
+            millis = int(time.time() * 1000)
+        elif isinstance(timestamp, datetime):
+            millis = int(timestamp.timestamp() * 1000)
+        else:
+            millis = int(timestamp * 1000)
+        schema = encoder.schema
+        ticket = self._writer.submit(PendingEvent(schema.full_name, schema.fingerprint, millis, payload))
+        if self._durable and ticket:
+            self._writer.commit_through(ticket, self.config.commit_timeout)
+
+    def _encoder_for(self, event_type: str) -> EventEncoder:
+        if not isinstance(event_type, str):
+            raise TypeError(f"log() takes an event type name and a dict, or an event instance; got {event_type!r}")
+        encoder = EventEncoder(self.registry.get(event_type), self.config.max_event_bytes)
+        self._encoders[event_type] = encoder
+        return encoder
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._closed:
+                raise ClientClosedError(f"{self!r} is closed; create a new client to log more events")
+            if self._pid != os.getpid():
+                self._reopen_in_child()
+            if not self._started:
+                self._writer.start()
+                self._shipper.start()
+                self._started = True
+
+    def _after_fork_in_child(self) -> None:
+        # Runs in the child right after fork, before any other code: replace every
+        # primitive a parent thread could have held. Files and threads come lazily.
+        self._start_lock = threading.Lock()
+        self._writer.reinit_after_fork()
+        self._shipper.reinit_after_fork()
+        self._writer.on_commit = self._shipper.committed
+        self._started = False
+
+    def _reopen_in_child(self) -> None:
+        self._writer_queue.reopen_after_fork()
+        self._shipper_queue.reopen_after_fork()
+        reset = getattr(self._transport, "reset_after_fork", None)
+        if reset is not None:
+            reset()
+        self._pid = os.getpid()
+        self._started = False
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every event logged before this call is acknowledged by the
+        collector (or dead-lettered); False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        if not self._started or self._pid != os.getpid():
+            self._start()
+        if not self._writer.commit_through(self._writer.last_ticket, timeout):
+            return False
+        last_id = self._writer_queue.max_event_id()
+        last_drop = self._writer_queue.unreported_drops(10**9)
+        last_drop_id = last_drop[-1][0] if last_drop else 0
+
+        def delivered() -> bool:
+            if self._shipper_queue.has_events_through(last_id):
+                return False
+            pending = self._shipper_queue.unreported_drops(1)
+            return not pending or pending[0][0] > last_drop_id
+
+        return self._shipper.wait_acked(delivered, max(0.0, deadline - time.monotonic()))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Commit the buffer, ship what can be shipped within ``timeout`` and stop.
+
+        Safe to call twice. Returns True when everything was delivered; what was
+        not stays in the queue file and ships on the next start.
+        """
+        if self._closed:
+            return True
+        budget = self.config.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        delivered = False
+        if self._pid == os.getpid() and self._started:
+            self._writer.stop(budget)
+            delivered = self.flush(max(0.0, deadline - time.monotonic()))
+            self._shipper.stop(max(0.1, deadline - time.monotonic()))
+        elif self._pid == os.getpid():
+            delivered = not self._writer_queue.depth().events
+        self._closed = True
+        self._started = False  # so the next log() reaches _start() and raises
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+        if self._own_transport:
+            self._transport.close()
+        if self._pid == os.getpid():
+            self._writer_queue.close()
+            self._shipper_queue.close()
+        return delivered
+
+    def _exit_hook(self) -> None:
+        """At interpreter exit: commit, give the shipper ``exit_timeout``, never hang."""
+        try:
+            self.close(self.config.exit_timeout)
+        except Exception:  # the host is exiting; say what happened and let it go
+            logger.exception("spotify-events: error while closing at exit")
+
+    def __enter__(self) -> EventClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- introspection ---------------------------------------------------------------------
+    def stats(self) -> ClientStats:
+        w, s = self._writer.counters, self._shipper.counters
+        depth = self._writer_queue.depth()
+        buffered, _ = self._writer.buffered
+        dropped = dict(w.dropped)
+        return ClientStats(
+            logged=w.logged,
+            committed=w.committed,
+            sent=s.events_sent,
+            acknowledged=s.acknowledged,
+            retried=s.retries,
+            heartbeats=s.heartbeats,
+            dropped=dropped,
+            dead_lettered=dict(s.dead_lettered),
+            buffered_events=buffered,
+            queue_events=depth.events,
+            queue_bytes=depth.bytes,
+            oldest_event_age=(time.time() - depth.oldest_timestamp / 1000) if depth.oldest_timestamp else None,
+            last_error=s.last_error or w.last_error,
+        )
+
+    def __repr__(self) -> str:
+        return f"<EventClient {self.config.endpoint} queue={self.config.queue_path} {self.config.durability.value}>"
+
+
+def _register_fork_hook(client: EventClient) -> None:
+    ref = weakref.WeakMethod(client._after_fork_in_child)
+
+    def hook() -> None:
+        method = ref()
+        if method is not None:
+            method()
+
+    os.register_at_fork(after_in_child=hook)
+
+
+def _register_atexit(client: EventClient) -> Any:
+    ref = weakref.WeakMethod(client._exit_hook)
+
+    def hook() -> None:
+        method = ref()
+        if method is not None:
+            method()
+
+    atexit.register(hook)
+    return hook

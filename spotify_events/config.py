@@ -1,0 +1,133 @@
+"""ClientConfig: every EventClient setting, its default, its environment variable.
+
+Environment variables are read here and nowhere else, once, when a client is
+built; keyword arguments win over the environment. Values are checked at
+construction so nonsense fails loudly at startup instead of quietly at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+from .queue import DropPolicy
+
+ENV_PREFIX = "SPOTIFY_EVENTS_"
+
+
+class Durability(str, enum.Enum):
+    """When ``log()`` returns, and so what an event survives (see README)."""
+
+    BUFFERED = "buffered"  # in memory; committed within commit_interval
+    COMMIT = "commit"  # its SQLite transaction committed: survives kill -9
+    FSYNC = "fsync"  # committed and fsynced: survives power loss
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of one EventClient. Times are in seconds, sizes in bytes."""
+
+    endpoint: str = "http://127.0.0.1:8080/v1/batches"
+    queue_path: str = "spotify-events.db"
+    schemas: Any = "schemas"
+    durability: Durability = Durability.BUFFERED
+    token: str | None = None
+    service: str = ""
+    # queue
+    max_queue_bytes: int = 256 << 20
+    drop_policy: DropPolicy = DropPolicy.OLDEST
+    max_event_bytes: int = 512 << 10
+    # writer
+    commit_interval: float = 0.005
+    max_buffer_bytes: int = 16 << 20
+    block_timeout: float = 0.1
+    commit_timeout: float = 5.0
+    # shipper: batch limits picked from measurements, see shipper.py
+    batch_max_events: int = 5000
+    batch_max_bytes: int = 4 << 20
+    linger: float = 0.05
+    heartbeat_interval: float = 30.0
+    lease_ttl: float = 30.0
+    backoff_max: float = 30.0
+    # transport
+    connect_timeout: float = 3.05
+    read_timeout: float = 30.0
+    verify: bool | str = True
+    # lifecycle
+    close_timeout: float = 10.0
+    exit_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_queue_bytes", "max_event_bytes", "max_buffer_bytes", "batch_max_events",
+            "batch_max_bytes", "heartbeat_interval", "lease_ttl", "backoff_max",
+            "connect_timeout", "read_timeout", "commit_interval", "commit_timeout",
+        )  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("linger", "block_timeout", "close_timeout", "exit_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_event_bytes > self.max_buffer_bytes:
+            raise ConfigError("max_event_bytes must not exceed max_buffer_bytes")
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
+
+    @property
+    def host(self) -> str:
+        return socket.gethostname()
+
+    @classmethod
+    def build(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
+        """Defaults, then ``SPOTIFY_EVENTS_<NAME>`` variables, then keyword arguments."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, raw, _PARSERS.get(f.name, str))
+        for name, value in overrides.items():
+            if name not in _FIELD_NAMES:
+                raise ConfigError(f"unknown setting {name!r}")
+            if value is not None:
+                values[name] = value
+        try:
+            values["durability"] = Durability(values.get("durability", cls.durability))
+        except ValueError:
+            raise ConfigError(
+                f"durability must be one of buffered, commit, fsync; got {values['durability']!r}"
+            ) from None
+        try:
+            values["drop_policy"] = DropPolicy(values.get("drop_policy", cls.drop_policy))
+        except ValueError:
+            raise ConfigError(f"drop_policy must be oldest or newest; got {values['drop_policy']!r}") from None
+        return cls(**values)
+
+
+def _parse_bool_or_path(raw: str) -> bool | str:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    return raw  # a CA bundle path
+
+
+def _convert(name: str, raw: str, parser: Callable[[str], Any]) -> Any:
+    try:
+        return parser(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {name}") from None
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    f.name: {"int": int, "float": float}.get(str(f.type), str) for f in fields(ClientConfig)
+}
+_PARSERS["verify"] = _parse_bool_or_path
+_FIELD_NAMES = frozenset(f.name for f in fields(ClientConfig))

@@ -1,0 +1,362 @@
+"""Shipper: the daemon thread that moves committed events from the queue to the collector.
+
+It holds the queue's shipping lease (one sender per queue file, even with many
+processes), reads batches in queue order, sends them, and lets only a 2xx
+delete anything. The response decides what happens next:
+
+* 2xx: ack the batch; events the body lists as rejected go to dead letters;
+* 413: split in halves and resend; 400: bisect until the poison events are
+  alone, dead-letter them with the collector's reason, send the rest;
+* 429/503: wait ``Retry-After``; 401/403: keep everything, back off, log ERROR;
+* anything else, or no response: exponential backoff with full jitter, capped,
+  never giving up while the queue holds the data (the queue *is* the buffer).
+
+Batches close on count, bytes or linger time. The defaults (5000 events, 4 MiB,
+50 ms) come from the end-to-end benchmark: going from 1000 to 5000 events per
+batch cut per-event CPU on both ends by amortising the HTTP round trip and the
+collector's fsync; past that, gains were within noise while the retry unit
+grew. Linger mirrors librdkafka's ``linger.ms``: wait briefly for a fuller batch
+rather than ship tiny ones while a burst is still being committed.
+
+When idle it sends a heartbeat (an empty batch) carrying the per-type next
+sequence numbers and unreported drop notices, so the collector can tell
+"nothing happened" from "events are missing". Each state change (collector
+unreachable, recovered, throttled, token refused) is logged once, not per try.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import backoff
+
+from .encoding import DropNotice, Envelope, WireBatch, encode_batch
+from .errors import QueueError
+from .queue import DurableQueue, QueuedEvent
+from .transport import Outcome, SendResult, Transport
+
+logger = logging.getLogger("spotify_events.shipper")
+
+#: Longest Retry-After honoured as given; beyond it a misconfigured collector
+#: could park delivery for days, so we come back after this many seconds.
+MAX_RETRY_AFTER = 600.0
+
+
+@dataclass
+class ShipperCounters:
+    """Counts kept by the shipper thread (its only writer)."""
+
+    batches_sent: int = 0
+    events_sent: int = 0
+    acknowledged: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    heartbeats: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    last_success: float | None = None
+
+
+@dataclass(frozen=True)
+class ShipperSettings:
+    max_events: int = 5000
+    max_bytes: int = 4 << 20
+    linger: float = 0.05
+    heartbeat_interval: float = 30.0
+    lease_ttl: float = 30.0
+    backoff_max: float = 30.0
+    service: str = ""
+    host: str = ""
+    sdk_version: str = ""
+
+
+class Shipper:
+    """One daemon thread per client; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        queue: DurableQueue,
+        transport: Transport,
+        settings: ShipperSettings,
+        *,
+        committed: threading.Event | None = None,
+    ) -> None:
+        self.queue = queue
+        self.transport = transport
+        self.settings = settings
+        self.counters = ShipperCounters()
+        # Set by the writer after each commit: new work may be waiting.
+        self.committed = committed or threading.Event()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.holder = f"{self.settings.host}:{uuid.uuid4()}"
+        self._stop = threading.Event()
+        self._urgent = threading.Event()  # flush/close asked: skip linger
+        self._acked = threading.Condition(threading.Lock())
+        self._lease_until = 0.0
+        self._last_send = time.monotonic()
+        self._state = "ok"
+        self._thread: threading.Thread | None = None
+
+    # -- control -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spotify-events-shipper", daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def hurry(self) -> None:
+        """Ship what is queued now, without waiting for linger."""
+        self._urgent.set()
+        self.committed.set()
+
+    def wait_acked(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` holds, re-checking after every ack and at least
+        every 50 ms (another process may hold the lease and be the one shipping)."""
+        deadline = time.monotonic() + timeout
+        self.hurry()
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._acked:
+                self._acked.wait(min(remaining, 0.05))
+            self.hurry()
+        return True
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self.committed.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            try:
+                self.queue.release_lease(self.holder)
+            except QueueError as exc:
+                logger.debug("could not release the shipping lease: %s", exc)
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child: no thread, fresh primitives, a holder id of its own."""
+        self.committed = threading.Event()
+        self._init_state()
+
+    # -- the loop --------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception as exc:  # never let the thread die: log once per error text
+                self._note_error(f"shipper error: {type(exc).__name__}: {exc}")
+                logger.exception("spotify-events shipper step failed; retrying")
+                self._stop.wait(1.0)
+
+    def _step(self) -> None:
+        if not self._hold_lease():
+            # Another process ships from this file; check back before its lease could lapse.
+            self._stop.wait(min(self.settings.lease_ttl / 3, 5.0))
+            return
+        depth = self.queue.depth()
+        urgent = self._urgent.is_set()
+        if depth.events == 0:
+            drops = self.queue.unreported_drops()
+            if drops or time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
+                self._deliver([], drops)
+                self._urgent.clear()
+                return
+            self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
+            return
+        if depth.events < self.settings.max_events and not urgent and self._lingering():
+            return
+        self._urgent.clear()
+        batch = self.queue.read_batch(max_events=self.settings.max_events, max_bytes=self.settings.max_bytes)
+        if batch:
+            self._deliver(batch, self.queue.unreported_drops())
+
+    def _lingering(self) -> bool:
+        """Wait up to ``linger`` for a fuller batch; True if we waited (re-check after)."""
+        if self.settings.linger <= 0:
+            return False
+        self.committed.clear()
+        if self._urgent.wait(self.settings.linger) or self._stop.is_set():
+            return True
+        return False
+
+    def _idle_wait(self, seconds: float) -> None:
+        self.committed.clear()
+        # re-check the lease well before it lapses even if nothing is logged
+        self.committed.wait(max(0.0, min(seconds, self.settings.lease_ttl / 3)))
+
+    def _hold_lease(self) -> bool:
+        now = time.monotonic()
+        if now < self._lease_until - self.settings.lease_ttl / 2:
+            return True
+        try:
+            held = self.queue.acquire_lease(self.holder, self.settings.lease_ttl)
+        except QueueError as exc:
+            self._note_error(f"lease: {exc}")
+            return False
+        self._lease_until = now + self.settings.lease_ttl if held else 0.0
+        return held
+
+    # -- one batch, with splitting and bisection -------------------------------------
+    def _deliver(self, events: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]]) -> None:
+        """Send ``events`` (plus drop notices) until each has left the queue or we stop."""
+        parts: list[Sequence[QueuedEvent]] = [events]
+        while parts and not self._stop.is_set():
+            part = parts.pop()
+            result = self._send_until_answered(part, drops)
+            if result is None:
+                return  # stopping: the events stay queued for the next run
+            outcome = result.outcome
+            if outcome is Outcome.ACCEPTED:
+                self._accept(part, drops, result)
+                drops = []  # reported; later parts need not carry them again
+            elif len(part) > 1:
+                # 413: too big, or 400: something inside is poison. Halve and resend,
+                # first half first so acks stay in queue order.
+                middle = len(part) // 2
+                parts.append(part[middle:])
+                parts.append(part[:middle])
+            elif part:
+                reason = _reason(result, "collector refused the event")
+                self._dead_letter(part, reason, notify_collector=True)
+            else:
+                # a heartbeat the collector cannot take: its drop notices are malformed
+                self._note_error(f"collector refused a heartbeat: {result.describe()}")
+                return
+
+    def _send_until_answered(
+        self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]]
+    ) -> SendResult | None:
+        """Send one part, retrying transient failures; None when asked to stop."""
+        body = self._encode(part, [d for _, d in drops])
+        headers = {"X-SE-Producer-Id": self.queue.producer_id, "X-SE-Event-Count": str(len(part))}
+        delays = _backoff_delays(self.settings.backoff_max)
+        while not self._stop.is_set():
+            self.counters.batches_sent += 1
+            self.counters.events_sent += len(part)
+            result = self.transport.send(body, headers)
+            self._last_send = time.monotonic()
+            outcome = result.outcome
+            if outcome in (Outcome.ACCEPTED, Outcome.TOO_LARGE, Outcome.BAD_BATCH):
+                self._set_state("ok", "spotify-events collector reachable again; delivery resumed")
+                return result
+            self.counters.retries += 1
+            delay = backoff.full_jitter(next(delays))
+            if outcome is Outcome.THROTTLED:
+                if result.retry_after is not None:
+                    delay = min(result.retry_after, MAX_RETRY_AFTER)
+                self._set_state("throttled", f"spotify-events collector throttling ({result.describe()}); "
+                                f"waiting {delay:.1f}s as asked")  # fmt: skip
+            elif outcome is Outcome.UNAUTHORIZED:
+                self._set_state(
+                    "unauthorized",
+                    f"spotify-events collector refused our credentials ({result.describe()}): "
+                    "check SPOTIFY_EVENTS_TOKEN; events are kept in the queue",
+                    level=logging.ERROR,
+                )
+            else:
+                self._set_state("unreachable", f"spotify-events collector unreachable ({result.describe()}); "
+                                "events are kept in the queue and retried")  # fmt: skip
+            self._note_error(result.describe())
+            # sleep in the stop event so close() can cut a backoff short; keep the lease fresh
+            slept = 0.0
+            while slept < delay and not self._stop.is_set():
+                chunk = min(delay - slept, self.settings.lease_ttl / 3)
+                self._stop.wait(chunk)
+                slept += chunk
+                if not self._hold_lease():
+                    return None  # someone else took over the queue; let them ship
+        return None
+
+    def _encode(self, part: Sequence[QueuedEvent], drops: list[DropNotice]) -> bytes:
+        batch = WireBatch(
+            producer_id=self.queue.producer_id,
+            envelopes=[Envelope(e[2], e[1], e[3], e[4], e[5]) for e in part],
+            next_seq=self.queue.next_seqs(),
+            drops=drops,
+            service=self.settings.service,
+            host=self.settings.host,
+            sdk_version=self.settings.sdk_version,
+        )
+        return encode_batch(batch)
+
+    def _accept(self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult) -> None:
+        rejected = _rejections(result)
+        if rejected:
+            by_reason: dict[str, list[QueuedEvent]] = {}
+            for event in part:
+                reason = rejected.get((event.event_type, event.seq))
+                if reason is not None:
+                    by_reason.setdefault(reason, []).append(event)
+            for reason, events in by_reason.items():
+                self._dead_letter(events, reason, notify_collector=False)
+        if part:
+            self.queue.ack(part[0].id, part[-1].id)
+        if drops:
+            self.queue.mark_drops_reported([i for i, _ in drops])
+        if not part:
+            self.counters.heartbeats += 1
+        body = result.body or {}
+        self.counters.acknowledged += len(part)
+        self.counters.duplicates += int(body.get("duplicates", 0) or 0)
+        self.counters.last_success = time.time()
+        with self._acked:
+            self._acked.notify_all()
+
+    def _dead_letter(self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool) -> None:
+        self.queue.dead_letter(events, reason, notify_collector=notify_collector)
+        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + len(events)
+        logger.warning(
+            "spotify-events: collector rejected %d %s event(s) (seq %d..%d): %s; moved to dead letters",
+            len(events), events[0].event_type, events[0].seq, events[-1].seq, reason,
+        )  # fmt: skip
+        with self._acked:
+            self._acked.notify_all()
+
+    def _set_state(self, state: str, message: str, level: int = logging.WARNING) -> None:
+        if state == self._state:
+            return
+        if state == "ok":
+            logger.info(message)
+        else:
+            logger.log(level, message)
+        self._state = state
+
+    def _note_error(self, message: str) -> None:
+        self.counters.last_error = message
+
+
+def _backoff_delays(cap: float) -> Iterator[float]:
+    delays = backoff.expo(base=2, factor=0.1, max_value=cap)
+    next(delays)  # the generator yields a priming None first
+    return delays  # type: ignore[no-any-return]
+
+
+def _rejections(result: SendResult) -> dict[tuple[str, int], str]:
+    body = result.body or {}
+    rejected = body.get("rejected") or []
+    out: dict[tuple[str, int], str] = {}
+    if isinstance(rejected, list):
+        for item in rejected:
+            try:
+                out[(str(item["event_type"]), int(item["seq"]))] = str(item.get("reason") or "rejected")
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
+def _reason(result: SendResult, default: str) -> str:
+    body = result.body or {}
+    reason = body.get("error") or body.get("reason")
+    return f"HTTP {result.status}: {reason}" if reason else f"HTTP {result.status}: {default}"

@@ -1,0 +1,238 @@
+"""Shipper and client against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from spotify_events import EventClient, EventValidationError, UnknownEventTypeError
+from spotify_events.errors import ClientClosedError
+from spotify_events.queue import DurableQueue
+
+from sdk_helpers import END_SONG, SCHEMAS, Sink, wait_for
+
+EndSong = "spotify.events.playback.EndSong"
+PageView = "spotify.events.web.PageView"
+PAGE = {"session_id": "s1", "page_uri": "spotify:album:1", "load_ms": 120}
+
+MakeClient = Callable[..., EventClient]
+
+
+def test_delivers_100k_events_once_with_contiguous_sequences(sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=sink.endpoint)
+    for i in range(100_000):
+        if i % 4 == 0:
+            client.log("PageView", PAGE)
+        else:
+            client.log("EndSong", {**END_SONG, "ms_played": i})
+    assert client.flush(timeout=60)
+    assert sink.seqs(PageView) == list(range(1, 25_001))
+    assert sink.seqs(EndSong) == list(range(1, 75_001))
+    assert sink.duplicates == 0
+    stats = client.stats()
+    assert stats.logged == stats.committed == stats.acknowledged == 100_000
+    assert stats.queue_events == 0 and stats.dropped == {}
+
+
+def test_outage_then_recovery_delivers_everything_once(unstarted_sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=unstarted_sink.endpoint, backoff_max=0.2)
+    for i in range(20_000):
+        client.log("EndSong", {**END_SONG, "ms_played": i})  # never raises while the sink is down
+    assert not client.flush(timeout=0.5)
+    assert wait_for(lambda: client.stats().retried > 0)
+    assert client.stats().queue_events == 20_000
+    unstarted_sink.start()
+    assert client.flush(timeout=60)
+    assert unstarted_sink.seqs(EndSong) == list(range(1, 20_001))
+    assert max(unstarted_sink.seen.values()) == 1
+
+
+def test_retry_after_is_honoured(sink: Sink, make_client: MakeClient) -> None:
+    sink.respond_next(503, {"Retry-After": "1"})
+    client = make_client(endpoint=sink.endpoint, backoff_max=0.05)
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=10)
+    first, second = sink.request_times[0], sink.request_times[1]
+    assert second - first >= 0.95  # the 1 s asked for, not the 50 ms backoff cap
+    assert sink.count() == 1
+
+
+def test_413_splits_the_batch(sink: Sink, make_client: MakeClient) -> None:
+    sink.max_events_per_batch = 100
+    client = make_client(endpoint=sink.endpoint)
+    for i in range(1000):
+        client.log("EndSong", {**END_SONG, "ms_played": i})
+    assert client.flush(timeout=30)
+    assert sink.seqs(EndSong) == list(range(1, 1001))
+    statuses = {a.status for a in sink.arrivals}
+    assert statuses == {413, 200}
+    assert all(len(a.batch.envelopes) <= 100 for a in sink.arrivals if a.status == 200)
+
+
+def test_400_bisects_and_dead_letters_only_the_poison_event(sink: Sink, make_client: MakeClient) -> None:
+    sink.poison = lambda payload: b"poison" in payload
+    client = make_client(endpoint=sink.endpoint)
+    for i in range(500):
+        client.log("EndSong", {**END_SONG, "user_id": "poison" if i == 321 else "u", "ms_played": i})
+    assert client.flush(timeout=30)
+    assert sink.seqs(EndSong) == [s for s in range(1, 501) if s != 322]
+    stats = client.stats()
+    assert sum(stats.dead_lettered.values()) == 1
+    # the collector hears about it as a drop notice, so the gap is explained
+    assert wait_for(lambda: any(d.first_seq == 322 for a in sink.arrivals for d in a.batch.drops))
+    notice = next(d for a in sink.arrivals for d in a.batch.drops if d.first_seq == 322)
+    assert notice.reason.startswith("rejected: HTTP 400") and notice.count == 1
+    queue = DurableQueue(client.config.queue_path)
+    assert [(t, s) for t, s, _ in queue.dead_letters()] == [(EndSong, 322)]
+    queue.close()
+
+
+def test_per_event_rejection_in_200_is_dead_lettered(sink: Sink, make_client: MakeClient) -> None:
+    sink.reject = lambda payload: "bad user" if b"nobody" in payload else None
+    client = make_client(endpoint=sink.endpoint)
+    client.log("EndSong", {**END_SONG, "user_id": "nobody"})
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=10)
+    assert sink.seqs(EndSong) == [2]
+    assert client.stats().dead_lettered == {"bad user": 1}
+
+
+def test_heartbeat_carries_watermarks_when_idle(sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=sink.endpoint, heartbeat_interval=0.2)
+    for _ in range(10):
+        client.log("EndSong", END_SONG)
+    assert client.flush(timeout=10)
+    assert wait_for(lambda: any(not a.batch.envelopes for a in sink.arrivals), timeout=10)
+    heartbeat = next(a.batch for a in sink.arrivals if not a.batch.envelopes)
+    assert heartbeat.next_seq == {EndSong: 11}
+    assert heartbeat.producer_id == client.producer_id
+
+
+def test_unauthorized_keeps_data_and_logs_an_error(
+    sink: Sink, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink.respond_next(401, times=3)
+    client = make_client(endpoint=sink.endpoint, backoff_max=0.05)
+    with caplog.at_level(logging.ERROR, logger="spotify_events"):
+        client.log("EndSong", END_SONG)
+        assert client.flush(timeout=10)
+    assert sink.count() == 1
+    errors = [r for r in caplog.records if "SPOTIFY_EVENTS_TOKEN" in r.getMessage()]
+    assert len(errors) == 1  # once per state change, not once per attempt
+
+
+def test_flush_false_on_timeout_then_true(unstarted_sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=unstarted_sink.endpoint, backoff_max=0.1)
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=0.2) is False
+    unstarted_sink.start()
+    assert client.flush(timeout=10) is True
+    assert client.flush(timeout=0.01) is True  # nothing new: immediately true
+
+
+def test_close_twice_and_log_after_close(sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=sink.endpoint)
+    client.log("EndSong", END_SONG)
+    assert client.close() is True
+    assert client.close() is True
+    assert sink.count() == 1
+    with pytest.raises(ClientClosedError):
+        client.log("EndSong", END_SONG)
+
+
+def test_bad_input_raises_and_enqueues_nothing(sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=sink.endpoint)
+    with pytest.raises(UnknownEventTypeError, match="NoSuchEvent"):
+        client.log("NoSuchEvent", {})
+    with pytest.raises(EventValidationError) as info:
+        client.log("EndSong", {**END_SONG, "ms_played": "long"})
+    assert info.value.field == "ms_played" and info.value.event_type == EndSong
+    with pytest.raises(EventValidationError, match="max_event_bytes"):
+        client.log("EndSong", {**END_SONG, "user_id": "x" * (600 << 10)})
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=10)
+    assert sink.seqs(EndSong) == [1]  # no sequence number burnt by refused input
+
+
+@pytest.mark.parametrize("durability", ["commit", "fsync"])
+def test_durable_levels_commit_before_returning(sink: Sink, make_client: MakeClient, durability: str) -> None:
+    client = make_client(endpoint=sink.endpoint, durability=durability, linger=10.0)
+    client.log("EndSong", END_SONG)
+    other = DurableQueue(client.config.queue_path)
+    assert other.depth().events + sink.count() == 1  # committed: visible to another connection
+    other.close()
+
+
+def _run_child(code: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def test_process_exit_delivers_through_atexit(sink: Sink, tmp_path: Path) -> None:
+    result = _run_child(
+        f"""
+        from spotify_events import EventClient
+        client = EventClient(endpoint={sink.endpoint!r}, queue_path={str(tmp_path / 'q.db')!r},
+                             schemas={str(SCHEMAS)!r})
+        for i in range(5000):
+            client.log("EndSong", {END_SONG!r})
+        # no flush, no close: the atexit hook must commit and ship
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sink.seqs(EndSong) == list(range(1, 5001))
+
+
+def test_leftovers_ship_on_next_start(unstarted_sink: Sink, tmp_path: Path, make_client: MakeClient) -> None:
+    queue_path = str(tmp_path / "q.db")
+    result = _run_child(
+        f"""
+        from spotify_events import EventClient
+        client = EventClient(endpoint={unstarted_sink.endpoint!r}, queue_path={queue_path!r},
+                             schemas={str(SCHEMAS)!r}, exit_timeout=0.2)
+        for i in range(3000):
+            client.log("EndSong", {END_SONG!r})
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    unstarted_sink.start()
+    client = make_client(endpoint=unstarted_sink.endpoint, queue_path=queue_path)
+    assert client.flush(timeout=30)  # without logging anything new
+    assert unstarted_sink.seqs(EndSong) == list(range(1, 3001))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_client_created_before_fork_delivers_from_parent_and_child(sink: Sink, make_client: MakeClient) -> None:
+    client = make_client(endpoint=sink.endpoint, lease_ttl=1.0)
+    client.log("PageView", PAGE)  # parent threads running at fork time
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            for _ in range(500):
+                client.log("EndSong", END_SONG)
+            code = 0 if client.close(timeout=20) else 2
+        finally:
+            os._exit(code)
+    for _ in range(500):
+        client.log("EndSong", END_SONG)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.flush(timeout=30)
+    assert sink.seqs(EndSong) == list(range(1, 1001))  # one producer, one contiguous sequence
+    assert sink.seqs(PageView) == [1]
+    assert max(sink.seen.values()) == 1
+
+
