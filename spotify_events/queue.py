@@ -127,6 +127,7 @@ class DurableQueue:
         self.fsync = fsync
         self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        self._cache: _AppendCache | None = None
         self._conn = self._connect()
         self.producer_id = self._read_meta("producer_id")
 
@@ -240,9 +241,14 @@ class DurableQueue:
         result = AppendResult()
         try:
             with self.atomic() as conn:
-                self._append_locked(conn, events, overflow or {}, result)
+                state = self._append_locked(conn, events, overflow or {}, result)
         except sqlite3.DatabaseError as exc:
+            self._cache = None
             raise _translate(self.path, exc) from exc
+        except BaseException:
+            self._cache = None
+            raise
+        self._cache = state  # committed: valid until another connection writes
         return result
 
     def _append_locked(
@@ -251,9 +257,13 @@ class DurableQueue:
         events: Sequence[PendingEvent],
         overflow: Mapping[tuple[str, str], int],
         result: AppendResult,
-    ) -> None:
+    ) -> _AppendCache:
         types = {e[0] for e in events} | {t for t, _ in overflow}
-        next_seq = self._load_next_seqs(conn, types)
+        cache = self._valid_cache(conn)
+        known = cache.next_seq if cache else {}
+        next_seq = {t: known[t] for t in types if t in known}
+        if len(next_seq) < len(types):
+            next_seq.update(self._load_next_seqs(conn, types - next_seq.keys()))
         now = time.time()
         drops: list[tuple[str, int, int, int, str, float]] = []
         for (event_type, reason), count in overflow.items():
@@ -262,7 +272,11 @@ class DurableQueue:
             drops.append((event_type, first, first + count - 1, count, reason, now))
             result.count_drop(reason, count)
 
-        queue_bytes = conn.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
+        queue_bytes = (
+            cache.queue_bytes
+            if cache
+            else conn.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
+        )
         rows: list[object] = []
         added = 0
         refused: dict[str, list[int]] = {}
@@ -281,16 +295,17 @@ class DurableQueue:
             for first, last in _runs(seqs):
                 drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
             result.count_drop(DROP_QUEUE_FULL, len(seqs))
-        conn.executemany(
-            "INSERT INTO sequences (event_type, next_seq) VALUES (?, ?) "
-            "ON CONFLICT(event_type) DO UPDATE SET next_seq = excluded.next_seq",
-            list(next_seq.items()),
-        )
+        for item in next_seq.items():  # usually one type per commit: execute beats executemany
+            conn.execute(
+                "INSERT INTO sequences (event_type, next_seq) VALUES (?, ?) "
+                "ON CONFLICT(event_type) DO UPDATE SET next_seq = excluded.next_seq",
+                item,
+            )
         queue_bytes += added
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added,))
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'events'", (stored,))
+        _bump_counters(conn, added, stored)
         if self.drop_policy is DropPolicy.OLDEST and queue_bytes > self.max_queue_bytes:
-            evicted = self._evict_oldest(conn, queue_bytes - self.max_queue_bytes, now, drops)
+            evicted, freed = self._evict_oldest(conn, queue_bytes - self.max_queue_bytes, now, drops)
+            queue_bytes -= freed
             result.count_drop(DROP_QUEUE_FULL, evicted)
         if drops:
             conn.executemany(
@@ -299,6 +314,20 @@ class DurableQueue:
                 drops,
             )
         result.stored = stored
+        version = conn.execute("PRAGMA data_version").fetchone()[0] if cache is None else cache.data_version
+        return _AppendCache(version, {**known, **next_seq}, queue_bytes)
+
+    def _valid_cache(self, conn: sqlite3.Connection) -> _AppendCache | None:
+        """Our cached sequence numbers and byte count, if no other connection wrote
+        since our last commit (PRAGMA data_version changes only for others' commits).
+        Saves two reads per transaction on the ``commit`` durability path."""
+        cache = self._cache
+        if cache is None:
+            return None
+        if conn.execute("PRAGMA data_version").fetchone()[0] != cache.data_version:
+            self._cache = None
+            return None
+        return cache
 
     def _load_next_seqs(self, conn: sqlite3.Connection, types: Iterable[str]) -> dict[str, int]:
         wanted = sorted(types)
@@ -325,8 +354,9 @@ class DurableQueue:
         excess: int,
         now: float,
         drops: list[tuple[str, int, int, int, str, float]],
-    ) -> int:
-        """Delete the oldest rows until ``excess`` bytes are freed; record their ranges."""
+    ) -> tuple[int, int]:
+        """Delete the oldest rows until ``excess`` bytes are freed; record their ranges.
+        Returns (events evicted, bytes freed)."""
         freed = 0
         last_id = None
         victims: dict[str, list[int]] = {}
@@ -339,15 +369,14 @@ class DurableQueue:
             if freed >= excess:
                 break
         if last_id is None:
-            return 0
+            return 0, 0
         count = sum(len(s) for s in victims.values())
         conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
-        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (freed,))
-        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'events'", (count,))
+        _bump_counters(conn, -freed, -count)
         for event_type, seqs in victims.items():
             for first, last in _runs(sorted(seqs)):
                 drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
-        return count
+        return count, freed
 
     # -- read / ack (shipper thread) -----------------------------------------
     def read_batch(self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20) -> list[QueuedEvent]:
@@ -382,8 +411,7 @@ class DurableQueue:
         ).fetchone()
         if count:
             conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first_id, last_id))
-            conn.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (size,))
-            conn.execute("UPDATE counters SET value = value - ? WHERE name = 'events'", (count,))
+            _bump_counters(conn, -size, -count)
         return int(count)
 
     def dead_letter(self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool) -> int:
@@ -499,6 +527,7 @@ class DurableQueue:
         """Abandon the inherited connection (closing it in the child could release
         the parent's POSIX locks) and open a fresh one with a fresh lock."""
         self._lock = threading.RLock()
+        self._cache = None
         self._conn = self._connect()
 
     def close(self) -> None:
@@ -510,6 +539,18 @@ class DurableQueue:
 
     def __repr__(self) -> str:
         return f"<DurableQueue {self.path} producer={self.producer_id}>"
+
+
+class _AppendCache(NamedTuple):
+    data_version: int
+    next_seq: dict[str, int]
+    queue_bytes: int
+
+
+def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
+    conn.execute(
+        "UPDATE counters SET value = value + (CASE name WHEN 'bytes' THEN ? ELSE ? END)", (size, events)
+    )
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
