@@ -50,3 +50,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="spotify-events")
 def main(**_: Any) -> None:
     """Typed, durable, loss-detected event delivery."""
+
+
+if __name__ == "__main__":
+    main()

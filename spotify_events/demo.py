@@ -115,13 +115,13 @@ def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: s
     """Log events through a real client to a real collector and print the report."""
     from tqdm import tqdm
 
-    from .collector.report import build_report, format_report
+    from .collector.report import format_table, load_report
 
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spotify-events-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    queue_path = data_dir / "_client-queue.db"
+    queue_path = Path(tempfile.mkdtemp(prefix="spotify-events-demo-queue-")) / "events.db"
     with running_collector(data_dir, schemas) as endpoint:
-        click.echo(f"collector: {endpoint}  data dir: {data_dir}")
+        click.echo(f"collector: {endpoint}  data dir: {data_dir}  client queue: {queue_path}")
         started = time.perf_counter()
         with EventClient(endpoint=endpoint, queue_path=str(queue_path), schemas=str(schemas),
                          durability=durability, service="demo") as client:  # fmt: skip
@@ -138,7 +138,7 @@ def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: s
         f"all acknowledged after {elapsed:.2f}s ({stats.acknowledged / elapsed:,.0f}/s end to end); "
         f"dropped {sum(stats.dropped.values())}, dead-lettered {sum(stats.dead_lettered.values())}"
     )
-    click.echo(format_report(build_report(data_dir)))
+    click.echo(format_table(load_report(data_dir, now=time.time())))
     click.echo(f"hourly buckets: {data_dir}/<event type>/<YYYY-MM-DD>/<HH>/part-*.avro")
     if not delivered:
         raise click.ClickException("not every event was acknowledged within 300 s")

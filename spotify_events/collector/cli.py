@@ -1,0 +1,162 @@
+"""``spotify-events collector`` and ``spotify-events report``.
+
+Imported lazily by :mod:`spotify_events.cli`, so a core install never needs the
+server dependencies. ``collector`` prints exactly one line,
+``listening on http://HOST:PORT``, flushed, once the socket is bound, so a test
+or the demo can start it with ``--port 0`` and read the port it got.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+
+from ..errors import SpotifyEventsError
+
+
+@click.command("collector")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on; 0 picks a free one.",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where buckets and the ledger live.",
+)
+@click.option(
+    "--schemas",
+    "schemas_dir",
+    required=True,
+    type=click.Path(exists=True),
+    help="Directory (or file) of .avsc event schemas the collector accepts.",
+)
+@click.option(
+    "--token",
+    envvar="SPOTIFY_EVENTS_TOKEN",
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' (env SPOTIFY_EVENTS_TOKEN).",
+)
+@click.option(
+    "--grace-period",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a missing sequence number stays an open gap before it is lost.",
+)
+@click.option(
+    "--lateness",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after an hour ends before its bucket closes.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=16 << 20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest accepted request body (413 above).",
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="HTTP worker threads.",
+)
+@click.option(
+    "--close-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between checks for buckets to close.",
+)
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def collector_command(
+    host: str,
+    port: int,
+    data_dir: str,
+    schemas_dir: str,
+    token: str | None,
+    grace_period: float,
+    lateness: float,
+    max_body_bytes: int,
+    threads: int,
+    close_interval: float,
+    log_level: str,
+) -> None:
+    """Run the reference collector in the foreground until SIGTERM/SIGINT."""
+    from .server import CollectorConfig, serve
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = CollectorConfig(
+            data_dir=data_dir,
+            schemas=schemas_dir,
+            host=host,
+            port=port,
+            token=token or None,
+            grace_period=grace_period,
+            lateness=lateness,
+            max_body_bytes=max_body_bytes,
+            threads=threads,
+            close_interval=close_interval,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    def ready(url: str) -> None:
+        click.echo(f"listening on {url}")
+        sys.stdout.flush()
+
+    try:
+        serve(config, ready=ready)
+    except (SpotifyEventsError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("report")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A collector's data directory (the collector may be stopped).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable keys).")
+@click.option(
+    "--grace-period",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Override the grace period the collector recorded.",
+)
+def report_command(data_dir: str, as_json: bool, grace_period: float | None) -> None:
+    """Print the delivery and loss report of a collector's data directory."""
+    from .report import format_table, load_report
+
+    try:
+        report = load_report(data_dir, now=time.time(), grace=grace_period)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(format_table(report))

@@ -1,0 +1,207 @@
+"""Ingest: turn one HTTP body into validated events plus per-event rejections.
+
+This is the half of the collector that stays stateless when the tier scales out
+(DESIGN.md, "Scale-out"): limits, bomb guard, container decode, and per-event
+validation against the collector's own schema registry. It knows nothing of the
+ledger or of files; its output, :class:`IngestedBatch`, is what it hands to
+*delivery* (see :mod:`.delivery`).
+
+Validation is per event so that one bad event never fails the batch: an unknown
+fingerprint, a payload that does not decode (exactly, to its last byte) with the
+schema, or an ``event_type`` that is not that schema's full name rejects only that
+event, with a reason. Only a body that is not a decodable batch at all is a 400.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastavro import schemaless_reader
+
+from ..encoding import DropNotice, Envelope, decode_batch, is_avro_full_name
+from ..errors import BatchDecodeError
+from ..schemas import EventSchema, SchemaRegistry
+from .guard import GuardError, scan_container
+from .wire import decode_envelopes, is_envelope_schema
+
+#: Largest timestamp (ms) an hourly bucket path can be built from: 9999-12-31T23:59:59.999Z.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+_MAX_PRODUCER_ID = 200
+
+
+class IngestError(Exception):
+    """The whole body is refused: ``status`` (400/413) and ``kind`` (a metric label)."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Bounds on what one request may cost; validated at construction."""
+
+    max_body_bytes: int = 16 << 20
+    max_events: int = 100_000
+    max_decoded_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_events", "max_decoded_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One event refused by ingest (or delivery), reported in the 200 body."""
+
+    event_type: str
+    seq: int
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"event_type": self.event_type, "seq": self.seq, "reason": self.reason}
+
+
+@dataclass
+class BatchFacts:
+    """Batch-level facts from the container metadata, plus when the batch arrived."""
+
+    producer_id: str
+    next_seq: dict[str, int]
+    drops: list[DropNotice]
+    service: str = ""
+    host: str = ""
+    sdk_version: str = ""
+    received_at: float = 0.0
+    body_bytes: int = 0
+
+
+@dataclass
+class IngestedBatch:
+    """What ingest hands to delivery: facts, valid events, and rejected events."""
+
+    facts: BatchFacts
+    events: list[Envelope] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+class Ingest:
+    """Stateless validator: body bytes in, :class:`IngestedBatch` out (or IngestError)."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        *,
+        limits: IngestLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.limits = limits or IngestLimits()
+        self._clock = clock
+
+    def parse(self, body: bytes) -> IngestedBatch:
+        limits = self.limits
+        if len(body) > limits.max_body_bytes:
+            raise IngestError(413, "too_large", f"body exceeds {limits.max_body_bytes} bytes")
+        try:
+            scan = scan_container(
+                body, max_events=limits.max_events, max_decoded_bytes=limits.max_decoded_bytes
+            )
+        except GuardError as exc:
+            kind = "too_large" if exc.status == 413 else "decode"
+            raise IngestError(exc.status, kind, str(exc)) from exc
+        try:
+            if is_envelope_schema(scan.schema_json):
+                # metadata through the shared codec (header only), envelopes the fast way
+                batch = decode_batch(body[: scan.header_len])
+                batch.envelopes = decode_envelopes(scan.blocks)
+            else:
+                batch = decode_batch(body, max_events=limits.max_events)
+        except BatchDecodeError as exc:
+            raise IngestError(400, "decode", str(exc)) from exc
+        producer = batch.producer_id
+        if not producer or len(producer) > _MAX_PRODUCER_ID or not producer.isprintable():
+            raise IngestError(400, "metadata", "se.producer_id must be 1-200 printable characters")
+        for name in batch.next_seq:
+            if not is_avro_full_name(name):
+                raise IngestError(
+                    400, "metadata", f"se.next_seq names an invalid event type {name[:100]!r}"
+                )
+        for drop in batch.drops:
+            if not is_avro_full_name(drop.event_type):
+                raise IngestError(
+                    400,
+                    "metadata",
+                    f"se.drops names an invalid event type {drop.event_type[:100]!r}",
+                )
+        facts = BatchFacts(
+            producer_id=producer,
+            next_seq=batch.next_seq,
+            drops=batch.drops,
+            service=batch.service[:200],
+            host=batch.host[:200],
+            sdk_version=batch.sdk_version[:100],
+            received_at=float(self._clock()),
+            body_bytes=len(body),
+        )
+        events, rejections = self.validate(batch.envelopes)
+        return IngestedBatch(facts=facts, events=events, rejections=rejections)
+
+    def validate(self, envelopes: list[Envelope]) -> tuple[list[Envelope], list[Rejection]]:
+        """Split envelopes into valid events and rejections (one reason each)."""
+        by_fp = self.registry.by_fingerprint
+        good: list[Envelope] = []
+        bad: list[Rejection] = []
+        schema_cache: dict[bytes, EventSchema | None] = {}
+        for env in envelopes:
+            fp = env.fingerprint
+            if fp in schema_cache:
+                schema = schema_cache[fp]
+            else:
+                schema = schema_cache[fp] = by_fp(fp)
+            reason = None
+            if schema is None or schema.full_name != env.event_type:
+                reason = self._type_problem(env, schema)
+            elif env.seq < 1:
+                reason = "seq must be >= 1"
+            elif not 0 <= env.timestamp <= MAX_TIMESTAMP_MS:
+                reason = f"timestamp {env.timestamp} out of range"
+            else:
+                payload = env.payload
+                buf = io.BytesIO(payload)
+                try:
+                    schemaless_reader(buf, schema.parsed, None)
+                except Exception as exc:  # fastavro raises many types on bad bytes
+                    reason = (
+                        f"payload does not decode with {schema.full_name}: {type(exc).__name__}"
+                    )
+                else:
+                    if buf.tell() != len(payload):
+                        reason = (
+                            f"payload does not decode with {schema.full_name}: "
+                            f"{len(payload) - buf.tell()} trailing bytes"
+                        )
+            if reason is None:
+                good.append(env)
+            else:
+                bad.append(Rejection(_printable(env.event_type), env.seq, reason))
+        return good, bad
+
+    @staticmethod
+    def _type_problem(env: Envelope, schema: EventSchema | None) -> str:
+        if not is_avro_full_name(env.event_type):
+            return "invalid event type name"
+        if schema is None:
+            return f"unknown schema fingerprint {env.fingerprint.hex()}"
+        return f"event_type does not match its schema fingerprint (schema is {schema.full_name})"
+
+
+def _printable(name: str) -> str:
+    """A bounded, printable echo of a client-supplied name for the response body."""
+    short = name[:200]
+    return short if short.isprintable() else short.encode("unicode_escape").decode("ascii")

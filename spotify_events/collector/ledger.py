@@ -1,0 +1,327 @@
+"""The ledger: what the collector knows about every stream, bucket and part file.
+
+Owns ``DATA_DIR/_ledger.db`` (SQLite, WAL, ``synchronous=FULL`` because a 200 is
+a promise: once the ledger commit returns, the acknowledged events' sequence
+numbers and their part files' committed lengths are on disk). State is kept in
+memory as small dataclasses and each changed row is written back as one JSON
+document per stream / bucket / part inside a single transaction, through one
+:meth:`Ledger.atomic` helper. The report reads the same rows, so it works on a
+stopped collector's data directory.
+
+Loss accounting per (producer, event type):
+
+* ``received``: sequence numbers written to a bucket (compact ranges).
+* ``marks``: ranges announced by drop notices, keyed by (kind, reason), where kind
+  is ``drop`` or ``reject`` (drop notices whose reason starts with ``rejected:`` and
+  events the collector itself rejected). Received beats rejected beats dropped.
+* ``next_seq``: the highest announced next sequence number (the heartbeat
+  watermark), raised implicitly past every number seen; ``steps`` records when
+  each raise happened, so a missing number's age is known: it is an *open gap*
+  until it has been below the watermark for the grace period, then *lost*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ranges import RangeSet
+
+LEDGER_FILE = "_ledger.db"
+SCHEMA_VERSION = 1
+#: Keep at most this many watermark steps per stream; older ones are merged.
+MAX_STEPS = 256
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    producer_id TEXT NOT NULL, event_type TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (producer_id, event_type));
+CREATE TABLE IF NOT EXISTS buckets (
+    event_type TEXT NOT NULL, hour INTEGER NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (event_type, hour));
+CREATE TABLE IF NOT EXISTS parts (path TEXT PRIMARY KEY, state TEXT NOT NULL);
+"""
+
+
+@dataclass
+class StreamState:
+    """Everything known about one (producer, event type) sequence."""
+
+    producer_id: str
+    event_type: str
+    received: RangeSet = field(default_factory=RangeSet)
+    duplicates: int = 0
+    next_seq: int = 1
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    marks: dict[tuple[str, str], RangeSet] = field(default_factory=dict)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    service: str = ""
+    host: str = ""
+    sdk_version: str = ""
+
+    def announce(self, next_seq: int, now: float, grace: float) -> None:
+        """Raise the watermark to ``next_seq`` (never lowers it), remembering when."""
+        if next_seq <= self.next_seq:
+            return
+        self.next_seq = next_seq
+        self.steps.append((next_seq, now))
+        self._compact_steps(now, grace)
+
+    def _compact_steps(self, now: float, grace: float) -> None:
+        # Steps older than the grace period can be merged into the newest such step:
+        # every number below any of them is already past grace, and stays so.
+        steps = self.steps
+        old = [i for i, (_, since) in enumerate(steps) if since <= now - grace]
+        if len(old) > 1:
+            keep = old[-1]
+            self.steps = steps[keep:]
+        while len(self.steps) > MAX_STEPS:  # merging makes gaps look younger, never older
+            (_, _), (ns2, t2) = self.steps[0], self.steps[1]
+            self.steps[0:2] = [(ns2, t2)]
+
+    def mark(self, kind: str, reason: str) -> RangeSet:
+        key = (kind, reason)
+        ranges = self.marks.get(key)
+        if ranges is None:
+            ranges = self.marks[key] = RangeSet()
+        return ranges
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "received": self.received.to_list(),
+                "duplicates": self.duplicates,
+                "next_seq": self.next_seq,
+                "steps": self.steps,
+                "marks": [[k, r, rs.to_list()] for (k, r), rs in self.marks.items()],
+                "first_seen": self.first_seen,
+                "last_seen": self.last_seen,
+                "service": self.service,
+                "host": self.host,
+                "sdk_version": self.sdk_version,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, producer_id: str, event_type: str, text: str) -> StreamState:
+        d = json.loads(text)
+        return cls(
+            producer_id=producer_id,
+            event_type=event_type,
+            received=RangeSet.from_list(d["received"]),
+            duplicates=d["duplicates"],
+            next_seq=d["next_seq"],
+            steps=[(int(n), float(t)) for n, t in d["steps"]],
+            marks={(k, r): RangeSet.from_list(rs) for k, r, rs in d["marks"]},
+            first_seen=d["first_seen"],
+            last_seen=d["last_seen"],
+            service=d.get("service", ""),
+            host=d.get("host", ""),
+            sdk_version=d.get("sdk_version", ""),
+        )
+
+
+@dataclass
+class ProducerInBucket:
+    """One producer's share of one bucket: counts and the seq span it covers."""
+
+    events: int = 0
+    skewed: int = 0
+    duplicates: int = 0
+    min_seq: int = 0
+    max_seq: int = 0
+
+    def add(self, seq: int, skewed: bool) -> None:
+        self.events += 1
+        if skewed:
+            self.skewed += 1
+        if not self.min_seq or seq < self.min_seq:
+            self.min_seq = seq
+        if seq > self.max_seq:
+            self.max_seq = seq
+
+
+@dataclass
+class BucketState:
+    """One hourly bucket of one event type; ``hour`` is hours since the epoch (UTC)."""
+
+    event_type: str
+    hour: int
+    closed: bool = False
+    closed_at: float | None = None
+    events: int = 0
+    skewed: int = 0
+    duplicates: int = 0
+    producers: dict[str, ProducerInBucket] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None  # the _CLOSED.json content once closed
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "closed": self.closed,
+                "closed_at": self.closed_at,
+                "events": self.events,
+                "skewed": self.skewed,
+                "duplicates": self.duplicates,
+                "producers": {
+                    p: [s.events, s.skewed, s.duplicates, s.min_seq, s.max_seq]
+                    for p, s in self.producers.items()
+                },
+                "summary": self.summary,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, event_type: str, hour: int, text: str) -> BucketState:
+        d = json.loads(text)
+        return cls(
+            event_type=event_type,
+            hour=hour,
+            closed=d["closed"],
+            closed_at=d["closed_at"],
+            events=d["events"],
+            skewed=d["skewed"],
+            duplicates=d["duplicates"],
+            producers={p: ProducerInBucket(*v) for p, v in d["producers"].items()},
+            summary=d.get("summary"),
+        )
+
+
+@dataclass
+class PartState:
+    """One part file: ``committed_len`` bytes of it are acknowledged; the rest is not."""
+
+    path: str  # relative to the data dir
+    event_type: str
+    hour: int
+    fingerprint: str  # hex
+    index: int
+    sync: str  # hex of the 16-byte container sync marker
+    committed_len: int = 0
+    events: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "event_type": self.event_type,
+                "hour": self.hour,
+                "fingerprint": self.fingerprint,
+                "index": self.index,
+                "sync": self.sync,
+                "committed_len": self.committed_len,
+                "events": self.events,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, path: str, text: str) -> PartState:
+        d = json.loads(text)
+        return cls(path=path, **d)
+
+
+@dataclass
+class LedgerState:
+    """The whole ledger in memory."""
+
+    streams: dict[tuple[str, str], StreamState] = field(default_factory=dict)
+    buckets: dict[tuple[str, int], BucketState] = field(default_factory=dict)
+    parts: dict[str, PartState] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class Ledger:
+    """SQLite persistence of :class:`LedgerState`; one writer, serialised by the caller."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = os.path.join(os.fspath(data_dir), LEDGER_FILE)
+        if read_only:
+            if not os.path.exists(self.path):
+                raise FileNotFoundError(f"{self.path}: no collector ledger here")
+            # Not mode=ro: reading a WAL database needs the -shm file, which a reader may create.
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        else:
+            os.makedirs(os.fspath(data_dir), exist_ok=True)
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # the 200 promises durability
+            self._conn.executescript(_DDL)
+            with self.atomic() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        self._conn.execute("PRAGMA busy_timeout=5000")
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """The one transaction helper: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def load(self) -> LedgerState:
+        conn = self._conn
+        state = LedgerState()
+        try:
+            state.meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            for producer, event_type, text in conn.execute(
+                "SELECT producer_id, event_type, state FROM streams"
+            ):
+                state.streams[(producer, event_type)] = StreamState.from_json(
+                    producer, event_type, text
+                )
+            for event_type, hour, text in conn.execute(
+                "SELECT event_type, hour, state FROM buckets"
+            ):
+                state.buckets[(event_type, hour)] = BucketState.from_json(event_type, hour, text)
+            for path, text in conn.execute("SELECT path, state FROM parts"):
+                state.parts[path] = PartState.from_json(path, text)
+        except sqlite3.OperationalError as exc:
+            raise FileNotFoundError(f"{self.path}: not a collector ledger ({exc})") from exc
+        return state
+
+    def save(
+        self,
+        *,
+        streams: Iterator[StreamState] | list[StreamState] = (),  # type: ignore[assignment]
+        buckets: Iterator[BucketState] | list[BucketState] = (),  # type: ignore[assignment]
+        parts: Iterator[PartState] | list[PartState] = (),  # type: ignore[assignment]
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        """Write the given rows in one durable transaction."""
+        with self.atomic() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO streams(producer_id, event_type, state) VALUES (?, ?, ?)",
+                [(s.producer_id, s.event_type, s.to_json()) for s in streams],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO buckets(event_type, hour, state) VALUES (?, ?, ?)",
+                [(b.event_type, b.hour, b.to_json()) for b in buckets],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO parts(path, state) VALUES (?, ?)",
+                [(p.path, p.to_json()) for p in parts],
+            )
+            if meta:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(meta.items())
+                )
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
