@@ -10,13 +10,9 @@ command in the README because it shows the promise end to end.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,97 +32,98 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
         user = f"user-{rng.randrange(10_000)}"
         roll = rng.random()
         if roll < 0.7:
-            yield "EndSong", {
-                "user_id": user,
-                "track_id": f"track-{rng.randrange(1_000_000)}",
-                "ms_played": rng.randrange(0, 400_000),
-                "reason_start": rng.choice(REASONS_START),
-                "reason_end": rng.choice(REASONS_END),
-                "platform": rng.choice(PLATFORMS),
-                "shuffle": rng.random() < 0.3,
-                "offline": rng.random() < 0.05,
-            }
+            yield (
+                "EndSong",
+                {
+                    "user_id": user,
+                    "track_id": f"track-{rng.randrange(1_000_000)}",
+                    "ms_played": rng.randrange(0, 400_000),
+                    "reason_start": rng.choice(REASONS_START),
+                    "reason_end": rng.choice(REASONS_END),
+                    "platform": rng.choice(PLATFORMS),
+                    "shuffle": rng.random() < 0.3,
+                    "offline": rng.random() < 0.05,
+                },
+            )
         elif roll < 0.85:
-            yield "PageView", {
-                "user_id": user,
-                "session_id": f"s-{i // 20}",
-                "page_uri": f"spotify:album:{rng.randrange(50_000)}",
-                "load_ms": rng.randrange(20, 3000),
-            }
+            yield (
+                "PageView",
+                {
+                    "user_id": user,
+                    "session_id": f"s-{i // 20}",
+                    "page_uri": f"spotify:album:{rng.randrange(50_000)}",
+                    "load_ms": rng.randrange(20, 3000),
+                },
+            )
         elif roll < 0.95:
-            yield "SearchQuery", {
-                "user_id": user,
-                "query": rng.choice(("jazz", "taylor", "lofi beats", "podcast", "metal")),
-                "result_count": rng.randrange(0, 50),
-                "latency_ms": rng.random() * 80,
-            }
+            yield (
+                "SearchQuery",
+                {
+                    "user_id": user,
+                    "query": rng.choice(("jazz", "taylor", "lofi beats", "podcast", "metal")),
+                    "result_count": rng.randrange(0, 50),
+                    "latency_ms": rng.random() * 80,
+                },
+            )
         else:
-            yield "ServiceCall", {
-                "service": "demo",
-                "operation": "GET /v1/tracks",
-                "duration_ms": rng.random() * 30,
-                "outcome": "OK",
-            }
-
-
-@contextmanager
-def running_collector(data_dir: Path, schemas: Path, extra: list[str] | None = None) -> Iterator[str]:
-    """Run ``spotify-events collector`` on a free port; yield its batch endpoint."""
-    cmd = [
-        sys.executable, "-m", "spotify_events.cli", "collector",
-        "--host", "127.0.0.1", "--port", "0",
-        "--data-dir", str(data_dir), "--schemas", str(schemas),
-        *(extra or []),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        base = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("listening on "):
-                base = line.split("listening on ", 1)[1].strip()
-                break
-        if base is None:
-            raise click.ClickException(f"the collector did not start (exit code {proc.poll()})")
-        yield f"{base}/v1/batches"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            yield (
+                "ServiceCall",
+                {
+                    "service": "demo",
+                    "operation": "GET /v1/tracks",
+                    "duration_ms": rng.random() * 30,
+                    "outcome": "OK",
+                },
+            )
 
 
 @click.command("demo")
-@click.option("-n", "--events", "count", default=100_000, show_default=True, help="How many events to log.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the collector writes buckets (default: a new temporary directory).")
-@click.option("--schemas", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("schemas"),
-              show_default=True, help="Event schemas (.avsc) for both the client and the collector.")
-@click.option("--durability", type=click.Choice(["buffered", "commit", "fsync"]), default="buffered",
-              show_default=True)  # fmt: skip
+@click.option(
+    "-n", "--events", "count", default=100_000, show_default=True, help="How many events to log."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the collector writes buckets (default: a new temporary directory).",
+)
+@click.option(
+    "--schemas",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("schemas"),
+    show_default=True,
+    help="Event schemas (.avsc) for both the client and the collector.",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["buffered", "commit", "fsync"]),
+    default="buffered",
+    show_default=True,
+)
 def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
     """Log events through a real client to a real collector and print the report."""
     from tqdm import tqdm
 
+    from .collector.process import CollectorProcess
     from .collector.report import format_table, load_report
 
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spotify-events-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     queue_path = Path(tempfile.mkdtemp(prefix="spotify-events-demo-queue-")) / "events.db"
-    with running_collector(data_dir, schemas) as endpoint:
+    with CollectorProcess(data_dir, schemas) as collector:
+        endpoint = collector.endpoint
         click.echo(f"collector: {endpoint}  data dir: {data_dir}  client queue: {queue_path}")
         started = time.perf_counter()
-        with EventClient(endpoint=endpoint, queue_path=str(queue_path), schemas=str(schemas),
-                         durability=durability, service="demo") as client:  # fmt: skip
-            for event_type, record in tqdm(sample_events(count), total=count, unit="ev", desc="logging",
-                                           mininterval=0.5):  # fmt: skip
+        with EventClient(
+            endpoint=endpoint,
+            queue_path=str(queue_path),
+            schemas=str(schemas),
+            durability=durability,
+            service="demo",
+        ) as client:
+            for event_type, record in tqdm(
+                sample_events(count), total=count, unit="ev", desc="logging", mininterval=0.5
+            ):
                 client.log(event_type, record)
             logged_in = time.perf_counter() - started
             click.echo("waiting for the collector to acknowledge everything ...")
@@ -135,7 +132,8 @@ def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: s
         elapsed = time.perf_counter() - started
     click.echo(
         f"\nlogged {stats.logged} events in {logged_in:.2f}s ({stats.logged / logged_in:,.0f}/s); "
-        f"all acknowledged after {elapsed:.2f}s ({stats.acknowledged / elapsed:,.0f}/s end to end); "
+        f"all acknowledged after {elapsed:.2f}s "
+        f"({stats.acknowledged / elapsed:,.0f}/s end to end); "
         f"dropped {sum(stats.dropped.values())}, dead-lettered {sum(stats.dead_lettered.values())}"
     )
     click.echo(format_table(load_report(data_dir, now=time.time())))

@@ -9,15 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -238,95 +231,3 @@ def wsgi_call(
 
     out = b"".join(app(environ, start_response))
     return captured["status"], captured["headers"], out
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "spotify-events"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("spotify-events")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from spotify_events.cli import main; main()"]
-
-
-@dataclass
-class CollectorProcess:
-    """A running collector child process."""
-
-    data_dir: Path
-    args: list[str]
-    proc: subprocess.Popen[str] | None = None
-    url: str = ""
-    stderr_lines: list[str] = field(default_factory=list)
-
-    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> CollectorProcess:
-        cmd = [
-            *_command(),
-            "collector",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--data-dir",
-            str(self.data_dir),
-            "--schemas",
-            str(SCHEMA_DIR),
-            *self.args,
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        proc = self.proc
-        assert proc.stdout is not None and proc.stderr is not None
-
-        def pump_out() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line)
-
-        def pump_err() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                self.stderr_lines.append(line)
-
-        threading.Thread(target=pump_out, daemon=True).start()
-        threading.Thread(target=pump_err, daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            self.kill()
-            raise RuntimeError("collector did not start: " + "".join(self.stderr_lines)) from None
-        assert line.startswith("listening on http://"), line
-        self.url = line.split("listening on ", 1)[1].strip()
-        return self
-
-    def report(self, token: str | None = None) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = requests.get(f"{self.url}/v1/report", headers=headers, timeout=30)
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from collector_helpers import SCHEMA_DIR, BatchMaker, CollectorProcess
+from collector_helpers import SCHEMA_DIR, BatchMaker
 
+from spotify_events.collector.process import CollectorProcess
 from spotify_events.schemas import SchemaRegistry
 
 
@@ -24,9 +25,9 @@ def start_collector(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess]]
     def _start(
         *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None
     ) -> CollectorProcess:
-        cp = CollectorProcess(data_dir or tmp_path / "data", list(args))
+        cp = CollectorProcess(data_dir or tmp_path / "data", SCHEMA_DIR, list(args), env=env or {})
         started.append(cp)
-        return cp.start(env=env)
+        return cp.start()
 
     yield _start
     for cp in started:

@@ -28,7 +28,6 @@ from collector_helpers import (
     SEARCH,
     SERVICE_CALL,
     BatchMaker,
-    CollectorProcess,
     expected_uids,
     part_files,
     post,
@@ -37,6 +36,7 @@ from collector_helpers import (
 )
 
 from spotify_events.collector.delivery import FAILPOINT_ENV
+from spotify_events.collector.process import CollectorProcess
 from spotify_events.encoding import DropNotice
 
 
