@@ -16,6 +16,7 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 from .client import ClientStats, EventClient
 from .config import ClientConfig, Durability
+from .default import close, configure, flush, get_client, log, timed, track
 from .errors import (
     ConfigError,
     EventTooLargeError,
@@ -43,4 +44,11 @@ __all__ = [
     "UnknownEventTypeError",
     "__version__",
     "check_compatibility",
+    "close",
+    "configure",
+    "flush",
+    "get_client",
+    "log",
+    "timed",
+    "track",
 ]

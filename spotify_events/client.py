@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ClientConfig, Durability
@@ -285,6 +285,24 @@ class EventClient:
     def __repr__(self) -> str:
         return f"<EventClient {self.config.endpoint} queue={self.config.queue_path} {self.config.durability.value}>"
 
+    # -- instrumentation (see spotify_events.instrument) -------------------------------------
+    instrumentation_errors: int = 0
+    """Events ``@track``/``timed()`` could not build or log; the host call went on regardless."""
+
+    def track(
+        self, event_type: str, /, *, fields: FieldsFn | None = None, **static_fields: Any
+    ) -> Callable[[_F], _F]:
+        """Decorator: one event per call; see :func:`spotify_events.instrument.track`."""
+        from .instrument import track
+
+        return track(self, event_type, fields=fields, **static_fields)
+
+    def timed(self, event_type: str, /, **static_fields: Any) -> Timed:
+        """Context manager: one event per block; see :func:`spotify_events.instrument.timed`."""
+        from .instrument import timed
+
+        return timed(self, event_type, **static_fields)
+
 
 def _register_fork_hook(client: EventClient) -> None:
     ref = weakref.WeakMethod(client._after_fork_in_child)
@@ -307,3 +325,10 @@ def _register_atexit(client: EventClient) -> Any:
 
     atexit.register(hook)
     return hook
+
+
+if TYPE_CHECKING:  # names used only in EventClient.track/timed annotations
+    from collections.abc import Callable
+
+    from .instrument import F as _F
+    from .instrument import FieldsFn, Timed

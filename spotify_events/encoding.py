@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import fastavro
@@ -66,6 +67,7 @@ META_SDK_VERSION = "se.sdk_version"
 
 _AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def is_avro_full_name(name: str) -> bool:
@@ -104,16 +106,19 @@ class DropNotice:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DropNotice:
-        notice = cls(
-            event_type=str(data["event_type"]),
-            first_seq=int(data["first_seq"]),
-            last_seq=int(data["last_seq"]),
-            count=int(data["count"]),
-            reason=str(data["reason"]),
-        )
-        if notice.first_seq < 1 or notice.last_seq < notice.first_seq:
-            raise ValueError(f"drop notice with bad range {notice.first_seq}..{notice.last_seq}")
-        return notice
+        event_type, reason = data["event_type"], data["reason"]
+        first, last, count = data["first_seq"], data["last_seq"], data["count"]
+        # Strict: the collector's loss report adds these counts up, so a string, a float,
+        # a JSON true or a count that disagrees with its range is a malformed notice.
+        if not isinstance(event_type, str) or not isinstance(reason, str):
+            raise ValueError("drop notice event_type and reason must be strings")
+        if not all(type(n) is int for n in (first, last, count)):
+            raise ValueError("drop notice first_seq, last_seq and count must be integers")
+        if first < 1 or last < first:
+            raise ValueError(f"drop notice with bad range {first}..{last}")
+        if count != last - first + 1:
+            raise ValueError(f"drop notice count {count} does not match its range {first}..{last}")
+        return cls(event_type=event_type, first_seq=first, last_seq=last, count=count, reason=reason)
 
 
 @dataclass
@@ -230,20 +235,12 @@ def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:
         codec = reader.codec
         if codec not in DECODABLE_CODECS:
             raise BatchDecodeError(f"unsupported codec {codec!r}")
-        if reader.writer_schema.get("name") != "spotify_events.wire.Envelope":
+        if not _is_envelope_schema(reader):
             raise BatchDecodeError("container does not hold spotify_events.wire.Envelope records")
         meta = reader.metadata
         envelopes: list[Envelope] = []
         for record in reader:
-            envelopes.append(
-                Envelope(
-                    record["seq"],
-                    record["event_type"],
-                    record["fingerprint"],
-                    _timestamp_millis(record["timestamp"]),
-                    record["payload"],
-                )
-            )
+            envelopes.append(_envelope(record))
             if max_events is not None and len(envelopes) > max_events:
                 raise BatchDecodeError(f"batch holds more than {max_events} events")
         return WireBatch(
@@ -266,11 +263,63 @@ def envelopes_from_rows(rows: Iterable[Sequence[Any]]) -> list[Envelope]:
     return [Envelope(*row) for row in rows]
 
 
+_ENVELOPE_PCF = fastavro.schema.to_parsing_canonical_form(ENVELOPE_SCHEMA)
+_envelope_verdicts: dict[str, bool] = {}
+
+
+def _is_envelope_schema(reader: Any) -> bool:
+    """Whether a container's writer schema is the envelope (same Parsing Canonical Form).
+
+    Checking the name alone let any schema called ``spotify_events.wire.Envelope``
+    through to the record reader; a recursive one (``{"name": "next", "type":
+    ["null", "Envelope"]}``) with 100 KB of nesting overflowed the C stack in
+    fastavro's reader and killed the collector with SIGSEGV
+    (tests/faults/test_hostile_input.py). Decided before any record is read;
+    cached per schema text, a handful of spellings at most.
+    """
+    text = reader.metadata.get("avro.schema", "")
+    verdict = _envelope_verdicts.get(text)
+    if verdict is None:
+        verdict = fastavro.schema.to_parsing_canonical_form(reader.writer_schema) == _ENVELOPE_PCF
+        if len(_envelope_verdicts) < 64:
+            _envelope_verdicts[text] = verdict
+    return verdict
+
+
+def _envelope(record: Mapping[str, Any]) -> Envelope:
+    """One record as an :class:`Envelope`, or BatchDecodeError for wrongly typed fields.
+
+    The canonical form ignores logical types, so a writer schema can still turn a field
+    into a ``datetime``, ``UUID`` or ``Decimal`` (``seq`` as ``timestamp-micros``).
+    Before these checks, a look-alike envelope with a string ``seq`` reached the
+    collector's ledger and failed there with a TypeError: a 503 for client input
+    (tests/faults/test_hostile_input.py).
+    """
+    seq, event_type, fingerprint = record["seq"], record["event_type"], record["fingerprint"]
+    timestamp, payload = record["timestamp"], record["payload"]
+    if not (
+        type(seq) is int
+        and isinstance(event_type, str)
+        and type(fingerprint) is bytes
+        and len(fingerprint) == 8
+        and (type(timestamp) is int or isinstance(timestamp, datetime))
+        and type(payload) is bytes
+    ):
+        raise BatchDecodeError("envelope fields do not have the spotify_events.wire.Envelope types")
+    return Envelope(seq, event_type, fingerprint, _timestamp_millis(timestamp), payload)
+
+
 def _timestamp_millis(value: Any) -> int:
     if isinstance(value, int):
         return value
-    # fastavro turns timestamp-millis into an aware datetime on read
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+    # fastavro turns timestamp-millis into an aware datetime on read. Convert with
+    # integer arithmetic: int(value.timestamp() * 1000) goes through float seconds
+    # and came back 1 ms early for ~1% of timestamps (tests/test_encoding.py).
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return int((value - _EPOCH) // timedelta(milliseconds=1))
+    return int(value)
 
 
 def _meta(meta: Mapping[str, Any], key: str, default: str | None = None) -> str:
@@ -283,7 +332,7 @@ def _meta(meta: Mapping[str, Any], key: str, default: str | None = None) -> str:
 def _parse_next_seq(text: str) -> dict[str, int]:
     data = json.loads(text)
     if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in data.items()
+        isinstance(k, str) and type(v) is int and v >= 1 for k, v in data.items()
     ):
         raise BatchDecodeError(f"{META_NEXT_SEQ} must map event types to sequence numbers >= 1")
     return data

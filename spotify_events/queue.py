@@ -147,10 +147,13 @@ class DurableQueue:
             raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
         try:
             self._check_identity(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._migrate(conn)
+        except sqlite3.OperationalError as exc:  # locked, I/O, permissions: not corruption
+            conn.close()
+            raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise QueueCorruptError(f"{self.path}: not a usable spotify-events queue: {exc}") from exc
@@ -158,6 +161,23 @@ class DurableQueue:
             conn.close()
             raise
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying while another process holds the file.
+
+        Leaving the rollback journal needs an exclusive lock and SQLite may answer
+        SQLITE_BUSY at once instead of calling the busy handler, so two gunicorn
+        workers opening a new queue file together failed with "database is locked"
+        (tests/test_queue.py, racing-to-create)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def _check_identity(self, conn: sqlite3.Connection) -> None:
         """Refuse foreign and newer files before writing a byte to them."""
@@ -315,16 +335,20 @@ class DurableQueue:
             )
         result.stored = stored
         version = conn.execute("PRAGMA data_version").fetchone()[0] if cache is None else cache.data_version
-        return _AppendCache(version, {**known, **next_seq}, queue_bytes)
+        return _AppendCache(version, {**known, **next_seq}, queue_bytes, conn.total_changes)
 
     def _valid_cache(self, conn: sqlite3.Connection) -> _AppendCache | None:
         """Our cached sequence numbers and byte count, if no other connection wrote
-        since our last commit (PRAGMA data_version changes only for others' commits).
+        since our last commit (PRAGMA data_version changes only for others' commits)
+        and neither did this one outside append (ack, dead_letter: total_changes moves).
         Saves two reads per transaction on the ``commit`` durability path."""
         cache = self._cache
         if cache is None:
             return None
-        if conn.execute("PRAGMA data_version").fetchone()[0] != cache.data_version:
+        if (
+            conn.total_changes != cache.total_changes
+            or conn.execute("PRAGMA data_version").fetchone()[0] != cache.data_version
+        ):
             self._cache = None
             return None
         return cache
@@ -545,6 +569,7 @@ class _AppendCache(NamedTuple):
     data_version: int
     next_seq: dict[str, int]
     queue_bytes: int
+    total_changes: int  # this connection's row changes when the cache was made
 
 
 def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:

@@ -95,6 +95,8 @@ def load_schema_file(path: str | os.PathLike[str]) -> EventSchema:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SchemaError(f"{path}: cannot read schema file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not valid UTF-8: {exc}") from exc
     try:
         definition = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -226,7 +228,11 @@ def check_compatibility(old: EventSchema | Mapping[str, Any], new: EventSchema |
 
     def to_avro(schema: EventSchema | Mapping[str, Any]) -> Any:
         raw = schema.raw if isinstance(schema, EventSchema) else schema
-        return avro_parse(json.dumps(raw))
+        source = schema.source if isinstance(schema, EventSchema) else "<dict>"
+        try:
+            return avro_parse(json.dumps(raw))
+        except Exception as exc:  # avro's SchemaParseException, TypeError from json ...
+            raise SchemaError(f"{source}: invalid Avro schema: {exc}") from exc
 
     old_schema, new_schema = to_avro(old), to_avro(new)
     checker = ReaderWriterCompatibilityChecker()

@@ -27,6 +27,7 @@ unreachable, recovered, throttled, token refused) is logged once, not per try.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -95,7 +96,7 @@ class Shipper:
         self._init_state()
 
     def _init_state(self) -> None:
-        self.holder = f"{self.settings.host}:{uuid.uuid4()}"
+        self.holder = f"{self.settings.host}:{os.getpid()}:{uuid.uuid4()}"
         self._stop = threading.Event()
         self._urgent = threading.Event()  # flush/close asked: skip linger
         self._acked = threading.Condition(threading.Lock())
@@ -165,6 +166,9 @@ class Shipper:
             # Another process ships from this file; check back before its lease could lapse.
             self._stop.wait(min(self.settings.lease_ttl / 3, 5.0))
             return
+        # Clear the wake-up *before* looking at the queue: a commit (or stop) that
+        # lands after this line sets it again, so the waits below cannot miss it.
+        self.committed.clear()
         depth = self.queue.depth()
         urgent = self._urgent.is_set()
         if depth.events == 0:
@@ -186,13 +190,11 @@ class Shipper:
         """Wait up to ``linger`` for a fuller batch; True if we waited (re-check after)."""
         if self.settings.linger <= 0:
             return False
-        self.committed.clear()
         if self._urgent.wait(self.settings.linger) or self._stop.is_set():
             return True
         return False
 
     def _idle_wait(self, seconds: float) -> None:
-        self.committed.clear()
         # re-check the lease well before it lapses even if nothing is logged
         self.committed.wait(max(0.0, min(seconds, self.settings.lease_ttl / 3)))
 
@@ -202,11 +204,35 @@ class Shipper:
             return True
         try:
             held = self.queue.acquire_lease(self.holder, self.settings.lease_ttl)
+            other = None if held else self.queue.lease_holder()
+            if other is not None and self._holder_is_dead(other):
+                # A process on this host that died without releasing (SIGKILL, OOM):
+                # take over now instead of leaving its queue unshipped for a whole TTL.
+                # Releasing names the dead holder, so a live newcomer's lease is never undone.
+                self.queue.release_lease(other)
+                held = self.queue.acquire_lease(self.holder, self.settings.lease_ttl)
         except QueueError as exc:
             self._note_error(f"lease: {exc}")
             return False
         self._lease_until = now + self.settings.lease_ttl if held else 0.0
         return held
+
+    def _holder_is_dead(self, holder: str) -> bool:
+        """True when ``holder`` (host:pid:uuid) names a process on this host that is gone."""
+        try:
+            host, pid_text, _ = holder.rsplit(":", 2)
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        if host != self.settings.host or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by someone else
+            return False
+        return False
 
     # -- one batch, with splitting and bisection -------------------------------------
     def _deliver(self, events: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]]) -> None:

@@ -183,10 +183,13 @@ class QueueWriter:
         """Commit everything buffered (caller holds ``_commit_lock``); False on a write error."""
         with self._lock:
             events, self._pending = self._pending, []
-            self._pending_bytes = 0
+            # In-flight events stay counted in _pending_bytes until their commit
+            # succeeds: releasing the space before the commit let callers refill the
+            # buffer during every failed attempt, and each put-back then grew memory by
+            # another max_buffer_bytes (tests/test_writer.py, writes failing).
+            inflight = self._pending_bytes
             overflow, self._overflow = self._overflow, {}
             upto = self._ticket
-            self._space.notify_all()
         if not events and not overflow:
             self._committed_ticket = upto
             return True
@@ -194,9 +197,9 @@ class QueueWriter:
             result = self.queue.append(events, overflow)
         except QueueError as exc:
             with self._lock:
-                # put them back in front so order (and so sequence order) is kept
+                # put them back in front so order (and so sequence order) is kept;
+                # their bytes were never released
                 self._pending[:0] = events
-                self._pending_bytes += sum(len(e[3]) for e in events)
                 for key, n in overflow.items():
                     self._overflow[key] = self._overflow.get(key, 0) + n
             self.counters.write_errors += 1
@@ -209,6 +212,8 @@ class QueueWriter:
             logger.warning("spotify-events queue writes recovered")
             self._failing = False
         with self._lock:
+            self._pending_bytes -= inflight
+            self._space.notify_all()
             self._dropping = False
             self.counters.committed += result.stored
             self.counters.commits += 1

@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 #: Fault injection for crash tests: ``crash-after-write:N`` makes the process die
 #: (``os._exit``, as abrupt as SIGKILL) on the Nth batch, after its bucket bytes are
 #: written and fsynced but before the ledger commit: the window recovery must handle.
+#: ``crash-after-commit:N`` dies right after the Nth ledger commit, before any 200 is
+#: sent: the client retries events that are already durable (counted as duplicates).
 FAILPOINT_ENV = "SPOTIFY_EVENTS_COLLECTOR_FAILPOINT"
 
 
@@ -178,7 +180,7 @@ class LocalDelivery:
         self._queue: list[_Ticket] = []
         self._closed = False
         self._needs_recovery = False
-        self._crash_at = _failpoint()
+        self._crash_at, self._crash_after_commit = _failpoint()
         self._files: dict[str, PartFile] = {}
         self._open_buckets: dict[tuple[str, int], BucketState] = {}
         self._next_close_at = float("inf")
@@ -418,7 +420,7 @@ class LocalDelivery:
             synced.append(pf)
         for pf in synced:
             pf.sync()
-        if self._crash_at:
+        if self._crash_at and not self._crash_after_commit:
             self._crash_at -= 1
             if not self._crash_at:
                 os._exit(137)
@@ -427,6 +429,10 @@ class LocalDelivery:
             buckets=[b for b in group.buckets.values() if b.events or b.duplicates],
             parts=[p for p in group.parts.values() if p.committed_len],
         )
+        if self._crash_at and self._crash_after_commit:
+            self._crash_at -= 1
+            if not self._crash_at:
+                os._exit(137)
 
     def _bucket(
         self, etype: str, hour: int, dirty: dict[tuple[str, int], BucketState]
@@ -578,8 +584,10 @@ class LocalDelivery:
                         os.unlink(os.path.join(dirpath, name))
 
 
-def _failpoint() -> int:
+def _failpoint() -> tuple[int, bool]:
+    """(N, after_commit) from :data:`FAILPOINT_ENV`; N == 0 means no failpoint."""
     value = os.environ.get(FAILPOINT_ENV, "")
-    if value.startswith("crash-after-write:"):
-        return int(value.split(":", 1)[1])
-    return 0
+    for prefix, after_commit in (("crash-after-write:", False), ("crash-after-commit:", True)):
+        if value.startswith(prefix):
+            return int(value[len(prefix) :]), after_commit
+    return 0, False

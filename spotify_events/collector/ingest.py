@@ -14,12 +14,16 @@ event, with a reason. Only a body that is not a decodable batch at all is a 400.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import fastavro
 from fastavro import schemaless_reader
+from fastavro.read import LOGICAL_READERS
 
 from ..encoding import DropNotice, Envelope, decode_batch, is_avro_full_name
 from ..errors import BatchDecodeError
@@ -30,6 +34,51 @@ from .wire import decode_envelopes, is_envelope_schema
 #: Largest timestamp (ms) an hourly bucket path can be built from: 9999-12-31T23:59:59.999Z.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
 _MAX_PRODUCER_ID = 200
+
+
+#: Payloads are validated with a copy of each schema whose ``bytes`` decimals carry this
+#: logical type instead of ``decimal`` (same bytes on the wire), read by
+#: :func:`_bounded_decimal`. fastavro turns a decimal's bytes into an int and then a
+#: ``Decimal`` with no size limit, which is quadratic: a 1 MB decimal (a few hundred
+#: bytes of zstd) held a worker for 100 s of CPU (tests/faults/test_hostile_input.py).
+_BOUNDED_DECIMAL = "spotify-events-bounded-decimal"
+_FASTAVRO_DECIMAL = LOGICAL_READERS["bytes-decimal"]
+
+
+@functools.lru_cache(maxsize=64)
+def _decimal_max_bytes(precision: int) -> int:
+    """Most bytes a decimal of ``precision`` digits needs, plus one for a padding sign byte."""
+    return (int(10**precision - 1).bit_length() + 8) // 8 + 1
+
+
+def _bounded_decimal(data: bytes, writer_schema: Any, reader_schema: Any = None) -> Any:
+    precision = writer_schema["precision"]
+    if len(data) > _decimal_max_bytes(precision):
+        raise ValueError(f"a decimal of {len(data)} bytes exceeds precision {precision}")
+    return _FASTAVRO_DECIMAL(data, writer_schema, reader_schema)
+
+
+LOGICAL_READERS["bytes-" + _BOUNDED_DECIMAL] = _bounded_decimal  # fastavro's documented hook
+
+
+def _with_bounded_decimals(node: Any) -> Any:
+    """A copy of a raw schema with each bytes ``decimal`` read by :func:`_bounded_decimal`."""
+    if isinstance(node, list):
+        return [_with_bounded_decimals(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _with_bounded_decimals(v) for k, v in node.items()}
+    if out.get("type") == "bytes" and out.get("logicalType") == "decimal":
+        out["logicalType"] = _BOUNDED_DECIMAL
+    return out
+
+
+def validation_schema(schema: EventSchema) -> Any:
+    """The parsed schema ingest decodes payloads with (wire-identical to ``schema``)."""
+    raw = _with_bounded_decimals(dict(schema.raw))
+    if raw == schema.raw:
+        return schema.parsed
+    return fastavro.parse_schema(raw, named_schemas={})
 
 
 class IngestError(Exception):
@@ -103,6 +152,7 @@ class Ingest:
         self.registry = registry
         self.limits = limits or IngestLimits()
         self._clock = clock
+        self._readers: dict[bytes, Any] = {}  # fingerprint -> validation schema
 
     def parse(self, body: bytes) -> IngestedBatch:
         limits = self.limits
@@ -174,8 +224,11 @@ class Ingest:
             else:
                 payload = env.payload
                 buf = io.BytesIO(payload)
+                reader = self._readers.get(fp)
+                if reader is None:
+                    reader = self._readers[fp] = validation_schema(schema)
                 try:
-                    schemaless_reader(buf, schema.parsed, None)
+                    schemaless_reader(buf, reader, None)
                 except Exception as exc:  # fastavro raises many types on bad bytes
                     reason = (
                         f"payload does not decode with {schema.full_name}: {type(exc).__name__}"

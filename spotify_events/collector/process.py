@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -68,10 +69,8 @@ class CollectorProcess:
         proc = self.proc
         stdout, stderr = proc.stdout, proc.stderr
         assert stdout is not None and stderr is not None
-        threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
-        threading.Thread(
-            target=lambda: [self.stderr_lines.append(line) for line in stderr], daemon=True
-        ).start()
+        threading.Thread(target=_pump, args=(stdout, lines.put), daemon=True).start()
+        threading.Thread(target=_pump, args=(stderr, self.stderr_lines.append), daemon=True).start()
         try:
             line = lines.get(timeout=timeout)
         except queue.Empty:
@@ -120,3 +119,9 @@ class CollectorProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _pump(stream: IO[str], sink: Callable[[str], object]) -> None:
+    """Hand every line of a child's pipe to ``sink`` until the pipe closes."""
+    for line in stream:
+        sink(line)

@@ -1,0 +1,128 @@
+"""Fixtures shared by the whole suite: the example schemas, encoding, real queue files.
+
+Kept small and generic on purpose; fixtures for one area live in that area's
+subfolder (``tests/collector/conftest.py`` ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotify_events.encoding import EventEncoder
+from spotify_events.queue import DurableQueue, PendingEvent
+from spotify_events.schemas import SchemaRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_DIR = ROOT / "schemas"
+
+END_SONG = "spotify.events.playback.EndSong"
+#: A fixed event time (2025-11-14T22:13:20.123Z) so tests never depend on the clock.
+FIXED_TS = 1_763_158_400_123
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002
+) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; the truthiness result.
+
+    For conditions that no Event signals (another process, an SQLite lock, a lease
+    expiring): the test waits on the condition itself, never on a guessed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+@pytest.fixture(name="wait_for", scope="session")
+def wait_for_fixture() -> Callable[..., bool]:
+    """The :func:`wait_for` helper, as a fixture (test modules do not import conftest)."""
+    return wait_for
+
+
+@pytest.fixture(scope="session")
+def schema_dir() -> Path:
+    return SCHEMA_DIR
+
+
+@pytest.fixture(scope="session")
+def registry() -> SchemaRegistry:
+    """The project's example schemas (schemas/*.avsc), loaded once."""
+    return SchemaRegistry(SCHEMA_DIR)
+
+
+@pytest.fixture(scope="session")
+def encode(registry: SchemaRegistry) -> Callable[[str, Mapping[str, Any]], bytes]:
+    """``encode(event_type, record) -> bytes`` with one cached encoder per type."""
+    encoders: dict[str, EventEncoder] = {}
+
+    def _encode(event_type: str, record: Mapping[str, Any]) -> bytes:
+        encoder = encoders.get(event_type)
+        if encoder is None:
+            encoder = encoders[event_type] = EventEncoder(registry.get(event_type))
+        return encoder.encode(record)
+
+    return _encode
+
+
+@pytest.fixture(scope="session")
+def pending(
+    registry: SchemaRegistry, encode: Callable[[str, Mapping[str, Any]], bytes]
+) -> Callable[..., PendingEvent]:
+    """``pending(event_type, record, timestamp=FIXED_TS) -> PendingEvent``, ready to append."""
+
+    def _pending(
+        event_type: str, record: Mapping[str, Any], timestamp: int = FIXED_TS
+    ) -> PendingEvent:
+        schema = registry.get(event_type)
+        return PendingEvent(
+            schema.full_name, schema.fingerprint, timestamp, encode(event_type, record)
+        )
+
+    return _pending
+
+
+@pytest.fixture
+def end_song_record() -> dict[str, Any]:
+    """A valid EndSong record with every field set (a fresh dict per test)."""
+    return {
+        "user_id": "u1",
+        "track_id": "t1",
+        "ms_played": 31_000,
+        "reason_start": "CLICKROW",
+        "reason_end": "TRACKDONE",
+        "platform": "ios",
+        "shuffle": False,
+        "offline": False,
+        "context_uri": "spotify:playlist:37i9dQZF1DXcBWIGoYBM5M",
+        "conn_country": "SE",
+    }
+
+
+@pytest.fixture
+def queue_path(tmp_path: Path) -> Path:
+    return tmp_path / "events.db"
+
+
+@pytest.fixture
+def make_queue(queue_path: Path) -> Iterator[Callable[..., DurableQueue]]:
+    """``make_queue(path=queue_path, **options) -> DurableQueue``; every queue made is
+    closed at teardown, so no test leaks a connection (or a WAL lock) into the next."""
+    opened: list[DurableQueue] = []
+
+    def _make(path: Path | str | None = None, **options: Any) -> DurableQueue:
+        queue = DurableQueue(queue_path if path is None else path, **options)
+        opened.append(queue)
+        return queue
+
+    yield _make
+    for queue in reversed(opened):
+        queue.close()
