@@ -25,13 +25,13 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ClientConfig, Durability
-from .encoding import EventEncoder
-from .errors import ClientClosedError
+from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
+from .errors import ClientClosedError, EventValidationError
 from .queue import DurableQueue, PendingEvent
 from .schemas import SchemaRegistry
 from .shipper import Shipper, ShipperSettings
@@ -150,12 +150,7 @@ class EventClient:
             event = event.__event_type__
         encoder = self._encoders.get(event) or self._encoder_for(event)
         payload = encoder.encode(record)  # type: ignore[arg-type]
-        if timestamp is None:
-            millis = int(time.time() * 1000)
-        elif isinstance(timestamp, datetime):
-            millis = int(timestamp.timestamp() * 1000)
-        else:
-            millis = int(timestamp * 1000)
+        millis = int(time.time() * 1000) if timestamp is None else _event_millis(encoder, timestamp)
         schema = encoder.schema
         ticket = self._writer.submit(PendingEvent(schema.full_name, schema.fingerprint, millis, payload))
         if self._durable and ticket:
@@ -302,6 +297,28 @@ class EventClient:
         from .instrument import timed
 
         return timed(self, event_type, **static_fields)
+
+
+def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
+    """Milliseconds since the epoch for an explicit event time, or a clear error:
+    a time no reader can decode would poison the whole batch it travels in."""
+    try:
+        if isinstance(timestamp, datetime):
+            aware = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=timezone.utc)
+            millis = int(aware.timestamp() * 1000)
+        else:
+            millis = int(timestamp * 1000)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EventValidationError(
+            encoder.schema.full_name, [f"timestamp {timestamp!r}: {exc}"], field="timestamp"
+        ) from exc
+    if not MIN_EVENT_MILLIS <= millis <= MAX_EVENT_MILLIS:
+        raise EventValidationError(
+            encoder.schema.full_name,
+            [f"timestamp {timestamp!r} is outside years 1-9999 (epoch seconds or a datetime)"],
+            field="timestamp",
+        )
+    return millis
 
 
 def _register_fork_hook(client: EventClient) -> None:

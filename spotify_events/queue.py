@@ -328,11 +328,7 @@ class DurableQueue:
             queue_bytes -= freed
             result.count_drop(DROP_QUEUE_FULL, evicted)
         if drops:
-            conn.executemany(
-                "INSERT INTO drops (event_type, first_seq, last_seq, count, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                drops,
-            )
+            _insert_drops(conn, drops)
         result.stored = stored
         version = conn.execute("PRAGMA data_version").fetchone()[0] if cache is None else cache.data_version
         return _AppendCache(version, {**known, **next_seq}, queue_bytes, conn.total_changes)
@@ -461,9 +457,8 @@ class DurableQueue:
                 by_type: dict[str, list[int]] = {}
                 for e in events:
                     by_type.setdefault(e.event_type, []).append(e.seq)
-                conn.executemany(
-                    "INSERT INTO drops (event_type, first_seq, last_seq, count, reason, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                _insert_drops(
+                    conn,
                     [
                         (t, first, last, last - first + 1, f"rejected: {reason}", now)
                         for t, seqs in by_type.items()
@@ -472,29 +467,29 @@ class DurableQueue:
                 )
         return moved
 
-    def record_drops(self, notices: Iterable[DropNotice]) -> None:
-        """Record drops decided outside an append (kept for collector reporting)."""
-        now = time.time()
-        with self.atomic() as conn:
-            conn.executemany(
-                "INSERT INTO drops (event_type, first_seq, last_seq, count, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(d.event_type, d.first_seq, d.last_seq, d.count, d.reason, now) for d in notices],
-            )
-
     def unreported_drops(self, limit: int = 1000) -> list[tuple[int, DropNotice]]:
         """Drop records the collector has not acknowledged yet, oldest first."""
         rows = self._read(
-            "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
-            "WHERE reported = 0 ORDER BY id LIMIT ?",
+            "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops ORDER BY id LIMIT ?",
             (limit,),
         )
         return [(int(r[0]), DropNotice(*r[1:])) for r in rows]  # type: ignore[arg-type, call-overload]
 
-    def mark_drops_reported(self, ids: Sequence[int]) -> None:
-        if ids:
-            with self.atomic() as conn:
-                conn.executemany("UPDATE drops SET reported = 1 WHERE id = ?", [(i,) for i in ids])
+    def mark_drops_reported(self, reported: Sequence[tuple[int, DropNotice]]) -> None:
+        """Forget drop records the collector acknowledged, as they were when sent.
+
+        A record may have grown since it was read (a later drop of the next
+        numbers merges into it); then only the part that was sent is forgotten.
+        """
+        if not reported:
+            return
+        with self.atomic() as conn:
+            for row_id, notice in reported:
+                conn.execute("DELETE FROM drops WHERE id = ? AND last_seq = ?", (row_id, notice.last_seq))
+                conn.execute(
+                    "UPDATE drops SET first_seq = ?, count = last_seq - ? + 1 WHERE id = ? AND last_seq > ?",
+                    (notice.last_seq + 1, notice.last_seq + 1, row_id, notice.last_seq),
+                )
 
     def next_seqs(self) -> dict[str, int]:
         """Per event type, the next sequence number to be assigned (the heartbeat watermark)."""
@@ -578,6 +573,25 @@ def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
     )
 
 
+def _insert_drops(conn: sqlite3.Connection, drops: Iterable[tuple[str, int, int, int, str, float]]) -> None:
+    """Record drop ranges, extending the previous record of the same type and reason
+    when the new range follows it: a full queue evicting on every commit then keeps
+    one growing row instead of adding a row per commit (disk stays bounded)."""
+    for event_type, first, last, count, reason, created_at in drops:
+        extended = conn.execute(
+            "UPDATE drops SET last_seq = ?, count = count + ? WHERE id = ("
+            "SELECT id FROM drops WHERE event_type = ? AND reason = ? AND last_seq = ? "
+            "ORDER BY id DESC LIMIT 1)",
+            (last, count, event_type, reason, first - 1),
+        ).rowcount
+        if not extended:
+            conn.execute(
+                "INSERT INTO drops (event_type, first_seq, last_seq, count, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (event_type, first, last, count, reason, created_at),
+            )
+
+
 def _create_v1(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["meta"].insert_all(
@@ -589,10 +603,12 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db["counters"].create({"name": str, "value": int}, pk="name")
     db["counters"].insert_all([{"name": "bytes", "value": 0}, {"name": "events", "value": 0}])
     db["sequences"].create({"event_type": str, "next_seq": int}, pk="event_type")
-    db["events"].create(
-        {"id": int, "event_type": str, "seq": int, "fingerprint": bytes, "timestamp": int, "payload": bytes, "size": int},
-        pk="id",
-        not_null={"event_type", "seq", "fingerprint", "timestamp", "payload", "size"},
+    # AUTOINCREMENT: ids are never reused, even after eviction empties the table,
+    # so an ack for a batch read earlier can never delete newer, unsent events.
+    db.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
+        "seq INTEGER NOT NULL, fingerprint BLOB NOT NULL, timestamp INTEGER NOT NULL, "
+        "payload BLOB NOT NULL, size INTEGER NOT NULL)"
     )
     db["drops"].create(
         {
@@ -603,13 +619,10 @@ def _create_v1(db: sqlite_utils.Database) -> None:
             "count": int,
             "reason": str,
             "created_at": float,
-            "reported": int,
         },
         pk="id",
-        defaults={"reported": 0},
         not_null={"event_type", "first_seq", "last_seq", "count", "reason"},
     )
-    db["drops"].create_index(["reported", "id"])
     db["dead_letters"].create(
         {
             "id": int,

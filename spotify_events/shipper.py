@@ -330,7 +330,7 @@ class Shipper:
         if part:
             self.queue.ack(part[0].id, part[-1].id)
         if drops:
-            self.queue.mark_drops_reported([i for i, _ in drops])
+            self.queue.mark_drops_reported(drops)
         if not part:
             self.counters.heartbeats += 1
         body = result.body or {}

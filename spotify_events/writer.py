@@ -28,6 +28,8 @@ from .queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingEve
 
 logger = logging.getLogger("spotify_events.writer")
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 
 @dataclass
 class WriterCounters:
@@ -82,7 +84,12 @@ class QueueWriter:
 
     # -- caller side -------------------------------------------------------------
     def submit(self, event: PendingEvent) -> int:
-        """Buffer one encoded event; returns its ticket, or 0 when it was dropped."""
+        """Buffer one encoded event; returns its ticket, or 0 when it was dropped.
+
+        Raises ValueError for a timestamp SQLite cannot store, so one bad event
+        can never fail the commit of the whole group it would travel with."""
+        if not _INT64_MIN <= event[2] <= _INT64_MAX:
+            raise ValueError(f"{event[0]}: timestamp {event[2]} does not fit a 64-bit integer")
         size = len(event[3])
         with self._lock:
             self.counters.logged += 1
@@ -195,7 +202,9 @@ class QueueWriter:
             return True
         try:
             result = self.queue.append(events, overflow)
-        except QueueError as exc:
+        except Exception as exc:  # QueueError, or anything else: the thread must live on
+            if not isinstance(exc, QueueError):
+                logger.exception("spotify-events: unexpected error committing to the queue")
             with self._lock:
                 # put them back in front so order (and so sequence order) is kept;
                 # their bytes were never released

@@ -443,12 +443,6 @@ def test_writer_and_shipper_instances_interleave_on_a_bounded_queue(
     assert (depth.events, depth.bytes) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a PendingEvent SQLite cannot bind (timestamp >= 2**63, e.g. log(timestamp=1e17)) "
-    "makes queue.append raise OverflowError, which is not a QueueError: the writer thread dies, "
-    "its whole batch is lost without a drop record, and commit_through() still returns True",
-)
 def test_a_poison_event_neither_kills_the_writer_nor_loses_its_batch(
     make_queue: MakeQueue, make_writer: MakeWriter, queue_path: Path
 ) -> None:
