@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
-from .errors import ClientClosedError, EventValidationError
-from .queue import DurableQueue, PendingEvent
+from .errors import ClientClosedError, EventValidationError, QueueCorruptError
+from .queue import DurableQueue, PendingEvent, QueueDepth, quarantine
 from .schemas import SchemaRegistry
 from .shipper import Shipper, ShipperSettings
 from .transport import HttpTransport, Transport
@@ -84,6 +84,7 @@ class EventClient:
         )
         self._open()
         self._closed = False
+        self._final_depth: QueueDepth | None = None
         self._pid = os.getpid()
         _register_fork_hook(self)
         self._atexit = _register_atexit(self)
@@ -97,7 +98,7 @@ class EventClient:
             "drop_policy": cfg.drop_policy,
             "fsync": cfg.durability is Durability.FSYNC,
         }
-        self._writer_queue = DurableQueue(cfg.queue_path, **queue_args)
+        self._writer_queue = self._open_or_quarantine(cfg.queue_path, queue_args)
         self._shipper_queue = DurableQueue(cfg.queue_path, **queue_args)
         self._writer = QueueWriter(
             self._writer_queue,
@@ -123,6 +124,24 @@ class EventClient:
         self._writer.on_commit = self._shipper.committed
         self._started = False
         self._start_lock = threading.Lock()
+
+    @staticmethod
+    def _open_or_quarantine(path: str, queue_args: dict[str, Any]) -> DurableQueue:
+        """Open the queue; a damaged file is moved aside (never deleted), a fresh
+        queue starts, and the incident travels to the collector with the next batch.
+        Foreign or newer files raise: they are somebody's data, not ours to move."""
+        try:
+            return DurableQueue(path, verify=True, **queue_args)
+        except QueueCorruptError as exc:
+            moved = quarantine(path)
+            logger.error(
+                "spotify-events: queue file %s is damaged (%s); moved it to %s and started a fresh "
+                "queue. Events still in the old file are not shipped; the collector is told.",
+                path, exc, moved,
+            )  # fmt: skip
+            queue = DurableQueue(path, **queue_args)
+            queue.record_incident("queue_quarantined", f"{exc}; moved to {moved}")
+            return queue
 
     @property
     def producer_id(self) -> str:
@@ -238,6 +257,7 @@ class EventClient:
         if self._own_transport:
             self._transport.close()
         if self._pid == os.getpid():
+            self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
             self._writer_queue.close()
             self._shipper_queue.close()
         return delivered
@@ -258,7 +278,7 @@ class EventClient:
     # -- introspection ---------------------------------------------------------------------
     def stats(self) -> ClientStats:
         w, s = self._writer.counters, self._shipper.counters
-        depth = self._writer_queue.depth()
+        depth = self._final_depth if self._final_depth is not None else self._writer_queue.depth()
         buffered, _ = self._writer.buffered
         dropped = dict(w.dropped)
         return ClientStats(

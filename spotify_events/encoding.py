@@ -65,6 +65,9 @@ META_DROPS = "se.drops"
 META_SERVICE = "se.service"
 META_HOST = "se.host"
 META_SDK_VERSION = "se.sdk_version"
+#: Optional: JSON list of things that happened to the producer's queue itself
+#: (e.g. a damaged file moved aside), so the loss report can say why.
+META_INCIDENTS = "se.incidents"
 
 _AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -138,6 +141,7 @@ class WireBatch:
     service: str = ""
     host: str = ""
     sdk_version: str = ""
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
 
 class EventEncoder:
@@ -210,6 +214,8 @@ def encode_batch(batch: WireBatch, codec: str = WIRE_CODEC, level: int | None = 
         META_HOST: batch.host,
         META_SDK_VERSION: batch.sdk_version,
     }
+    if batch.incidents:
+        metadata[META_INCIDENTS] = json.dumps(batch.incidents, separators=(",", ":"))
     out = io.BytesIO()
     for e in batch.envelopes:
         if not MIN_EVENT_MILLIS <= e[3] <= MAX_EVENT_MILLIS:
@@ -257,6 +263,7 @@ def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:
             service=_meta(meta, META_SERVICE, ""),
             host=_meta(meta, META_HOST, ""),
             sdk_version=_meta(meta, META_SDK_VERSION, ""),
+            incidents=_parse_incidents(_meta(meta, META_INCIDENTS, "[]")),
         )
     except BatchDecodeError:
         raise
@@ -341,6 +348,13 @@ def _parse_next_seq(text: str) -> dict[str, int]:
         isinstance(k, str) and type(v) is int and v >= 1 for k, v in data.items()
     ):
         raise BatchDecodeError(f"{META_NEXT_SEQ} must map event types to sequence numbers >= 1")
+    return data
+
+
+def _parse_incidents(text: str) -> list[dict[str, Any]]:
+    data = json.loads(text)
+    if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+        raise BatchDecodeError(f"{META_INCIDENTS} must be a JSON list of objects")
     return data
 
 

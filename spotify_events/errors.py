@@ -13,6 +13,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     ├── ClientClosedError(RuntimeError)    log() on a client after close()
     ├── QueueError                         the on-disk queue cannot be used
     │   ├── QueueCorruptError              not SQLite, or damaged; names the file
+    │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
     │   └── QueueVersionError              written by a newer spotify-events
     └── TransportError                     a send failed below HTTP (refused, reset, timeout)
 
@@ -83,6 +84,10 @@ class QueueError(SpotifyEventsError):
 
 class QueueCorruptError(QueueError):
     """The queue file is not an SQLite database, or is damaged."""
+
+
+class QueueForeignFileError(QueueError):
+    """The path holds somebody else's SQLite database; it is never modified or moved."""
 
 
 class QueueVersionError(QueueError):

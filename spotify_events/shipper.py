@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import backoff
@@ -173,7 +174,7 @@ class Shipper:
         urgent = self._urgent.is_set()
         if depth.events == 0:
             drops = self.queue.unreported_drops()
-            if drops or time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
+            if drops or self.queue.unreported_incidents() or time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
                 self._deliver([], drops)
                 self._urgent.clear()
                 return
@@ -238,15 +239,17 @@ class Shipper:
     def _deliver(self, events: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]]) -> None:
         """Send ``events`` (plus drop notices) until each has left the queue or we stop."""
         parts: list[Sequence[QueuedEvent]] = [events]
+        incidents = self.queue.unreported_incidents()
         while parts and not self._stop.is_set():
             part = parts.pop()
-            result = self._send_until_answered(part, drops)
+            result = self._send_until_answered(part, drops, incidents)
             if result is None:
                 return  # stopping: the events stay queued for the next run
             outcome = result.outcome
             if outcome is Outcome.ACCEPTED:
                 self._accept(part, drops, result)
-                drops = []  # reported; later parts need not carry them again
+                self.queue.mark_incidents_reported([i for i, _ in incidents])
+                drops, incidents = [], []  # reported; later parts need not carry them again
             elif len(part) > 1:
                 # 413: too big, or 400: something inside is poison. Halve and resend,
                 # first half first so acks stay in queue order.
@@ -262,10 +265,13 @@ class Shipper:
                 return
 
     def _send_until_answered(
-        self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]]
+        self,
+        part: Sequence[QueuedEvent],
+        drops: list[tuple[int, DropNotice]],
+        incidents: list[tuple[int, dict[str, Any]]],
     ) -> SendResult | None:
         """Send one part, retrying transient failures; None when asked to stop."""
-        body = self._encode(part, [d for _, d in drops])
+        body = self._encode(part, [d for _, d in drops], [i for _, i in incidents])
         headers = {"X-SE-Producer-Id": self.queue.producer_id, "X-SE-Event-Count": str(len(part))}
         delays = _backoff_delays(self.settings.backoff_max)
         while not self._stop.is_set():
@@ -305,7 +311,9 @@ class Shipper:
                     return None  # someone else took over the queue; let them ship
         return None
 
-    def _encode(self, part: Sequence[QueuedEvent], drops: list[DropNotice]) -> bytes:
+    def _encode(
+        self, part: Sequence[QueuedEvent], drops: list[DropNotice], incidents: list[dict[str, Any]]
+    ) -> bytes:
         batch = WireBatch(
             producer_id=self.queue.producer_id,
             envelopes=[Envelope(e[2], e[1], e[3], e[4], e[5]) for e in part],
@@ -314,6 +322,7 @@ class Shipper:
             service=self.settings.service,
             host=self.settings.host,
             sdk_version=self.settings.sdk_version,
+            incidents=incidents,
         )
         return encode_batch(batch)
 

@@ -18,7 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spotify_events.errors import ConfigError, QueueCorruptError, QueueError, QueueVersionError
+from spotify_events.errors import (
+    ConfigError,
+    QueueCorruptError,
+    QueueError,
+    QueueForeignFileError,
+    QueueVersionError,
+)
 from spotify_events.queue import (
     DROP_BUFFER_FULL,
     DROP_QUEUE_FULL,
@@ -512,7 +518,7 @@ def test_foreign_sqlite_database_is_refused_and_untouched(
         conn.execute("INSERT INTO users (name) VALUES ('ada')")
     conn.close()
     before, files = _snapshot(path)
-    with pytest.raises(QueueCorruptError) as err:
+    with pytest.raises(QueueForeignFileError) as err:
         make_queue(path)
     assert str(path) in str(err.value)
     assert _snapshot(path) == (before, files)

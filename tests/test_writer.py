@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 from spotify_events.queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingEvent
-from spotify_events.writer import QueueWriter
+from spotify_events.writer import EVENT_MEMORY_OVERHEAD, QueueWriter
 
 A = "test.events.Alpha"
 B = "test.events.Beta"
 FP = b"\x22" * 8
 TS = 1_763_158_400_000
-SIZE = 50  # payload bytes per event
+PAYLOAD = 50  # payload bytes per event
+SIZE = PAYLOAD + EVENT_MEMORY_OVERHEAD  # what one buffered event counts against max_buffer_bytes
 
 MakeQueue = Callable[..., DurableQueue]
 MakeWriter = Callable[..., QueueWriter]
@@ -30,7 +31,7 @@ WaitFor = Callable[..., bool]
 
 
 def ev(event_type: str = A, n: int = 0) -> PendingEvent:
-    return PendingEvent(event_type, FP, TS + n, f"{n:08d}".encode().ljust(SIZE, b"."))
+    return PendingEvent(event_type, FP, TS + n, f"{n:08d}".encode().ljust(PAYLOAD, b"."))
 
 
 def number(payload: bytes) -> int:
@@ -408,7 +409,7 @@ def test_writer_and_shipper_instances_interleave_on_a_bounded_queue(
     both sent and announced as dropped. The collector's ledger resolves that overlap
     ("received beats rejected beats dropped"), so it is allowed here, but counted.
     """
-    limit = 300 * (SIZE + 48)
+    limit = 300 * (PAYLOAD + 48)
     writer_queue = make_queue(max_queue_bytes=limit)
     shipper_queue = make_queue(max_queue_bytes=limit)
     writer = make_writer(writer_queue, commit_interval=0.001)

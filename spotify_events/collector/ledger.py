@@ -36,6 +36,14 @@ LEDGER_FILE = "_ledger.db"
 SCHEMA_VERSION = 1
 #: Keep at most this many watermark steps per stream; older ones are merged.
 MAX_STEPS = 256
+#: Reasons come from clients (drop notices) or embed client values (a rejected
+#: timestamp), so a stream keeps at most this many distinct (kind, reason) marks, each
+#: reason cut to MAX_REASON_CHARS; further reasons are counted under OTHER_REASONS.
+#: Unbounded, 5000 rejections with distinct timestamps grew one stream's ledger row by
+#: 1.3 MB per batch, rewritten on every later batch (tests/faults/test_hostile_input.py).
+MAX_REASONS = 64
+MAX_REASON_CHARS = 200
+OTHER_REASONS = "(other reasons)"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,10 +95,14 @@ class StreamState:
             self.steps[0:2] = [(ns2, t2)]
 
     def mark(self, kind: str, reason: str) -> RangeSet:
-        key = (kind, reason)
+        key = (kind, reason[:MAX_REASON_CHARS])
         ranges = self.marks.get(key)
         if ranges is None:
-            ranges = self.marks[key] = RangeSet()
+            if len(self.marks) >= MAX_REASONS:
+                key = (kind, OTHER_REASONS)
+                ranges = self.marks.get(key)
+            if ranges is None:
+                ranges = self.marks[key] = RangeSet()
         return ranges
 
     def to_json(self) -> str:

@@ -92,9 +92,13 @@ class FaultProxy:
             return len(self.schedule)
 
     def _next_fault(self) -> str | None:
+        """The fault for the request that just arrived (``refuse`` is left for the
+        accept loop: the connection is dropped so the client has to reconnect)."""
         with self._lock:
             if not self.schedule:
                 return None
+            if self.schedule[0] == "refuse":
+                return "refuse"
             fault = self.schedule.pop(0)
             self.injected[fault] += 1
             return fault
@@ -128,6 +132,9 @@ class FaultProxy:
                     return
                 head, body = request
                 fault = self._next_fault()
+                if fault == "refuse":
+                    _reset(client)  # a kept-alive connection dies; the reconnect is refused
+                    return
                 if fault == "reset_mid_body":
                     _reset(client)  # the SDK sees the connection die while it sends
                     return
