@@ -7,6 +7,7 @@ buckets" is checked, independently of the collector's own ledger.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,6 +45,12 @@ def bucket_ids(data_dir: Path) -> Counter[str]:
 
 def stream_of(report: dict[str, Any], event_type: str = END_SONG) -> list[dict[str, Any]]:
     return [s for s in report["streams"] if s["event_type"] == event_type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.02) -> bool:

@@ -1,10 +1,11 @@
-"""Collector crashes: SIGKILL the collector mid-request, again and again, while a real
-EventClient keeps logging; nothing is lost and nothing is written twice.
+"""Collector crashes: SIGKILL the collector mid-request, again and again, while real
+EventClients keep logging; nothing is lost and nothing is written twice.
 
-One client logs a numbered stream (EndSong and PageView, each event's id in a string
-field) for the whole test. The collector is killed ``FAULTS_ITERATIONS`` times (50 by
-default; ``FAULTS_SEED`` picks the schedule, fixed by default so CI runs are
-reproducible) and restarted on the same port and data dir. Each incarnation dies one
+Two clients (two producers, so a group commit can hold several batches) log numbered
+streams (EndSong and PageView, each event's id in a string field) for the whole test.
+The collector is killed ``FAULTS_ITERATIONS`` times (50 by default; ``FAULTS_SEED``
+picks the schedule, fixed by default so CI runs are reproducible) and restarted on the
+same port and data dir. Each incarnation dies one
 of three ways, chosen by the seeded RNG:
 
 ``sigkill``       plain SIGKILL after a random delay, wherever the collector is;
@@ -58,25 +59,30 @@ pytestmark = pytest.mark.faults
 ITERATIONS = int(os.environ.get("FAULTS_ITERATIONS", "50"))
 SEED = int(os.environ.get("FAULTS_SEED", "20261126"))
 MODES = ("sigkill", "after-write", "after-commit")
+#: Two producers, so that a failpoint can fire in a group commit of several batches.
+PRODUCERS = 2
 TYPES = (END_SONG, PAGE_VIEW)
 
 
 class NumberedLogger:
     """A thread that logs numbered events of ``TYPES`` in turn until stopped.
 
-    Ids are ``<type short name>-<n>``; ``logged`` counts per type the events whose
-    ``log()`` returned. ``log()`` must never raise while the collector is down.
+    Ids are ``<prefix>-<type short name>-<n>``; ``logged`` counts per type the events
+    whose ``log()`` returned. ``log()`` must never raise while the collector is down.
     """
 
-    def __init__(self, client: EventClient, per_tick: int = 4, tick: float = 0.004) -> None:
+    def __init__(
+        self, client: EventClient, prefix: str, per_tick: int = 2, tick: float = 0.004
+    ) -> None:
         self.client = client
+        self.prefix = prefix
         self.per_tick = per_tick
         self.tick = tick
         self.logged: Counter[str] = Counter()
         self.ids: Counter[str] = Counter()
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="numbered-logger", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"logger-{prefix}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -93,7 +99,7 @@ class NumberedLogger:
             while not self._stop.is_set():
                 for _ in range(self.per_tick):
                     etype = TYPES[n % len(TYPES)]
-                    uid = f"{etype.rsplit('.', 1)[1]}-{n}"
+                    uid = f"{self.prefix}-{etype.rsplit('.', 1)[1]}-{n}"
                     self.client.log(etype, record_for(etype, uid))
                     self.logged[etype] += 1
                     self.ids[f"{etype}/{uid}"] += 1
@@ -138,18 +144,21 @@ def test_collector_sigkill_mid_request_exactly_once(
     rng = random.Random(SEED)
     cp = crashing_collector
     started = time.monotonic()
-    client = EventClient(
-        endpoint=f"http://{cp.host}:{cp.port}/v1/batches",
-        queue_path=str(tmp_path / "queue.db"),
-        schemas=str(SCHEMA_DIR),
-        backoff_max=0.2,
-        read_timeout=5.0,
-        connect_timeout=1.0,
-        batch_max_events=300,
-        linger=0.01,
-        heartbeat_interval=0.5,
-    )
-    logger = NumberedLogger(client)
+    clients = [
+        EventClient(
+            endpoint=f"http://{cp.host}:{cp.port}/v1/batches",
+            queue_path=str(tmp_path / f"queue-{n}.db"),
+            schemas=str(SCHEMA_DIR),
+            backoff_max=0.2,
+            read_timeout=5.0,
+            connect_timeout=1.0,
+            batch_max_events=300,
+            linger=0.01,
+            heartbeat_interval=0.5,
+        )
+        for n in range(PRODUCERS)
+    ]
+    loggers = [NumberedLogger(c, prefix=f"p{n}") for n, c in enumerate(clients)]
     modes: Counter[str] = Counter()
     failpoint_fired: Counter[str] = Counter()
     prefix_checks = 0
@@ -163,7 +172,8 @@ def test_collector_sigkill_mid_request_exactly_once(
                 cp.env = {FAILPOINT_ENV: f"crash-{mode}:{rng.randint(1, 3)}"}
             cp.start()
             if i == 0:
-                logger.start()  # logging starts once the first collector is listening
+                for lg in loggers:  # logging starts once the first collector is listening
+                    lg.start()
             if mode == "sigkill":
                 time.sleep(rng.uniform(0.05, 0.5))
                 assert cp.alive(), "the collector died on its own: " + "".join(
@@ -177,30 +187,37 @@ def test_collector_sigkill_mid_request_exactly_once(
                 else:
                     assert code == 137, "".join(cp.stderr_lines[-20:])
                     failpoint_fired[mode] += 1
-            assert logger.error is None, logger.error
+            for lg in loggers:
+                assert lg.error is None, lg.error
             if i % 5 == 4:  # dead collector, torn tails not yet truncated
                 check_committed_prefixes(cp.data_dir)
                 prefix_checks += 1
         cp.env = {}
         cp.start()
-        logger.stop()
-        assert logger.error is None, logger.error
-        assert client.flush(timeout=60), client.stats()
-        stats = client.stats()
+        for lg in loggers:
+            lg.stop()
+            assert lg.error is None, lg.error
+        for c in clients:
+            assert c.flush(timeout=60), c.stats()
+        stats = [c.stats() for c in clients]
         report = cp.report()
     finally:
-        logger.stop()
-        client.close(timeout=5)
+        for lg in loggers:
+            lg.stop()
+        for c in clients:
+            c.close(timeout=5)
     assert cp.stop() == 0
 
-    logged = logger.logged
-    total_logged = sum(logged.values())
-    assert stats.logged == total_logged and stats.dropped == {} and stats.dead_lettered == {}
-    assert stats.retried > 0  # the client did see the crashes
+    ids: Counter[str] = sum((lg.ids for lg in loggers), Counter())
+    total_logged = sum(ids.values())
+    for lg, st in zip(loggers, stats, strict=True):
+        assert st.logged == sum(lg.logged.values())
+        assert st.dropped == {} and st.dead_lettered == {}
+    assert sum(st.retried for st in stats) > 0  # the clients did see the crashes
 
     # the buckets: every id exactly once (nothing lost, nothing written twice)
     found = read_uids(cp.data_dir)
-    missing, unexpected = set(logger.ids) - set(found), set(found) - set(logger.ids)
+    missing, unexpected = set(ids) - set(found), set(found) - set(ids)
     assert (len(missing), len(unexpected)) == (0, 0), (sorted(missing)[:5], sorted(unexpected)[:5])
     written_twice = {uid: n for uid, n in found.items() if n > 1}
     assert written_twice == {}
@@ -211,15 +228,18 @@ def test_collector_sigkill_mid_request_exactly_once(
     # the ledger, over HTTP from the running collector and from the stopped data dir
     duplicates = 0
     for source in (report, load_report(cp.data_dir, now=time.time())):
-        streams = [s for s in source["streams"] if s["producer_id"] == client.producer_id]
-        by_type = {s["event_type"]: s for s in streams}
-        assert set(by_type) == set(TYPES)
-        for etype in TYPES:
-            s = by_type[etype]
-            assert (s["received"], s["dropped"], s["rejected"]) == (logged[etype], 0, 0)
-            assert (s["open_gaps"], s["lost"], s["gap_ranges"]) == (0, 0, [])
-            assert s["next_seq"] == logged[etype] + 1
-        duplicates = sum(by_type[t]["duplicates"] for t in TYPES)
+        assert len(source["streams"]) == PRODUCERS * len(TYPES)
+        duplicates = 0
+        for c, lg in zip(clients, loggers, strict=True):
+            streams = [s for s in source["streams"] if s["producer_id"] == c.producer_id]
+            by_type = {s["event_type"]: s for s in streams}
+            assert set(by_type) == set(TYPES)
+            for etype in TYPES:
+                s = by_type[etype]
+                assert (s["received"], s["dropped"], s["rejected"]) == (lg.logged[etype], 0, 0)
+                assert (s["open_gaps"], s["lost"], s["gap_ranges"]) == (0, 0, [])
+                assert s["next_seq"] == lg.logged[etype] + 1
+                duplicates += s["duplicates"]
     if failpoint_fired["after-commit"]:
         assert duplicates > 0  # retried after a durable commit: counted, not written again
 
@@ -227,15 +247,16 @@ def test_collector_sigkill_mid_request_exactly_once(
     summary: dict[str, Any] = {
         "iterations": ITERATIONS,
         "seed": SEED,
+        "producers": PRODUCERS,
         "modes": dict(modes),
         "failpoint_fired": dict(failpoint_fired),
         "prefix_checks": prefix_checks,
         "logged": total_logged,
-        "delivered": sum(1 for uid in found if uid in logger.ids),
+        "delivered": sum(1 for uid in found if uid in ids),
         "duplicated_in_buckets": sum(n - 1 for n in found.values()),
         "duplicates_counted": duplicates,
         "lost": len(missing),
-        "client_retries": stats.retried,
+        "client_retries": sum(st.retried for st in stats),
         "part_files": check.parts,
         "seconds": round(elapsed, 1),
     }
