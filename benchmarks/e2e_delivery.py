@@ -47,8 +47,18 @@ END_SONG = {
 @contextmanager
 def sink_process(use_collector: bool, workdir: Path) -> Iterator[str]:
     if use_collector:
-        cmd = [sys.executable, "-m", "spotify_events.cli", "collector", "--port", "0",
-               "--data-dir", str(workdir / "data"), "--schemas", str(SCHEMAS)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "spotify_events.cli",
+            "collector",
+            "--port",
+            "0",
+            "--data-dir",
+            str(workdir / "data"),
+            "--schemas",
+            str(SCHEMAS),
+        ]
     else:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "sink.py"), "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -68,7 +78,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def throughput(endpoint: str, workdir: Path, events: int) -> dict[str, Any]:
-    with EventClient(endpoint=endpoint, queue_path=str(workdir / "tp.db"), schemas=str(SCHEMAS)) as client:
+    with EventClient(
+        endpoint=endpoint, queue_path=str(workdir / "tp.db"), schemas=str(SCHEMAS)
+    ) as client:
         record = dict(END_SONG)
         started = time.perf_counter()
         for i in range(events):
@@ -90,7 +102,9 @@ def throughput(endpoint: str, workdir: Path, events: int) -> dict[str, Any]:
 
 def latency(endpoint: str, workdir: Path, rate: int, seconds: float) -> dict[str, Any]:
     samples: list[float] = []
-    with EventClient(endpoint=endpoint, queue_path=str(workdir / "lat.db"), schemas=str(SCHEMAS)) as client:
+    with EventClient(
+        endpoint=endpoint, queue_path=str(workdir / "lat.db"), schemas=str(SCHEMAS)
+    ) as client:
         client.log("EndSong", END_SONG)  # warm: threads, encoder cache
         record = dict(END_SONG)
         interval = 1.0 / rate
@@ -119,12 +133,18 @@ def latency(endpoint: str, workdir: Path, rate: int, seconds: float) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rate", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--collector", action="store_true", help="deliver to the reference collector")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_delivery.json")
+    parser.add_argument(
+        "--collector", action="store_true", help="deliver to the reference collector"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_delivery.json"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -138,13 +158,17 @@ def main() -> None:
                 tp["sink_duplicates"] = sink["duplicates"]
     target = "collector" if args.collector else "sink"
     print(f"\nend-to-end delivery to the {target} (one process, one caller thread)")
-    print(f"  delivered events/s : {tp['delivered_rate']:>10,.0f}  ({tp['events']:,} events, "
-          f"all acknowledged: {tp['all_acknowledged']}, dropped: {tp['dropped']})")  # fmt: skip
+    print(
+        f"  delivered events/s : {tp['delivered_rate']:>10,.0f}  ({tp['events']:,} events, "
+        f"all acknowledged: {tp['all_acknowledged']}, dropped: {tp['dropped']})"
+    )
     print(f"  log() calls/s      : {tp['log_rate']:>10,.0f}  (caller side, as fast as possible)")
     if "wire_bytes_per_event" in tp:
         print(f"  wire bytes/event   : {tp['wire_bytes_per_event']:>10.1f}")
-    print(f"  log() at {lat['offered_rate']:,}/s offered: p50 {lat['p50_us']:.1f} us, p99 {lat['p99_us']:.1f} us, "
-          f"p99.9 {lat['p999_us']:.1f} us, dropped {lat['dropped']}")  # fmt: skip
+    print(
+        f"  log() at {lat['offered_rate']:,}/s offered: p50 {lat['p50_us']:.1f} us, p99 {lat['p99_us']:.1f} us, "
+        f"p99.9 {lat['p999_us']:.1f} us, dropped {lat['dropped']}"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"target": target, "throughput": tp, "latency": lat}, indent=2))
     print(f"  JSON: {args.json}")

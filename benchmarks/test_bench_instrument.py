@@ -122,9 +122,9 @@ def test_track(benchmark: Any, client: EventClient) -> None:
 
 
 def test_track_with_fields_callable(benchmark: Any, client: EventClient) -> None:
-    computed = client.track(
-        "ServiceCall", fields=lambda args, result: {"status_code": result}
-    )(handler)
+    computed = client.track("ServiceCall", fields=lambda args, result: {"status_code": result})(
+        handler
+    )
     assert benchmark(computed, "u1", 200) == 200
     assert client.instrumentation_errors == 0
 
@@ -142,8 +142,14 @@ def test_track_overhead_p50(benchmark: Any, client: EventClient) -> None:
     """The issue's number: p50 of a @track call minus p50 of the undecorated call."""
     tracked = client.track("ServiceCall", service="bench")(handler)
     computed = client.track("ServiceCall", fields=lambda a, r: {"status_code": r})(handler)
-    record = {"service": "bench", "operation": "op", "duration_ms": 0.01, "outcome": "OK",
-              "user_id": "u1", "status_code": 200}  # fmt: skip
+    record = {
+        "service": "bench",
+        "operation": "op",
+        "duration_ms": 0.01,
+        "outcome": "OK",
+        "user_id": "u1",
+        "status_code": 200,
+    }
 
     stats = _p50_p99(
         {

@@ -28,13 +28,12 @@ from .errors import (
 )
 from .schemas import SchemaRegistry, check_compatibility
 
-
 __all__ = [
     "ClientConfig",
     "ClientStats",
+    "ConfigError",
     "Durability",
     "EventClient",
-    "ConfigError",
     "EventTooLargeError",
     "EventValidationError",
     "QueueError",

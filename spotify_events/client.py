@@ -137,8 +137,10 @@ class EventClient:
             logger.error(
                 "spotify-events: queue file %s is damaged (%s); moved it to %s and started a fresh "
                 "queue. Events still in the old file are not shipped; the collector is told.",
-                path, exc, moved,
-            )  # fmt: skip
+                path,
+                exc,
+                moved,
+            )
             queue = DurableQueue(path, **queue_args)
             queue.record_incident("queue_quarantined", f"{exc}; moved to {moved}")
             return queue
@@ -171,13 +173,17 @@ class EventClient:
         payload = encoder.encode(record)  # type: ignore[arg-type]
         millis = int(time.time() * 1000) if timestamp is None else _event_millis(encoder, timestamp)
         schema = encoder.schema
-        ticket = self._writer.submit(PendingEvent(schema.full_name, schema.fingerprint, millis, payload))
+        ticket = self._writer.submit(
+            PendingEvent(schema.full_name, schema.fingerprint, millis, payload)
+        )
         if self._durable and ticket:
             self._writer.commit_through(ticket, self.config.commit_timeout)
 
     def _encoder_for(self, event_type: str) -> EventEncoder:
         if not isinstance(event_type, str):
-            raise TypeError(f"log() takes an event type name and a dict, or an event instance; got {event_type!r}")
+            raise TypeError(
+                f"log() takes an event type name and a dict, or an event instance; got {event_type!r}"
+            )
         encoder = EventEncoder(self.registry.get(event_type), self.config.max_event_bytes)
         self._encoders[event_type] = encoder
         return encoder
@@ -186,7 +192,9 @@ class EventClient:
     def _start(self) -> None:
         with self._start_lock:
             if self._closed:
-                raise ClientClosedError(f"{self!r} is closed; create a new client to log more events")
+                raise ClientClosedError(
+                    f"{self!r} is closed; create a new client to log more events"
+                )
             if self._pid != os.getpid():
                 self._reopen_in_child()
             if not self._started:
@@ -293,7 +301,9 @@ class EventClient:
             buffered_events=buffered,
             queue_events=depth.events,
             queue_bytes=depth.bytes,
-            oldest_event_age=(time.time() - depth.oldest_timestamp / 1000) if depth.oldest_timestamp else None,
+            oldest_event_age=(time.time() - depth.oldest_timestamp / 1000)
+            if depth.oldest_timestamp
+            else None,
             last_error=s.last_error or w.last_error,
         )
 

@@ -64,10 +64,19 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "max_queue_bytes", "max_event_bytes", "max_buffer_bytes", "batch_max_events",
-            "batch_max_bytes", "heartbeat_interval", "lease_ttl", "backoff_max",
-            "connect_timeout", "read_timeout", "commit_interval", "commit_timeout",
-        )  # fmt: skip
+            "max_queue_bytes",
+            "max_event_bytes",
+            "max_buffer_bytes",
+            "batch_max_events",
+            "batch_max_bytes",
+            "heartbeat_interval",
+            "lease_ttl",
+            "backoff_max",
+            "connect_timeout",
+            "read_timeout",
+            "commit_interval",
+            "commit_timeout",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -106,7 +115,9 @@ class ClientConfig:
         try:
             values["drop_policy"] = DropPolicy(values.get("drop_policy", cls.drop_policy))
         except ValueError:
-            raise ConfigError(f"drop_policy must be oldest or newest; got {values['drop_policy']!r}") from None
+            raise ConfigError(
+                f"drop_policy must be oldest or newest; got {values['drop_policy']!r}"
+            ) from None
         return cls(**values)
 
 

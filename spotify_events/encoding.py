@@ -36,7 +36,11 @@ ENVELOPE_SCHEMA = fastavro.parse_schema(
         "namespace": "spotify_events.wire",
         "doc": "One event inside a wire batch.",
         "fields": [
-            {"name": "seq", "type": "long", "doc": "Sequence number within (producer, event_type), from 1."},
+            {
+                "name": "seq",
+                "type": "long",
+                "doc": "Sequence number within (producer, event_type), from 1.",
+            },
             {"name": "event_type", "type": "string", "doc": "Full name of the event's schema."},
             {
                 "name": "fingerprint",
@@ -48,7 +52,11 @@ ENVELOPE_SCHEMA = fastavro.parse_schema(
                 "type": {"type": "long", "logicalType": "timestamp-millis"},
                 "doc": "Event time, milliseconds since the Unix epoch (UTC).",
             },
-            {"name": "payload", "type": "bytes", "doc": "Avro binary of the event, written with that schema."},
+            {
+                "name": "payload",
+                "type": "bytes",
+                "doc": "Avro binary of the event, written with that schema.",
+            },
         ],
     }
 )
@@ -74,9 +82,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: Event times (ms since the epoch) that Avro readers can turn back into a datetime:
 #: years 1 to 9999. Outside it fastavro's reader overflows and fails the whole batch.
 MIN_EVENT_MILLIS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
-MAX_EVENT_MILLIS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH) // timedelta(
-    milliseconds=1
-)
+MAX_EVENT_MILLIS = (
+    datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH
+) // timedelta(milliseconds=1)
 
 
 def is_avro_full_name(name: str) -> bool:
@@ -127,7 +135,9 @@ class DropNotice:
             raise ValueError(f"drop notice with bad range {first}..{last}")
         if count != last - first + 1:
             raise ValueError(f"drop notice count {count} does not match its range {first}..{last}")
-        return cls(event_type=event_type, first_seq=first, last_seq=last, count=count, reason=reason)
+        return cls(
+            event_type=event_type, first_seq=first, last_seq=last, count=count, reason=reason
+        )
 
 
 @dataclass
@@ -168,7 +178,9 @@ class EventEncoder:
         problem = self._check(record)
         if problem is not None:
             path, message = problem
-            top = re.split(r"[.\[]", path, maxsplit=1)[0] or None  # the field; the message has the path
+            top = (
+                re.split(r"[.\[]", path, maxsplit=1)[0] or None
+            )  # the field; the message has the path
             raise EventValidationError(self.schema.full_name, [f"{path}: {message}"], field=top)
         buf = io.BytesIO()
         try:
@@ -184,21 +196,30 @@ class EventEncoder:
         """Turn a writer failure into an error that names the field (slow path only)."""
         name = self.schema.full_name
         if not isinstance(record, Mapping):
-            return EventValidationError(name, [f"record must be a mapping, got {type(record).__name__}"])
+            return EventValidationError(
+                name, [f"record must be a mapping, got {type(record).__name__}"]
+            )
         try:
             validate(record, self.schema.parsed, raise_errors=True)
         except ValidationError as verr:
             errors = [_strip_prefix(str(e), name) for e in verr.errors]
             errors = [e.replace(f"Field({name}.", "Field(") for e in errors]
-            return EventValidationError(name, errors, field=_field_of(errors[0]) if errors else None)
+            return EventValidationError(
+                name, errors, field=_field_of(errors[0]) if errors else None
+            )
         except Exception:  # the validator itself choked; fall back to the writer's message
             pass
         message = str(exc)
-        match = re.search(r"(?:on field|fields than the schema specifies:|missing from the record|Field) (\w+)", message)
+        match = re.search(
+            r"(?:on field|fields than the schema specifies:|missing from the record|Field) (\w+)",
+            message,
+        )
         return EventValidationError(name, [message], field=match.group(1) if match else None)
 
 
-def decode_event(schema: EventSchema, payload: bytes, reader_schema: EventSchema | None = None) -> Any:
+def decode_event(
+    schema: EventSchema, payload: bytes, reader_schema: EventSchema | None = None
+) -> Any:
     """Decode one payload written with ``schema`` (optionally resolved to ``reader_schema``)."""
     reader = reader_schema.parsed if reader_schema is not None else None
     return schemaless_reader(io.BytesIO(payload), schema.parsed, reader)
@@ -252,7 +273,7 @@ def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:
         meta = reader.metadata
         envelopes: list[Envelope] = []
         for record in reader:
-            envelopes.append(_envelope(record))
+            envelopes.append(_envelope(record))  # type: ignore[arg-type]  # a record is a dict
             if max_events is not None and len(envelopes) > max_events:
                 raise BatchDecodeError(f"batch holds more than {max_events} events")
         return WireBatch(

@@ -167,10 +167,12 @@ def _build_plan(schema: EventSchema) -> _SchemaPlan:
     def unusable(field_name: str, need: str) -> EventValidationError:
         return EventValidationError(
             name,
-            [f"{field_name} is set by instrumentation and must be {need}; "
-             f"got {by_name[field_name]['type']!r}"],
+            [
+                f"{field_name} is set by instrumentation and must be {need}; "
+                f"got {by_name[field_name]['type']!r}"
+            ],
             field=field_name,
-        )  # fmt: skip
+        )
 
     to_duration: Callable[[float], Any] | None = None
     if DURATION in by_name:
@@ -231,16 +233,21 @@ def _check_static(plan: _SchemaPlan, static: Mapping[str, Any]) -> dict[str, Any
     if unknown:
         raise EventValidationError(
             plan.full_name,
-            [f"static field {n!r} is not a field of {plan.full_name} "
-             f"(fields: {', '.join(sorted(plan.fields))})" for n in unknown],
+            [
+                f"static field {n!r} is not a field of {plan.full_name} "
+                f"(fields: {', '.join(sorted(plan.fields))})"
+                for n in unknown
+            ],
             field=unknown[0],
-        )  # fmt: skip
+        )
     automatic = sorted(set(static) & plan.auto)
     if automatic:
         raise EventValidationError(
             plan.full_name,
-            [f"{n!r} is set by the instrumentation; override it per call with fields="
-             for n in automatic],
+            [
+                f"{n!r} is set by the instrumentation; override it per call with fields="
+                for n in automatic
+            ],
             field=automatic[0],
         )
     return dict(static)
@@ -293,8 +300,19 @@ def track(
 class _Tracker:
     """The per-decorated-function state: resolved binding, failure count, warned flag."""
 
-    __slots__ = ("errors", "fields_fn", "fill_service", "func", "get_client", "label", "params",
-                 "plan", "signature", "static", "warned")  # fmt: skip
+    __slots__ = (
+        "errors",
+        "fields_fn",
+        "fill_service",
+        "func",
+        "get_client",
+        "label",
+        "params",
+        "plan",
+        "signature",
+        "static",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -344,11 +362,13 @@ class _Tracker:
         if missing and fields_fn is None:
             raise EventValidationError(
                 plan.full_name,
-                [f"required field {n!r} is set by nothing: give it as a static field, name "
-                 f"a parameter of {self.label} after it, or compute it with fields="
-                 for n in missing],
+                [
+                    f"required field {n!r} is set by nothing: give it as a static field, name "
+                    f"a parameter of {self.label} after it, or compute it with fields="
+                    for n in missing
+                ],
                 field=missing[0],
-            )  # fmt: skip
+            )
 
     def wrap(self) -> Any:
         func, emit = self.func, self.emit
@@ -484,9 +504,12 @@ class _Tracker:
                 "spotify-events: @track(%s) on %s could not emit its event (%s: %s); the call "
                 "itself was not affected. Further failures of this function are only counted "
                 "(client.instrumentation_errors).",
-                self.plan.full_name, self.label, type(err).__name__, err,
+                self.plan.full_name,
+                self.label,
+                type(err).__name__,
+                err,
                 exc_info=err,
-            )  # fmt: skip
+            )
 
 
 # -- timed() ---------------------------------------------------------------------------------
@@ -554,8 +577,10 @@ class Timed:
         plan = self._plan
         raise EventValidationError(
             plan.full_name,
-            [f"{name!r} is not a field of {plan.full_name} "
-             f"(fields: {', '.join(sorted(plan.fields))})"],
+            [
+                f"{name!r} is not a field of {plan.full_name} "
+                f"(fields: {', '.join(sorted(plan.fields))})"
+            ],
             field=name,
         )
 
@@ -597,9 +622,11 @@ class Timed:
                     "spotify-events: timed(%s) could not emit its event (%s: %s); the block itself "
                     "was not affected. Further such failures are only counted "
                     "(client.instrumentation_errors).",
-                    plan.full_name, type(err).__name__, err,
+                    plan.full_name,
+                    type(err).__name__,
+                    err,
                     exc_info=err,
-                )  # fmt: skip
+                )
 
     async def __aenter__(self) -> Timed:
         return self.__enter__()

@@ -28,15 +28,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
 from .encoding import DropNotice
-from .errors import ConfigError, QueueCorruptError, QueueError, QueueForeignFileError, QueueVersionError
+from .errors import (
+    ConfigError,
+    QueueCorruptError,
+    QueueError,
+    QueueForeignFileError,
+    QueueVersionError,
+)
 
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
 FORMAT_VERSION = 1
@@ -122,7 +128,9 @@ class DurableQueue:
         try:
             self.drop_policy = DropPolicy(drop_policy)
         except ValueError:
-            raise ConfigError(f"drop_policy must be 'oldest' or 'newest', got {drop_policy!r}") from None
+            raise ConfigError(
+                f"drop_policy must be 'oldest' or 'newest', got {drop_policy!r}"
+            ) from None
         self.path = Path(path)
         self.max_queue_bytes = max_queue_bytes
         self.fsync = fsync
@@ -160,7 +168,9 @@ class DurableQueue:
             raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise QueueCorruptError(f"{self.path}: not a usable spotify-events queue: {exc}") from exc
+            raise QueueCorruptError(
+                f"{self.path}: not a usable spotify-events queue: {exc}"
+            ) from exc
         except BaseException:
             conn.close()
             raise
@@ -253,7 +263,7 @@ class DurableQueue:
                     conn.execute("ROLLBACK")
                 raise _translate(self.path, exc) from exc
 
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
@@ -317,7 +327,10 @@ class DurableQueue:
             seq = next_seq[event_type]
             next_seq[event_type] = seq + 1
             size = len(payload) + ROW_OVERHEAD
-            if self.drop_policy is DropPolicy.NEWEST and queue_bytes + added + size > self.max_queue_bytes:
+            if (
+                self.drop_policy is DropPolicy.NEWEST
+                and queue_bytes + added + size > self.max_queue_bytes
+            ):
                 refused.setdefault(event_type, []).append(seq)
                 continue
             rows += (event_type, seq, fp, ts, payload, size)
@@ -337,13 +350,19 @@ class DurableQueue:
         queue_bytes += added
         _bump_counters(conn, added, stored)
         if self.drop_policy is DropPolicy.OLDEST and queue_bytes > self.max_queue_bytes:
-            evicted, freed = self._evict_oldest(conn, queue_bytes - self.max_queue_bytes, now, drops)
+            evicted, freed = self._evict_oldest(
+                conn, queue_bytes - self.max_queue_bytes, now, drops
+            )
             queue_bytes -= freed
             result.count_drop(DROP_QUEUE_FULL, evicted)
         if drops:
             _insert_drops(conn, drops)
         result.stored = stored
-        version = conn.execute("PRAGMA data_version").fetchone()[0] if cache is None else cache.data_version
+        version = (
+            conn.execute("PRAGMA data_version").fetchone()[0]
+            if cache is None
+            else cache.data_version
+        )
         return _AppendCache(version, {**known, **next_seq}, queue_bytes, conn.total_changes)
 
     def _valid_cache(self, conn: sqlite3.Connection) -> _AppendCache | None:
@@ -412,7 +431,9 @@ class DurableQueue:
         return count, freed
 
     # -- read / ack (shipper thread) -----------------------------------------
-    def read_batch(self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20) -> list[QueuedEvent]:
+    def read_batch(
+        self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
+    ) -> list[QueuedEvent]:
         """The oldest events after ``after_id``, in queue order, within both limits
         (at least one event when any is queued, whatever its size)."""
         rows = self._read(
@@ -428,7 +449,7 @@ class DurableQueue:
             if batch and total + size > max_bytes:
                 break
             total += size
-            batch.append(QueuedEvent(*row[:6]))  # type: ignore[arg-type]
+            batch.append(QueuedEvent(*row[:6]))
         return batch
 
     def ack(self, first_id: int, last_id: int) -> int:
@@ -447,7 +468,9 @@ class DurableQueue:
             _bump_counters(conn, -size, -count)
         return int(count)
 
-    def dead_letter(self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool) -> int:
+    def dead_letter(
+        self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
+    ) -> int:
         """Move rejected events out of the queue into ``dead_letters`` with ``reason``.
 
         ``notify_collector`` also records them as a drop notice: needed when the
@@ -461,7 +484,10 @@ class DurableQueue:
             conn.executemany(
                 "INSERT INTO dead_letters (event_type, seq, fingerprint, timestamp, payload, reason, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e.event_type, e.seq, e.fingerprint, e.timestamp, e.payload, reason, now) for e in events],
+                [
+                    (e.event_type, e.seq, e.fingerprint, e.timestamp, e.payload, reason, now)
+                    for e in events
+                ],
             )
             moved = 0
             for first, last in _runs(sorted(e.id for e in events)):
@@ -486,7 +512,7 @@ class DurableQueue:
             "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops ORDER BY id LIMIT ?",
             (limit,),
         )
-        return [(int(r[0]), DropNotice(*r[1:])) for r in rows]  # type: ignore[arg-type, call-overload]
+        return [(int(r[0]), DropNotice(*r[1:])) for r in rows]
 
     def mark_drops_reported(self, reported: Sequence[tuple[int, DropNotice]]) -> None:
         """Forget drop records the collector acknowledged, as they were when sent.
@@ -498,7 +524,9 @@ class DurableQueue:
             return
         with self.atomic() as conn:
             for row_id, notice in reported:
-                conn.execute("DELETE FROM drops WHERE id = ? AND last_seq = ?", (row_id, notice.last_seq))
+                conn.execute(
+                    "DELETE FROM drops WHERE id = ? AND last_seq = ?", (row_id, notice.last_seq)
+                )
                 conn.execute(
                     "UPDATE drops SET first_seq = ?, count = last_seq - ? + 1 WHERE id = ? AND last_seq > ?",
                     (notice.last_seq + 1, notice.last_seq + 1, row_id, notice.last_seq),
@@ -506,16 +534,18 @@ class DurableQueue:
 
     def next_seqs(self) -> dict[str, int]:
         """Per event type, the next sequence number to be assigned (the heartbeat watermark)."""
-        return {str(t): int(s) for t, s in self._read("SELECT event_type, next_seq FROM sequences")}  # type: ignore[call-overload]
+        return {str(t): int(s) for t, s in self._read("SELECT event_type, next_seq FROM sequences")}
 
     def depth(self) -> QueueDepth:
-        (events,), (size,) = self._read("SELECT value FROM counters WHERE name IN ('events', 'bytes') ORDER BY name DESC")
+        (events,), (size,) = self._read(
+            "SELECT value FROM counters WHERE name IN ('events', 'bytes') ORDER BY name DESC"
+        )
         oldest = self._read("SELECT timestamp FROM events ORDER BY id LIMIT 1")
-        return QueueDepth(int(events), int(size), int(oldest[0][0]) if oldest else None)  # type: ignore[call-overload]
+        return QueueDepth(int(events), int(size), int(oldest[0][0]) if oldest else None)
 
     def max_event_id(self) -> int:
         row = self._read("SELECT coalesce(max(id), 0) FROM events")
-        return int(row[0][0])  # type: ignore[call-overload]
+        return int(row[0][0])
 
     def has_events_through(self, last_id: int) -> bool:
         """True while any event with id <= ``last_id`` is still queued (flush's condition)."""
@@ -523,21 +553,27 @@ class DurableQueue:
 
     def dead_letters(self) -> list[tuple[str, int, str]]:
         """(event type, seq, reason) of every dead-lettered event, for inspection."""
-        return [(str(t), int(s), str(r)) for t, s, r in self._read(  # type: ignore[call-overload]
-            "SELECT event_type, seq, reason FROM dead_letters ORDER BY id"
-        )]
+        return [
+            (str(t), int(s), str(r))
+            for t, s, r in self._read(
+                "SELECT event_type, seq, reason FROM dead_letters ORDER BY id"
+            )
+        ]
 
     # -- incidents: what happened to the queue itself ----------------------------
     def record_incident(self, kind: str, detail: str) -> None:
         """Remember something the collector should hear about (e.g. a quarantined file)."""
         with self.atomic() as conn:
             conn.execute(
-                "INSERT INTO incidents (kind, detail, created_at) VALUES (?, ?, ?)", (kind, detail, time.time())
+                "INSERT INTO incidents (kind, detail, created_at) VALUES (?, ?, ?)",
+                (kind, detail, time.time()),
             )
 
     def unreported_incidents(self) -> list[tuple[int, dict[str, object]]]:
-        rows = self._read("SELECT id, kind, detail, created_at FROM incidents ORDER BY id LIMIT 100")
-        return [(int(r[0]), {"kind": r[1], "detail": r[2], "at": r[3]}) for r in rows]  # type: ignore[call-overload]
+        rows = self._read(
+            "SELECT id, kind, detail, created_at FROM incidents ORDER BY id LIMIT 100"
+        )
+        return [(int(r[0]), {"kind": r[1], "detail": r[2], "at": r[3]}) for r in rows]
 
     def mark_incidents_reported(self, ids: Sequence[int]) -> None:
         if ids:
@@ -549,7 +585,9 @@ class DurableQueue:
         """Take or renew the shipping lease; False while another live holder has it."""
         now = time.time()
         with self.atomic() as conn:
-            row = conn.execute("SELECT holder, expires_at FROM lease WHERE name = 'shipper'").fetchone()
+            row = conn.execute(
+                "SELECT holder, expires_at FROM lease WHERE name = 'shipper'"
+            ).fetchone()
             if row is not None and row[0] != holder and row[1] > now:
                 return False
             conn.execute(
@@ -564,7 +602,9 @@ class DurableQueue:
             conn.execute("DELETE FROM lease WHERE name = 'shipper' AND holder = ?", (holder,))
 
     def lease_holder(self) -> str | None:
-        rows = self._read("SELECT holder FROM lease WHERE name = 'shipper' AND expires_at > ?", (time.time(),))
+        rows = self._read(
+            "SELECT holder FROM lease WHERE name = 'shipper' AND expires_at > ?", (time.time(),)
+        )
         return str(rows[0][0]) if rows else None
 
     # -- lifecycle -------------------------------------------------------------
@@ -580,11 +620,8 @@ class DurableQueue:
         self._conn = self._connect()
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
+        with self._lock, suppress(sqlite3.Error):
+            self._conn.close()
 
     def __repr__(self) -> str:
         return f"<DurableQueue {self.path} producer={self.producer_id}>"
@@ -599,7 +636,8 @@ class _AppendCache(NamedTuple):
 
 def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
     conn.execute(
-        "UPDATE counters SET value = value + (CASE name WHEN 'bytes' THEN ? ELSE ? END)", (size, events)
+        "UPDATE counters SET value = value + (CASE name WHEN 'bytes' THEN ? ELSE ? END)",
+        (size, events),
     )
 
 
@@ -620,7 +658,9 @@ def quarantine(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _insert_drops(conn: sqlite3.Connection, drops: Iterable[tuple[str, int, int, int, str, float]]) -> None:
+def _insert_drops(
+    conn: sqlite3.Connection, drops: Iterable[tuple[str, int, int, int, str, float]]
+) -> None:
     """Record drop ranges, extending the previous record of the same type and reason
     when the new range follows it: a full queue evicting on every commit then keeps
     one growing row instead of adding a row per commit (disk stays bounded)."""
@@ -640,16 +680,16 @@ def _insert_drops(conn: sqlite3.Connection, drops: Iterable[tuple[str, int, int,
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["meta"].insert_all(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("meta").insert_all(
         [
             {"key": "producer_id", "value": str(uuid.uuid4())},
             {"key": "created_at", "value": str(time.time())},
         ]
     )
-    db["counters"].create({"name": str, "value": int}, pk="name")
-    db["counters"].insert_all([{"name": "bytes", "value": 0}, {"name": "events", "value": 0}])
-    db["sequences"].create({"event_type": str, "next_seq": int}, pk="event_type")
+    db.table("counters").create({"name": str, "value": int}, pk="name")
+    db.table("counters").insert_all([{"name": "bytes", "value": 0}, {"name": "events", "value": 0}])
+    db.table("sequences").create({"event_type": str, "next_seq": int}, pk="event_type")
     # AUTOINCREMENT: ids are never reused, even after eviction empties the table,
     # so an ack for a batch read earlier can never delete newer, unsent events.
     db.execute(
@@ -657,7 +697,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         "seq INTEGER NOT NULL, fingerprint BLOB NOT NULL, timestamp INTEGER NOT NULL, "
         "payload BLOB NOT NULL, size INTEGER NOT NULL)"
     )
-    db["drops"].create(
+    db.table("drops").create(
         {
             "id": int,
             "event_type": str,
@@ -670,7 +710,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"event_type", "first_seq", "last_seq", "count", "reason"},
     )
-    db["dead_letters"].create(
+    db.table("dead_letters").create(
         {
             "id": int,
             "event_type": str,
@@ -683,8 +723,8 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["lease"].create({"name": str, "holder": str, "expires_at": float}, pk="name")
-    db["incidents"].create({"id": int, "kind": str, "detail": str, "created_at": float}, pk="id")
+    db.table("lease").create({"name": str, "holder": str, "expires_at": float}, pk="name")
+    db.table("incidents").create({"id": int, "kind": str, "detail": str, "created_at": float}, pk="id")
 
 
 _INSERT_SQL: dict[int, str] = {}
@@ -693,8 +733,9 @@ _INSERT_SQL: dict[int, str] = {}
 def _insert_sql(n: int) -> str:
     sql = _INSERT_SQL.get(n)
     if sql is None:
-        sql = "INSERT INTO events (event_type, seq, fingerprint, timestamp, payload, size) VALUES " + ",".join(
-            ["(?,?,?,?,?,?)"] * n
+        sql = (
+            "INSERT INTO events (event_type, seq, fingerprint, timestamp, payload, size) VALUES "
+            + ",".join(["(?,?,?,?,?,?)"] * n)
         )
         _INSERT_SQL[n] = sql
     return sql

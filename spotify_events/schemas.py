@@ -71,9 +71,11 @@ def schema_fingerprint(parsed: Any) -> tuple[str, bytes]:
 def parse_event_schema(definition: Mapping[str, Any], source: str = "<dict>") -> EventSchema:
     """Parse one event schema; event types must be named records."""
     if not isinstance(definition, Mapping) or definition.get("type") != "record":
-        raise SchemaError(f"{source}: an event schema must be an Avro record, got {definition!r:.80}")
+        raise SchemaError(
+            f"{source}: an event schema must be an Avro record, got {definition!r:.80}"
+        )
     try:
-        parsed = fastavro.parse_schema(dict(definition), named_schemas={})
+        parsed: Any = fastavro.parse_schema(dict(definition), named_schemas={})
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
         raise SchemaError(f"{source}: invalid Avro schema: {exc}") from exc
     canonical, fp = schema_fingerprint(parsed)
@@ -217,7 +219,9 @@ class SchemaRegistry:
         return f"<SchemaRegistry {len(self)} types: {', '.join(self.event_types)}>"
 
 
-def check_compatibility(old: EventSchema | Mapping[str, Any], new: EventSchema | Mapping[str, Any]) -> CompatibilityResult:
+def check_compatibility(
+    old: EventSchema | Mapping[str, Any], new: EventSchema | Mapping[str, Any]
+) -> CompatibilityResult:
     """Whether data can cross between ``old`` and ``new`` in each direction.
 
     Uses Apache Avro's ``ReaderWriterCompatibilityChecker`` (the port of the Java
@@ -235,7 +239,7 @@ def check_compatibility(old: EventSchema | Mapping[str, Any], new: EventSchema |
             raise SchemaError(f"{source}: invalid Avro schema: {exc}") from exc
 
     old_schema, new_schema = to_avro(old), to_avro(new)
-    checker = ReaderWriterCompatibilityChecker()
+    checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
     backward = checker.get_compatibility(reader=new_schema, writer=old_schema)
     forward = checker.get_compatibility(reader=old_schema, writer=new_schema)
     compatible = SchemaCompatibilityType.compatible

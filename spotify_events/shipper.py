@@ -32,8 +32,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import backoff
 
@@ -109,7 +109,9 @@ class Shipper:
     # -- control -------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="spotify-events-shipper", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="spotify-events-shipper", daemon=True
+            )
             self._thread.start()
 
     @property
@@ -174,7 +176,11 @@ class Shipper:
         urgent = self._urgent.is_set()
         if depth.events == 0:
             drops = self.queue.unreported_drops()
-            if drops or self.queue.unreported_incidents() or time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
+            if (
+                drops
+                or self.queue.unreported_incidents()
+                or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
+            ):
                 self._deliver([], drops)
                 self._urgent.clear()
                 return
@@ -183,7 +189,9 @@ class Shipper:
         if depth.events < self.settings.max_events and not urgent and self._lingering():
             return
         self._urgent.clear()
-        batch = self.queue.read_batch(max_events=self.settings.max_events, max_bytes=self.settings.max_bytes)
+        batch = self.queue.read_batch(
+            max_events=self.settings.max_events, max_bytes=self.settings.max_bytes
+        )
         if batch:
             self._deliver(batch, self.queue.unreported_drops())
 
@@ -191,9 +199,7 @@ class Shipper:
         """Wait up to ``linger`` for a fuller batch; True if we waited (re-check after)."""
         if self.settings.linger <= 0:
             return False
-        if self._urgent.wait(self.settings.linger) or self._stop.is_set():
-            return True
-        return False
+        return bool(self._urgent.wait(self.settings.linger) or self._stop.is_set())
 
     def _idle_wait(self, seconds: float) -> None:
         # re-check the lease well before it lapses even if nothing is logged
@@ -288,8 +294,11 @@ class Shipper:
             if outcome is Outcome.THROTTLED:
                 if result.retry_after is not None:
                     delay = min(result.retry_after, MAX_RETRY_AFTER)
-                self._set_state("throttled", f"spotify-events collector throttling ({result.describe()}); "
-                                f"waiting {delay:.1f}s as asked")  # fmt: skip
+                self._set_state(
+                    "throttled",
+                    f"spotify-events collector throttling ({result.describe()}); "
+                    f"waiting {delay:.1f}s as asked",
+                )
             elif outcome is Outcome.UNAUTHORIZED:
                 self._set_state(
                     "unauthorized",
@@ -298,8 +307,11 @@ class Shipper:
                     level=logging.ERROR,
                 )
             else:
-                self._set_state("unreachable", f"spotify-events collector unreachable ({result.describe()}); "
-                                "events are kept in the queue and retried")  # fmt: skip
+                self._set_state(
+                    "unreachable",
+                    f"spotify-events collector unreachable ({result.describe()}); "
+                    "events are kept in the queue and retried",
+                )
             self._note_error(result.describe())
             # sleep in the stop event so close() can cut a backoff short; keep the lease fresh
             slept = 0.0
@@ -326,7 +338,9 @@ class Shipper:
         )
         return encode_batch(batch)
 
-    def _accept(self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult) -> None:
+    def _accept(
+        self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult
+    ) -> None:
         rejected = _rejections(result)
         if rejected:
             by_reason: dict[str, list[QueuedEvent]] = {}
@@ -349,13 +363,21 @@ class Shipper:
         with self._acked:
             self._acked.notify_all()
 
-    def _dead_letter(self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool) -> None:
+    def _dead_letter(
+        self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
+    ) -> None:
         self.queue.dead_letter(events, reason, notify_collector=notify_collector)
-        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + len(events)
+        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + len(
+            events
+        )
         logger.warning(
             "spotify-events: collector rejected %d %s event(s) (seq %d..%d): %s; moved to dead letters",
-            len(events), events[0].event_type, events[0].seq, events[-1].seq, reason,
-        )  # fmt: skip
+            len(events),
+            events[0].event_type,
+            events[0].seq,
+            events[-1].seq,
+            reason,
+        )
         with self._acked:
             self._acked.notify_all()
 
@@ -375,7 +397,7 @@ class Shipper:
 def _backoff_delays(cap: float) -> Iterator[float]:
     delays = backoff.expo(base=2, factor=0.1, max_value=cap)
     next(delays)  # the generator yields a priming None first
-    return delays  # type: ignore[no-any-return]
+    return delays
 
 
 def _rejections(result: SendResult) -> dict[tuple[str, int], str]:
@@ -385,7 +407,9 @@ def _rejections(result: SendResult) -> dict[tuple[str, int], str]:
     if isinstance(rejected, list):
         for item in rejected:
             try:
-                out[(str(item["event_type"]), int(item["seq"]))] = str(item.get("reason") or "rejected")
+                out[(str(item["event_type"]), int(item["seq"]))] = str(
+                    item.get("reason") or "rejected"
+                )
             except (KeyError, TypeError, ValueError):
                 continue
     return out

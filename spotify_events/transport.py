@@ -104,7 +104,9 @@ class HttpTransport:
 
     def send(self, body: bytes, headers: Mapping[str, str]) -> SendResult:
         try:
-            response = self._session.post(self.endpoint, data=body, headers=dict(headers), timeout=self.timeout)
+            response = self._session.post(
+                self.endpoint, data=body, headers=dict(headers), timeout=self.timeout
+            )
         except requests.RequestException as exc:
             return SendResult(None, error=f"{type(exc).__name__}: {exc}")
         parsed: Mapping[str, Any] | None
@@ -153,4 +155,3 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-

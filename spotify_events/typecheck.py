@@ -165,7 +165,9 @@ class _Compiler:
         body = [f"def {fn}(items, path):", f"    for {key}, x in items:"]
         if key == "k":
             body.append("        if not isinstance(k, str):")
-            body.append("            return (path + '[' + repr(k) + ']', 'map keys must be strings')")
+            body.append(
+                "            return (path + '[' + repr(k) + ']', 'map keys must be strings')"
+            )
         body.append(f"        if not ({self.predicate(item_schema, 'x')}):")
         body.append(f"            return (path + '[' + repr({key}) + ']', _wrong(x, {expected}))")
         inner = self.nested_check(item_schema, "x", f"path + '[' + repr({key}) + ']'")
@@ -183,7 +185,9 @@ def compile_record_check(parsed_schema: Mapping[str, Any]) -> RecordCheck:
     compiler = _Compiler()
     entry = compiler.record_function(parsed_schema)
     namespace: dict[str, Any] = {"_MISSING": _MISSING, "_wrong": _wrong, **compiler.constants}
-    exec("\n".join(compiler.lines), namespace)  # the source is generated above, from the schema only
+    exec(
+        "\n".join(compiler.lines), namespace
+    )  # the source is generated above, from the schema only
     record_fn = namespace[entry]
 
     def check(record: Mapping[str, Any]) -> Problem | None:

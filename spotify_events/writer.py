@@ -97,7 +97,9 @@ class QueueWriter:
         size = len(event[3]) + EVENT_MEMORY_OVERHEAD
         with self._lock:
             self.counters.logged += 1
-            if self._pending_bytes + size > self.max_buffer_bytes and not self._wait_for_space(size):
+            if self._pending_bytes + size > self.max_buffer_bytes and not self._wait_for_space(
+                size
+            ):
                 reason = DROP_WRITE_FAILED if self._failing else DROP_BUFFER_FULL
                 key = (event[0], reason)
                 self._overflow[key] = self._overflow.get(key, 0) + 1
@@ -167,7 +169,9 @@ class QueueWriter:
     # -- writer thread -------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="spotify-events-writer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="spotify-events-writer", daemon=True
+            )
             self._thread.start()
 
     def _run(self) -> None:
@@ -218,7 +222,9 @@ class QueueWriter:
             self.counters.write_errors += 1
             self.counters.last_error = str(exc)
             if not self._failing:
-                logger.error("spotify-events cannot write to its queue, keeping events in memory: %s", exc)
+                logger.error(
+                    "spotify-events cannot write to its queue, keeping events in memory: %s", exc
+                )
             self._failing = True
             return False
         if self._failing:

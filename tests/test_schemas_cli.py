@@ -57,9 +57,13 @@ def test_identical_dirs_pass(dirs: tuple[Path, Path]) -> None:
 def test_compatible_change_exits_zero(dirs: tuple[Path, Path]) -> None:
     old, new = dirs
     # a new optional field with a default: readable in both directions
-    edit(new, "PageView.avsc", lambda d: d["fields"].append(
-        {"name": "locale", "type": ["null", "string"], "default": None}
-    ))  # fmt: skip
+    edit(
+        new,
+        "PageView.avsc",
+        lambda d: d["fields"].append(
+            {"name": "locale", "type": ["null", "string"], "default": None}
+        ),
+    )
     result = check(str(old), str(new))
     assert result.exit_code == 0, result.output
     assert row(result.output, PAGE_VIEW) == [PAGE_VIEW, "changed", "yes", "yes", "ok"]
@@ -103,10 +107,16 @@ def test_require_selects_the_direction(dirs: tuple[Path, Path]) -> None:
 def test_added_and_removed_types(dirs: tuple[Path, Path]) -> None:
     old, new = dirs
     (new / "AdImpression.avsc").unlink()
-    (new / "Signup.avsc").write_text(json.dumps({
-        "type": "record", "name": "Signup", "namespace": "spotify.events.account",
-        "fields": [{"name": "user_id", "type": "string"}],
-    }))  # fmt: skip
+    (new / "Signup.avsc").write_text(
+        json.dumps(
+            {
+                "type": "record",
+                "name": "Signup",
+                "namespace": "spotify.events.account",
+                "fields": [{"name": "user_id", "type": "string"}],
+            }
+        )
+    )
     result = check(str(old), str(new))
     assert result.exit_code == 1, result.output  # a removed type fails the gate
     removed = row(result.output, "spotify.events.ads.AdImpression")

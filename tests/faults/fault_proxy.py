@@ -17,6 +17,7 @@ land at a precise point of one exchange instead of at a random byte.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -29,10 +30,8 @@ FAULTS = ("reset_mid_body", "reset_after_reply", "stall", "trickle", "refuse")
 
 def _reset(sock: socket.socket) -> None:
     """Close with SO_LINGER 0 so the peer sees a TCP RST, not a clean FIN."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     sock.close()
 
 
@@ -143,7 +142,9 @@ class FaultProxy:
                     _reset(client)
                     return
                 if upstream is None:
-                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=60)
+                    upstream = socket.create_connection(
+                        ("127.0.0.1", self.upstream_port), timeout=60
+                    )
                 upstream.sendall(head + body)
                 response = _read_message(upstream, outbound)
                 if response is None:

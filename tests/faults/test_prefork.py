@@ -22,8 +22,10 @@ from spotify_events.collector.process import CollectorProcess
 
 pytestmark = [
     pytest.mark.faults,
-    pytest.mark.skipif(shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is None,
-                       reason="gunicorn is not installed"),  # fmt: skip
+    pytest.mark.skipif(
+        shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is None,
+        reason="gunicorn is not installed",
+    ),
 ]
 
 APP = """
@@ -50,17 +52,36 @@ def app(environ, start_response):
 """
 
 
-def test_gunicorn_workers_deliver_everything_and_stop_cleanly(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_gunicorn_workers_deliver_everything_and_stop_cleanly(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
     (tmp_path / "webapp.py").write_text(textwrap.dedent(APP))
     queue_path = tmp_path / "queue.db"
     port = free_port()
     gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--preload", "-w", "4", "-b", f"127.0.0.1:{port}",
-         "--chdir", str(tmp_path), "--graceful-timeout", "30", "webapp:app"],
-        env={**os.environ, "SE_ENDPOINT": collector.endpoint, "SE_QUEUE": str(queue_path),
-             "SE_SCHEMAS": str(SCHEMAS)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--preload",
+            "-w",
+            "4",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(tmp_path),
+            "--graceful-timeout",
+            "30",
+            "webapp:app",
+        ],
+        env={
+            **os.environ,
+            "SE_ENDPOINT": collector.endpoint,
+            "SE_QUEUE": str(queue_path),
+            "SE_SCHEMAS": str(SCHEMAS),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}/"
         assert wait_for(lambda: _up(base), timeout=30), "gunicorn did not come up"
@@ -85,15 +106,21 @@ def test_gunicorn_workers_deliver_everything_and_stop_cleanly(collector: Collect
             gunicorn.kill()
     delivered_at_exit = len(bucket_ids(collector.data_dir).keys() & served)
     # whatever did not ship before the workers exited is in the queue file: the next start ships it
-    with EventClient(endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)) as client:
+    with EventClient(
+        endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)
+    ) as client:
         assert client.flush(timeout=60)
     found = bucket_ids(collector.data_dir)
     assert served <= found.keys() and max(found.values()) == 1
-    (stream,) = stream_of(collector.report())  # one queue file = one producer, shared by all workers
+    (stream,) = stream_of(
+        collector.report()
+    )  # one queue file = one producer, shared by all workers
     assert stream["received"] == 3000 and stream["open_gaps"] == 0 and stream["lost"] == 0
     assert stop_seconds < 30, f"graceful stop took {stop_seconds:.1f}s"
-    print(f"\ngunicorn: 4 workers, 3000 requests, {delivered_at_exit} delivered before exit, "
-          f"graceful stop in {stop_seconds:.1f}s, all 3000 delivered exactly once")
+    print(
+        f"\ngunicorn: 4 workers, 3000 requests, {delivered_at_exit} delivered before exit, "
+        f"graceful stop in {stop_seconds:.1f}s, all 3000 delivered exactly once"
+    )
 
 
 def _up(base: str) -> bool:

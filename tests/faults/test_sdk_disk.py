@@ -28,8 +28,10 @@ def small_disk(path: Path, size: str = "3m") -> Iterator[bool]:
     path.mkdir()
     mounted = (
         os.geteuid() == 0
-        and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                           capture_output=True).returncode == 0  # fmt: skip
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
     )
     try:
         yield mounted
@@ -48,14 +50,21 @@ def fill(directory: Path, leave: int) -> Path:
     return filler
 
 
-def test_full_disk_counts_and_reports_drops_and_recovers(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_full_disk_counts_and_reports_drops_and_recovers(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
     collector.stop()  # nothing ships while the disk fills: the queue has to grow
     with small_disk(tmp_path / "disk") as mounted:
         disk = tmp_path / "disk"
         client = EventClient(
-            endpoint=collector.endpoint, queue_path=str(disk / "queue.db"), schemas=str(SCHEMAS),
-            max_buffer_bytes=64 << 10, max_event_bytes=1024, block_timeout=0, backoff_max=0.2,
-        )  # fmt: skip
+            endpoint=collector.endpoint,
+            queue_path=str(disk / "queue.db"),
+            schemas=str(SCHEMAS),
+            max_buffer_bytes=64 << 10,
+            max_event_bytes=1024,
+            block_timeout=0,
+            backoff_max=0.2,
+        )
         with client:
             client.log("EndSong", numbered("warm-up"))
             assert client.flush(timeout=0.5) is False  # committed, collector down
@@ -69,7 +78,9 @@ def test_full_disk_counts_and_reports_drops_and_recovers(collector: CollectorPro
             for i in range(30_000):
                 client.log("EndSong", numbered(str(i)))  # never raises into the host
                 logged += 1
-            assert wait_for(lambda: client.stats().dropped.get(DROP_WRITE_FAILED, 0) > 0, timeout=30)
+            assert wait_for(
+                lambda: client.stats().dropped.get(DROP_WRITE_FAILED, 0) > 0, timeout=30
+            )
             assert client.stats().last_error
             # space returns, the collector comes back: everything is accounted for
             if mounted:
@@ -86,7 +97,9 @@ def test_full_disk_counts_and_reports_drops_and_recovers(collector: CollectorPro
                     assert wait_for(lambda: client.stats().buffered_events == 0, timeout=30)
             assert client.flush(timeout=60), client.stats()
             stats = client.stats()
-        dropped = sum(stats.dropped.values())  # write_failed, and buffer_full before the first failure
+        dropped = sum(
+            stats.dropped.values()
+        )  # write_failed, and buffer_full before the first failure
         assert stats.dropped[DROP_WRITE_FAILED] > 0
         found = bucket_ids(collector.data_dir)
         assert max(found.values()) == 1
@@ -101,7 +114,9 @@ def test_damaged_queue_file_is_moved_aside_and_a_fresh_queue_starts(
     collector: CollectorProcess, tmp_path: Path
 ) -> None:
     queue_path = tmp_path / "queue.db"
-    with EventClient(endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)) as client:
+    with EventClient(
+        endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)
+    ) as client:
         for i in range(2000):
             client.log("EndSong", numbered(f"old:{i}"))
         assert client.flush(timeout=30)
@@ -112,7 +127,9 @@ def test_damaged_queue_file_is_moved_aside_and_a_fresh_queue_starts(
     queue_path.write_bytes(bytes(data[: len(data) - 1000]))
     damaged = queue_path.read_bytes()
 
-    with EventClient(endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)) as client:
+    with EventClient(
+        endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)
+    ) as client:
         client.log("EndSong", numbered("new:0"))
         assert client.flush(timeout=30)
         assert client.producer_id != old_producer  # a fresh queue is a new producer

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.faults
 
 
 @pytest.mark.parametrize("fault", [*FAULTS, "all"])
-def test_exactly_once_through_network_faults(collector: CollectorProcess, tmp_path: Path, fault: str) -> None:
+def test_exactly_once_through_network_faults(
+    collector: CollectorProcess, tmp_path: Path, fault: str
+) -> None:
     proxy = FaultProxy(collector.port, stall_seconds=1.5)
     faults = list(FAULTS) * 3 if fault == "all" else [fault] * 4
     try:
@@ -50,6 +52,8 @@ def test_exactly_once_through_network_faults(collector: CollectorProcess, tmp_pa
         assert stream["received"] == logged and stream["lost"] == 0 and stream["open_gaps"] == 0
         if fault in ("reset_after_reply", "all"):
             assert stream["duplicates"] > 0  # the collector saw the retry and deduped it
-        assert stats.retried >= sum(1 for f in faults if f != "trickle")  # trickle is slow, not failed
+        assert stats.retried >= sum(
+            1 for f in faults if f != "trickle"
+        )  # trickle is slow, not failed
     finally:
         proxy.close()

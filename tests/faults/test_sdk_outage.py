@@ -24,8 +24,13 @@ def _log_during_outage(queue_path: Path, endpoint: str, write_fd: int) -> None:
     """Child: log EVENTS events with the collector down; report RSS along the way."""
     code = 1
     try:
-        client = EventClient(endpoint=endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS),
-                             backoff_max=1.0, max_queue_bytes=1 << 30)  # fmt: skip
+        client = EventClient(
+            endpoint=endpoint,
+            queue_path=str(queue_path),
+            schemas=str(SCHEMAS),
+            backoff_max=1.0,
+            max_queue_bytes=1 << 30,
+        )
         rss = {}
         started = time.perf_counter()
         for i in range(EVENTS):
@@ -35,8 +40,17 @@ def _log_during_outage(queue_path: Path, endpoint: str, write_fd: int) -> None:
         elapsed = time.perf_counter() - started
         client.close(timeout=0.5)  # commits the buffer; nothing can ship
         stats = client.stats()
-        os.write(write_fd, json.dumps({"rss_kib": rss, "seconds": elapsed, "queued": stats.queue_events,
-                                       "dropped": stats.dropped}).encode())  # fmt: skip
+        os.write(
+            write_fd,
+            json.dumps(
+                {
+                    "rss_kib": rss,
+                    "seconds": elapsed,
+                    "queued": stats.queue_events,
+                    "dropped": stats.dropped,
+                }
+            ).encode(),
+        )
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -44,7 +58,9 @@ def _log_during_outage(queue_path: Path, endpoint: str, write_fd: int) -> None:
         os._exit(code)
 
 
-def test_long_outage_everything_queued_then_delivered(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_long_outage_everything_queued_then_delivered(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
     collector.stop()
     queue_path = tmp_path / "queue.db"
     read_fd, write_fd = os.pipe()
@@ -64,11 +80,15 @@ def test_long_outage_everything_queued_then_delivered(collector: CollectorProces
 
     collector.start()
     started = time.perf_counter()
-    with EventClient(endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)) as client:
+    with EventClient(
+        endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS)
+    ) as client:
         assert client.flush(timeout=600)
     drain = time.perf_counter() - started
     (stream,) = stream_of(collector.report())
     assert stream["received"] == EVENTS and stream["duplicates"] == 0
     assert stream["lost"] == 0 and stream["open_gaps"] == 0
-    print(f"\noutage: {EVENTS:,} events logged in {report['seconds']:.1f}s, RSS growth {growth_mib:.1f} MiB "
-          f"from 10% to 100%; drained in {drain:.1f}s ({EVENTS / drain:,.0f} events/s)")  # fmt: skip
+    print(
+        f"\noutage: {EVENTS:,} events logged in {report['seconds']:.1f}s, RSS growth {growth_mib:.1f} MiB "
+        f"from 10% to 100%; drained in {drain:.1f}s ({EVENTS / drain:,.0f} events/s)"
+    )

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import END_SONG, SCHEMAS, bucket_ids, numbered, stream_of, wait_for
+from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of, wait_for
 
 from spotify_events import EventClient, SchemaRegistry
+from spotify_events.collector.process import CollectorProcess
 from spotify_events.encoding import EventEncoder
 from spotify_events.writer import EVENT_MEMORY_OVERHEAD
-from spotify_events.collector.process import CollectorProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")]
 
@@ -30,12 +30,20 @@ ITERATIONS = int(os.environ.get("FAULTS_ITERATIONS", "100"))
 SEED = int(os.environ.get("FAULTS_SEED", "20261126"))
 
 
-def _child(write_fd: int, queue_path: Path, endpoint: str, prefix: str, durability: str, **extra: object) -> None:
+def _child(
+    write_fd: int, queue_path: Path, endpoint: str, prefix: str, durability: str, **extra: object
+) -> None:
     """Runs in the forked child: log forever, report each returned log() on the pipe."""
     code = 1
     try:
-        client = EventClient(endpoint=endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS),
-                             durability=durability, backoff_max=0.2, **extra)  # type: ignore[arg-type]
+        client = EventClient(
+            endpoint=endpoint,
+            queue_path=str(queue_path),
+            schemas=str(SCHEMAS),
+            durability=durability,
+            backoff_max=0.2,
+            **extra,
+        )  # type: ignore[arg-type]
         out = os.fdopen(write_fd, "w", buffering=1)
         i = 0
         while True:
@@ -46,7 +54,9 @@ def _child(write_fd: int, queue_path: Path, endpoint: str, prefix: str, durabili
         os._exit(code)
 
 
-def _fork_logger(queue_path: Path, endpoint: str, prefix: str, durability: str, **extra: object) -> tuple[int, int]:
+def _fork_logger(
+    queue_path: Path, endpoint: str, prefix: str, durability: str, **extra: object
+) -> tuple[int, int]:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -83,8 +93,12 @@ def test_sigkill_at_commit_level_loses_nothing_that_was_logged(
         pid, read_fd = _fork_logger(queue_path, collector.endpoint, f"c{iteration}", "commit")
         for n in _kill_after(pid, read_fd, rng.randint(1, 300)):
             returned.add(f"c{iteration}:{n}")
-    with EventClient(endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS),
-                     backoff_max=0.2) as client:  # fmt: skip
+    with EventClient(
+        endpoint=collector.endpoint,
+        queue_path=str(queue_path),
+        schemas=str(SCHEMAS),
+        backoff_max=0.2,
+    ) as client:
         assert client.flush(timeout=120)
     found = bucket_ids(collector.data_dir)
     missing = returned - found.keys()
@@ -95,8 +109,10 @@ def test_sigkill_at_commit_level_loses_nothing_that_was_logged(
     # everything that has a sequence number arrived: no gaps, no loss.
     assert stream["received"] == len(found) >= len(returned)
     assert stream["open_gaps"] == 0 and stream["lost"] == 0 and stream["dropped"] == 0
-    print(f"\n{ITERATIONS} SIGKILLs, {len(returned)} events returned from log(), "
-          f"{len(found)} delivered, 0 lost, 0 duplicated in buckets ({time.monotonic() - started:.1f}s)")
+    print(
+        f"\n{ITERATIONS} SIGKILLs, {len(returned)} events returned from log(), "
+        f"{len(found)} delivered, 0 lost, 0 duplicated in buckets ({time.monotonic() - started:.1f}s)"
+    )
 
 
 def test_sigkill_at_buffered_level_loses_at_most_the_memory_buffer(
@@ -107,16 +123,32 @@ def test_sigkill_at_buffered_level_loses_at_most_the_memory_buffer(
     # a small buffer makes the bound tight: about 1400 EndSong events in memory, and
     # a long block_timeout so the caller waits for room instead of dropping
     max_buffer_bytes = 256 << 10
-    bound = max_buffer_bytes // (len(EventEncoder(SchemaRegistry(SCHEMAS).get("EndSong")).encode(numbered("b0:0")))
-                                 + EVENT_MEMORY_OVERHEAD) + 1
+    bound = (
+        max_buffer_bytes
+        // (
+            len(EventEncoder(SchemaRegistry(SCHEMAS).get("EndSong")).encode(numbered("b0:0")))
+            + EVENT_MEMORY_OVERHEAD
+        )
+        + 1
+    )
     for iteration in range(10):
         prefix = f"b{iteration}"
-        pid, read_fd = _fork_logger(queue_path, collector.endpoint, prefix, "buffered",
-                                    max_buffer_bytes=max_buffer_bytes, max_event_bytes=1024,
-                                    block_timeout=5.0)  # fmt: skip
+        pid, read_fd = _fork_logger(
+            queue_path,
+            collector.endpoint,
+            prefix,
+            "buffered",
+            max_buffer_bytes=max_buffer_bytes,
+            max_event_bytes=1024,
+            block_timeout=5.0,
+        )
         returned = _kill_after(pid, read_fd, rng.randint(2000, 20000))
-        with EventClient(endpoint=collector.endpoint, queue_path=str(queue_path), schemas=str(SCHEMAS),
-                         backoff_max=0.2) as client:  # fmt: skip
+        with EventClient(
+            endpoint=collector.endpoint,
+            queue_path=str(queue_path),
+            schemas=str(SCHEMAS),
+            backoff_max=0.2,
+        ) as client:
             assert client.flush(timeout=60)
         found = bucket_ids(collector.data_dir)
         missing = sorted(n for n in returned if f"{prefix}:{n}" not in found)
@@ -128,7 +160,9 @@ def test_sigkill_at_buffered_level_loses_at_most_the_memory_buffer(
     assert stream["open_gaps"] == 0 and stream["lost"] == 0  # lost in memory = never numbered
 
 
-@pytest.mark.parametrize("how", ["normal_exit", "uncaught_exception", "sigterm_handler", "sys_exit"])
+@pytest.mark.parametrize(
+    "how", ["normal_exit", "uncaught_exception", "sigterm_handler", "sys_exit"]
+)
 def test_graceful_exit_at_buffered_level_loses_nothing(
     collector: CollectorProcess, tmp_path: Path, how: str
 ) -> None:
@@ -139,8 +173,12 @@ def test_graceful_exit_at_buffered_level_loses_nothing(
         code = 0
         try:
             os.close(ready_r)
-            client = EventClient(endpoint=collector.endpoint, queue_path=str(queue_path),
-                                 schemas=str(SCHEMAS), exit_timeout=30)  # fmt: skip
+            client = EventClient(
+                endpoint=collector.endpoint,
+                queue_path=str(queue_path),
+                schemas=str(SCHEMAS),
+                exit_timeout=30,
+            )
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the app's own handler
             for i in range(5000):
                 client.log("EndSong", numbered(f"{how}:{i}"))

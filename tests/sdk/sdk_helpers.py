@@ -77,7 +77,9 @@ class Sink:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/batches"
 
-    def respond_next(self, status: int, headers: dict[str, str] | None = None, times: int = 1) -> None:
+    def respond_next(
+        self, status: int, headers: dict[str, str] | None = None, times: int = 1
+    ) -> None:
         self.scripted.extend([(status, headers or {}, {"error": "scripted"})] * times)
 
     def count(self, event_type: str | None = None) -> int:
@@ -98,7 +100,10 @@ class Sink:
         except ValueError as exc:
             return 400, {}, {"error": str(exc)}
         now = time.monotonic()
-        if self.max_events_per_batch is not None and len(batch.envelopes) > self.max_events_per_batch:
+        if (
+            self.max_events_per_batch is not None
+            and len(batch.envelopes) > self.max_events_per_batch
+        ):
             self.arrivals.append(Arrival(now, batch, 413))
             return 413, {}, {"error": "too large"}
         if self.poison is not None and any(self.poison(e.payload) for e in batch.envelopes):
@@ -129,7 +134,7 @@ class Sink:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, headers, payload = sink.handle(body)
                 data = json.dumps(payload).encode()

@@ -7,16 +7,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from sdk_helpers import END_SONG, SCHEMAS, Sink, wait_for
 
 from spotify_events import EventClient, EventValidationError, UnknownEventTypeError
 from spotify_events.errors import ClientClosedError
 from spotify_events.queue import DurableQueue
-
-from sdk_helpers import END_SONG, SCHEMAS, Sink, wait_for
 
 EndSong = "spotify.events.playback.EndSong"
 PageView = "spotify.events.web.PageView"
@@ -25,7 +24,9 @@ PAGE = {"session_id": "s1", "page_uri": "spotify:album:1", "load_ms": 120}
 MakeClient = Callable[..., EventClient]
 
 
-def test_delivers_100k_events_once_with_contiguous_sequences(sink: Sink, make_client: MakeClient) -> None:
+def test_delivers_100k_events_once_with_contiguous_sequences(
+    sink: Sink, make_client: MakeClient
+) -> None:
     client = make_client(endpoint=sink.endpoint)
     for i in range(100_000):
         if i % 4 == 0:
@@ -41,7 +42,9 @@ def test_delivers_100k_events_once_with_contiguous_sequences(sink: Sink, make_cl
     assert stats.queue_events == 0 and stats.dropped == {}
 
 
-def test_outage_then_recovery_delivers_everything_once(unstarted_sink: Sink, make_client: MakeClient) -> None:
+def test_outage_then_recovery_delivers_everything_once(
+    unstarted_sink: Sink, make_client: MakeClient
+) -> None:
     client = make_client(endpoint=unstarted_sink.endpoint, backoff_max=0.2)
     for i in range(20_000):
         client.log("EndSong", {**END_SONG, "ms_played": i})  # never raises while the sink is down
@@ -76,11 +79,15 @@ def test_413_splits_the_batch(sink: Sink, make_client: MakeClient) -> None:
     assert all(len(a.batch.envelopes) <= 100 for a in sink.arrivals if a.status == 200)
 
 
-def test_400_bisects_and_dead_letters_only_the_poison_event(sink: Sink, make_client: MakeClient) -> None:
+def test_400_bisects_and_dead_letters_only_the_poison_event(
+    sink: Sink, make_client: MakeClient
+) -> None:
     sink.poison = lambda payload: b"poison" in payload
     client = make_client(endpoint=sink.endpoint)
     for i in range(500):
-        client.log("EndSong", {**END_SONG, "user_id": "poison" if i == 321 else "u", "ms_played": i})
+        client.log(
+            "EndSong", {**END_SONG, "user_id": "poison" if i == 321 else "u", "ms_played": i}
+        )
     assert client.flush(timeout=30)
     assert sink.seqs(EndSong) == [s for s in range(1, 501) if s != 322]
     stats = client.stats()
@@ -162,7 +169,9 @@ def test_bad_input_raises_and_enqueues_nothing(sink: Sink, make_client: MakeClie
 
 
 @pytest.mark.parametrize("durability", ["commit", "fsync"])
-def test_durable_levels_commit_before_returning(sink: Sink, make_client: MakeClient, durability: str) -> None:
+def test_durable_levels_commit_before_returning(
+    sink: Sink, make_client: MakeClient, durability: str
+) -> None:
     client = make_client(endpoint=sink.endpoint, durability=durability, linger=10.0)
     client.log("EndSong", END_SONG)
     other = DurableQueue(client.config.queue_path)
@@ -170,11 +179,17 @@ def test_durable_levels_commit_before_returning(sink: Sink, make_client: MakeCli
     other.close()
 
 
-def _run_child(code: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run_child(
+    code: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(code))
     return subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -182,7 +197,7 @@ def test_process_exit_delivers_through_atexit(sink: Sink, tmp_path: Path) -> Non
     result = _run_child(
         f"""
         from spotify_events import EventClient
-        client = EventClient(endpoint={sink.endpoint!r}, queue_path={str(tmp_path / 'q.db')!r},
+        client = EventClient(endpoint={sink.endpoint!r}, queue_path={str(tmp_path / "q.db")!r},
                              schemas={str(SCHEMAS)!r})
         for i in range(5000):
             client.log("EndSong", {END_SONG!r})
@@ -194,7 +209,9 @@ def test_process_exit_delivers_through_atexit(sink: Sink, tmp_path: Path) -> Non
     assert sink.seqs(EndSong) == list(range(1, 5001))
 
 
-def test_leftovers_ship_on_next_start(unstarted_sink: Sink, tmp_path: Path, make_client: MakeClient) -> None:
+def test_leftovers_ship_on_next_start(
+    unstarted_sink: Sink, tmp_path: Path, make_client: MakeClient
+) -> None:
     queue_path = str(tmp_path / "q.db")
     result = _run_child(
         f"""
@@ -214,7 +231,9 @@ def test_leftovers_ship_on_next_start(unstarted_sink: Sink, tmp_path: Path, make
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_client_created_before_fork_delivers_from_parent_and_child(sink: Sink, make_client: MakeClient) -> None:
+def test_client_created_before_fork_delivers_from_parent_and_child(
+    sink: Sink, make_client: MakeClient
+) -> None:
     client = make_client(endpoint=sink.endpoint, lease_ttl=1.0)
     client.log("PageView", PAGE)  # parent threads running at fork time
     pid = os.fork()
@@ -234,5 +253,3 @@ def test_client_created_before_fork_delivers_from_parent_and_child(sink: Sink, m
     assert sink.seqs(EndSong) == list(range(1, 1001))  # one producer, one contiguous sequence
     assert sink.seqs(PageView) == [1]
     assert max(sink.seen.values()) == 1
-
-
