@@ -724,7 +724,9 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db.table("lease").create({"name": str, "holder": str, "expires_at": float}, pk="name")
-    db.table("incidents").create({"id": int, "kind": str, "detail": str, "created_at": float}, pk="id")
+    db.table("incidents").create(
+        {"id": int, "kind": str, "detail": str, "created_at": float}, pk="id"
+    )
 
 
 _INSERT_SQL: dict[int, str] = {}

@@ -24,6 +24,7 @@ drifts from disk, and returns ``UNAVAILABLE`` (the HTTP layer answers 503).
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import threading
@@ -52,6 +53,7 @@ from .buckets import (
 )
 from .ingest import IngestedBatch
 from .ledger import (
+    INCIDENT_PREFIX,
     BucketState,
     Ledger,
     LedgerState,
@@ -293,6 +295,23 @@ class LocalDelivery:
             message = f"delivery failed: {type(exc).__name__}"
             return [DeliveryResult(DeliveryStatus.UNAVAILABLE, message=message) for _ in batches]
 
+    def _record_incidents(self, producer: str, incidents: list[dict[str, Any]]) -> None:
+        """Keep a producer's queue incidents (e.g. a damaged file moved aside) for the
+        report; keyed by producer, kind and time, so a retried batch adds nothing."""
+        rows = [
+            (
+                f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}",
+                json.dumps({"producer_id": producer, **i}),
+            )
+            for i in incidents
+        ]
+        with self.ledger.atomic() as conn:
+            conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", rows)
+        for key, value in rows:
+            if key not in self.state.meta:
+                self.state.meta[key] = value
+                log.warning("producer %s reports a queue incident: %s", producer, value)
+
     def _apply(self, batch: IngestedBatch, group: _Group) -> DeliveryResult:
         """Dedupe and account one batch in memory; queue its payloads on ``group``."""
         now = group.now
@@ -301,6 +320,8 @@ class LocalDelivery:
         lateness = cfg.lateness
         facts = batch.facts
         producer = facts.producer_id
+        if facts.incidents:
+            self._record_incidents(producer, facts.incidents)
         streams = self.state.streams
         dirty_streams: dict[tuple[str, str], StreamState] = {}  # this batch's streams
         dirty_buckets = group.buckets

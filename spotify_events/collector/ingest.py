@@ -128,6 +128,7 @@ class BatchFacts:
     sdk_version: str = ""
     received_at: float = 0.0
     body_bytes: int = 0
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -198,6 +199,7 @@ class Ingest:
             sdk_version=batch.sdk_version[:100],
             received_at=float(self._clock()),
             body_bytes=len(body),
+            incidents=_incidents(batch.incidents),
         )
         events, rejections = self.validate(batch.envelopes)
         return IngestedBatch(facts=facts, events=events, rejections=rejections)
@@ -252,6 +254,19 @@ class Ingest:
         if schema is None:
             return f"unknown schema fingerprint {env.fingerprint.hex()}"
         return f"event_type does not match its schema fingerprint (schema is {schema.full_name})"
+
+
+def _incidents(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a producer says happened to its own queue, bounded: a few short strings."""
+    return [
+        {
+            "kind": str(i.get("kind", ""))[:64],
+            "detail": str(i.get("detail", ""))[:500],
+            "at": i.get("at"),
+        }
+        for i in raw[:16]
+        if isinstance(i.get("at"), (int, float))
+    ]
 
 
 def _printable(name: str) -> str:

@@ -45,6 +45,9 @@ MAX_REASONS = 64
 MAX_REASON_CHARS = 200
 OTHER_REASONS = "(other reasons)"
 
+#: meta keys holding producers' queue incidents (JSON), shown in the report.
+INCIDENT_PREFIX = "incident:"
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (

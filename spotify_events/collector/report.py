@@ -9,12 +9,13 @@ same document from the running one. The JSON keys are stable for scripts.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from .accounting import account
 from .buckets import bucket_dir, hour_label
-from .ledger import BucketState, Ledger, LedgerState, PartState
+from .ledger import INCIDENT_PREFIX, BucketState, Ledger, LedgerState, PartState
 
 REPORT_VERSION = 1
 
@@ -124,6 +125,11 @@ def build_report(
         "totals": totals,
         "streams": streams,
         "buckets": buckets,
+        "incidents": [
+            json.loads(value)
+            for key, value in sorted(state.meta.items())
+            if key.startswith(INCIDENT_PREFIX)
+        ],
     }
 
 
@@ -176,6 +182,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"(grace period {report['grace_period']:g}s)",
         "",
     ]
+    for incident in report.get("incidents", []):
+        lines.append(
+            f"incident: producer {incident['producer_id']} {incident['kind']}: {incident['detail']}"
+        )
+    if report.get("incidents"):
+        lines.append("")
     bcols = ["bucket", "state", "events", "skewed", "dup", "missing", "complete"]
     brows = [
         [

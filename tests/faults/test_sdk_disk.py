@@ -137,3 +137,6 @@ def test_damaged_queue_file_is_moved_aside_and_a_fresh_queue_starts(
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("queue.db.corrupt-")]
     assert len(moved) == 1 and moved[0].read_bytes() == damaged  # never deleted, never altered
     assert bucket_ids(collector.data_dir)["new:0"] == 1
+    (incident,) = collector.report()["incidents"]  # the collector's report says why
+    assert incident["kind"] == "queue_quarantined" and incident["producer_id"] != old_producer
+    assert str(moved[0]) in incident["detail"]
