@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,7 @@ class EventClient:
         )
         self._open()
         self._closed = False
+        self._fork_held = False
         self._final_depth: QueueDepth | None = None
         self._pid = os.getpid()
         _register_fork_hook(self)
@@ -202,9 +203,24 @@ class EventClient:
                 self._shipper.start()
                 self._started = True
 
+    def _before_fork(self) -> None:
+        # Quiesce SQLite: no thread of ours may be inside it at the instant of fork.
+        if not self._closed and self._pid == os.getpid():
+            self._writer_queue.hold_for_fork()
+            self._shipper_queue.hold_for_fork()
+            self._fork_held = True
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._shipper_queue.release_after_fork()
+            self._writer_queue.release_after_fork()
+
     def _after_fork_in_child(self) -> None:
         # Runs in the child right after fork, before any other code: replace every
-        # primitive a parent thread could have held. Files and threads come lazily.
+        # primitive a parent thread could have held. Files and threads come lazily
+        # (the queues' held locks are replaced when they reopen their connections).
+        self._fork_held = False
         self._start_lock = threading.Lock()
         self._writer.reinit_after_fork()
         self._shipper.reinit_after_fork()
@@ -352,14 +368,23 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
 
 
 def _register_fork_hook(client: EventClient) -> None:
-    ref = weakref.WeakMethod(client._after_fork_in_child)
+    """Fork hooks through weak references: a client that was garbage collected is
+    skipped, and registering never keeps a client alive."""
+    refs = {
+        "before": weakref.WeakMethod(client._before_fork),
+        "after_in_parent": weakref.WeakMethod(client._after_fork_in_parent),
+        "after_in_child": weakref.WeakMethod(client._after_fork_in_child),
+    }
 
-    def hook() -> None:
-        method = ref()
-        if method is not None:
-            method()
+    def hook(name: str) -> Callable[[], None]:
+        def call() -> None:
+            method = refs[name]()
+            if method is not None:
+                method()
 
-    os.register_at_fork(after_in_child=hook)
+        return call
+
+    os.register_at_fork(**{name: hook(name) for name in refs})
 
 
 def _register_atexit(client: EventClient) -> Any:

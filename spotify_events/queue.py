@@ -612,6 +612,17 @@ class DurableQueue:
         """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
         self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def hold_for_fork(self) -> None:
+        """Called just before ``os.fork()``: wait until no thread of ours is inside
+        SQLite and keep it that way, so the child does not inherit one of SQLite's
+        internal mutexes locked by a thread that does not exist there (the child
+        then hung in ``sqlite3.connect``; tests/sdk, the fork test, 1 run in ~20)."""
+        self._lock.acquire()
+
+    def release_after_fork(self) -> None:
+        """In the parent after ``os.fork()``: carry on."""
+        self._lock.release()
+
     def reopen_after_fork(self) -> None:
         """Abandon the inherited connection (closing it in the child could release
         the parent's POSIX locks) and open a fresh one with a fresh lock."""
