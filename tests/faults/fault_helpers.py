@@ -7,10 +7,11 @@ buckets" is checked, independently of the collector's own ledger.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def port_held_closed(port: int) -> Iterator[None]:
+    """Keep ``port`` bound but not listening while a collector is down: connections are
+    refused, and no other process on the machine can take the port and answer 200."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    try:
+        yield
+    finally:
+        holder.close()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.02) -> bool:

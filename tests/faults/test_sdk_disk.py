@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of, wait_for
+from fault_helpers import SCHEMAS, bucket_ids, numbered, port_held_closed, stream_of, wait_for
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess
@@ -54,7 +54,9 @@ def test_full_disk_counts_and_reports_drops_and_recovers(
     collector: CollectorProcess, tmp_path: Path
 ) -> None:
     collector.stop()  # nothing ships while the disk fills: the queue has to grow
-    with small_disk(tmp_path / "disk") as mounted:
+    outage = contextlib.ExitStack()
+    outage.enter_context(port_held_closed(collector.port))
+    with outage, small_disk(tmp_path / "disk") as mounted:
         disk = tmp_path / "disk"
         client = EventClient(
             endpoint=collector.endpoint,
@@ -87,6 +89,7 @@ def test_full_disk_counts_and_reports_drops_and_recovers(
                 filler.unlink()
             else:
                 client._writer_queue._conn.execute("PRAGMA max_page_count = 1073741823")
+            outage.close()
             collector.start()
             # the writer retries with a capped backoff; once a commit succeeds, logging is normal
             assert wait_for(lambda: client.stats().buffered_events == 0, timeout=30)

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, numbered, stream_of
+from fault_helpers import SCHEMAS, numbered, port_held_closed, stream_of
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess
@@ -30,6 +30,7 @@ def _log_during_outage(queue_path: Path, endpoint: str, write_fd: int) -> None:
             schemas=str(SCHEMAS),
             backoff_max=1.0,
             max_queue_bytes=1 << 30,
+            block_timeout=5.0,  # about the outage, not overload: wait for the writer, never drop,
         )
         rss = {}
         started = time.perf_counter()
@@ -63,15 +64,16 @@ def test_long_outage_everything_queued_then_delivered(
 ) -> None:
     collector.stop()
     queue_path = tmp_path / "queue.db"
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        _log_during_outage(queue_path, collector.endpoint, write_fd)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as reader:
-        report = json.loads(reader.read())
-    _, status = os.waitpid(pid, 0)
+    with port_held_closed(collector.port):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _log_during_outage(queue_path, collector.endpoint, write_fd)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as reader:
+            report = json.loads(reader.read())
+        _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert report["queued"] == EVENTS and report["dropped"] == {}
     rss = {int(k): v for k, v in report["rss_kib"].items()}
