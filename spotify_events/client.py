@@ -32,7 +32,7 @@ from . import __version__
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
 from .errors import ClientClosedError, EventValidationError, QueueCorruptError
-from .queue import DurableQueue, PendingEvent, QueueDepth, quarantine
+from .queue import DurableQueue, QueueDepth, quarantine
 from .schemas import SchemaRegistry
 from .shipper import Shipper, ShipperSettings
 from .transport import HttpTransport, Transport
@@ -165,7 +165,7 @@ class EventClient:
         time defaults to now; ``timestamp`` takes epoch seconds or a datetime.
         Raises :class:`EventValidationError` (a ``ValueError``) for bad input.
         """
-        if not self._started or self._pid != os.getpid():
+        if not self._started:  # first event, or first in a forked child (the hook resets it)
             self._start()
         if record is None and not isinstance(event, str):
             record = event.to_avro()
@@ -174,9 +174,8 @@ class EventClient:
         payload = encoder.encode(record)  # type: ignore[arg-type]
         millis = int(time.time() * 1000) if timestamp is None else _event_millis(encoder, timestamp)
         schema = encoder.schema
-        ticket = self._writer.submit(
-            PendingEvent(schema.full_name, schema.fingerprint, millis, payload)
-        )
+        # a plain tuple (queue.PendingRow): building a NamedTuple costs 0.2 us more
+        ticket = self._writer.submit((schema.full_name, schema.fingerprint, millis, payload))
         if self._durable and ticket:
             self._writer.commit_through(ticket, self.config.commit_timeout)
 

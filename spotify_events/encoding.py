@@ -16,12 +16,13 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import fastavro
+import fastavro._write as fastavro_write
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
@@ -163,31 +164,29 @@ class EventEncoder:
     ``strict_allow_default`` mode, which reports missing and unknown fields.
     """
 
-    __slots__ = ("_check", "max_event_bytes", "schema")
+    __slots__ = ("_check", "_named", "max_event_bytes", "schema")
 
     def __init__(self, schema: EventSchema, max_event_bytes: int = 1 << 20) -> None:
         self.schema = schema
         self.max_event_bytes = max_event_bytes
         self._check = compile_record_check(schema.parsed)
+        self._named: dict[str, Any] = {}
+        fastavro.parse_schema(schema.parsed, self._named)  # the named types, resolved once
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise EventValidationError(
                 self.schema.full_name, [f"record must be a mapping, got {type(record).__name__}"]
             )
         problem = self._check(record)
         if problem is not None:
             path, message = problem
-            top = (
-                re.split(r"[.\[]", path, maxsplit=1)[0] or None
-            )  # the field; the message has the path
+            top = re.split(r"[.\[]", path, maxsplit=1)[0] or None  # the message has the path
             raise EventValidationError(self.schema.full_name, [f"{path}: {message}"], field=top)
-        buf = io.BytesIO()
         try:
-            schemaless_writer(buf, self.schema.parsed, record, strict_allow_default=True)
+            payload = _write_record(self.schema.parsed, self._named, record)
         except Exception as exc:
             raise self._explain(record, exc) from exc
-        payload = buf.getvalue()
         if len(payload) > self.max_event_bytes:
             raise EventTooLargeError(self.schema.full_name, len(payload), self.max_event_bytes)
         return payload
@@ -215,6 +214,52 @@ class EventEncoder:
             message,
         )
         return EventValidationError(name, [message], field=match.group(1) if match else None)
+
+
+_WRITE_OPTIONS = {"strict": False, "strict_allow_default": True, "disable_tuple_notation": False}
+
+
+def _write_record_public(parsed: Any, named: dict[str, Any], record: Mapping[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    schemaless_writer(buf, parsed, record, strict_allow_default=True)
+    return buf.getvalue()
+
+
+def _choose_record_writer() -> Callable[[Any, dict[str, Any], Mapping[str, Any]], bytes]:
+    """fastavro's ``schemaless_writer`` re-resolves the schema and copies through a
+    file object on every call; its compiled ``write_data`` (what it calls inside)
+    does the same work in 3.7 us instead of 4.2 us for EndSong. It is not in
+    fastavro's documented API, so it is used only if it answers a probe exactly
+    like the public function; otherwise the public one is used."""
+    write_data = getattr(fastavro_write, "write_data", None)
+    if write_data is None:
+        return _write_record_public
+
+    def direct(parsed: Any, named: dict[str, Any], record: Mapping[str, Any]) -> bytes:
+        out = bytearray()
+        write_data(out, record, parsed, named, "", _WRITE_OPTIONS)
+        return bytes(out)
+
+    probe_named: dict[str, Any] = {}
+    probe = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": "Probe",
+            "fields": [{"name": "n", "type": "long"}, {"name": "s", "type": "string"}],
+        },
+        probe_named,
+    )
+    try:
+        if direct(probe, probe_named, {"n": 150, "s": "x"}) == _write_record_public(
+            probe, probe_named, {"n": 150, "s": "x"}
+        ):
+            return direct
+    except Exception:  # a different internal signature: stay on the public API
+        pass
+    return _write_record_public
+
+
+_write_record = _choose_record_writer()
 
 
 def decode_event(

@@ -65,6 +65,12 @@ class DropPolicy(str, enum.Enum):
     NEWEST = "newest"
 
 
+#: What the writer hands to :meth:`DurableQueue.append`: (event type, fingerprint,
+#: timestamp ms, payload). ``PendingEvent`` names the fields; the hot path builds
+#: plain tuples, which are cheaper to make.
+PendingRow = tuple[str, bytes, int, bytes]
+
+
 class PendingEvent(NamedTuple):
     """An encoded event waiting for its sequence number."""
 
@@ -272,7 +278,7 @@ class DurableQueue:
 
     # -- append (writer thread) ----------------------------------------------
     def append(
-        self, events: Sequence[PendingEvent], overflow: Mapping[tuple[str, str], int] | None = None
+        self, events: Sequence[PendingRow], overflow: Mapping[tuple[str, str], int] | None = None
     ) -> AppendResult:
         """Commit ``events`` in one transaction, numbering them per type.
 
@@ -297,7 +303,7 @@ class DurableQueue:
     def _append_locked(
         self,
         conn: sqlite3.Connection,
-        events: Sequence[PendingEvent],
+        events: Sequence[PendingRow],
         overflow: Mapping[tuple[str, str], int],
         result: AppendResult,
     ) -> _AppendCache:

@@ -66,7 +66,7 @@ class _Compiler:
         fn = f"_record{len(self.records)}"
         self.records[full_name] = fn
         self.named[full_name] = schema
-        body = [f"def {fn}(r, path):"]
+        body = [f"def {fn}(r, path=''):"]
         body.append("    get = r.get")
         for field in schema["fields"]:
             name = field["name"]
@@ -188,15 +188,7 @@ def compile_record_check(parsed_schema: Mapping[str, Any]) -> RecordCheck:
     exec(
         "\n".join(compiler.lines), namespace
     )  # the source is generated above, from the schema only
-    record_fn = namespace[entry]
-
-    def check(record: Mapping[str, Any]) -> Problem | None:
-        try:
-            result: Problem | None = record_fn(record, "")
-        except TypeError as exc:  # an unhashable value tested against an enum, say
-            return ("", f"unusable value: {exc}")
-        return result
-
+    check: RecordCheck = namespace[entry]  # enum tests run only on str values: nothing raises
     return check
 
 

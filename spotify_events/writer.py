@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import backoff
 
 from .errors import QueueError
-from .queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingEvent
+from .queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingRow
 
 logger = logging.getLogger("spotify_events.writer")
 
@@ -77,7 +77,7 @@ class QueueWriter:
         self._wake = threading.Event()
         self._hurry = threading.Event()
         self._stopping = False
-        self._pending: list[PendingEvent] = []
+        self._pending: list[PendingRow] = []
         self._pending_bytes = 0
         self._overflow: dict[tuple[str, str], int] = {}
         self._ticket = 0
@@ -87,7 +87,7 @@ class QueueWriter:
         self._thread: threading.Thread | None = None
 
     # -- caller side -------------------------------------------------------------
-    def submit(self, event: PendingEvent) -> int:
+    def submit(self, event: PendingRow) -> int:
         """Buffer one encoded event; returns its ticket, or 0 when it was dropped.
 
         Raises ValueError for a timestamp SQLite cannot store, so one bad event
