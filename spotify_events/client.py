@@ -244,8 +244,7 @@ class EventClient:
         if not self._writer.commit_through(self._writer.last_ticket, timeout):
             return False
         last_id = self._writer_queue.max_event_id()
-        last_drop = self._writer_queue.unreported_drops(10**9)
-        last_drop_id = last_drop[-1][0] if last_drop else 0
+        last_drop_id = self._writer_queue.last_drop_id()
 
         def delivered() -> bool:
             if self._shipper_queue.has_events_through(last_id):

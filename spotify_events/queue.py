@@ -553,6 +553,10 @@ class DurableQueue:
         row = self._read("SELECT coalesce(max(id), 0) FROM events")
         return int(row[0][0])
 
+    def last_drop_id(self) -> int:
+        """Id of the newest drop record not yet acknowledged by the collector (0: none)."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM drops")[0][0])
+
     def has_events_through(self, last_id: int) -> bool:
         """True while any event with id <= ``last_id`` is still queued (flush's condition)."""
         return bool(self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (last_id,)))
