@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
-from .errors import ClientClosedError, EventValidationError, QueueCorruptError
+from .errors import ClientClosedError, EventValidationError, QueueCorruptError, QueueError
 from .queue import DurableQueue, QueueDepth, quarantine
 from .schemas import SchemaRegistry
 from .shipper import Shipper, ShipperSettings
@@ -84,10 +85,15 @@ class EventClient:
         )
         self._open()
         self._closed = False
+        self._close_result: bool | None = None
+        self._close_lock = threading.Lock()
         self._fork_held = False
         self._final_depth: QueueDepth | None = None
         self._pid = os.getpid()
         _register_fork_hook(self)
+        # multiprocessing's forked children leave through os._exit(), skipping atexit,
+        # and clear its finalizer registry at start; its after-fork hooks run after that.
+        multiprocessing.util.register_after_fork(self, _close_at_multiprocessing_exit)
         self._atexit = _register_atexit(self)
         if self._writer_queue.depth().events or self._writer_queue.unreported_drops(1):
             self._start()  # an earlier process left events behind: ship them now
@@ -195,15 +201,13 @@ class EventClient:
                 raise ClientClosedError(
                     f"{self!r} is closed; create a new client to log more events"
                 )
-            if self._pid != os.getpid():
-                self._reopen_in_child()
             if not self._started:
                 self._writer.start()
                 self._shipper.start()
                 self._started = True
 
     def _before_fork(self) -> None:
-        # Quiesce SQLite: no thread of ours may be inside it at the instant of fork.
+        # Quiesce SQLite: no thread of ours inside it, no connection open, at the fork.
         if not self._closed and self._pid == os.getpid():
             self._writer_queue.hold_for_fork()
             self._shipper_queue.hold_for_fork()
@@ -217,72 +221,81 @@ class EventClient:
 
     def _after_fork_in_child(self) -> None:
         # Runs in the child right after fork, before any other code: replace every
-        # primitive a parent thread could have held. Files and threads come lazily
-        # (the queues' held locks are replaced when they reopen their connections).
+        # primitive a parent thread could have held, forget the parent's buffer and
+        # counters. Connections and threads come lazily, on first use.
         self._fork_held = False
+        self._pid = os.getpid()
+        self._writer_queue.reset_after_fork_in_child()
+        self._shipper_queue.reset_after_fork_in_child()
         self._start_lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self._writer.reinit_after_fork()
         self._shipper.reinit_after_fork()
         self._writer.on_commit = self._shipper.committed
         self._started = False
-
-    def _reopen_in_child(self) -> None:
-        self._writer_queue.reopen_after_fork()
-        self._shipper_queue.reopen_after_fork()
         reset = getattr(self._transport, "reset_after_fork", None)
         if reset is not None:
             reset()
-        self._pid = os.getpid()
-        self._started = False
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every event logged before this call is acknowledged by the
         collector (or dead-lettered); False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        if not self._started or self._pid != os.getpid():
+        if not self._started:
             self._start()
-        if not self._writer.commit_through(self._writer.last_ticket, timeout):
-            return False
-        last_id = self._writer_queue.max_event_id()
-        last_drop_id = self._writer_queue.last_drop_id()
+        return self._flush(timeout)
 
-        def delivered() -> bool:
-            if self._shipper_queue.has_events_through(last_id):
+    def _flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            if not self._writer.commit_through(self._writer.last_ticket, timeout):
                 return False
-            pending = self._shipper_queue.unreported_drops(1)
-            return not pending or pending[0][0] > last_drop_id
+            last_id = self._writer_queue.max_event_id()
+            last_drop_id = self._writer_queue.last_drop_id()
 
-        return self._shipper.wait_acked(delivered, max(0.0, deadline - time.monotonic()))
+            def delivered() -> bool:
+                if self._shipper_queue.has_events_through(last_id):
+                    return False
+                pending = self._shipper_queue.unreported_drops(1)
+                return not pending or pending[0][0] > last_drop_id
+
+            return self._shipper.wait_acked(delivered, max(0.0, deadline - time.monotonic()))
+        except QueueError as exc:  # closed under us, or the disk is failing: not delivered
+            logger.debug("flush gave up: %s", exc)
+            return False
 
     def close(self, timeout: float | None = None) -> bool:
         """Commit the buffer, ship what can be shipped within ``timeout`` and stop.
 
-        Safe to call twice. Returns True when everything was delivered; what was
-        not stays in the queue file and ships on the next start.
+        Safe to call twice (and from several threads): later calls return the
+        first call's answer. True when everything was delivered; what was not
+        stays in the queue file and ships on the next start. From the moment
+        close() begins, log() raises ClientClosedError, so no event can slip into
+        a buffer nobody will commit.
         """
-        if self._closed:
-            return True
-        budget = self.config.close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        delivered = False
-        if self._pid == os.getpid() and self._started:
-            self._writer.stop(budget)
-            delivered = self.flush(max(0.0, deadline - time.monotonic()))
-            self._shipper.stop(max(0.1, deadline - time.monotonic()))
-        elif self._pid == os.getpid():
-            delivered = not self._writer_queue.depth().events
-        self._closed = True
-        self._started = False  # so the next log() reaches _start() and raises
-        if self._atexit is not None:
-            atexit.unregister(self._atexit)
-            self._atexit = None
-        if self._own_transport:
-            self._transport.close()
-        if self._pid == os.getpid():
+        with self._close_lock:
+            if self._close_result is not None:
+                return self._close_result
+            with self._start_lock:
+                self._closed = True
+                started, self._started = self._started, False
+            budget = self.config.close_timeout if timeout is None else timeout
+            deadline = time.monotonic() + budget
+            if started:
+                self._writer.stop(budget)
+                delivered = self._flush(max(0.0, deadline - time.monotonic()))
+                self._shipper.stop(max(0.1, deadline - time.monotonic()))
+            else:
+                delivered = not self._writer_queue.depth().events
+            if self._atexit is not None:
+                atexit.unregister(self._atexit)
+                self._atexit = None
+            if self._own_transport:
+                self._transport.close()
             self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
             self._writer_queue.close()
             self._shipper_queue.close()
-        return delivered
+            self._close_result = delivered
+            return delivered
 
     def _exit_hook(self) -> None:
         """At interpreter exit: commit, give the shipper ``exit_timeout``, never hang."""
@@ -363,6 +376,11 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
             field="timestamp",
         )
     return millis
+
+
+def _close_at_multiprocessing_exit(client: EventClient) -> None:
+    if not client._closed:
+        multiprocessing.util.Finalize(client, client._exit_hook, exitpriority=10)
 
 
 def _register_fork_hook(client: EventClient) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .queue import DropPolicy
+from .writer import EVENT_MEMORY_OVERHEAD
 
 ENV_PREFIX = "SPOTIFY_EVENTS_"
 
@@ -45,7 +46,7 @@ class ClientConfig:
     # writer
     commit_interval: float = 0.005
     max_buffer_bytes: int = 16 << 20
-    block_timeout: float = 0.1
+    block_timeout: float = 0.5
     commit_timeout: float = 5.0
     # shipper: batch limits picked from measurements, see shipper.py
     batch_max_events: int = 5000
@@ -53,10 +54,10 @@ class ClientConfig:
     linger: float = 0.05
     heartbeat_interval: float = 30.0
     lease_ttl: float = 30.0
-    backoff_max: float = 30.0
+    backoff_max: float = 5.0
     # transport
     connect_timeout: float = 3.05
-    read_timeout: float = 30.0
+    read_timeout: float = 10.0
     verify: bool | str = True
     # lifecycle
     close_timeout: float = 10.0
@@ -83,8 +84,18 @@ class ClientConfig:
         for name in ("linger", "block_timeout", "close_timeout", "exit_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.max_event_bytes > self.max_buffer_bytes:
-            raise ConfigError("max_event_bytes must not exceed max_buffer_bytes")
+        if self.max_event_bytes + EVENT_MEMORY_OVERHEAD > self.max_buffer_bytes:
+            raise ConfigError(
+                f"max_buffer_bytes must hold at least one largest event "
+                f"(max_event_bytes + {EVENT_MEMORY_OVERHEAD} bytes of bookkeeping)"
+            )
+        if self.lease_ttl <= 2 * (self.connect_timeout + self.read_timeout):
+            # a send may take connect + read timeout; the lease must outlive it with margin,
+            # or a second process takes over mid-send and both ship the same events
+            raise ConfigError(
+                f"lease_ttl ({self.lease_ttl}) must exceed twice connect_timeout + read_timeout "
+                f"({2 * (self.connect_timeout + self.read_timeout):g})"
+            )
         if not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
 

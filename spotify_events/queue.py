@@ -144,7 +144,8 @@ class DurableQueue:
         self.verify = verify
         self._lock = threading.RLock()
         self._cache: _AppendCache | None = None
-        self._conn = self._connect()
+        self._closed = False
+        self._conn: sqlite3.Connection | None = self._connect()
         self.producer_id = self._read_meta("producer_id")
 
     # -- connection and schema -----------------------------------------------
@@ -239,9 +240,26 @@ class DurableQueue:
             conn.execute("ROLLBACK")
             raise
 
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection (caller holds ``_lock``); reopened lazily after a fork."""
+        conn = self._conn
+        if conn is None:
+            if self._closed:
+                raise QueueError(f"{self.path}: queue is closed")
+            verify, self.verify = self.verify, False  # checked at first open; not again
+            try:
+                conn = self._conn = self._connect()
+            finally:
+                self.verify = verify
+        return conn
+
     def _read_meta(self, key: str) -> str:
         with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = (
+                self._connection()
+                .execute("SELECT value FROM meta WHERE key = ?", (key,))
+                .fetchone()
+            )
         if row is None:
             raise QueueCorruptError(f"{self.path}: queue metadata {key!r} is missing")
         return str(row[0])
@@ -251,7 +269,7 @@ class DurableQueue:
         """One write transaction, taken eagerly (BEGIN IMMEDIATE) so that two
         processes serialise on SQLite's lock instead of failing on upgrade."""
         with self._lock:
-            conn = self._conn
+            conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.DatabaseError as exc:
@@ -272,7 +290,7 @@ class DurableQueue:
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return self._connection().execute(sql, params).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise _translate(self.path, exc) from exc
 
@@ -622,27 +640,51 @@ class DurableQueue:
         """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
         self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another process's lock from now on (close() cuts
+        it so a busy peer cannot stretch interpreter exit)."""
+        self.busy_timeout = seconds
+        with self._lock:
+            if self._conn is not None:
+                self._conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
+
     def hold_for_fork(self) -> None:
         """Called just before ``os.fork()``: wait until no thread of ours is inside
-        SQLite and keep it that way, so the child does not inherit one of SQLite's
-        internal mutexes locked by a thread that does not exist there (the child
-        then hung in ``sqlite3.connect``; tests/sdk, the fork test, 1 run in ~20)."""
+        SQLite, then close our connection until the fork is done.
+
+        Holding the lock keeps the child from inheriting one of SQLite's internal
+        mutexes locked by a thread that does not exist there (the child hung in
+        ``sqlite3.connect``). Closing matters too: SQLite tracks the POSIX locks a
+        process holds in memory, so a child that inherited an open connection
+        believed it already held the WAL's shared-memory lock and never took it;
+        once the parent let go, another process reset the WAL index under the
+        child and committed events vanished (review repro: 34,500 committed,
+        10,414 left). With no connection open at fork, the child starts clean."""
         self._lock.acquire()
+        conn, self._conn = self._conn, None
+        self._cache = None
+        if conn is not None:
+            with suppress(sqlite3.Error):
+                conn.close()
 
     def release_after_fork(self) -> None:
-        """In the parent after ``os.fork()``: carry on."""
+        """In the parent after ``os.fork()``: carry on (the connection reopens on use)."""
         self._lock.release()
 
-    def reopen_after_fork(self) -> None:
-        """Abandon the inherited connection (closing it in the child could release
-        the parent's POSIX locks) and open a fresh one with a fresh lock."""
+    def reset_after_fork_in_child(self) -> None:
+        """In the child: a fresh lock (the old one is held by the forking thread's
+        copy); the connection reopens on first use."""
         self._lock = threading.RLock()
         self._cache = None
-        self._conn = self._connect()
+        self._conn = None
 
     def close(self) -> None:
-        with self._lock, suppress(sqlite3.Error):
-            self._conn.close()
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.close()
 
     def __repr__(self) -> str:
         return f"<DurableQueue {self.path} producer={self.producer_id}>"
@@ -718,18 +760,12 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         "seq INTEGER NOT NULL, fingerprint BLOB NOT NULL, timestamp INTEGER NOT NULL, "
         "payload BLOB NOT NULL, size INTEGER NOT NULL)"
     )
-    db.table("drops").create(
-        {
-            "id": int,
-            "event_type": str,
-            "first_seq": int,
-            "last_seq": int,
-            "count": int,
-            "reason": str,
-            "created_at": float,
-        },
-        pk="id",
-        not_null={"event_type", "first_seq", "last_seq", "count", "reason"},
+    # AUTOINCREMENT: a drop id is never reused, so acknowledging a notice can never
+    # delete a newer record that took the id of one already forgotten.
+    db.execute(
+        "CREATE TABLE drops (id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
+        "first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, count INTEGER NOT NULL, "
+        "reason TEXT NOT NULL, created_at FLOAT)"
     )
     db.table("dead_letters").create(
         {

@@ -47,6 +47,10 @@ logger = logging.getLogger("spotify_events.shipper")
 #: Longest Retry-After honoured as given; beyond it a misconfigured collector
 #: could park delivery for days, so we come back after this many seconds.
 MAX_RETRY_AFTER = 600.0
+#: Least pause between two attempts, whatever a Retry-After says.
+MIN_RETRY_DELAY = 0.05
+#: How often an idle lease holder looks for events committed by other processes.
+IDLE_POLL = 0.25
 
 
 @dataclass
@@ -145,13 +149,15 @@ class Shipper:
             thread.join(timeout)
         if thread is None or not thread.is_alive():
             try:
+                self.queue.set_busy_timeout(1.0)  # never hold up exit over a lease row
                 self.queue.release_lease(self.holder)
             except QueueError as exc:
                 logger.debug("could not release the shipping lease: %s", exc)
 
     def reinit_after_fork(self) -> None:
-        """In a forked child: no thread, fresh primitives, a holder id of its own."""
+        """In a forked child: no thread, fresh primitives and counters, a holder id of its own."""
         self.committed = threading.Event()
+        self.counters = ShipperCounters()
         self._init_state()
 
     # -- the loop --------------------------------------------------------------------
@@ -202,8 +208,9 @@ class Shipper:
         return bool(self._urgent.wait(self.settings.linger) or self._stop.is_set())
 
     def _idle_wait(self, seconds: float) -> None:
-        # re-check the lease well before it lapses even if nothing is logged
-        self.committed.wait(max(0.0, min(seconds, self.settings.lease_ttl / 3)))
+        # Our writer wakes us when it commits; other processes sharing the file cannot,
+        # so look again every IDLE_POLL seconds (a one-row read) to ship their events.
+        self.committed.wait(max(0.0, min(seconds, self.settings.lease_ttl / 3, IDLE_POLL)))
 
     def _hold_lease(self) -> bool:
         now = time.monotonic()
@@ -262,13 +269,29 @@ class Shipper:
                 middle = len(part) // 2
                 parts.append(part[middle:])
                 parts.append(part[:middle])
-            elif part:
+            elif part and self._collector_takes_heartbeats():
+                # The collector takes an empty batch but not this one event: it is poison.
                 reason = _reason(result, "collector refused the event")
                 self._dead_letter(part, reason, notify_collector=True)
             else:
-                # a heartbeat the collector cannot take: its drop notices are malformed
-                self._note_error(f"collector refused a heartbeat: {result.describe()}")
+                # Even a bare heartbeat is refused (a proxy answering 400, or notices the
+                # collector cannot parse): nothing to blame on an event. Keep everything
+                # and come back after a pause instead of dead-lettering the whole queue.
+                self._note_error(f"collector refuses batches outright: {result.describe()}")
+                self._set_state(
+                    "refused",
+                    f"spotify-events collector refuses even empty batches ({result.describe()}); "
+                    "events are kept in the queue",
+                    level=logging.ERROR,
+                )
+                self._stop.wait(self.settings.backoff_max)
                 return
+
+    def _collector_takes_heartbeats(self) -> bool:
+        """Does the collector accept a bare empty batch? Decides whether a refused
+        single event is poison, or the refusal is about something else."""
+        result = self._send_until_answered([], [], [])
+        return result is not None and result.outcome is Outcome.ACCEPTED
 
     def _send_until_answered(
         self,
@@ -281,6 +304,8 @@ class Shipper:
         headers = {"X-SE-Producer-Id": self.queue.producer_id, "X-SE-Event-Count": str(len(part))}
         delays = _backoff_delays(self.settings.backoff_max)
         while not self._stop.is_set():
+            if not self._hold_lease():  # renewed before each send: a slow send cannot lapse it
+                return None
             self.counters.batches_sent += 1
             self.counters.events_sent += len(part)
             result = self.transport.send(body, headers)
@@ -293,7 +318,8 @@ class Shipper:
             delay = backoff.full_jitter(next(delays))
             if outcome is Outcome.THROTTLED:
                 if result.retry_after is not None:
-                    delay = min(result.retry_after, MAX_RETRY_AFTER)
+                    # as asked, but never a tight loop on "Retry-After: 0" or a past date
+                    delay = max(min(result.retry_after, MAX_RETRY_AFTER), delay, MIN_RETRY_DELAY)
                 self._set_state(
                     "throttled",
                     f"spotify-events collector throttling ({result.describe()}); "

@@ -62,6 +62,8 @@ class SendResult:
     def describe(self) -> str:
         if self.status is None:
             return self.error or "no response"
+        if 300 <= self.status < 400:
+            return f"HTTP {self.status} redirect: set the endpoint to the final URL (not followed)"
         detail = self.body.get("error") if isinstance(self.body, Mapping) else None
         return f"HTTP {self.status}" + (f": {detail}" if detail else "")
 
@@ -105,7 +107,13 @@ class HttpTransport:
     def send(self, body: bytes, headers: Mapping[str, str]) -> SendResult:
         try:
             response = self._session.post(
-                self.endpoint, data=body, headers=dict(headers), timeout=self.timeout
+                self.endpoint,
+                data=body,
+                headers=dict(headers),
+                timeout=self.timeout,
+                # A redirect would turn the POST into a GET whose 2xx deletes the batch
+                # unseen; a 3xx is retried and logged instead (see SendResult.outcome).
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             return SendResult(None, error=f"{type(exc).__name__}: {exc}")

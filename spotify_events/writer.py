@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import backoff
 
-from .errors import QueueError
+from .errors import ClientClosedError, QueueError
 from .queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingRow
 
 logger = logging.getLogger("spotify_events.writer")
@@ -33,6 +33,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: bytes and int objects, the list slot), measured with tracemalloc on CPython
 #: 3.11: counting it makes max_buffer_bytes a bound on memory, not on payloads.
 EVENT_MEMORY_OVERHEAD = 160
+#: The least time close() gives the final commit of the buffer, whatever its timeout.
+FINAL_COMMIT_SECONDS = 2.0
 
 
 @dataclass
@@ -96,6 +98,8 @@ class QueueWriter:
             raise ValueError(f"{event[0]}: timestamp {event[2]} does not fit a 64-bit integer")
         size = len(event[3]) + EVENT_MEMORY_OVERHEAD
         with self._lock:
+            if self._stopping:  # the final commit may already have run: refuse, loudly
+                raise ClientClosedError("the client is closing; the event was not logged")
             self.counters.logged += 1
             if self._pending_bytes + size > self.max_buffer_bytes and not self._wait_for_space(
                 size
@@ -105,6 +109,7 @@ class QueueWriter:
                 self._overflow[key] = self._overflow.get(key, 0) + 1
                 self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + 1
                 first_drop, self._dropping = not self._dropping, True
+                self._wake.set()  # the drop record must reach the queue even if nothing follows
             else:
                 self._pending.append(event)
                 self._pending_bytes += size
@@ -141,15 +146,18 @@ class QueueWriter:
     def commit_through(self, ticket: int, timeout: float | None = None) -> bool:
         """Return once the event with ``ticket`` is committed, committing it ourselves
         if no one else is (used by the ``commit``/``fsync`` levels and by flush)."""
-        if ticket <= self._committed_ticket:
+        if ticket <= self._committed_ticket and not self._overflow:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        while ticket > self._committed_ticket:
+        first = True  # pending drop counts get one commit too: flush() must report them
+        while first or ticket > self._committed_ticket:
+            first = False
             wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._commit_lock.acquire(timeout=wait):
                 return False
             try:
-                if ticket > self._committed_ticket and not self._commit_pending():
+                due = ticket > self._committed_ticket or self._overflow
+                if due and not self._commit_pending():
                     return False
             finally:
                 self._commit_lock.release()
@@ -210,15 +218,17 @@ class QueueWriter:
             return True
         try:
             result = self.queue.append(events, overflow)
-        except Exception as exc:  # QueueError, or anything else: the thread must live on
-            if not isinstance(exc, QueueError):
-                logger.exception("spotify-events: unexpected error committing to the queue")
+        except BaseException as exc:  # even KeyboardInterrupt: the events are not ours to lose
             with self._lock:
                 # put them back in front so order (and so sequence order) is kept;
                 # their bytes were never released
                 self._pending[:0] = events
                 for key, n in overflow.items():
                     self._overflow[key] = self._overflow.get(key, 0) + n
+            if not isinstance(exc, Exception):
+                raise  # SystemExit from a signal handler, say: events are back in the buffer
+            if not isinstance(exc, QueueError):
+                logger.exception("spotify-events: unexpected error committing to the queue")
             self.counters.write_errors += 1
             self.counters.last_error = str(exc)
             if not self._failing:
@@ -249,23 +259,33 @@ class QueueWriter:
     def stop(self, timeout: float) -> bool:
         """Stop the thread and commit what is left; True when nothing stayed in memory.
 
-        ``timeout`` bounds the wait for the thread, not the final commit: putting
-        the buffer on local disk is what every durability level promises at
-        close, and a commit is bounded anyway (it fails fast on a full disk and
-        waits at most the queue's busy_timeout for another process's lock)."""
+        The final commit gets at least ``FINAL_COMMIT_SECONDS`` even when
+        ``timeout`` is shorter (putting the buffer on local disk is what every
+        durability level promises at close), and at most that much more than
+        ``timeout``: SQLite's busy wait is cut to the time left, so another
+        process holding the write lock cannot stretch interpreter exit."""
         self._stopping = True
         self._wake.set()
         self._hurry.set()
         with self._lock:
             self._space.notify_all()
         thread = self._thread
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, FINAL_COMMIT_SECONDS)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
-        ok = self.commit_through(self._ticket, None)
-        return ok and not self._overflow
+        remaining = max(0.1, deadline - time.monotonic())
+        self.queue.set_busy_timeout(remaining)
+        ok = self.commit_through(self._ticket, remaining)
+        left, _ = self.buffered
+        if not ok or left or self._overflow:
+            logger.error(
+                "spotify-events: %d event(s) still in memory at close could not be committed "
+                "(%s); they are lost", left, self.counters.last_error or "queue busy",
+            )  # fmt: skip
+        return ok and not left and not self._overflow
 
     def reinit_after_fork(self) -> None:
-        """In a forked child: forget the parent's buffer (the parent commits it) and
-        every lock a parent thread might have held at fork time."""
+        """In a forked child: forget the parent's buffer (the parent commits it), its
+        counters, and every lock a parent thread might have held at fork time."""
+        self.counters = WriterCounters()
         self._init_state()

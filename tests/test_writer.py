@@ -368,7 +368,7 @@ def test_forked_child_reinits_and_both_sides_keep_one_numbering(
         code = 1
         try:
             writer.reinit_after_fork()
-            queue.reopen_after_fork()
+            queue.reset_after_fork_in_child()
             writer.start()
             for n in range(1000, 1100):
                 ticket = writer.submit(ev(B if n % 2 else A, n))

@@ -36,7 +36,8 @@ from spotify_events import EventClient
 
 # created at import time, in the master, before the workers are forked
 client = EventClient(endpoint=os.environ["SE_ENDPOINT"], queue_path=os.environ["SE_QUEUE"],
-                     schemas=os.environ["SE_SCHEMAS"], lease_ttl=3, exit_timeout=10)
+                     schemas=os.environ["SE_SCHEMAS"], lease_ttl=3, connect_timeout=0.3,
+                     read_timeout=1.0, exit_timeout=10)
 assert threading.active_count() == 1, "creating the client must not start threads"
 
 

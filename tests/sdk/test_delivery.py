@@ -234,7 +234,9 @@ def test_leftovers_ship_on_next_start(
 def test_client_created_before_fork_delivers_from_parent_and_child(
     sink: Sink, make_client: MakeClient
 ) -> None:
-    client = make_client(endpoint=sink.endpoint, lease_ttl=1.0)
+    client = make_client(
+        endpoint=sink.endpoint, lease_ttl=1.0, connect_timeout=0.2, read_timeout=0.25
+    )
     client.log("PageView", PAGE)  # parent threads running at fork time
     pid = os.fork()
     if pid == 0:  # child

@@ -1,0 +1,111 @@
+"""Regressions found by review: redirects, logging during close, Retry-After: 0,
+a forked child's stats(), multiprocessing children, and a fork under the lease."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+
+import pytest
+from sdk_helpers import END_SONG, Sink, wait_for
+
+from spotify_events import EventClient
+from spotify_events.errors import ClientClosedError
+
+EndSong = "spotify.events.playback.EndSong"
+MakeClient = Callable[..., EventClient]
+
+
+def test_a_redirect_is_not_followed_and_deletes_nothing(
+    sink: Sink, make_client: MakeClient
+) -> None:
+    # requests would turn the POST into a GET on 301, and that GET's 200 would ack the batch
+    sink.respond_next(301, {"Location": f"http://127.0.0.1:{sink.port}/elsewhere"})
+    client = make_client(endpoint=sink.endpoint, backoff_max=0.05)
+    for _ in range(5):
+        client.log("EndSong", END_SONG)
+    assert client.flush(timeout=10)
+    assert sink.seqs(EndSong) == [1, 2, 3, 4, 5]
+    assert client.stats().retried >= 1
+    assert "redirect" in (client.stats().last_error or "")
+
+
+def test_events_logged_while_close_runs_are_delivered_or_refused(
+    sink: Sink, make_client: MakeClient
+) -> None:
+    client = make_client(endpoint=sink.endpoint)
+    accepted: list[int] = []
+    refused = threading.Event()
+
+    def spam() -> None:
+        i = 0
+        while True:
+            try:
+                client.log("EndSong", {**END_SONG, "ms_played": i})
+            except ClientClosedError:
+                refused.set()
+                return
+            accepted.append(i)
+            i += 1
+
+    thread = threading.Thread(target=spam)
+    thread.start()
+    assert wait_for(lambda: len(accepted) > 2000)
+    client.close(timeout=30)
+    thread.join(10)
+    assert refused.is_set()
+    assert sink.count() == len(accepted)  # every log() that returned is delivered
+
+
+def test_retry_after_zero_is_not_a_tight_loop(sink: Sink, make_client: MakeClient) -> None:
+    sink.respond_next(503, {"Retry-After": "0"}, times=3)
+    client = make_client(endpoint=sink.endpoint, backoff_max=0.2)
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=10)
+    gaps = [b - a for a, b in zip(sink.request_times, sink.request_times[1:4], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= 0.04
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_can_read_stats_from_any_thread_before_logging(
+    sink: Sink, make_client: MakeClient
+) -> None:
+    client = make_client(endpoint=sink.endpoint)
+    client.log("EndSong", END_SONG)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            done = threading.Event()
+
+            def read() -> None:
+                client.stats()
+                done.set()
+
+            threading.Thread(target=read, daemon=True).start()
+            code = 0 if done.wait(10) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _log_in_worker(client: EventClient, n: int) -> None:
+    for i in range(n):
+        client.log("EndSong", {**END_SONG, "ms_played": i})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_multiprocessing_fork_child_commits_its_buffer_at_exit(
+    sink: Sink, make_client: MakeClient
+) -> None:
+    client = make_client(endpoint=sink.endpoint, commit_interval=5.0)  # nothing commits on its own
+    client.log("PageView", {"session_id": "s", "page_uri": "p", "load_ms": 1})
+    worker = multiprocessing.get_context("fork").Process(target=_log_in_worker, args=(client, 50))
+    worker.start()
+    worker.join(30)
+    assert worker.exitcode == 0
+    assert client.flush(timeout=30)
+    assert sink.seqs(EndSong) == list(range(1, 51))  # multiprocessing leaves via os._exit
