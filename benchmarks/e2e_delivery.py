@@ -1,7 +1,7 @@
 """End-to-end delivery benchmark: one process logging, a sink in another.
 
 Prints a table and writes JSON. Two runs, both with the real EventClient and
-its SQLite queue, delivering over loopback HTTP to ``benchmarks/sink.py``
+its SQLite queue, delivering over loopback HTTP to ``benchmarks/compare/sink.py`` (the comparison's sink)
 (or to the reference collector with ``--collector``):
 
 * throughput: one caller logs N events as fast as it can; delivered events/s
@@ -60,8 +60,8 @@ def sink_process(use_collector: bool, workdir: Path) -> Iterator[str]:
             str(SCHEMAS),
         ]
     else:
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "sink.py"), "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        cmd = [sys.executable, "-m", "benchmarks.compare.sink", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -153,7 +153,7 @@ def main() -> None:
             tp = throughput(endpoint, workdir, args.events)
             lat = latency(endpoint, workdir, args.rate, args.seconds)
             if not args.collector:
-                sink = requests.get(base, timeout=5).json()
+                sink = requests.get(f"{base}/stats", timeout=5).json()
                 tp["wire_bytes_per_event"] = sink["bytes"] / max(1, sink["events"])
                 tp["sink_duplicates"] = sink["duplicates"]
     target = "collector" if args.collector else "sink"
