@@ -95,6 +95,10 @@ class EventClient:
         # and clear its finalizer registry at start; its after-fork hooks run after that.
         multiprocessing.util.register_after_fork(self, _close_at_multiprocessing_exit)
         self._atexit = _register_atexit(self)
+        # A client dropped without close(): its threads hold the writer and shipper,
+        # not the client, so commit the buffer when the client itself is collected.
+        self._finalizer = weakref.finalize(self, _commit_on_collect, self._writer, self._shipper)
+        self._finalizer.atexit = False  # at exit the atexit hook does the full close()
         if self._writer_queue.depth().events or self._writer_queue.unreported_drops(1):
             self._start()  # an earlier process left events behind: ship them now
 
@@ -289,6 +293,7 @@ class EventClient:
             if self._atexit is not None:
                 atexit.unregister(self._atexit)
                 self._atexit = None
+            self._finalizer.detach()
             if self._own_transport:
                 self._transport.close()
             self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
@@ -376,6 +381,15 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
             field="timestamp",
         )
     return millis
+
+
+def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:
+    """A client was garbage collected without close(): keep its buffered events."""
+    try:
+        writer.stop(1.0)
+        shipper.stop(1.0)
+    except Exception:  # called from the garbage collector: never raise
+        logger.exception("spotify-events: error committing a collected client's buffer")
 
 
 def _close_at_multiprocessing_exit(client: EventClient) -> None:

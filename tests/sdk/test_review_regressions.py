@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sdk_helpers import END_SONG, Sink, wait_for
@@ -109,3 +110,27 @@ def test_multiprocessing_fork_child_commits_its_buffer_at_exit(
     assert worker.exitcode == 0
     assert client.flush(timeout=30)
     assert sink.seqs(EndSong) == list(range(1, 51))  # multiprocessing leaves via os._exit
+
+
+def test_a_client_dropped_without_close_commits_its_buffer(sink: Sink, tmp_path: Path) -> None:
+    import gc
+
+    from sdk_helpers import SCHEMAS
+
+    from spotify_events.queue import DurableQueue
+
+    client = EventClient(
+        endpoint=sink.endpoint,
+        queue_path=str(tmp_path / "q.db"),
+        schemas=str(SCHEMAS),
+        commit_interval=5.0,  # nothing would commit on its own before the client is gone
+    )
+    for _ in range(10):
+        client.log("EndSong", END_SONG)
+    del client
+    gc.collect()
+    queue = DurableQueue(tmp_path / "q.db")
+    try:
+        assert queue.depth().events + sink.count() == 10
+    finally:
+        queue.close()
