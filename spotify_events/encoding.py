@@ -28,7 +28,7 @@ from fastavro.validation import ValidationError, validate
 
 from .errors import BatchDecodeError, EventTooLargeError, EventValidationError
 from .schemas import EventSchema
-from .typecheck import compile_record_check
+from .typecheck import compile_record_check, describe_mismatch
 
 ENVELOPE_SCHEMA = fastavro.parse_schema(
     {
@@ -184,7 +184,12 @@ class EventEncoder:
             top = re.split(r"[.\[]", path, maxsplit=1)[0] or None  # the message has the path
             raise EventValidationError(self.schema.full_name, [f"{path}: {message}"], field=top)
         try:
-            payload = _write_record(self.schema.parsed, self._named, record)
+            if _WRITE_DATA is not None:  # inlined: a call layer is 0.1 us on this path
+                out = bytearray()
+                _WRITE_DATA(out, record, self.schema.parsed, self._named, "", _WRITE_OPTIONS)
+                payload = bytes(out)
+            else:
+                payload = _write_record_public(self.schema.parsed, self._named, record)
         except Exception as exc:
             raise self._explain(record, exc) from exc
         if len(payload) > self.max_event_bytes:
@@ -203,9 +208,11 @@ class EventEncoder:
         except ValidationError as verr:
             errors = [_strip_prefix(str(e), name) for e in verr.errors]
             errors = [e.replace(f"Field({name}.", "Field(") for e in errors]
-            return EventValidationError(
-                name, errors, field=_field_of(errors[0]) if errors else None
-            )
+            field = _field_of(errors[0]) if errors else None
+            types = {f["name"]: f["type"] for f in self.schema.parsed["fields"]}
+            if field in types and field in record:  # say it the way the compiled check does
+                errors = [f"{field}: {describe_mismatch(record[field], types[field])}"]
+            return EventValidationError(name, errors, field=field)
         except Exception:  # the validator itself choked; fall back to the writer's message
             pass
         message = str(exc)
@@ -225,41 +232,36 @@ def _write_record_public(parsed: Any, named: dict[str, Any], record: Mapping[str
     return buf.getvalue()
 
 
-def _choose_record_writer() -> Callable[[Any, dict[str, Any], Mapping[str, Any]], bytes]:
+def _probe_write_data() -> Callable[..., None] | None:
     """fastavro's ``schemaless_writer`` re-resolves the schema and copies through a
     file object on every call; its compiled ``write_data`` (what it calls inside)
     does the same work in 3.7 us instead of 4.2 us for EndSong. It is not in
     fastavro's documented API, so it is used only if it answers a probe exactly
     like the public function; otherwise the public one is used."""
-    write_data = getattr(fastavro_write, "write_data", None)
+    write_data: Callable[..., None] | None = getattr(fastavro_write, "write_data", None)
     if write_data is None:
-        return _write_record_public
-
-    def direct(parsed: Any, named: dict[str, Any], record: Mapping[str, Any]) -> bytes:
-        out = bytearray()
-        write_data(out, record, parsed, named, "", _WRITE_OPTIONS)
-        return bytes(out)
-
-    probe_named: dict[str, Any] = {}
+        return None
+    named: dict[str, Any] = {}
     probe = fastavro.parse_schema(
         {
             "type": "record",
             "name": "Probe",
             "fields": [{"name": "n", "type": "long"}, {"name": "s", "type": "string"}],
         },
-        probe_named,
+        named,
     )
+    record = {"n": 150, "s": "x"}
     try:
-        if direct(probe, probe_named, {"n": 150, "s": "x"}) == _write_record_public(
-            probe, probe_named, {"n": 150, "s": "x"}
-        ):
-            return direct
+        out = bytearray()
+        write_data(out, record, probe, named, "", _WRITE_OPTIONS)
+        if bytes(out) == _write_record_public(probe, named, record):
+            return write_data
     except Exception:  # a different internal signature: stay on the public API
         pass
-    return _write_record_public
+    return None
 
 
-_write_record = _choose_record_writer()
+_WRITE_DATA = _probe_write_data()
 
 
 def decode_event(

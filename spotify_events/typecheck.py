@@ -12,7 +12,8 @@ style checks, range checks for 32/64-bit ints, set membership for enums,
 loops for arrays and maps, nested functions for records. A check returns
 ``None`` when the record is fine or ``(field path, message)`` for the first
 problem; it does not look at missing or unknown fields (the writer's
-``strict_allow_default`` mode reports those).
+``strict_allow_default`` mode reports those), nor at strings, enums and their
+nullable unions, which the writer itself refuses wrong values for.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class _Compiler:
         body = [f"def {fn}(r, path=''):"]
         body.append("    get = r.get")
         for field in schema["fields"]:
+            if self.strict_in_writer(field["type"]):
+                continue  # fastavro's writer refuses wrong values of this type by itself
             name = field["name"]
             label = repr(name)
             body.append(f"    v = get({label}, _MISSING)")
@@ -84,6 +87,19 @@ class _Compiler:
         body.append("    return None")
         self.lines.extend(body)
         return fn
+
+    def strict_in_writer(self, schema: Any) -> bool:
+        """Types fastavro's writer already refuses wrong values for (strings, enums,
+        null, and unions of those): checking them again would only cost time."""
+        if isinstance(schema, list):
+            return all(self.strict_in_writer(branch) for branch in schema)
+        if isinstance(schema, str):
+            named = self.named.get(schema)
+            return schema in ("string", "null") or (named is not None and named["type"] == "enum")
+        if schema.get("type") == "enum":
+            self.named[schema["name"]] = schema
+            return True
+        return False
 
     def predicate(self, schema: Any, var: str) -> str:
         """A boolean expression: does ``var`` have the right Python type (shallow)?"""
@@ -153,6 +169,8 @@ class _Compiler:
         if kind in ("record", "error"):
             return f"{self.record_function(schema)}({var}, {path} + '.')"
         if kind == "array":
+            if self.strict_in_writer(schema["items"]):
+                return None
             return self.element_check(schema["items"], f"enumerate({var})", path, "i")
         if kind == "map":
             return self.element_check(schema["values"], f"{var}.items()", path, "k")
@@ -190,6 +208,11 @@ def compile_record_check(parsed_schema: Mapping[str, Any]) -> RecordCheck:
     )  # the source is generated above, from the schema only
     check: RecordCheck = namespace[entry]  # enum tests run only on str values: nothing raises
     return check
+
+
+def describe_mismatch(value: Any, schema: Any) -> str:
+    """ "expected <type>, got <value>" for a value that does not fit ``schema``."""
+    return _wrong(value, _describe(schema))
 
 
 def _wrong(value: Any, expected: str) -> str:
