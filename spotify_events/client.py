@@ -59,6 +59,7 @@ class ClientStats:
     queue_bytes: int
     oldest_event_age: float | None
     last_error: str | None
+    instrumentation_errors: int = 0  # @track/timed() events that could not be built or logged
 
 
 class EventClient:
@@ -337,6 +338,7 @@ class EventClient:
             if depth.oldest_timestamp
             else None,
             last_error=s.last_error or w.last_error,
+            instrumentation_errors=self.instrumentation_errors,
         )
 
     def __repr__(self) -> str:

@@ -467,7 +467,7 @@ def test_failing_event_build_does_not_break_the_call_and_is_counted_and_logged_o
         assert other() == 7
         assert other() == 7
 
-    assert client.instrumentation_errors == 5
+    assert client.instrumentation_errors == 5 == client.stats().instrumentation_errors
     warnings = [r for r in caplog.records if "could not emit" in r.getMessage()]
     assert len(warnings) == 2  # once per decorated function, not per call
     assert "user_id" in warnings[0].getMessage() and "lookup" in warnings[0].getMessage()
