@@ -6,12 +6,12 @@ subfolder (``tests/collector/conftest.py`` ...).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_for
 
 from spotify_events.encoding import EventEncoder
 from spotify_events.queue import DurableQueue, PendingEvent
@@ -23,23 +23,6 @@ SCHEMA_DIR = ROOT / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 #: A fixed event time (2025-11-14T22:13:20.123Z) so tests never depend on the clock.
 FIXED_TS = 1_763_158_400_123
-
-
-def wait_for(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002
-) -> bool:
-    """Poll ``predicate`` until it is truthy or ``timeout`` passes; the truthiness result.
-
-    For conditions that no Event signals (another process, an SQLite lock, a lease
-    expiring): the test waits on the condition itself, never on a guessed sleep.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
-        time.sleep(interval)
 
 
 @pytest.fixture(name="wait_for", scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import free_port
 
 import spotify_events
 from spotify_events import (
@@ -38,12 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 SERVICE_CALL = "spotify.events.ops.ServiceCall"
 REGISTRY = SchemaRegistry(SCHEMAS)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SinkServer(ThreadingHTTPServer):

@@ -8,14 +8,15 @@ buckets" is checked, independently of the collector's own ledger.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fastavro
+import support
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
@@ -48,12 +49,6 @@ def stream_of(report: dict[str, Any], event_type: str = END_SONG) -> list[dict[s
     return [s for s in report["streams"] if s["event_type"] == event_type]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def port_held_closed(port: int) -> Iterator[None]:
     """Keep ``port`` bound but not listening while a collector is down: connections are
@@ -67,11 +62,5 @@ def port_held_closed(port: int) -> Iterator[None]:
         holder.close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+#: Fault tests restart processes and drain large queues: 60 s by default.
+wait_for = functools.partial(support.wait_for, timeout=60.0, interval=0.02)

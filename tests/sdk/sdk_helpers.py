@@ -8,8 +8,8 @@ seq), so "delivered exactly once" is checked at the receiving end.
 
 from __future__ import annotations
 
+import functools
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import support
 
 from spotify_events.encoding import WireBatch, decode_batch
 
@@ -32,20 +34,8 @@ END_SONG = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; the only way tests wait for work."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+#: Waits in these tests allow 30 s by default: deliveries cross real HTTP.
+wait_for = functools.partial(support.wait_for, timeout=30.0, interval=0.01)
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""Plain helpers shared by every test folder (importable: ``tests/`` is on sys.path
+through the root conftest). Fixtures live in the conftest files."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.002
+) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; the truthiness result.
+
+    For conditions that no Event signals (another process, an SQLite lock, a lease
+    expiring): the test waits on the condition itself, never on a guessed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
