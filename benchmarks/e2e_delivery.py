@@ -29,6 +29,7 @@ from typing import Any
 import requests
 
 from spotify_events import EventClient
+from spotify_events.collector.process import CollectorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -46,21 +47,12 @@ END_SONG = {
 
 @contextmanager
 def sink_process(use_collector: bool, workdir: Path) -> Iterator[str]:
+    """Run the reference collector or the comparison's sink; yield its base URL."""
     if use_collector:
-        cmd = [
-            sys.executable,
-            "-m",
-            "spotify_events.cli",
-            "collector",
-            "--port",
-            "0",
-            "--data-dir",
-            str(workdir / "data"),
-            "--schemas",
-            str(SCHEMAS),
-        ]
-    else:
-        cmd = [sys.executable, "-m", "benchmarks.compare.sink", "--port", "0"]
+        with CollectorProcess(workdir / "data", SCHEMAS) as collector:
+            yield collector.url
+        return
+    cmd = [sys.executable, "-m", "benchmarks.compare.sink", "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None

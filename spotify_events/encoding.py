@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -337,11 +337,6 @@ def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:
         raise
     except Exception as exc:  # fastavro raises a zoo of types on corrupt input
         raise BatchDecodeError(f"undecodable batch: {type(exc).__name__}: {exc}") from exc
-
-
-def envelopes_from_rows(rows: Iterable[Sequence[Any]]) -> list[Envelope]:
-    """Build envelopes from (seq, event_type, fingerprint, timestamp, payload) rows."""
-    return [Envelope(*row) for row in rows]
 
 
 _ENVELOPE_PCF = fastavro.schema.to_parsing_canonical_form(ENVELOPE_SCHEMA)

@@ -119,10 +119,6 @@ class Shipper:
             )
             self._thread.start()
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def hurry(self) -> None:
         """Ship what is queued now, without waiting for linger."""
         self._urgent.set()
@@ -184,12 +180,13 @@ class Shipper:
         urgent = self._urgent.is_set()
         if depth.events == 0:
             drops = self.queue.unreported_drops()
+            incidents = self.queue.unreported_incidents()
             if (
                 drops
-                or self.queue.unreported_incidents()
+                or incidents
                 or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
             ):
-                self._deliver([], drops)
+                self._deliver([], drops, incidents)
                 self._urgent.clear()
                 return
             self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
@@ -198,15 +195,16 @@ class Shipper:
             return
         self._urgent.clear()
         drops = self.queue.unreported_drops()
+        incidents = self.queue.unreported_incidents()
         prepared = self._prefetch.take()
-        if prepared is not None and not drops and not self.queue.unreported_incidents():
-            self._deliver(prepared.events, [], body=prepared.body)
+        if prepared is not None and not drops and not incidents:
+            self._deliver(prepared.events, [], [], body=prepared.body)
             return
         batch = self.queue.read_batch(
             max_events=self.settings.max_events, max_bytes=self.settings.max_bytes
         )
         if batch:
-            self._deliver(batch, drops)
+            self._deliver(batch, drops, incidents)
 
     def _lingering(self) -> bool:
         """Wait up to ``linger`` for a fuller batch; True if we waited (re-check after)."""
@@ -260,12 +258,12 @@ class Shipper:
         self,
         events: Sequence[QueuedEvent],
         drops: list[tuple[int, DropNotice]],
+        incidents: list[tuple[int, dict[str, Any]]],
         body: bytes | None = None,
     ) -> None:
-        """Send ``events`` (plus drop notices) until each has left the queue or we stop.
-        ``body`` is the events already encoded (by the prefetcher), if they were."""
+        """Send ``events`` (plus drop notices and incidents) until each has left the
+        queue or we stop. ``body`` is the events already encoded (by the prefetcher)."""
         parts: list[Sequence[QueuedEvent]] = [events]
-        incidents = self.queue.unreported_incidents()
         while parts and not self._stop.is_set():
             part = parts.pop()
             whole = part is events
