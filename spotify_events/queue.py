@@ -141,15 +141,14 @@ class DurableQueue:
         self.max_queue_bytes = max_queue_bytes
         self.fsync = fsync
         self.busy_timeout = busy_timeout
-        self.verify = verify
         self._lock = threading.RLock()
         self._cache: _AppendCache | None = None
         self._closed = False
-        self._conn: sqlite3.Connection | None = self._connect()
+        self._conn: sqlite3.Connection | None = self._connect(verify=verify)
         self.producer_id = self._read_meta("producer_id")
 
     # -- connection and schema -----------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, verify: bool = False) -> sqlite3.Connection:
         if self.path.exists() and self.path.is_dir():
             raise QueueError(f"{self.path}: is a directory, not a queue file")
         try:
@@ -164,7 +163,7 @@ class DurableQueue:
             raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
         try:
             self._check_identity(conn)
-            if self.verify:
+            if verify:
                 self._quick_check(conn)
             self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
@@ -246,11 +245,7 @@ class DurableQueue:
         if conn is None:
             if self._closed:
                 raise QueueError(f"{self.path}: queue is closed")
-            verify, self.verify = self.verify, False  # checked at first open; not again
-            try:
-                conn = self._conn = self._connect()
-            finally:
-                self.verify = verify
+            conn = self._conn = self._connect()  # verified at first open; not again
         return conn
 
     def _read_meta(self, key: str) -> str:
