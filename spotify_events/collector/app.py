@@ -9,6 +9,8 @@ and answered 503 with ``Retry-After`` (the SDK retries), never a 500.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
@@ -20,6 +22,7 @@ from ..encoding import CONTENT_TYPE
 from .delivery import Delivery, DeliveryStatus
 from .ingest import Ingest, IngestError
 from .metrics import CollectorMetrics
+from .page import render_page
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,19 @@ _REASONS = {
 }
 
 
+#: Headers of the completeness page: it is built from producer-supplied strings, so
+#: beyond escaping them it runs no script and loads nothing, whatever they contain.
+_PAGE_HEADERS = [
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+    ("Referrer-Policy", "no-referrer"),
+]
+
+
 class CollectorApp:
-    """``POST /v1/batches``, ``GET /healthz``, ``GET /metrics``, ``GET /v1/report``."""
+    """``POST /v1/batches``, ``GET /healthz``, ``GET /metrics``, ``GET /v1/report``, and
+    ``GET /`` (the completeness page, :mod:`.page`)."""
 
     def __init__(
         self,
@@ -68,7 +82,7 @@ class CollectorApp:
                     started = time.perf_counter()
                     status, body, ctype, extra = self._post_batch(environ)
                     self.metrics.latency.observe(time.perf_counter() - started)
-            elif path in ("/healthz", "/metrics", "/v1/report"):
+            elif path in ("/", "/healthz", "/metrics", "/v1/report"):
                 if method not in ("GET", "HEAD"):
                     status, body, ctype, extra = self._error(405, "use GET", "method")
                 elif path == "/healthz":
@@ -80,8 +94,10 @@ class CollectorApp:
                         "text/plain; version=0.0.4; charset=utf-8",
                         [],
                     )
-                else:
+                elif path == "/v1/report":
                     status, body, ctype, extra = self._report(environ)
+                else:
+                    status, body, ctype, extra = self._page(environ)
             else:
                 status, body, ctype, extra = self._error(404, f"no route {path[:100]}", "route")
         except Exception:  # belt and braces: a bug must not become a 500 for the client
@@ -154,18 +170,33 @@ class CollectorApp:
             return self._error(404, "no report source", "route")
         return 200, json.dumps(self.report()).encode(), "application/json", []
 
+    def _page(self, environ: Environ) -> tuple[int, bytes, str, list[tuple[str, str]]]:
+        denied = self._check_auth(environ, challenge='Basic realm="spotify-events", charset="UTF-8"')
+        if denied is not None:
+            return denied
+        if self.report is None:
+            return self._error(404, "no report source", "route")
+        page = render_page(self.report()).encode()
+        return 200, page, "text/html; charset=utf-8", list(_PAGE_HEADERS)
+
     # -- helpers --------------------------------------------------------------
-    def _check_auth(self, environ: Environ) -> tuple[int, bytes, str, list[tuple[str, str]]] | None:
+    def _check_auth(
+        self, environ: Environ, *, challenge: str = 'Bearer realm="spotify-events"'
+    ) -> tuple[int, bytes, str, list[tuple[str, str]]] | None:
+        """The token as ``Authorization: Bearer TOKEN``, or, for browsers, as the password
+        of HTTP basic auth (any user name). A 401 carries ``challenge``: the page asks
+        for basic auth, so a browser prompts for it."""
         if self._token is None:
             return None
         header = environ.get("HTTP_AUTHORIZATION", "")
         if not header:
             status, body, ctype, _ = self._error(401, "missing Authorization: Bearer token", "auth")
-            return status, body, ctype, [("WWW-Authenticate", 'Bearer realm="spotify-events"')]
+            return status, body, ctype, [("WWW-Authenticate", challenge)]
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode("utf-8", "replace"), self._token
-        ):
+        if not hmac.compare_digest(_presented_token(scheme, presented.strip()), self._token):
+            if challenge.startswith("Basic"):  # a wrong password: let the browser ask again
+                status, body, ctype, _ = self._error(401, "invalid token", "auth")
+                return status, body, ctype, [("WWW-Authenticate", challenge)]
             return self._error(403, "invalid token", "auth")
         return None
 
@@ -176,7 +207,20 @@ class CollectorApp:
         return status, json.dumps({"error": message}).encode(), "application/json", []
 
 
-_ROUTES = frozenset({"/v1/batches", "/healthz", "/metrics", "/v1/report"})
+def _presented_token(scheme: str, credentials: str) -> bytes:
+    """The token a request presents: a bearer token, or a basic-auth password."""
+    if scheme.lower() == "bearer":
+        return credentials.encode("utf-8", "replace")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True)
+        except (binascii.Error, ValueError):
+            return b""
+        return decoded.partition(b":")[2]
+    return b""
+
+
+_ROUTES = frozenset({"/", "/v1/batches", "/healthz", "/metrics", "/v1/report"})
 
 #: Re-exported for clients building requests by hand.
 BATCH_CONTENT_TYPE = CONTENT_TYPE

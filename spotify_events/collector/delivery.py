@@ -129,7 +129,7 @@ MAX_GROUP_BATCHES = 32
 class _Run:
     """A run of consecutive events with one (type, schema, bucket) inside a batch."""
 
-    __slots__ = ("add", "bucket", "duplicates", "payloads", "seqs", "skewed", "stream")
+    __slots__ = ("add", "bucket", "duplicates", "newest", "payloads", "seqs", "skewed", "stream")
 
     def __init__(
         self, stream: StreamState, bucket: BucketState, skewed: bool, payloads: list[bytes]
@@ -141,6 +141,7 @@ class _Run:
         self.add = stream.received.add
         self.seqs: list[int] = []
         self.duplicates = 0
+        self.newest = 0  # newest event time (ms) in the run, duplicates included
 
 
 class _Ticket:
@@ -359,6 +360,8 @@ class LocalDelivery:
                 runs.append(run)
                 add, append_payload, append_seq = run.add, run.payloads.append, run.seqs.append
                 last_key = key
+            if env.timestamp > run.newest:  # type: ignore[union-attr]
+                run.newest = env.timestamp  # type: ignore[union-attr]
             if add(env.seq):
                 append_payload(env.payload)
                 append_seq(env.seq)
@@ -369,6 +372,8 @@ class LocalDelivery:
             pib = run.bucket.producers.get(producer)
             if pib is None:
                 pib = run.bucket.producers[producer] = ProducerInBucket()
+            if run.newest > run.stream.newest_event_ms:
+                run.stream.newest_event_ms = run.newest
             if run.duplicates:
                 run.stream.duplicates += run.duplicates
                 run.bucket.duplicates += run.duplicates

@@ -76,6 +76,7 @@ class StreamState:
     service: str = ""
     host: str = ""
     sdk_version: str = ""
+    newest_event_ms: int = 0  # newest event time acknowledged on this stream (for lag)
 
     def announce(self, next_seq: int, now: float, grace: float) -> None:
         """Raise the watermark to ``next_seq`` (never lowers it), remembering when."""
@@ -121,6 +122,7 @@ class StreamState:
                 "service": self.service,
                 "host": self.host,
                 "sdk_version": self.sdk_version,
+                "newest_event_ms": self.newest_event_ms,
             },
             separators=(",", ":"),
         )
@@ -141,6 +143,7 @@ class StreamState:
             service=d.get("service", ""),
             host=d.get("host", ""),
             sdk_version=d.get("sdk_version", ""),
+            newest_event_ms=d.get("newest_event_ms", 0),
         )
 
 

@@ -27,6 +27,7 @@ def stream_entry(st: Any, now: float, grace: float) -> dict[str, Any]:
         "event_type": st.event_type,
         "service": st.service,
         "host": st.host,
+        "sdk_version": st.sdk_version,
         "received": a.received,
         "duplicates": st.duplicates,
         "dropped": a.dropped,
@@ -39,6 +40,7 @@ def stream_entry(st: Any, now: float, grace: float) -> dict[str, Any]:
         "next_seq": st.next_seq,
         "first_seen": st.first_seen,
         "last_seen": st.last_seen,
+        "newest_event": st.newest_event_ms / 1000 if st.newest_event_ms else None,
         "complete": a.open_gaps == 0 and a.lost == 0,
     }
 
@@ -67,6 +69,7 @@ def bucket_summary(
             a = account(st, now, grace, low=pb.min_seq, high=pb.max_seq, max_gap_ranges=5)
             entry.update(
                 dropped=a.dropped,
+                dropped_reasons=a.dropped_reasons,
                 rejected=a.rejected,
                 open_gaps=a.open_gaps,
                 lost=a.lost,
@@ -113,10 +116,13 @@ def build_report(
         else:
             entry = bucket_summary(b, parts_by_bucket.get(key, []), state, now=now, grace=grace)
         buckets.append(entry)
-    totals = {
-        k: sum(s[k] for s in streams)
-        for k in ("received", "duplicates", "dropped", "rejected", "open_gaps", "lost")
-    }
+    totals = {k: sum(s[k] for s in streams) for k in _COUNTS}
+    incidents = [
+        json.loads(value)
+        for key, value in sorted(state.meta.items())
+        if key.startswith(INCIDENT_PREFIX)
+    ]
+    producers = producer_entries(streams, incidents)
     return {
         "version": REPORT_VERSION,
         "generated_at": now,
@@ -125,12 +131,73 @@ def build_report(
         "totals": totals,
         "streams": streams,
         "buckets": buckets,
-        "incidents": [
-            json.loads(value)
-            for key, value in sorted(state.meta.items())
-            if key.startswith(INCIDENT_PREFIX)
-        ],
+        "incidents": incidents,
+        "producers": producers,
+        "versions": version_entries(producers),
     }
+
+
+_COUNTS = ("received", "duplicates", "dropped", "rejected", "open_gaps", "lost")
+
+
+def producer_entries(
+    streams: list[dict[str, Any]], incidents: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One entry per producer: who it says it is (service, host, SDK version, as of its
+    latest batch), when it was last heard from, the newest event time it delivered, and
+    its counts summed over its event types."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for s in streams:  # sorted by producer, then type
+        p = by_id.get(s["producer_id"])
+        if p is None:
+            p = by_id[s["producer_id"]] = {
+                "producer_id": s["producer_id"],
+                "event_types": [],
+                "last_seen": 0.0,
+                "newest_event": None,
+                "incidents": 0,
+                **dict.fromkeys(_COUNTS, 0),
+            }
+        p["event_types"].append(s["event_type"])
+        for k in _COUNTS:
+            p[k] += s[k]
+        if s["last_seen"] >= p["last_seen"]:
+            p.update(
+                last_seen=s["last_seen"],
+                service=s["service"],
+                host=s["host"],
+                sdk_version=s["sdk_version"],
+            )
+        if s["newest_event"] is not None and (
+            p["newest_event"] is None or s["newest_event"] > p["newest_event"]
+        ):
+            p["newest_event"] = s["newest_event"]
+    for incident in incidents:
+        p = by_id.get(incident.get("producer_id", ""))
+        if p is not None:
+            p["incidents"] += 1
+    return list(by_id.values())
+
+
+def version_entries(producers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Producers grouped by (service, SDK version): which versions run, and which lose events."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in producers:
+        key = (p["service"], p["sdk_version"])
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {
+                "service": key[0],
+                "sdk_version": key[1],
+                "producers": 0,
+                "last_seen": 0.0,
+                **dict.fromkeys(_COUNTS, 0),
+            }
+        g["producers"] += 1
+        g["last_seen"] = max(g["last_seen"], p["last_seen"])
+        for k in _COUNTS:
+            g[k] += p[k]
+    return [groups[k] for k in sorted(groups)]
 
 
 def load_report(
@@ -188,6 +255,20 @@ def format_table(report: dict[str, Any]) -> str:
         )
     if report.get("incidents"):
         lines.append("")
+    vcols = ["service", "sdk version", "producers", "received", "dropped", "open gaps", "lost"]
+    vrows = [
+        [
+            v["service"] or "-",
+            v["sdk_version"] or "-",
+            str(v["producers"]),
+            str(v["received"]),
+            str(v["dropped"]),
+            str(v["open_gaps"]),
+            str(v["lost"]),
+        ]
+        for v in report.get("versions", [])
+    ]
+    lines += [*_table(vcols, vrows), ""]
     bcols = ["bucket", "state", "events", "skewed", "dup", "missing", "complete"]
     brows = [
         [
