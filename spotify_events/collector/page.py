@@ -103,7 +103,7 @@ def cell_state(bucket: dict[str, Any]) -> str:
 def _header(report: dict[str, Any], title: str, now: float, refresh: int) -> str:
     t = report["totals"]
     status = "lost" if t["lost"] else "open" if t["open_gaps"] else "complete"
-    totals = "".join(
+    totals = " ".join(
         f'<span id="total-{k}"{" class=bad" if k == "lost" and t[k] else ""}>'
         f"{_e(k.replace('_', ' '))}: <b>{int(t[k]):,}</b></span>"
         for k in ("received", "duplicates", "dropped", "rejected", "open_gaps", "lost")
@@ -122,7 +122,7 @@ def _grid(report: dict[str, Any], now: float, max_hours: int) -> str:
     buckets = {(b["event_type"], b["hour"]): b for b in report["buckets"]}
     hours = _hour_columns({h for _, h in buckets}, now, max_hours)
     types = sorted({t for t, _ in buckets} | {s["event_type"] for s in report["streams"]})
-    legend = "".join(f'<span class="{s}">{_MARK[s]} {s}</span>' for s in STATES)
+    legend = " ".join(f'<span class="{s}">{_MARK[s]} {s}</span>' for s in STATES)
     head = "".join(
         f'<th scope="col" data-hour="{_e(h)}">{_e(h[5:10])}<br>{_e(h[11:16])}</th>' for h in hours
     )
@@ -216,7 +216,8 @@ def _producers(report: dict[str, Any], now: float, limit: int) -> str:
         lag = _duration(now - p["newest_event"]) if p["newest_event"] is not None else "-"
         more = gaps.get(pid, []) + incidents.get(pid, [])
         detail = (
-            f'<details><summary>{len(gaps.get(pid, []))} types with gaps</summary><ul class="gaps">'
+            f"<details><summary>{_gap_summary(len(gaps.get(pid, [])), len(incidents.get(pid, [])))}"
+            f'</summary><ul class="gaps">'
             f"{''.join(more)}</ul></details>"
             if more
             else "none"
@@ -314,6 +315,13 @@ def _hour_columns(present: set[str], now: float, max_hours: int) -> list[str]:
 def _hour_of(label: str) -> int:
     when = datetime.strptime(label, "%Y-%m-%dT%H:00Z").replace(tzinfo=timezone.utc)
     return int(when.timestamp()) // 3600
+
+
+def _gap_summary(types_with_gaps: int, incidents: int) -> str:
+    out = [f"gaps in {types_with_gaps} type{'s' if types_with_gaps != 1 else ''}"]
+    if incidents:
+        out.append(f"{incidents} incident{'s' if incidents != 1 else ''}")
+    return ", ".join(out)
 
 
 def _ranges(ranges: list[list[int]]) -> str:
