@@ -153,6 +153,7 @@ class CollectorApp:
         if batch.events:
             newest = max(e.timestamp for e in batch.events) / 1000.0
             m.producer_lag.labels(batch.facts.producer_id).set(batch.facts.received_at - newest)
+            m.batch_lag.observe(max(0.0, batch.facts.received_at - newest))
         elif not batch.rejections:
             m.heartbeats.inc()
         out = {

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..encoding import is_avro_full_name
 from ..schemas import SchemaRegistry
@@ -61,6 +61,9 @@ from .ledger import (
     ProducerInBucket,
     StreamState,
 )
+
+if TYPE_CHECKING:
+    from .metrics import CompletenessGauges
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +256,18 @@ class LocalDelivery:
             return build_report(
                 self.state,
                 now=self.clock(),
+                grace=self.config.grace_period,
+                lateness=self.config.lateness,
+            )
+
+    def completeness(self) -> CompletenessGauges:
+        """The ledger's loss and bucket gauges for ``/metrics`` (see :mod:`.metrics`)."""
+        from .metrics import completeness_gauges
+
+        with self._lock:
+            return completeness_gauges(
+                self.state,
+                self.clock(),
                 grace=self.config.grace_period,
                 lateness=self.config.lateness,
             )

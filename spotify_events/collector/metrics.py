@@ -9,11 +9,18 @@ Event-type labels are limited to types in the schema registry (others count as
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .. import __version__
+from .accounting import account
+from .ledger import LedgerState
 
 PREFIX = "spotify_events_collector"
 
@@ -81,6 +88,8 @@ class CollectorMetrics:
             registry=r,
         )
 
+        self.batch_lag = batch_lag_histogram(r)
+
     def add_lag_source(self, source: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_LagCollector(source))
 
@@ -90,3 +99,135 @@ class CollectorMetrics:
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
+
+
+# -- completeness, health and build info --------------------------------------------
+# Gauges the alert rules (deploy/prometheus/alerts.yml) are written against. Computed at
+# scrape time from the ledger state, label-free: one series each per collector, whatever
+# the number of producers.
+
+#: A producer counts as active while its last batch (heartbeats included) is this recent:
+#: four of the SDK's default 30 s heartbeats.
+ACTIVE_WINDOW = 120.0
+
+
+@dataclass(frozen=True)
+class CompletenessGauges:
+    """What the ledger says right now, summed over every stream and bucket."""
+
+    lost: int = 0
+    open_gaps: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    producers: int = 0
+    active_producers: int = 0
+    open_buckets: int = 0
+    overdue_seconds: float = 0.0  # how far the most overdue open hour is past its close time
+
+
+def completeness_gauges(
+    state: LedgerState, now: float, *, grace: float, lateness: float
+) -> CompletenessGauges:
+    """Sum the loss accounting of every stream; find the most overdue open bucket."""
+    lost = open_gaps = dropped = rejected = 0
+    last_seen: dict[str, float] = {}
+    for st in state.streams.values():
+        a = account(st, now, grace, max_gap_ranges=0)
+        lost += a.lost
+        open_gaps += a.open_gaps
+        dropped += a.dropped
+        rejected += a.rejected
+        last_seen[st.producer_id] = max(last_seen.get(st.producer_id, 0.0), st.last_seen)
+    open_hours = [b.hour for b in state.buckets.values() if not b.closed]
+    overdue = max((now - ((h + 1) * 3600 + lateness) for h in open_hours), default=0.0)
+    return CompletenessGauges(
+        lost=lost,
+        open_gaps=open_gaps,
+        dropped=dropped,
+        rejected=rejected,
+        producers=len(last_seen),
+        active_producers=sum(1 for t in last_seen.values() if t >= now - ACTIVE_WINDOW),
+        open_buckets=len(open_hours),
+        overdue_seconds=max(0.0, overdue),
+    )
+
+
+def batch_lag_histogram(registry: CollectorRegistry) -> Histogram:
+    """Delivery lag per accepted batch with events: arrival time minus the newest event
+    time in it (the lag the completeness page shows per producer), in seconds."""
+    return Histogram(
+        f"{PREFIX}_batch_lag_seconds",
+        "Arrival time minus the newest event time of each accepted batch with events.",
+        buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 86400),
+        registry=registry,
+    )
+
+
+class _CompletenessCollector(Collector):
+    """Completeness gauges from ``source`` and the data directory's free space."""
+
+    def __init__(self, source: Callable[[], CompletenessGauges], data_dir: str | None) -> None:
+        self._source = source
+        self._data_dir = data_dir
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = self._source()
+        for name, doc, value in (
+            ("lost_events", "Sequence numbers missing past the grace period (lost).", g.lost),
+            (
+                "open_gap_events",
+                "Sequence numbers missing, still within the grace period.",
+                g.open_gaps,
+            ),
+            ("dropped_events", "Events producers reported dropped (drop notices).", g.dropped),
+            (
+                "rejected_events",
+                "Events rejected (by the collector or reported by producers).",
+                g.rejected,
+            ),
+            ("producers", "Producers in the ledger.", g.producers),
+            (
+                "active_producers",
+                f"Producers heard from (events or heartbeat) in the last {ACTIVE_WINDOW:g} s.",
+                g.active_producers,
+            ),
+            ("open_buckets", "Hourly buckets not yet closed.", g.open_buckets),
+            (
+                "open_bucket_overdue_seconds",
+                "How far the most overdue open bucket is past its close time (hour end + lateness).",
+                g.overdue_seconds,
+            ),
+        ):
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        if self._data_dir is not None:
+            try:
+                fs = os.statvfs(self._data_dir)
+            except OSError:  # gone or unreadable: no sample rather than a wrong one
+                return
+            yield GaugeMetricFamily(
+                f"{PREFIX}_data_dir_free_bytes",
+                "Bytes available to the collector on the data directory's filesystem.",
+                value=fs.f_bavail * fs.f_frsize,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_data_dir_size_bytes",
+                "Size of the data directory's filesystem.",
+                value=fs.f_blocks * fs.f_frsize,
+            )
+
+
+def add_health(
+    metrics: CollectorMetrics,
+    source: Callable[[], CompletenessGauges],
+    *,
+    data_dir: str | None = None,
+) -> None:
+    """Register the completeness gauges, the data directory's space and the build info."""
+    metrics.registry.register(_CompletenessCollector(source, data_dir))
+    build = Gauge(
+        f"{PREFIX}_build_info",
+        "Always 1; the labels say which collector version and Python serve.",
+        ["version", "python"],
+        registry=metrics.registry,
+    )
+    build.labels(__version__, platform.python_version()).set(1)

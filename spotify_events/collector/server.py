@@ -31,7 +31,7 @@ from ..schemas import SchemaRegistry
 from .app import CollectorApp
 from .delivery import DeliveryConfig, LocalDelivery
 from .ingest import Ingest, IngestLimits
-from .metrics import CollectorMetrics
+from .metrics import CollectorMetrics, add_health
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Collector:
         )
         self.metrics = CollectorMetrics(self.registry.event_types)
         self.metrics.add_lag_source(self.delivery.lag_events)
+        add_health(self.metrics, self.delivery.completeness, data_dir=config.data_dir)
         self.app = CollectorApp(
             ingest=self.ingest,
             delivery=self.delivery,
