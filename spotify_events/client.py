@@ -33,6 +33,7 @@ from . import __version__
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
 from .errors import ClientClosedError, EventValidationError, QueueCorruptError, QueueError
+from .otel_metrics import register_if_available
 from .queue import DurableQueue, QueueDepth, quarantine
 from .schemas import SchemaRegistry
 from .shipper import Shipper, ShipperSettings
@@ -60,6 +61,7 @@ class ClientStats:
     oldest_event_age: float | None
     last_error: str | None
     instrumentation_errors: int = 0  # @track/timed() events that could not be built or logged
+    last_acknowledged_at: float | None = None  # epoch seconds of the last acknowledgement
 
 
 class EventClient:
@@ -102,6 +104,7 @@ class EventClient:
         self._finalizer.atexit = False  # at exit the atexit hook does the full close()
         if self._writer_queue.depth().events or self._writer_queue.unreported_drops(1):
             self._start()  # an earlier process left events behind: ship them now
+        register_if_available(self)  # OpenTelemetry metrics, when opentelemetry-api is installed
 
     def _open(self) -> None:
         cfg = self.config
@@ -339,6 +342,7 @@ class EventClient:
             else None,
             last_error=s.last_error or w.last_error,
             instrumentation_errors=self.instrumentation_errors,
+            last_acknowledged_at=s.last_success,
         )
 
     def __repr__(self) -> str:
