@@ -23,6 +23,7 @@ underscores: ``spotify_events.client.queue.events`` is
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -202,6 +203,18 @@ class _Observed:
 #: Instruments per meter provider (None: the global one), created once per process.
 _observed: dict[Any, _Observed] = {}
 _observed_lock = threading.Lock()
+
+
+def _new_locks_in_child() -> None:
+    """After os.fork(): a metrics thread of the parent may have held a lock; the child
+    must not inherit it held (its next EventClient would wait forever)."""
+    global _observed_lock
+    _observed_lock = threading.Lock()
+    for observed in _observed.values():
+        observed._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 def register_metrics(client: EventClient, meter_provider: MeterProvider | None = None) -> None:

@@ -112,7 +112,7 @@ def run_python(code: str) -> str:
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -158,3 +158,38 @@ def test_core_install_logs_without_opentelemetry(tmp_path: Any) -> None:
         """
     )
     assert out == "1 None"
+
+
+def test_a_forked_child_can_create_clients_while_the_parent_held_the_metrics_lock(
+    tmp_path: Any,
+) -> None:
+    out = run_python(
+        f"""
+        import os, signal, threading
+        from spotify_events import EventClient, otel_metrics
+
+        def client(name):
+            return EventClient(endpoint="http://127.0.0.1:9/v1/batches",
+                               queue_path={str(tmp_path)!r} + "/" + name, schemas={str(SCHEMAS)!r})
+
+        client("parent.db")
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with otel_metrics._observed_lock:  # as a metrics collection would, at fork time
+                held.set()
+                release.wait()
+
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)  # a hung child dies rather than outlive the test
+            client("child.db").close(timeout=0.1)
+            os._exit(0)
+        release.set()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert out == "0"
