@@ -19,8 +19,9 @@ Two parts:
   time minus the newest event time the producer delivered), incidents, and their
   gap ranges one tap away; then producers grouped by service and SDK version.
 
-Bounded: at most ``max_hours`` hour columns (the newest) and ``max_producers`` rows;
-the report itself bounds gap ranges and reasons.
+Bounded: at most ``max_hours`` hour columns (the newest), ``max_types`` grid rows
+(types with buckets first: a client can name any type in a rejected event) and
+``max_producers`` producer rows; the report itself bounds gap ranges and reasons.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def render_page(
     title: str = "spotify-events completeness",
     refresh_seconds: int = 30,
     max_hours: int = 48,
+    max_types: int = 100,
     max_producers: int = 200,
 ) -> str:
     """The whole page for ``report`` (as :func:`~.report.build_report` returns it)."""
@@ -79,7 +81,7 @@ def render_page(
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         _header(report, title, now, refresh_seconds),
-        _grid(report, now, max_hours),
+        _grid(report, now, max_hours, max_types),
         _producers(report, now, max_producers),
         _versions(report),
         "</body></html>",
@@ -118,10 +120,13 @@ def _header(report: dict[str, Any], title: str, now: float, refresh: int) -> str
     )
 
 
-def _grid(report: dict[str, Any], now: float, max_hours: int) -> str:
+def _grid(report: dict[str, Any], now: float, max_hours: int, max_types: int) -> str:
     buckets = {(b["event_type"], b["hour"]): b for b in report["buckets"]}
     hours = _hour_columns({h for _, h in buckets}, now, max_hours)
-    types = sorted({t for t, _ in buckets} | {s["event_type"] for s in report["streams"]})
+    with_buckets = {t for t, _ in buckets}
+    others = {s["event_type"] for s in report["streams"]} - with_buckets
+    all_types = sorted(with_buckets) + sorted(others)
+    types = all_types[:max_types]
     legend = " ".join(f'<span class="{s}">{_MARK[s]} {s}</span>' for s in STATES)
     head = "".join(
         f'<th scope="col" data-hour="{_e(h)}">{_e(h[5:10])}<br>{_e(h[11:16])}</th>' for h in hours
@@ -134,6 +139,11 @@ def _grid(report: dict[str, Any], now: float, max_hours: int) -> str:
             cells.append(_cell(b) if b else f'<td class="none" data-hour="{_e(h)}">·</td>')
         rows.append(
             f'<tr data-event-type="{_e(etype)}"><th scope="row">{_e(etype)}</th>{"".join(cells)}</tr>'
+        )
+    if len(all_types) > max_types:
+        rows.append(
+            f'<tr><td class="text" colspan="{len(hours) + 1}">{len(all_types) - max_types:,} more'
+            " event types not shown (see /v1/report)</td></tr>"
         )
     body = (
         "".join(rows) or f'<tr><td class="text" colspan="{len(hours) + 1}">no events yet</td></tr>'

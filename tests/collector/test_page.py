@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from collector_helpers import END_SONG, FIXED_TS, PAGE_VIEW, SCHEMA_DIR, BatchMaker, wsgi_call
 
+from spotify_events.collector.buckets import hour_label
 from spotify_events.collector.page import cell_state, render_page
 from spotify_events.collector.report import format_table
 from spotify_events.collector.server import Collector, CollectorConfig
@@ -208,3 +209,66 @@ def test_empty_collector_page(collector: Collector) -> None:
     assert status == 200 and b"no events yet" in body and b"no producers yet" in body
     status, _, _ = wsgi_call(collector.app, "POST", "/")
     assert status == 405
+
+
+def test_page_is_bounded_whatever_the_report_holds() -> None:
+    """Thousands of producers and of event types named in rejected events: the page
+    shows the newest hours, the first types and the worst producers, and says so."""
+    now = FIXED_TS / 1000
+    streams = [
+        {
+            "producer_id": f"p{i}",
+            "event_type": f"hostile.Type{i}",
+            "gap_ranges": [[1, 2]],
+            "lost": 2,
+            "open_gaps": 0,
+        }
+        for i in range(3000)
+    ]
+    producers = [
+        {
+            "producer_id": f"p{i}",
+            "service": "s",
+            "host": "h",
+            "sdk_version": "v",
+            "last_seen": now,
+            "newest_event": None,
+            "incidents": 0,
+            "received": 0,
+            "dropped": 0,
+            "lost": 2,
+            "open_gaps": 0,
+        }
+        for i in range(3000)
+    ]
+    buckets = [
+        {
+            "event_type": END_SONG,
+            "hour": hour_label(int(now // 3600) - h),
+            "closed": True,
+            "events": 1,
+            "skewed": 0,
+            "duplicates": 0,
+            "producers": [],
+        }
+        for h in range(500)
+    ]
+    totals = dict.fromkeys(("received", "duplicates", "dropped", "rejected", "open_gaps"), 0)
+    report = {
+        "generated_at": now,
+        "grace_period": 300.0,
+        "lateness": 600.0,
+        "totals": {**totals, "lost": 6000},
+        "streams": streams,
+        "buckets": buckets,
+        "producers": producers,
+        "versions": [],
+        "incidents": [],
+    }
+    doc = parse(render_page(report, max_hours=48, max_types=100, max_producers=200))
+    rows = [a for t, a in doc.tags if t == "tr" and "data-event-type" in a]
+    assert len(rows) == 100 and rows[0]["data-event-type"] == END_SONG
+    assert len([a for t, a in doc.tags if t == "th" and "data-hour" in a]) == 48
+    assert len([a for t, a in doc.tags if t == "tr" and "data-producer" in a]) == 200
+    text = "".join(doc.text)
+    assert "2,901 more event types not shown" in text and "2,800 more producers not shown" in text
