@@ -21,7 +21,8 @@ Two parts:
 
 Bounded: at most ``max_hours`` hour columns (the newest), ``max_types`` grid rows
 (types with buckets first: a client can name any type in a rejected event) and
-``max_producers`` producer rows; the report itself bounds gap ranges and reasons.
+``max_producers`` producer (and service and version) rows, :data:`MAX_LIST` lines per
+producer drill-down; the report itself bounds gap ranges and reasons.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any
 
 from .buckets import hour_label
 
+#: Most gap or incident lines in one producer's drill-down.
+MAX_LIST = 20
 #: Cell states, worst first; the first that applies colours the cell.
 STATES = ("lost", "dropped", "open", "complete")
 _MARK = {"lost": "\u2717", "dropped": "!", "open": "\u2026", "complete": "\u2713"}
@@ -83,7 +86,7 @@ def render_page(
         _header(report, title, now, refresh_seconds),
         _grid(report, now, max_hours, max_types),
         _producers(report, now, max_producers),
-        _versions(report),
+        _versions(report, max_producers),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -224,7 +227,7 @@ def _producers(report: dict[str, Any], now: float, limit: int) -> str:
     for p in producers[:limit]:
         pid = p["producer_id"]
         lag = _duration(now - p["newest_event"]) if p["newest_event"] is not None else "-"
-        more = gaps.get(pid, []) + incidents.get(pid, [])
+        more = gaps.get(pid, [])[:MAX_LIST] + incidents.get(pid, [])[:MAX_LIST]
         detail = (
             f"<details><summary>{_gap_summary(len(gaps.get(pid, [])), len(incidents.get(pid, [])))}"
             f'</summary><ul class="gaps">'
@@ -276,7 +279,8 @@ def _producers(report: dict[str, Any], now: float, limit: int) -> str:
     )
 
 
-def _versions(report: dict[str, Any]) -> str:
+def _versions(report: dict[str, Any], limit: int) -> str:
+    versions = sorted(report.get("versions", []), key=lambda v: (-v["lost"], -v["producers"]))
     rows = [
         f'<tr class="{"lost" if v["lost"] else ""}" data-service="{_e(v["service"])}" '
         f'data-sdk-version="{_e(v["sdk_version"])}">'
@@ -284,8 +288,13 @@ def _versions(report: dict[str, Any]) -> str:
         f'<td class="text">{_e(v["sdk_version"] or "-")}</td>'
         f"<td>{v['producers']:,}</td><td>{v['received']:,}</td><td>{v['dropped']:,}</td>"
         f'<td class="n">{v["lost"]:,}</td><td>{v["open_gaps"]:,}</td></tr>'
-        for v in report.get("versions", [])
+        for v in versions[:limit]
     ]
+    if len(versions) > limit:
+        rows.append(
+            f'<tr><td class="text" colspan="7">{len(versions) - limit:,} more not shown'
+            " (see /v1/report)</td></tr>"
+        )
     head = "".join(
         f'<th scope="col">{c}</th>'
         for c in ("service", "SDK version", "producers", "received", "dropped", "lost", "open gaps")

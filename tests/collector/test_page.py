@@ -262,8 +262,12 @@ def test_page_is_bounded_whatever_the_report_holds() -> None:
         "streams": streams,
         "buckets": buckets,
         "producers": producers,
-        "versions": [],
-        "incidents": [],
+        "versions": [
+            {"service": f"s{i}", "sdk_version": "v", "producers": 1, "lost": 2, "received": 0}
+            | {"dropped": 0, "open_gaps": 0}
+            for i in range(3000)
+        ],
+        "incidents": [{"producer_id": "p0", "kind": "k", "detail": "d"}] * 500,
     }
     doc = parse(render_page(report, max_hours=48, max_types=100, max_producers=200))
     rows = [a for t, a in doc.tags if t == "tr" and "data-event-type" in a]
@@ -272,3 +276,6 @@ def test_page_is_bounded_whatever_the_report_holds() -> None:
     assert len([a for t, a in doc.tags if t == "tr" and "data-producer" in a]) == 200
     text = "".join(doc.text)
     assert "2,901 more event types not shown" in text and "2,800 more producers not shown" in text
+    assert len([a for t, a in doc.tags if t == "tr" and "data-sdk-version" in a]) == 200
+    assert "2,800 more not shown" in text
+    assert text.count("k: d") == 20  # one producer's drill-down
