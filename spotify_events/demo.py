@@ -20,6 +20,10 @@ import click
 
 from .client import EventClient
 
+#: The example schemas shipped inside the package (the clone's ``schemas`` links
+#: here), so the demo runs from an installed wheel in any directory.
+EXAMPLE_SCHEMAS = Path(__file__).resolve().parent / "example_schemas"
+
 PLATFORMS = ("ios", "android", "web", "desktop")
 REASONS_START = ("CLICKROW", "TRACKDONE", "FWDBTN", "PLAYBTN")
 REASONS_END = ("TRACKDONE", "FWDBTN", "ENDPLAY", "LOGOUT")
@@ -90,9 +94,9 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 @click.option(
     "--schemas",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("schemas"),
-    show_default=True,
-    help="Event schemas (.avsc) for both the client and the collector.",
+    default=EXAMPLE_SCHEMAS,
+    help="Event schemas (.avsc) for both the client and the collector "
+    "(default: the example schemas shipped with the package).",
 )
 @click.option(
     "--durability",
