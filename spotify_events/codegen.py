@@ -7,7 +7,8 @@ the CI gate (:func:`diff_schema_dirs`). Source generation itself lives in
 
 Exit codes: 0 ok; 1 a stale generated file (``codegen --check``) or an
 incompatible schema change (``schemas check``); 2 unusable input (a schema
-directory that does not load: the message names the file and the problem).
+directory that does not load: the message names the file and the problem) or,
+for ``schemas check``, Apache Avro missing (the message names the extra).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import click
 
 from .codegen_python import generate_python, render_module
-from .errors import SchemaError
+from .errors import MissingExtraError, SchemaError
 from .schemas import SchemaRegistry, check_compatibility
 
 __all__ = [
@@ -41,7 +42,8 @@ REQUIREMENTS = ("full", "backward", "forward")
 
 
 class InputError(click.ClickException):
-    """Unusable input (a schema directory that does not load); exit code 2."""
+    """Unusable input (a schema directory that does not load) or a missing optional
+    dependency; exit code 2, so a CI gate never reads it as an incompatible change."""
 
     exit_code = 2
 
@@ -283,7 +285,10 @@ def schemas_check_command(old_dir: str, new_dir: str, require: str, as_json: boo
     any incompatible change or removed type, so it can gate CI.
     """
     old, new = _load(old_dir), _load(new_dir)
-    changes = diff_schema_dirs(old, new, require=require)
+    try:
+        changes = diff_schema_dirs(old, new, require=require)
+    except MissingExtraError as exc:
+        raise InputError(str(exc)) from exc
     compatible = all(c.ok for c in changes)
     if as_json:
         report = {

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm  # the collector extra; imported here so the CLI names the extra
 
 from .client import EventClient
 
@@ -106,8 +107,6 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 )
 def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
     """Log events through a real client to a real collector and print the report."""
-    from tqdm import tqdm
-
     from .collector.process import CollectorProcess
     from .collector.report import format_table, load_report
 

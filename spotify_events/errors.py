@@ -15,6 +15,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   ├── QueueCorruptError              not SQLite, or damaged; names the file
     │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
     │   └── QueueVersionError              written by a newer spotify-events
+    ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
     └── TransportError                     a send failed below HTTP (refused, reset, timeout)
 
 The ``ValueError`` parents are deliberate: code that already guards input with
@@ -92,6 +93,18 @@ class QueueForeignFileError(QueueError):
 
 class QueueVersionError(QueueError):
     """The queue file was written by a newer, incompatible spotify-events."""
+
+
+class MissingExtraError(SpotifyEventsError, ImportError):
+    """A feature needs a dependency that only an optional extra installs."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {module!r}, which the {extra!r} extra installs: "
+            f"pip install 'spotify-events[{extra}]'",
+            name=module,
+        )
 
 
 class TransportError(SpotifyEventsError):
