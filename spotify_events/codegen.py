@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,9 +103,14 @@ def codegen_command(schemas_dir: str, output: str, check: bool) -> None:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    """Write through a temporary file and ``os.replace`` so readers never see half a file."""
+    """Write through a temporary file and ``os.replace`` so readers never see half a file.
+
+    The file is created with mode 0666 less the umask, like any file an editor or
+    ``open()`` writes (``mkstemp`` would make generated source private: 0600).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
