@@ -1,6 +1,6 @@
 """Avro encoding: one event to bytes in the caller's thread, and the wire batch codec.
 
-Two jobs, both fixed by the wire contract in DESIGN.md:
+Two jobs, both fixed by the wire contract (docs/architecture.md, "Wire format"):
 
 * :class:`EventEncoder` turns a record into Avro binary with a schema parsed
   once at registration (re-parsing per call roughly doubles the cost), and turns
@@ -235,7 +235,7 @@ def _write_record_public(parsed: Any, named: dict[str, Any], record: Mapping[str
 def _probe_write_data() -> Callable[..., None] | None:
     """fastavro's ``schemaless_writer`` re-resolves the schema and copies through a
     file object on every call; its compiled ``write_data`` (what it calls inside)
-    does the same work in 3.7 us instead of 4.2 us for EndSong. It is not in
+    does the same work faster (benchmarks/RESULTS.md). It is not in
     fastavro's documented API, so it is used only if it answers a probe exactly
     like the public function; otherwise the public one is used."""
     try:

@@ -37,9 +37,8 @@ Durations are ``time.perf_counter`` wall-clock: a coroutine is timed until its
 or closed (closing early is ``OK``, not ``ERROR``; ``GeneratorExit`` is how a
 consumer says "enough").
 
-Cost per call, measured by ``benchmarks/test_bench_instrument.py`` on the 2-core
-reference machine: ~6.5 µs p50 over the undecorated function, of which ~5.5 µs is
-``log()`` itself (validate, encode, buffer); ~9.5 µs with ``fields=``.
+What a call costs over the undecorated function is measured by
+``benchmarks/test_bench_instrument.py``; the figures are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Ingest hands each validated batch to a :class:`Delivery` (two methods:
 ``deliver`` and ``close``). Here, in the single-process default, that is a direct
-call into :class:`LocalDelivery`; when the tier scales out (DESIGN.md) the same
+call into :class:`LocalDelivery`; when the tier scales out (docs/architecture.md) the same
 seam becomes a JetStream publish on the ingest side and a consumer calling
 ``LocalDelivery.deliver`` on the other, with no change to either half.
 

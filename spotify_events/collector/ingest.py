@@ -1,7 +1,7 @@
 """Ingest: turn one HTTP body into validated events plus per-event rejections.
 
 This is the half of the collector that stays stateless when the tier scales out
-(DESIGN.md, "Scale-out"): limits, bomb guard, container decode, and per-event
+(docs/architecture.md, "Scaling out"): limits, bomb guard, container decode, and per-event
 validation against the collector's own schema registry. It knows nothing of the
 ledger or of files; its output, :class:`IngestedBatch`, is what it hands to
 *delivery* (see :mod:`.delivery`).
