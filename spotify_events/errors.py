@@ -16,10 +16,18 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
     │   └── QueueVersionError              written by a newer spotify-events
     ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
-    └── TransportError                     a send failed below HTTP (refused, reset, timeout)
+    └── CollectorError                     the collector refuses a whole body (answered 400/413)
+        ├── GuardError(ValueError)         refused before decoding (collector/guard.py)
+        └── IngestError                    refused while decoding it (collector/ingest.py)
 
 The ``ValueError`` parents are deliberate: code that already guards input with
 ``except ValueError`` keeps working.
+
+There is no exception for network or collector trouble on the sending side: a
+transport reports what happened as a ``SendResult`` and the shipper decides what
+it means for the queue, so nothing the network does can raise into the service.
+The CLI's ``click.ClickException`` subclasses stay inside the command: click turns
+them into a message and an exit code.
 """
 
 from __future__ import annotations
@@ -107,5 +115,5 @@ class MissingExtraError(SpotifyEventsError, ImportError):
         )
 
 
-class TransportError(SpotifyEventsError):
-    """Sending a batch failed below HTTP: refused, reset, timed out."""
+class CollectorError(SpotifyEventsError):
+    """The collector refuses a request body before any of it is delivered."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..encoding import is_avro_full_name
+from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .accounting import account
 from .buckets import (
@@ -113,13 +114,13 @@ class DeliveryConfig:
 
     def __post_init__(self) -> None:
         if self.grace_period < 0:
-            raise ValueError("grace_period must be >= 0")
+            raise ConfigError("grace_period must be >= 0")
         if self.lateness < 0:
-            raise ValueError("lateness must be >= 0")
+            raise ConfigError("lateness must be >= 0")
         if self.codec not in BUCKET_CODECS:
-            raise ValueError(f"codec must be one of {BUCKET_CODECS}")
+            raise ConfigError(f"codec must be one of {BUCKET_CODECS}")
         if self.max_part_bytes < 1024:
-            raise ValueError("max_part_bytes must be >= 1024")
+            raise ConfigError("max_part_bytes must be >= 1024")
 
 
 #: Most batches one group commit takes (bounds the latency of the first in the group).
