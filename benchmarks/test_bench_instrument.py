@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from spotify_events import EventClient
-from spotify_events.codegen_python import generate_python
+from spotify_events.codegen import generate_python
 from spotify_events.transport import MockTransport, SendResult
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"

@@ -39,7 +39,7 @@ EXAMPLES = ROOT / "schemas"
 UTC = dt.timezone.utc
 
 #: One schema using every construct the generator maps (see the module docstring of
-#: spotify_events.codegen_python): logical types, fixed, keyword and shadowing field
+#: spotify_events.codegen.python): logical types, fixed, keyword and shadowing field
 #: names, awkward enum symbols, nested and recursive records, containers of unions,
 #: a multi-branch union, and defaults of each kind.
 FEATURES = {

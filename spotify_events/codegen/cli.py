@@ -3,7 +3,7 @@
 Owns the two CLI entry points :mod:`spotify_events.cli` loads lazily
 (``codegen_command``, ``schemas_group``) and the schema-evolution diff behind
 the CI gate (:func:`diff_schema_dirs`). Source generation itself lives in
-:mod:`spotify_events.codegen_python`.
+:mod:`.model` and :mod:`.python`.
 
 Exit codes: 0 ok; 1 a stale generated file (``codegen --check``) or an
 incompatible schema change (``schemas check``); 2 unusable input (a schema
@@ -24,16 +24,14 @@ from typing import Any
 
 import click
 
-from .codegen_python import generate_python, render_module
-from .errors import MissingExtraError, SchemaError
-from .schemas import SchemaRegistry, check_compatibility
+from ..errors import MissingExtraError, SchemaError
+from ..schemas import SchemaRegistry, check_compatibility
+from .python import generate_python
 
 __all__ = [
     "SchemaChange",
     "codegen_command",
     "diff_schema_dirs",
-    "generate_python",
-    "render_module",
     "schemas_group",
 ]
 
