@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm  # the collector extra; imported here so the CLI names the extra
 
 from .client import EventClient
+from .errors import MissingExtraError
 
 #: The example schemas shipped inside the package (the clone's ``schemas`` links
 #: here), so the demo runs from an installed wheel in any directory.
@@ -107,8 +107,14 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 )
 def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
     """Log events through a real client to a real collector and print the report."""
-    from .collector.process import CollectorProcess
-    from .collector.report import format_table, load_report
+    try:  # here, not at import: `spotify-events --help` lists this command on a core install
+        from tqdm import tqdm
+
+        from .collector.process import CollectorProcess
+        from .collector.report import format_table, load_report
+    except ImportError as exc:
+        missing = MissingExtraError("spotify-events demo", exc.name or "tqdm", extra="collector")
+        raise click.ClickException(str(missing)) from exc
 
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spotify-events-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ wherever a wheel was installed (``.ci/run`` repeats this from a built wheel).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,17 @@ def test_demo_runs_from_an_empty_directory(tmp_path: Path, monkeypatch: pytest.M
     assert "logged 300 events" in result.output
     assert list(data_dir.glob("*/*/*/part-*.avro"))  # hourly buckets were written
     assert list(workdir.iterdir()) == []  # nothing left in the working directory
+
+
+def test_without_the_collector_extra_help_works_and_demo_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as on a core install: import fails
+    monkeypatch.delitem(sys.modules, "spotify_events.demo", raising=False)
+    listing = CliRunner().invoke(cli_main, ["--help"])
+    assert listing.exit_code == 0, listing.output
+    assert "demo" in listing.output and "codegen" in listing.output
+    result = CliRunner().invoke(cli_main, ["demo", "-n", "1", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "pip install 'spotify-events[collector]'" in result.output
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
