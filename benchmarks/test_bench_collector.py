@@ -8,7 +8,7 @@ synchronous=FULL). Run with::
 
     .venv/bin/pytest benchmarks/test_bench_collector.py --benchmark-only -s
 
-Target (issue 4): >= 150k events/s per worker.
+Target: >= 150k events/s per worker.
 """
 
 from __future__ import annotations

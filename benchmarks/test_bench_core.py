@@ -37,7 +37,7 @@ RECORD = {
     "platform": "ios",
     "shuffle": False,
     "offline": False,
-}  # the 8-field event the 3.4 µs figure refers to
+}  # the 8-field event the 3.4 µs encode target refers to
 SUSTAIN_SECONDS = 2.0
 RESULTS: list[tuple[str, float, int, int, float]] = []
 

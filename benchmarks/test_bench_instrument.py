@@ -7,7 +7,7 @@ Not part of the normal test run (``testpaths = ["tests"]``). Run with::
         --benchmark-columns=min,median,mean,ops --benchmark-sort=name
 
 ``-s`` shows the per-call p50/p99 lines (single calls timed with ``perf_counter_ns``,
-interleaved so both sides see the same machine load); the issue's target is a
+interleaved so both sides see the same machine load); the target is a
 ``@track`` overhead of at most 10 µs p50. The client is real (buffered durability,
 writer and shipper threads running) with a MockTransport that acknowledges without
 decoding, so the background threads take as little of the second core as possible.
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from spotify_events import EventClient
-from spotify_events.codegen_python import generate_python
+from spotify_events.codegen import generate_python
 from spotify_events.transport import MockTransport, SendResult
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -139,7 +139,7 @@ def test_timed_block(benchmark: Any, client: EventClient) -> None:
 
 
 def test_track_overhead_p50(benchmark: Any, client: EventClient) -> None:
-    """The issue's number: p50 of a @track call minus p50 of the undecorated call."""
+    """The target's number: p50 of a @track call minus p50 of the undecorated call."""
     tracked = client.track("ServiceCall", service="bench")(handler)
     computed = client.track("ServiceCall", fields=lambda a, r: {"status_code": r})(handler)
     record = {

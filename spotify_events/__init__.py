@@ -18,9 +18,11 @@ from .client import ClientStats, EventClient
 from .config import ClientConfig, Durability
 from .default import close, configure, flush, get_client, log, timed, track
 from .errors import (
+    ClientClosedError,
     ConfigError,
     EventTooLargeError,
     EventValidationError,
+    MissingExtraError,
     QueueError,
     SchemaError,
     SpotifyEventsError,
@@ -29,6 +31,7 @@ from .errors import (
 from .schemas import SchemaRegistry, check_compatibility
 
 __all__ = [
+    "ClientClosedError",
     "ClientConfig",
     "ClientStats",
     "ConfigError",
@@ -36,6 +39,7 @@ __all__ = [
     "EventClient",
     "EventTooLargeError",
     "EventValidationError",
+    "MissingExtraError",
     "QueueError",
     "SchemaError",
     "SchemaRegistry",

@@ -23,7 +23,7 @@ earlier process left events behind). So:
 * ``configure(**settings)`` validates the settings and loads the schemas at once
   (a mistake fails at startup, not at the first event) but also creates the
   client lazily, so it is safe at import time too.
-* ``@spotify_events.track(...)`` is applied at import time, yet the issue wants
+* ``@spotify_events.track(...)`` is applied at import time, yet we want
   an unknown event type or static field to be an error *when the decorator is
   applied*. Knowing the schema needs no client: the decorator loads the schema
   registry, which is only reading and parsing ``.avsc`` files (no threads, no

@@ -19,6 +19,11 @@ from typing import Any
 import click
 
 from .client import EventClient
+from .errors import MissingExtraError
+
+#: The example schemas shipped inside the package (the clone's ``schemas`` links
+#: here), so the demo runs from an installed wheel in any directory.
+EXAMPLE_SCHEMAS = Path(__file__).resolve().parent / "example_schemas"
 
 PLATFORMS = ("ios", "android", "web", "desktop")
 REASONS_START = ("CLICKROW", "TRACKDONE", "FWDBTN", "PLAYBTN")
@@ -90,9 +95,9 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 @click.option(
     "--schemas",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("schemas"),
-    show_default=True,
-    help="Event schemas (.avsc) for both the client and the collector.",
+    default=EXAMPLE_SCHEMAS,
+    help="Event schemas (.avsc) for both the client and the collector "
+    "(default: the example schemas shipped with the package).",
 )
 @click.option(
     "--durability",
@@ -102,10 +107,14 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 )
 def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
     """Log events through a real client to a real collector and print the report."""
-    from tqdm import tqdm
+    try:  # here, not at import: `spotify-events --help` lists this command on a core install
+        from tqdm import tqdm
 
-    from .collector.process import CollectorProcess
-    from .collector.report import format_table, load_report
+        from .collector.process import CollectorProcess
+        from .collector.report import format_table, load_report
+    except ImportError as exc:
+        missing = MissingExtraError("spotify-events demo", exc.name or "tqdm", extra="collector")
+        raise click.ClickException(str(missing)) from exc
 
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spotify-events-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Avro encoding: one event to bytes in the caller's thread, and the wire batch codec.
 
-Two jobs, both fixed by the wire contract in DESIGN.md:
+Two jobs, both fixed by the wire contract (docs/architecture.md, "Wire format"):
 
 * :class:`EventEncoder` turns a record into Avro binary with a schema parsed
   once at registration (re-parsing per call roughly doubles the cost), and turns
@@ -13,6 +13,7 @@ Two jobs, both fixed by the wire contract in DESIGN.md:
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
@@ -22,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import fastavro
-import fastavro._write as fastavro_write
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
@@ -235,10 +235,14 @@ def _write_record_public(parsed: Any, named: dict[str, Any], record: Mapping[str
 def _probe_write_data() -> Callable[..., None] | None:
     """fastavro's ``schemaless_writer`` re-resolves the schema and copies through a
     file object on every call; its compiled ``write_data`` (what it calls inside)
-    does the same work in 3.7 us instead of 4.2 us for EndSong. It is not in
+    does the same work faster (benchmarks/RESULTS.md). It is not in
     fastavro's documented API, so it is used only if it answers a probe exactly
     like the public function; otherwise the public one is used."""
-    write_data: Callable[..., None] | None = getattr(fastavro_write, "write_data", None)
+    try:
+        private_writer = importlib.import_module("fastavro._write")
+    except ImportError:
+        return None
+    write_data: Callable[..., None] | None = getattr(private_writer, "write_data", None)
     if write_data is None:
         return None
     named: dict[str, Any] = {}

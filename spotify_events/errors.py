@@ -15,10 +15,19 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   ├── QueueCorruptError              not SQLite, or damaged; names the file
     │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
     │   └── QueueVersionError              written by a newer spotify-events
-    └── TransportError                     a send failed below HTTP (refused, reset, timeout)
+    ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
+    └── CollectorError                     the collector refuses a whole body (answered 400/413)
+        ├── GuardError(ValueError)         refused before decoding (collector/guard.py)
+        └── IngestError                    refused while decoding it (collector/ingest.py)
 
 The ``ValueError`` parents are deliberate: code that already guards input with
 ``except ValueError`` keeps working.
+
+There is no exception for network or collector trouble on the sending side: a
+transport reports what happened as a ``SendResult`` and the shipper decides what
+it means for the queue, so nothing the network does can raise into the service.
+The CLI's ``click.ClickException`` subclasses stay inside the command: click turns
+them into a message and an exit code.
 """
 
 from __future__ import annotations
@@ -94,5 +103,17 @@ class QueueVersionError(QueueError):
     """The queue file was written by a newer, incompatible spotify-events."""
 
 
-class TransportError(SpotifyEventsError):
-    """Sending a batch failed below HTTP: refused, reset, timed out."""
+class MissingExtraError(SpotifyEventsError, ImportError):
+    """A feature needs a dependency that only an optional extra installs."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {module!r}, which the {extra!r} extra installs: "
+            f"pip install 'spotify-events[{extra}]'",
+            name=module,
+        )
+
+
+class CollectorError(SpotifyEventsError):
+    """The collector refuses a request body before any of it is delivered."""

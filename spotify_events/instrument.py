@@ -37,9 +37,8 @@ Durations are ``time.perf_counter`` wall-clock: a coroutine is timed until its
 or closed (closing early is ``OK``, not ``ERROR``; ``GeneratorExit`` is how a
 consumer says "enough").
 
-Cost per call, measured by ``benchmarks/test_bench_instrument.py`` on the 2-core
-reference machine: ~6.5 µs p50 over the undecorated function, of which ~5.5 µs is
-``log()`` itself (validate, encode, buffer); ~9.5 µs with ``fields=``.
+What a call costs over the undecorated function is measured by
+``benchmarks/test_bench_instrument.py``; the figures are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -56,7 +55,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
-from .client import EventClient
 from .errors import EventValidationError
 from .schemas import EventSchema, SchemaRegistry
 
@@ -79,6 +77,25 @@ _count_lock = threading.Lock()
 _perf = time.perf_counter
 
 
+class _ServiceSetting(Protocol):
+    @property
+    def service(self) -> str: ...
+
+
+class InstrumentedClient(Protocol):
+    """What instrumentation needs of a client (:class:`~spotify_events.EventClient` is
+    one): its schemas, its ``service`` setting, ``log()``, and the counter of events it
+    could not build. A protocol, so this module does not import the client."""
+
+    registry: SchemaRegistry
+    instrumentation_errors: int
+
+    @property
+    def config(self) -> _ServiceSetting: ...
+
+    def log(self, event: str, record: Mapping[str, Any], /) -> None: ...
+
+
 class ClientSource(Protocol):
     """Where instrumentation finds its schemas (at decoration) and client (per event).
 
@@ -89,7 +106,7 @@ class ClientSource(Protocol):
 
     def schema_registry(self) -> SchemaRegistry: ...
 
-    def get_client(self) -> EventClient: ...
+    def get_client(self) -> InstrumentedClient: ...
 
 
 class _Direct:
@@ -97,21 +114,23 @@ class _Direct:
 
     __slots__ = ("client",)
 
-    def __init__(self, client: EventClient) -> None:
+    def __init__(self, client: InstrumentedClient) -> None:
         self.client = client
 
     def schema_registry(self) -> SchemaRegistry:
         return self.client.registry
 
-    def get_client(self) -> EventClient:
+    def get_client(self) -> InstrumentedClient:
         return self.client
 
 
-def _as_source(client: EventClient | ClientSource) -> ClientSource:
-    if isinstance(client, EventClient):
-        return _Direct(client)
+def _as_source(client: InstrumentedClient | ClientSource) -> ClientSource:
     if all(callable(getattr(client, m, None)) for m in ("schema_registry", "get_client")):
-        return client
+        return cast(ClientSource, client)
+    if callable(getattr(client, "log", None)) and isinstance(
+        getattr(client, "registry", None), SchemaRegistry
+    ):
+        return _Direct(cast(InstrumentedClient, client))
     raise TypeError(f"expected an EventClient or a ClientSource, got {client!r}")
 
 
@@ -253,13 +272,34 @@ def _check_static(plan: _SchemaPlan, static: Mapping[str, Any]) -> dict[str, Any
     return dict(static)
 
 
+def add_automatic_fields(
+    record: dict[str, Any], plan: _SchemaPlan, elapsed_ms: float, raised: type[BaseException] | None
+) -> None:
+    """Set ``duration_ms``, ``outcome`` and ``exception_type`` of one call or block in
+    ``record``, each only where the schema has it. ``raised`` is the class of the
+    exception that ended it, or None; ``GeneratorExit`` (a consumer closing a
+    generator early) counts as a normal end."""
+    if plan.to_duration is not None:
+        record[DURATION] = plan.to_duration(elapsed_ms)
+    if raised is None or issubclass(raised, GeneratorExit):
+        if plan.ok is not _MISSING:
+            record[OUTCOME] = plan.ok
+        if plan.exception_ok is not _MISSING:
+            record[EXCEPTION_TYPE] = plan.exception_ok
+    else:
+        if plan.error is not _MISSING:
+            record[OUTCOME] = plan.error
+        if plan.has_exception_type:
+            record[EXCEPTION_TYPE] = exception_name(raised)
+
+
 def exception_name(exc_type: type[BaseException]) -> str:
     """``module.QualName`` of an exception class; builtins go without ``builtins.``."""
     module = exc_type.__module__
     return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
 
 
-def _count_failure(client: EventClient | None) -> None:
+def _count_failure(client: InstrumentedClient | None) -> None:
     if client is not None:
         with _count_lock:
             client.instrumentation_errors += 1
@@ -267,7 +307,7 @@ def _count_failure(client: EventClient | None) -> None:
 
 # -- @track ----------------------------------------------------------------------------------
 def track(
-    client: EventClient | ClientSource,
+    client: InstrumentedClient | ClientSource,
     event_type: str,
     /,
     *,
@@ -456,7 +496,7 @@ class _Tracker:
     ) -> None:
         """Build and log the event for one call; never raises (``Exception``s are counted)."""
         elapsed = (_perf() - start) * 1000.0
-        client: EventClient | None = None
+        client: InstrumentedClient | None = None
         try:
             client = self.get_client()
             record = self.static.copy()
@@ -471,18 +511,7 @@ class _Tracker:
                     if value is not _MISSING:
                         record[name] = value
             plan = self.plan
-            if plan.to_duration is not None:
-                record[DURATION] = plan.to_duration(elapsed)
-            if exc is None:
-                if plan.ok is not _MISSING:
-                    record[OUTCOME] = plan.ok
-                if plan.exception_ok is not _MISSING:
-                    record[EXCEPTION_TYPE] = plan.exception_ok
-            else:
-                if plan.error is not _MISSING:
-                    record[OUTCOME] = plan.error
-                if plan.has_exception_type:
-                    record[EXCEPTION_TYPE] = exception_name(type(exc))
+            add_automatic_fields(record, plan, elapsed, None if exc is None else type(exc))
             if self.fields_fn is not None:
                 arguments: dict[str, Any] = {}
                 if self.signature is not None:
@@ -494,7 +523,7 @@ class _Tracker:
         except Exception as err:  # instrumentation never breaks the host
             self.failed(err, client)
 
-    def failed(self, err: Exception, client: EventClient | None) -> None:
+    def failed(self, err: Exception, client: InstrumentedClient | None) -> None:
         _count_failure(client)
         with _count_lock:
             self.errors += 1
@@ -516,7 +545,9 @@ class _Tracker:
 _warned_timed: set[tuple[str, tuple[str, ...]]] = set()
 
 
-def timed(client: EventClient | ClientSource, event_type: str, /, **static_fields: Any) -> Timed:
+def timed(
+    client: InstrumentedClient | ClientSource, event_type: str, /, **static_fields: Any
+) -> Timed:
     """Context manager: emit one ``event_type`` event per ``with`` block.
 
     ``with client.timed("ServiceCall", operation="/x") as ev: ...`` — inside the
@@ -596,21 +627,13 @@ class Timed:
     ) -> None:
         elapsed = (_perf() - self._start) * 1000.0
         plan = self._plan
-        client: EventClient | None = None
+        client: InstrumentedClient | None = None
         try:
             client = self._source.get_client()
             record: dict[str, Any] = {}
             if plan.service_is_string and client.config.service:
                 record[SERVICE] = client.config.service
-            if plan.to_duration is not None:
-                record[DURATION] = plan.to_duration(elapsed)
-            failed = exc_type is not None and not issubclass(exc_type, GeneratorExit)
-            if plan.ok is not _MISSING:
-                record[OUTCOME] = plan.error if failed else plan.ok
-            if failed and plan.has_exception_type:
-                record[EXCEPTION_TYPE] = exception_name(cast(type[BaseException], exc_type))
-            elif plan.exception_ok is not _MISSING:
-                record[EXCEPTION_TYPE] = plan.exception_ok
+            add_automatic_fields(record, plan, elapsed, exc_type)
             record.update(self._fields)
             client.log(plan.full_name, record)
         except Exception as err:  # instrumentation never breaks the host

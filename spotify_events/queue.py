@@ -653,7 +653,7 @@ class DurableQueue:
         process holds in memory, so a child that inherited an open connection
         believed it already held the WAL's shared-memory lock and never took it;
         once the parent let go, another process reset the WAL index under the
-        child and committed events vanished (review repro: 34,500 committed,
+        child and committed events vanished (in one test run: 34,500 committed,
         10,414 left). With no connection open at fork, the child starts clean."""
         self._lock.acquire()
         conn, self._conn = self._conn, None

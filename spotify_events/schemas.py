@@ -23,7 +23,7 @@ from typing import Any, Union
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from .errors import SchemaError, UnknownEventTypeError
+from .errors import MissingExtraError, SchemaError, UnknownEventTypeError
 
 SchemaSource = Union[str, os.PathLike[str], Mapping[str, Any], "SchemaRegistry", Iterable[Any]]
 
@@ -227,8 +227,11 @@ def check_compatibility(
     Uses Apache Avro's ``ReaderWriterCompatibilityChecker`` (the port of the Java
     checker Schema Registry uses) rather than a hand-written approximation.
     """
-    from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
-    from avro.schema import parse as avro_parse
+    try:
+        from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+        from avro.schema import parse as avro_parse
+    except ImportError as exc:
+        raise MissingExtraError("check_compatibility", "avro", extra="tools") from exc
 
     def to_avro(schema: EventSchema | Mapping[str, Any]) -> Any:
         raw = schema.raw if isinstance(schema, EventSchema) else schema

@@ -16,6 +16,8 @@ import decimal
 import importlib.util
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -37,7 +39,7 @@ EXAMPLES = ROOT / "schemas"
 UTC = dt.timezone.utc
 
 #: One schema using every construct the generator maps (see the module docstring of
-#: spotify_events.codegen_python): logical types, fixed, keyword and shadowing field
+#: spotify_events.codegen.python): logical types, fixed, keyword and shadowing field
 #: names, awkward enum symbols, nested and recursive records, containers of unions,
 #: a multi-branch union, and defaults of each kind.
 FEATURES = {
@@ -568,6 +570,19 @@ def test_check_detects_stale_file(tmp_path: Path) -> None:
     assert run_codegen(str(schemas), "-o", str(out)).exit_code == 0
     out.write_text(out.read_text().replace("DO NOT EDIT", "edited"))
     assert run_codegen(str(schemas), "-o", str(out), "--check").exit_code == 1
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_generated_file_mode_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Generated source is an ordinary file of the project: 0666 less the umask."""
+    out = tmp_path / "pkg" / "events.py"
+    previous = os.umask(umask)
+    try:
+        assert run_codegen(str(EXAMPLES), "-o", str(out)).exit_code == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert [p.name for p in out.parent.iterdir()] == ["events.py"]  # no temporary left
 
 
 def test_codegen_through_the_main_cli(tmp_path: Path) -> None:

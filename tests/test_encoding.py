@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -500,3 +501,14 @@ def test_huge_declared_lengths_do_not_escape_as_other_errors() -> None:
             mutated = bytearray(body)
             mutated[position] = value
             _decodes_or_refuses(bytes(mutated))
+
+
+def test_private_fastavro_writer_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastavro's compiled ``write_data`` lives in a private module; a fastavro without
+    it (or with another signature) must leave the public writer in charge, not break
+    the import of the SDK."""
+    from spotify_events import encoding
+
+    assert encoding._probe_write_data() is not None  # the tested fastavro range has it
+    monkeypatch.setitem(sys.modules, "fastavro._write", None)  # import now raises
+    assert encoding._probe_write_data() is None

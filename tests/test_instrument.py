@@ -6,11 +6,20 @@ batch it is handed, so what is asserted is what would reach the collector.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+import types
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +30,11 @@ from spotify_events import (
     EventValidationError,
     SchemaRegistry,
     UnknownEventTypeError,
+    instrument,
 )
 from spotify_events.encoding import decode_batch, decode_event
 from spotify_events.errors import ClientClosedError
-from spotify_events.instrument import exception_name
+from spotify_events.instrument import exception_name, timed, track
 from spotify_events.transport import MockTransport, SendResult
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -633,3 +643,54 @@ def test_timed_async_with(client_and_events: tuple[EventClient, Events]) -> None
     asyncio.run(main())
     (event,) = events()
     assert event["status_code"] == 204 and event["duration_ms"] >= 15.0
+
+
+# -- what instrumentation needs of a client --------------------------------------------------
+class RecordingClient:
+    """Not an EventClient: only what :class:`InstrumentedClient` asks for."""
+
+    def __init__(self, registry: SchemaRegistry, service: str) -> None:
+        self.registry = registry
+        self.config = types.SimpleNamespace(service=service)
+        self.instrumentation_errors = 0
+        self.logged: list[tuple[str, dict[str, Any]]] = []
+
+    def log(self, event: str, record: Mapping[str, Any], /) -> None:
+        self.logged.append((event, dict(record)))
+
+
+def test_track_and_timed_need_only_the_client_protocol() -> None:
+    """Both build the same automatic fields through one function, for any object with
+    the protocol's four members (the module does not import the client class)."""
+    client = RecordingClient(SchemaRegistry(SCHEMAS), service="svc")
+
+    @track(client, "ServiceCall", operation="op")
+    def call(fail: bool) -> None:
+        if fail:
+            raise KeyError("x")
+
+    call(False)
+    with pytest.raises(KeyError):
+        call(True)
+    with timed(client, "ServiceCall", operation="op"):
+        pass
+    with pytest.raises(KeyError), timed(client, "ServiceCall", operation="op"):
+        raise KeyError("x")
+
+    shapes = [
+        (r["outcome"], r.get("exception_type"), r["service"], type(r["duration_ms"]))
+        for _, r in client.logged
+    ]
+    ok, error = ("OK", None, "svc", float), ("ERROR", "KeyError", "svc", float)
+    assert shapes == [ok, error, ok, error]
+    assert client.instrumentation_errors == 0
+
+
+def test_instrument_does_not_import_the_client_module() -> None:
+    tree = ast.parse(Path(instrument.__file__).read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    assert "client" not in imported and "spotify_events.client" not in imported

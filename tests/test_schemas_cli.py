@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from click.testing import CliRunner, Result
 
 from spotify_events.cli import main as cli_main
 from spotify_events.codegen import diff_schema_dirs, schemas_group
-from spotify_events.schemas import SchemaRegistry
+from spotify_events.errors import SpotifyEventsError
+from spotify_events.schemas import SchemaRegistry, check_compatibility
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
@@ -174,3 +176,19 @@ def test_diff_api_rejects_unknown_requirement() -> None:
     registry = SchemaRegistry(EXAMPLES)
     with pytest.raises(ValueError, match="require"):
         diff_schema_dirs(registry, registry, require="sideways")
+
+
+def test_without_avro_the_check_names_the_extra(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Apache Avro is in the ``tools`` extra, not the core install: without it the gate
+    says which extra to install and exits 2, never 1 (which means incompatible)."""
+    old, new = dirs
+    edit(new, "PageView.avsc", lambda d: d["fields"].append({"name": "x", "type": "int"}))
+    monkeypatch.setitem(sys.modules, "avro.compatibility", None)  # its import now fails
+    result = check(str(old), str(new))
+    assert result.exit_code == 2, result.output
+    assert "pip install 'spotify-events[tools]'" in result.output
+    with pytest.raises(ImportError, match=r"spotify-events\[tools\]") as raised:
+        check_compatibility(SchemaRegistry(old).get(PAGE_VIEW), SchemaRegistry(new).get(PAGE_VIEW))
+    assert isinstance(raised.value, SpotifyEventsError)

@@ -1,4 +1,4 @@
-"""End-to-end comparison of spotify-events with the SDKs users would pick instead (issue 6).
+"""End-to-end comparison of spotify-events with the SDKs users would pick instead.
 
 One orchestrator (:mod:`.run`) starts, per measured run, a loopback sink process
 (:mod:`.sink`, or the reference collector) and a producer process

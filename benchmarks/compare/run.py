@@ -2,7 +2,7 @@
 
     python -m benchmarks.compare                      # everything, defaults (~4-5 min on 2 cores)
     python -m benchmarks.compare --repeat 1 --contestants spotify-events,segment
-    python benchmarks/compare/run.py --throughput-seconds 10   # the full 10 s
+    python benchmarks/compare/run.py --throughput-seconds 10   # the full 10 s target
 
 Every measured run gets a fresh receiver process (the loopback sink, or the
 reference collector for the ``spotify-events/collector`` row) and a fresh
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=1.5,
         help="as-fast-as-possible run length (default 1.5 to keep the whole run near 5 min; "
-        "the issue's figure is 10)",
+        "the target's figure is 10)",
     )
     p.add_argument(
         "--outage-seconds",

@@ -1,6 +1,6 @@
 """The reference collector: the server side that SDK batches are shipped to.
 
-Two halves behind one seam (DESIGN.md, "Scale-out"):
+Two halves behind one seam (docs/architecture.md, "Scaling out"):
 
 * *ingest* (:mod:`.app`, :mod:`.ingest`, :mod:`.guard`): HTTP, auth, size and
   decompression limits, container decode, per-event validation. Stateless.

@@ -2,7 +2,7 @@
 
 Ingest hands each validated batch to a :class:`Delivery` (two methods:
 ``deliver`` and ``close``). Here, in the single-process default, that is a direct
-call into :class:`LocalDelivery`; when the tier scales out (DESIGN.md) the same
+call into :class:`LocalDelivery`; when the tier scales out (docs/architecture.md) the same
 seam becomes a JetStream publish on the ingest side and a consumer calling
 ``LocalDelivery.deliver`` on the other, with no change to either half.
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..encoding import is_avro_full_name
+from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .accounting import account
 from .buckets import (
@@ -116,13 +117,13 @@ class DeliveryConfig:
 
     def __post_init__(self) -> None:
         if self.grace_period < 0:
-            raise ValueError("grace_period must be >= 0")
+            raise ConfigError("grace_period must be >= 0")
         if self.lateness < 0:
-            raise ValueError("lateness must be >= 0")
+            raise ConfigError("lateness must be >= 0")
         if self.codec not in BUCKET_CODECS:
-            raise ValueError(f"codec must be one of {BUCKET_CODECS}")
+            raise ConfigError(f"codec must be one of {BUCKET_CODECS}")
         if self.max_part_bytes < 1024:
-            raise ValueError("max_part_bytes must be >= 1024")
+            raise ConfigError("max_part_bytes must be >= 1024")
 
 
 #: Most batches one group commit takes (bounds the latency of the first in the group).

@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..encoding import DECODABLE_CODECS
+from ..errors import CollectorError
 
 try:  # the same zstd binding fastavro uses for the "zstandard" codec
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]
@@ -26,7 +27,7 @@ MAGIC = b"Obj\x01"
 SYNC_SIZE = 16
 
 
-class GuardError(ValueError):
+class GuardError(CollectorError, ValueError):
     """The body is refused before decoding; ``status`` is 400 (malformed) or 413 (too big)."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -1,7 +1,7 @@
 """Ingest: turn one HTTP body into validated events plus per-event rejections.
 
 This is the half of the collector that stays stateless when the tier scales out
-(DESIGN.md, "Scale-out"): limits, bomb guard, container decode, and per-event
+(docs/architecture.md, "Scaling out"): limits, bomb guard, container decode, and per-event
 validation against the collector's own schema registry. It knows nothing of the
 ledger or of files; its output, :class:`IngestedBatch`, is what it hands to
 *delivery* (see :mod:`.delivery`).
@@ -26,7 +26,7 @@ from fastavro import schemaless_reader
 from fastavro.read import LOGICAL_READERS
 
 from ..encoding import DropNotice, Envelope, decode_batch, is_avro_full_name
-from ..errors import BatchDecodeError
+from ..errors import BatchDecodeError, CollectorError, ConfigError
 from ..schemas import EventSchema, SchemaRegistry
 from .guard import GuardError, scan_container
 from .wire import decode_envelopes, is_envelope_schema
@@ -81,7 +81,7 @@ def validation_schema(schema: EventSchema) -> Any:
     return fastavro.parse_schema(raw, named_schemas={})
 
 
-class IngestError(Exception):
+class IngestError(CollectorError):
     """The whole body is refused: ``status`` (400/413) and ``kind`` (a metric label)."""
 
     def __init__(self, status: int, kind: str, message: str) -> None:
@@ -101,7 +101,7 @@ class IngestLimits:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_events", "max_decoded_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ConfigError(f"{name} must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .app import CollectorApp
 from .delivery import DeliveryConfig, LocalDelivery
@@ -56,11 +57,11 @@ class CollectorConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError("port must be 0..65535")
+            raise ConfigError("port must be 0..65535")
         if self.threads < 1:
-            raise ValueError("threads must be >= 1")
+            raise ConfigError("threads must be >= 1")
         if self.close_interval <= 0:
-            raise ValueError("close_interval must be > 0")
+            raise ConfigError("close_interval must be > 0")
 
 
 class Collector:

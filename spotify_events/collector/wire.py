@@ -3,9 +3,8 @@
 ``decode_batch`` (encoding.py) reads ``timestamp`` through fastavro's
 ``timestamp-millis`` logical type, i.e. builds an aware ``datetime`` per event and
 converts it back to milliseconds, and decompresses every block a second time after
-the bomb guard already has. Measured on 1000-event EndSong batches: 4.3 µs per
-event for ``decode_batch`` against 2.0 µs here, roughly a quarter of the whole
-ingest cost. So, when (and only when) a body's writer schema is the envelope
+the bomb guard already has: twice the cost of this path (benchmarks/RESULTS.md).
+So, when (and only when) a body's writer schema is the envelope
 schema (same Parsing Canonical Form, which ignores logical types, hence the same
 bytes on the wire), the collector reads the already-decompressed blocks with a
 copy of the envelope schema that has no logical type. The batch metadata still

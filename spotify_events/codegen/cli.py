@@ -3,11 +3,12 @@
 Owns the two CLI entry points :mod:`spotify_events.cli` loads lazily
 (``codegen_command``, ``schemas_group``) and the schema-evolution diff behind
 the CI gate (:func:`diff_schema_dirs`). Source generation itself lives in
-:mod:`spotify_events.codegen_python`.
+:mod:`.model` and :mod:`.python`.
 
 Exit codes: 0 ok; 1 a stale generated file (``codegen --check``) or an
 incompatible schema change (``schemas check``); 2 unusable input (a schema
-directory that does not load: the message names the file and the problem).
+directory that does not load: the message names the file and the problem) or,
+for ``schemas check``, Apache Avro missing (the message names the extra).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,16 +24,14 @@ from typing import Any
 
 import click
 
-from .codegen_python import generate_python, render_module
-from .errors import SchemaError
-from .schemas import SchemaRegistry, check_compatibility
+from ..errors import MissingExtraError, SchemaError
+from ..schemas import SchemaRegistry, check_compatibility
+from .python import generate_python
 
 __all__ = [
     "SchemaChange",
     "codegen_command",
     "diff_schema_dirs",
-    "generate_python",
-    "render_module",
     "schemas_group",
 ]
 
@@ -41,7 +40,8 @@ REQUIREMENTS = ("full", "backward", "forward")
 
 
 class InputError(click.ClickException):
-    """Unusable input (a schema directory that does not load); exit code 2."""
+    """Unusable input (a schema directory that does not load) or a missing optional
+    dependency; exit code 2, so a CI gate never reads it as an incompatible change."""
 
     exit_code = 2
 
@@ -101,9 +101,14 @@ def codegen_command(schemas_dir: str, output: str, check: bool) -> None:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    """Write through a temporary file and ``os.replace`` so readers never see half a file."""
+    """Write through a temporary file and ``os.replace`` so readers never see half a file.
+
+    The file is created with mode 0666 less the umask, like any file an editor or
+    ``open()`` writes (``mkstemp`` would make generated source private: 0600).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -283,7 +288,10 @@ def schemas_check_command(old_dir: str, new_dir: str, require: str, as_json: boo
     any incompatible change or removed type, so it can gate CI.
     """
     old, new = _load(old_dir), _load(new_dir)
-    changes = diff_schema_dirs(old, new, require=require)
+    try:
+        changes = diff_schema_dirs(old, new, require=require)
+    except MissingExtraError as exc:
+        raise InputError(str(exc)) from exc
     compatible = all(c.ok for c in changes)
     if as_json:
         report = {

@@ -1,4 +1,4 @@
-"""Python source generation for ``spotify-events codegen``.
+"""The Python renderer of ``spotify-events codegen``.
 
 Owns turning the event schemas of a :class:`SchemaRegistry` into one Python
 module of frozen, slotted, keyword-only dataclasses (one per event type and per
@@ -14,25 +14,28 @@ and ``mypy --strict``, and gives each record:
 * ``__post_init__`` with one inline ``isinstance`` test per field (``TypeError``
   naming class and field) plus range/shape checks for scalars (``ValueError``);
 * ``to_avro()`` returning the dict fastavro's writers accept for the schema.
+
+Names and the set of types come from :class:`.model.TypeModel`; this module
+decides only how each looks in Python.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
-import json
 import keyword
 import math
 import os
 import re
 import textwrap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from .errors import SchemaError
-from .schemas import EventSchema, SchemaRegistry
+from ..errors import SchemaError
+from ..schemas import EventSchema, SchemaRegistry
+from .model import FIELD_RESERVED, NamedType, Scope, TypeModel, logical_type, unique_name
 
 __all__ = ["generate_python", "render_module"]
 
@@ -42,35 +45,6 @@ INDENT = "    "
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
-PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-
-#: Module-level names the generated code uses itself; schema names must not shadow them.
-_RESERVED = {
-    "_abc",
-    "_dc",
-    "_decimal",
-    "_dt",
-    "_enum",
-    "_t",
-    "_uuid",
-    "_se_wrong_type",
-    "_se_bad_value",
-    "_se_decimal_ok",
-    "EVENT_CLASSES",
-}
-#: Field names that would shadow a name the class body or methods use.
-_FIELD_RESERVED = _RESERVED | {
-    "to_avro",
-    "int",
-    "str",
-    "float",
-    "bool",
-    "bytes",
-    "list",
-    "dict",
-    "object",
-    "self",
-}
 
 
 # -- small literal helpers ----------------------------------------------------------------
@@ -148,38 +122,6 @@ def docstring(text: str, indent: str, trailer: Iterable[str] = ()) -> list[str]:
     return body
 
 
-def camel(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[._]+", name) if part)
-
-
-def _safe(name: str, taken: set[str]) -> str:
-    while keyword.iskeyword(name) or name in taken:
-        name += "_"
-    return name
-
-
-# -- the model ------------------------------------------------------------------------
-@dataclass
-class _Scope:
-    """Named types visible while walking one schema file (full name -> definition)."""
-
-    named: dict[str, Mapping[str, Any]]
-    source: str
-
-
-@dataclass
-class NamedType:
-    full_name: str
-    kind: str  # "record" | "enum"
-    definition: Mapping[str, Any]
-    source: str
-    class_name: str = ""
-    event: EventSchema | None = None
-    scope: _Scope | None = None
-    #: enum: symbol -> member name
-    members: dict[str, str] = field(default_factory=dict)
-
-
 @dataclass
 class _Ctx:
     """Per-field code-generation state: unique comprehension variable names."""
@@ -192,147 +134,25 @@ class _Ctx:
 
 
 class _Generator:
-    def __init__(self, events: list[EventSchema], sources: Mapping[str, str]) -> None:
-        self.events = sorted(events, key=lambda e: e.full_name)
+    def __init__(self, model: TypeModel, sources: Mapping[str, str]) -> None:
+        self.model = model
+        self.events = model.events
+        self.types = model.types
         self.sources = sources  # EventSchema.source -> path shown in the header
-        self.types: dict[str, NamedType] = {}  # key "full_name\0json" -> type
-        self.keys_by_def: dict[int, str] = {}
         self.imports: set[str] = {"dataclasses as _dc", "typing as _t"}
         self.uses_decimal_check = False
 
-    # walking ---------------------------------------------------------------------------
-    def collect(self) -> None:
-        for event in self.events:
-            scope = _Scope({}, event.source)
-            key = self._visit(event.parsed, scope)
-            assert key is not None
-            self.types[key].event = event
-        self._name_classes()
-
-    def _key(self, definition: Mapping[str, Any]) -> str:
-        clean = {k: v for k, v in definition.items() if not k.startswith("__")}
-        return str(definition["name"]) + "\0" + json.dumps(clean, sort_keys=True)
-
-    def _visit(self, schema: Any, scope: _Scope) -> str | None:
-        """Register named types reachable from ``schema``; the key of ``schema`` if named."""
-        if isinstance(schema, str):
-            return None
-        if isinstance(schema, list):
-            for branch in schema:
-                self._visit(branch, scope)
-            return None
-        kind = schema.get("type")
-        if kind in ("record", "error", "enum", "fixed"):
-            scope.named[schema["name"]] = schema
-            if kind == "fixed":
-                return None
-            key = self._key(schema)
-            self.keys_by_def[id(schema)] = key
-            if key not in self.types:
-                self.types[key] = NamedType(
-                    schema["name"],
-                    "enum" if kind == "enum" else "record",
-                    schema,
-                    scope.source,
-                    scope=scope,
-                )
-            if kind != "enum":  # always: fills this file's scope with every named type
-                for f in schema["fields"]:
-                    self._visit(f["type"], scope)
-            return key
-        if kind == "array":
-            self._visit(schema["items"], scope)
-        elif kind == "map":
-            self._visit(schema["values"], scope)
-        return None
-
-    def _name_classes(self) -> None:
-        by_short: dict[str, set[str]] = {}
-        by_full: dict[str, list[str]] = {}
-        for key, t in self.types.items():
-            by_short.setdefault(t.full_name.rsplit(".", 1)[-1], set()).add(t.full_name)
-            by_full.setdefault(t.full_name, []).append(key)
-        # a class must not shadow a builtin the generated code names either
-        taken: set[str] = _FIELD_RESERVED | {
-            "type",
-            "isinstance",
-            "all",
-            "len",
-            "repr",
-            "TypeError",
-            "ValueError",
-        }
-        for full_name in sorted(by_full):
-            short = full_name.rsplit(".", 1)[-1]
-            base = short if len(by_short[short]) == 1 else camel(full_name)
-            for i, key in enumerate(by_full[full_name]):  # walk order is deterministic
-                name = _safe(base if i == 0 else f"{base}{i + 1}", taken)
-                taken.add(name)
-                self.types[key].class_name = name
-        for t in self.types.values():
-            if t.kind == "enum":
-                used: set[str] = set()
-                for sym in t.definition["symbols"]:
-                    member = sym
-                    if (
-                        keyword.iskeyword(member)
-                        or hasattr(str, member)
-                        or member in ("name", "value", "mro")
-                        or (member.startswith("_") and member.endswith("_"))
-                    ):
-                        member += "_"
-                    member = _safe(member, used)
-                    used.add(member)
-                    t.members[sym] = member
-
-    def _resolve(self, schema: Any, scope: _Scope) -> Any:
-        """Follow a name reference; reduce ``{"type": "int"}`` (no usable logicalType) to
-        ``"int"`` so the rest of the generator sees one spelling per type."""
-        if isinstance(schema, str) and schema not in PRIMITIVES:
-            return scope.named[schema]
-        if (
-            isinstance(schema, Mapping)
-            and schema.get("type") in PRIMITIVES
-            and self._logical(schema) is None
-        ):
-            return schema["type"]
-        return schema
-
-    def _named(self, schema: Mapping[str, Any]) -> NamedType:
-        return self.types[self.keys_by_def[id(schema)]]
-
-    # type expressions ------------------------------------------------------------------
-    def _logical(self, schema: Any) -> str | None:
-        if isinstance(schema, Mapping):
-            base, logical = schema.get("type"), schema.get("logicalType")
-            if isinstance(base, str) and isinstance(logical, str):
-                combo = f"{base}-{logical}"
-                if combo in (
-                    "long-timestamp-millis",
-                    "long-timestamp-micros",
-                    "long-local-timestamp-millis",
-                    "long-local-timestamp-micros",
-                    "int-date",
-                    "int-time-millis",
-                    "long-time-micros",
-                    "string-uuid",
-                ):
-                    return combo
-                if logical == "decimal" and base in ("bytes", "fixed"):
-                    return "decimal"
-        return None
-
-    def annotation(self, schema: Any, scope: _Scope) -> str:
-        schema = self._resolve(schema, scope)
+    def annotation(self, schema: Any, scope: Scope) -> str:
+        schema = self.model.resolve(schema, scope)
         if isinstance(schema, list):
             parts: list[str] = []
             for branch in schema:
-                if self._resolve(branch, scope) == "null":
+                if self.model.resolve(branch, scope) == "null":
                     continue
                 ann = self.annotation(branch, scope)
                 if ann not in parts:
                     parts.append(ann)
-            if any(self._resolve(b, scope) == "null" for b in schema):
+            if any(self.model.resolve(b, scope) == "null" for b in schema):
                 parts.append("None")
             return " | ".join(parts)
         if isinstance(schema, str):
@@ -346,7 +166,7 @@ class _Generator:
                 "bytes": "bytes",
                 "string": "str",
             }[schema]
-        logical = self._logical(schema)
+        logical = logical_type(schema)
         if logical is not None:
             if "timestamp" in logical:
                 self.imports.add("datetime as _dt")
@@ -364,7 +184,7 @@ class _Generator:
             return "_decimal.Decimal"
         kind = schema["type"]
         if kind in ("record", "error", "enum"):
-            return self._named(schema).class_name
+            return self.model.named(schema).class_name
         if kind == "fixed":
             return "bytes"
         if kind == "array":
@@ -375,9 +195,9 @@ class _Generator:
             return self.annotation(kind, scope)
         raise SchemaError(f"{scope.source}: unsupported Avro type {schema!r:.80}")
 
-    def type_check(self, schema: Any, var: str, scope: _Scope, ctx: _Ctx) -> str:
+    def type_check(self, schema: Any, var: str, scope: Scope, ctx: _Ctx) -> str:
         """A boolean expression: ``var`` has the Python type for ``schema`` (deep)."""
-        schema = self._resolve(schema, scope)
+        schema = self.model.resolve(schema, scope)
         if isinstance(schema, list):
             parts: list[str] = []
             classes: list[str] = []  # merged into one isinstance() (ruff SIM101)
@@ -407,7 +227,7 @@ class _Generator:
                 "bytes": f"isinstance({var}, bytes)",
                 "string": f"isinstance({var}, str)",
             }[schema]
-        logical = self._logical(schema)
+        logical = logical_type(schema)
         if logical == "int-date":
             self.imports.add("datetime as _dt")
             return f"(isinstance({var}, _dt.date) and not isinstance({var}, _dt.datetime))"
@@ -415,7 +235,7 @@ class _Generator:
             return f"isinstance({var}, {self.annotation(schema, scope)})"
         kind = schema["type"]
         if kind in ("record", "error", "enum"):
-            return f"isinstance({var}, {self._named(schema).class_name})"
+            return f"isinstance({var}, {self.model.named(schema).class_name})"
         if kind == "fixed":
             return f"isinstance({var}, bytes)"
         if kind == "array":
@@ -431,16 +251,16 @@ class _Generator:
             )
         return self.type_check(kind, var, scope, ctx)
 
-    def value_checks(self, schema: Any, var: str, scope: _Scope) -> list[tuple[str, str]]:
+    def value_checks(self, schema: Any, var: str, scope: Scope) -> list[tuple[str, str]]:
         """(condition that is True when bad, problem) for scalar constraints.
 
         Only applied to a field's own value (or the non-null branch of an
         optional): values inside containers get the type check only and are
         range-checked by the Avro encoder.
         """
-        schema = self._resolve(schema, scope)
+        schema = self.model.resolve(schema, scope)
         if isinstance(schema, list):
-            branches = [self._resolve(b, scope) for b in schema]
+            branches = [self.model.resolve(b, scope) for b in schema]
             non_null = [b for b in branches if b != "null"]
             if len(non_null) != 1:
                 return []
@@ -454,7 +274,7 @@ class _Generator:
             return [(f"not {LONG_MIN} <= {var} <= {LONG_MAX}", "out of range for an Avro long")]
         if isinstance(schema, str):
             return []
-        logical = self._logical(schema)
+        logical = logical_type(schema)
         if logical in ("long-timestamp-millis", "long-timestamp-micros"):
             return [(f"{var}.tzinfo is None", "must be a timezone-aware datetime")]
         if logical == "decimal":
@@ -471,11 +291,11 @@ class _Generator:
             return [(f"len({var}) != {size}", f"must be exactly {size} bytes")]
         return []
 
-    def to_avro(self, schema: Any, var: str, scope: _Scope, ctx: _Ctx) -> str:
+    def to_avro(self, schema: Any, var: str, scope: Scope, ctx: _Ctx) -> str:
         """Expression converting ``var`` to what fastavro writes (identity when it can)."""
-        schema = self._resolve(schema, scope)
+        schema = self.model.resolve(schema, scope)
         if isinstance(schema, list):
-            branches = [self._resolve(b, scope) for b in schema]
+            branches = [self.model.resolve(b, scope) for b in schema]
             non_null = [b for b in branches if b != "null"]
             has_null = len(non_null) != len(branches)
             convs = [(b, self.to_avro(b, var, scope, ctx)) for b in non_null]
@@ -489,7 +309,7 @@ class _Generator:
             out = var
             for b, conv in reversed(convs):
                 if isinstance(b, Mapping) and b.get("type") in ("record", "error", "enum"):
-                    named = self._named(b)
+                    named = self.model.named(b)
                     tagged = f"({py_str(named.full_name)}, {conv})"
                     out = f"{tagged} if isinstance({var}, {named.class_name}) else {out}"
             return out if out == var else f"({out})"
@@ -511,9 +331,9 @@ class _Generator:
         return var  # fixed and logical types: fastavro converts them itself
 
     # defaults --------------------------------------------------------------------------
-    def default(self, schema: Any, value: Any, scope: _Scope, where: str) -> tuple[str, bool]:
+    def default(self, schema: Any, value: Any, scope: Scope, where: str) -> tuple[str, bool]:
         """(Python expression, is_mutable) for a JSON default of ``schema``."""
-        schema = self._resolve(schema, scope)
+        schema = self.model.resolve(schema, scope)
         bad = SchemaError(f"{scope.source}: {where}: default {value!r:.60} does not match its type")
         if isinstance(schema, list):
             for branch in schema:  # the spec says the first branch; fastavro accepts any
@@ -522,7 +342,7 @@ class _Generator:
                 except SchemaError:
                     continue
             raise bad
-        logical = self._logical(schema)
+        logical = logical_type(schema)
         base = schema if isinstance(schema, str) else schema.get("type")
         if isinstance(base, (list, Mapping)):
             return self.default(base, value, scope, where)
@@ -575,7 +395,7 @@ class _Generator:
             except UnicodeEncodeError:
                 raise bad from None
         if base == "enum" and isinstance(value, str) and value in schema["symbols"]:
-            named = self._named(schema)
+            named = self.model.named(schema)
             return f"{named.class_name}.{named.members[value]}", False
         if base == "array" and isinstance(value, list):
             items = [self.default(schema["items"], v, scope, where)[0] for v in value]
@@ -587,7 +407,7 @@ class _Generator:
             ]
             return "{" + ", ".join(vals) + "}", True
         if base in ("record", "error") and isinstance(value, dict):
-            named = self._named(schema)
+            named = self.model.named(schema)
             fields: list[str] = []
             for f in schema["fields"]:
                 attr = self.attr_names(named)[f["name"]]
@@ -603,14 +423,14 @@ class _Generator:
 
     def attr_names(self, t: NamedType) -> dict[str, str]:
         class_names = {n.class_name for n in self.types.values()}
-        taken = set(_FIELD_RESERVED) | class_names
+        taken = set(FIELD_RESERVED) | class_names
         out: dict[str, str] = {}
         names = {f["name"] for f in t.definition["fields"]}
         for f in t.definition["fields"]:
             name = f["name"]
             attr = name
             if attr in taken or keyword.iskeyword(attr):
-                attr = _safe(attr + "_", taken | set(out.values()) | set(names))
+                attr = unique_name(attr + "_", taken | set(out.values()) | set(names))
             out[name] = attr
         return out
 
@@ -719,7 +539,6 @@ class _Generator:
         return lines + format_expr(call, ind3)
 
     def render(self, header: list[str]) -> str:
-        self.collect()
         enums = sorted((t for t in self.types.values() if t.kind == "enum"), key=_by_class)
         records = sorted((t for t in self.types.values() if t.kind == "record"), key=_by_class)
         blocks: list[list[str]] = []
@@ -941,7 +760,7 @@ def render_module(
         doc += ["", "Older versions present but not generated (a newer file sorts after them):", ""]
         doc += [f"- {_escape(src, '')}" for src in sorted(paths[s] for s in older)]
     doc.append('"""')
-    gen = _Generator(events, paths)
+    gen = _Generator(TypeModel(events), paths)
     return gen.render(header + doc)
 
 
