@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from .client import EventClient
+from .errors import SpotifyEventsError
 
 PLATFORMS = ("ios", "android", "web", "desktop")
 REASONS_START = ("CLICKROW", "TRACKDONE", "FWDBTN", "PLAYBTN")
@@ -102,6 +103,12 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 )
 def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
     """Log events through a real client to a real collector and print the report."""
+    from .collector.process import require_collector_extra
+
+    try:
+        require_collector_extra("demo", also=("tqdm",))
+    except SpotifyEventsError as exc:
+        raise click.ClickException(str(exc)) from exc
     from tqdm import tqdm
 
     from .collector.process import CollectorProcess

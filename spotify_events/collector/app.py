@@ -50,12 +50,15 @@ class CollectorApp:
         metrics: CollectorMetrics,
         report: Callable[[], dict[str, Any]] | None = None,
         token: str | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.ingest = ingest
         self.delivery = delivery
         self.metrics = metrics
         self.report = report
         self._token = token.encode() if token else None
+        # /metrics takes either token, so a scraper need not hold the producers' one
+        self._metrics_tokens = [t.encode() for t in (token, metrics_token) if t]
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -74,7 +77,8 @@ class CollectorApp:
                 elif path == "/healthz":
                     status, body, ctype, extra = 200, b'{"status":"ok"}', "application/json", []
                 elif path == "/metrics":
-                    status, body, ctype, extra = (
+                    denied = self._check_auth(environ, self._metrics_tokens)
+                    status, body, ctype, extra = denied or (
                         200,
                         self.metrics.render(),
                         "text/plain; version=0.0.4; charset=utf-8",
@@ -129,20 +133,21 @@ class CollectorApp:
             m.events.labels(label(etype), "accepted").inc(n)
         for etype, n in result.duplicates_by_type.items():
             m.events.labels(label(etype), "duplicate").inc(n)
-        for rej in batch.rejections:
+        rejections = [*batch.rejections, *result.rejections]
+        for rej in rejections:
             m.events.labels(label(rej.event_type), "rejected").inc()
         if result.skewed:
             m.skewed.inc(result.skewed)
         m.batches.inc()
         if batch.events:
             newest = max(e.timestamp for e in batch.events) / 1000.0
-            m.producer_lag.labels(batch.facts.producer_id).set(batch.facts.received_at - newest)
-        elif not batch.rejections:
+            m.batch_lag.observe(max(0.0, batch.facts.received_at - newest))
+        elif not rejections:
             m.heartbeats.inc()
         out = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
-            "rejected": [r.to_json() for r in batch.rejections],
+            "rejected": [r.to_json() for r in rejections],
         }
         return 200, json.dumps(out).encode(), "application/json", []
 
@@ -155,17 +160,20 @@ class CollectorApp:
         return 200, json.dumps(self.report()).encode(), "application/json", []
 
     # -- helpers --------------------------------------------------------------
-    def _check_auth(self, environ: Environ) -> tuple[int, bytes, str, list[tuple[str, str]]] | None:
-        if self._token is None:
+    def _check_auth(
+        self, environ: Environ, tokens: list[bytes] | None = None
+    ) -> tuple[int, bytes, str, list[tuple[str, str]]] | None:
+        accepted = ([self._token] if self._token else []) if tokens is None else tokens
+        if not accepted:
             return None
         header = environ.get("HTTP_AUTHORIZATION", "")
         if not header:
             status, body, ctype, _ = self._error(401, "missing Authorization: Bearer token", "auth")
             return status, body, ctype, [("WWW-Authenticate", 'Bearer realm="spotify-events"')]
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode("utf-8", "replace"), self._token
-        ):
+        given = presented.strip().encode("utf-8", "replace")
+        matches = [hmac.compare_digest(given, t) for t in accepted]  # no early exit
+        if scheme.lower() != "bearer" or not any(matches):
             return self._error(403, "invalid token", "auth")
         return None
 

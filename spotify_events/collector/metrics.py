@@ -4,7 +4,9 @@ A per-app registry (not prometheus-client's global one) lets several apps live i
 one process — tests, the benchmark, an embedding service — without "Duplicated
 timeseries" errors, and makes ``/metrics`` show only this collector's numbers.
 Event-type labels are limited to types in the schema registry (others count as
-``_unknown``) so a hostile client cannot blow up label cardinality.
+``_unknown``) and no label carries a producer id (per-producer detail is in the
+report), so no client can blow up label cardinality. Nothing here takes the
+delivery lock: the missing-events gauge reads a number delivery keeps up to date.
 """
 
 from __future__ import annotations
@@ -12,27 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 PREFIX = "spotify_events_collector"
-
-
-class _LagCollector(Collector):
-    """Per-producer numbers below the watermark not yet received (open gaps + lost)."""
-
-    def __init__(self, source: Callable[[], dict[str, int]]) -> None:
-        self._source = source
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            f"{PREFIX}_producer_missing_events",
-            "Sequence numbers below the producer's announced watermark not yet accounted for.",
-            labels=["producer_id"],
-        )
-        for producer, n in sorted(self._source().items()):
-            family.add_metric([producer], n)
-        yield family
 
 
 class CollectorMetrics:
@@ -74,15 +57,20 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        self.producer_lag = Gauge(
-            f"{PREFIX}_producer_lag_seconds",
-            "Arrival time minus the newest event time in the producer's last batch.",
-            ["producer_id"],
+        self.batch_lag = Histogram(
+            f"{PREFIX}_batch_lag_seconds",
+            "Arrival time minus the newest event time of each batch with events.",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 21600, 86400),
+            registry=r,
+        )
+        self.missing_events = Gauge(
+            f"{PREFIX}_missing_events",
+            "Sequence numbers below producers' announced watermarks not yet accounted for.",
             registry=r,
         )
 
-    def add_lag_source(self, source: Callable[[], dict[str, int]]) -> None:
-        self.registry.register(_LagCollector(source))
+    def add_missing_events_source(self, source: Callable[[], float]) -> None:
+        self.missing_events.set_function(source)
 
     def type_label(self, event_type: str) -> str:
         return event_type if event_type in self.known_types else "_unknown"

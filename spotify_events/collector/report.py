@@ -29,6 +29,7 @@ def stream_entry(st: Any, now: float, grace: float) -> dict[str, Any]:
         "host": st.host,
         "received": a.received,
         "duplicates": st.duplicates,
+        "conflicts": st.conflicts,
         "dropped": a.dropped,
         "dropped_reasons": a.dropped_reasons,
         "rejected": a.rejected,
@@ -115,7 +116,7 @@ def build_report(
         buckets.append(entry)
     totals = {
         k: sum(s[k] for s in streams)
-        for k in ("received", "duplicates", "dropped", "rejected", "open_gaps", "lost")
+        for k in ("received", "duplicates", "conflicts", "dropped", "rejected", "open_gaps", "lost")
     }
     return {
         "version": REPORT_VERSION,
@@ -177,7 +178,8 @@ def format_table(report: dict[str, Any]) -> str:
     t = report["totals"]
     lines += [
         "",
-        f"total: received {t['received']}, duplicates {t['duplicates']}, dropped {t['dropped']}, "
+        f"total: received {t['received']}, duplicates {t['duplicates']}, "
+        f"conflicts {t['conflicts']}, dropped {t['dropped']}, "
         f"rejected {t['rejected']}, open gaps {t['open_gaps']}, lost {t['lost']} "
         f"(grace period {report['grace_period']:g}s)",
         "",
