@@ -275,15 +275,15 @@ class LocalDelivery:
         self._dir_lock = DataDirLock(self.data_dir, modes)
         try:
             existing = _foreign_entries(self.data_dir)
-            self.ledger = Ledger(self.data_dir, modes=modes)
-            if self.ledger.is_new and existing and not self.config.adopt_data_dir:
-                self.ledger.close()
-                raise DataDirError(
+            refusal = ""
+            if existing and not self.config.adopt_data_dir:
+                refusal = (
                     f"{self.data_dir} holds files ({', '.join(existing[:5])}) but no collector "
                     "ledger. If the ledger was lost, restore it from a backup; to start a new "
                     "ledger here anyway, pass --adopt-data-dir (bucket files the new ledger "
                     "does not know are moved to _quarantine, nothing is deleted)."
                 )
+            self.ledger = Ledger(self.data_dir, modes=modes, refuse_new=refusal)
             self._quarantine = Quarantine(self.data_dir, modes)
             self.state = LedgerState()
             with self._lock:

@@ -271,11 +271,12 @@ class Ledger:
         *,
         read_only: bool = False,
         modes: FileModes | None = None,
+        refuse_new: str = "",
     ) -> None:
+        """``refuse_new``: if set, a ledger that holds no schema version (created just now,
+        or emptied: SQLite reads a zero-byte file as an empty database) is not started;
+        DataDirError with this text instead."""
         self.path = os.path.join(os.fspath(data_dir), LEDGER_FILE)
-        #: True when this ledger held no schema version before: created just now, or an
-        #: emptied file (SQLite reads a zero-byte file as an empty database).
-        self.is_new = False
         if read_only and not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no collector ledger here")
         if not read_only:
@@ -298,7 +299,8 @@ class Ledger:
                     row = conn.execute(
                         "SELECT value FROM meta WHERE key = 'schema_version'"
                     ).fetchone()
-                    self.is_new = row is None
+                    if row is None and refuse_new:
+                        raise DataDirError(refuse_new)
                     if row is None:
                         conn.execute(
                             "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
