@@ -282,7 +282,10 @@ class Ledger:
         if not read_only:
             modes = modes or FileModes()
             # SQLite gives its -wal and -shm files the database file's mode
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, modes.file)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, modes.file)
+            except OSError as exc:
+                raise DataDirError(f"cannot open the ledger {self.path}: {exc.strerror}") from exc
             try:
                 os.fchmod(fd, modes.file)
             finally:
@@ -311,7 +314,11 @@ class Ledger:
                             f"{self.path} has ledger version {row[0]!r}; this collector "
                             f"reads version {SCHEMA_VERSION}. Run a matching spotify-events."
                         )
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            if not isinstance(exc, sqlite3.Error):
+                raise
             raise DataDirError(
                 f"{self.path} is not a usable collector ledger ({exc}). Stop every collector "
                 "on this data directory, move the file aside, and restore the ledger from "
