@@ -111,6 +111,10 @@ class PartFile:
         while view:
             view = view[os.write(self.fd, view) :]
 
+    def size(self) -> int:
+        assert self.fd is not None
+        return os.fstat(self.fd).st_size
+
     def sync(self) -> None:
         if self.fd is not None:
             os.fsync(self.fd)

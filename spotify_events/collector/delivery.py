@@ -588,6 +588,8 @@ class LocalDelivery:
                 assert schema is not None  # ingest validated the fingerprint
                 data = container_header(schema, cfg.codec, bytes.fromhex(part.sync)) + data
             pf = self._open_part(part)
+            if pf.size() != part.committed_len:  # changed under us: recovery quarantines it
+                raise OSError(f"{part.path} is not its committed length; not appending")
             pf.append(data)
             part.committed_len += len(data)
             part.events += len(payloads)

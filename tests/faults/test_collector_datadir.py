@@ -267,6 +267,24 @@ def test_damaged_part_file_is_quarantined_and_reported(
         assert [p.name for p in (data / "_quarantine").rglob("part-*")] == [part.name]
 
 
+def test_part_file_cut_while_the_collector_runs_is_never_appended_to(
+    data: Path, clock: Clock, opened: list[LocalDelivery]
+) -> None:
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 100)
+    (part,) = part_files(data)
+    with open(part, "r+b") as fh:  # cut behind the open descriptor's back
+        fh.truncate(part.stat().st_size - 7)
+    maker = BatchMaker(REGISTRY, "producer-a")
+    body = maker.body(maker.envelopes(END_SONG, range(101, 201), int(T0 * 1000)))
+    first = d.deliver(Ingest(REGISTRY, clock=clock).parse(body))
+    assert first.status.value == "unavailable"  # a 503: the producer retries
+    retry = d.deliver(Ingest(REGISTRY, clock=clock).parse(body))
+    assert (retry.status.value, retry.accepted) == ("ok", 100)
+    assert read_uids(data) == expected(101, 200)  # every bucket file reads completely
+    assert [i["kind"] for i in incidents(d)] == ["damaged_part_file"]
+
+
 # -- 6: owner-only files --------------------------------------------------------------------
 @pytest.mark.parametrize("group", [False, True])
 def test_files_and_directories_are_owner_only_by_default(
