@@ -92,6 +92,7 @@ def bucket_summary(
                 "fingerprint": p.fingerprint,
                 "events": p.events,
                 "bytes": p.committed_len,
+                **({"quarantined": p.quarantined} if p.quarantined else {}),
             }
             for p in sorted(parts, key=lambda p: p.path)
         ],

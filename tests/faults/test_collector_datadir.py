@@ -263,6 +263,8 @@ def test_damaged_part_file_is_quarantined_and_reported(
     assert read_uids(data) == expected(101, 200)
     (incident,) = incidents(d)
     assert incident["kind"] == "damaged_part_file" and part.name in incident["detail"]
+    listed = [p for b in d.report()["buckets"] for p in b["parts"]]
+    assert [p["file"] for p in listed if "quarantined" in p] == [part.name]
     if damage == "cut":
         assert [p.name for p in (data / "_quarantine").rglob("part-*")] == [part.name]
 
