@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zlib
 from datetime import datetime, timezone
 from typing import Any
@@ -133,13 +134,16 @@ def part_damage(path: str, committed_len: int, sync: bytes) -> str | None:
     """Why the file at ``path`` is not a part whose first ``committed_len`` bytes are
     intact (missing, shorter, or not ending in a block at that length), or None."""
     try:
-        size = os.lstat(path).st_size
+        st = os.lstat(path)
     except FileNotFoundError:
         return "missing" if committed_len else None
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a symlink?)"
+    size = st.st_size
     if size < committed_len:
         return f"shorter ({size} bytes) than its committed length {committed_len}"
     if committed_len:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh:  # a regular file: nothing to follow
             fh.seek(committed_len - len(sync))
             if fh.read(len(sync)) != sync:
                 return f"no block ends at its committed length {committed_len}"

@@ -214,6 +214,25 @@ def test_startup_never_follows_a_symlink_or_removes_foreign_files(
     assert not (outside / END_SONG).exists()
 
 
+def test_part_file_replaced_by_a_symlink_is_moved_aside_not_written_through(
+    data: Path, clock: Clock, opened: list[LocalDelivery], tmp_path: Path
+) -> None:
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 100)
+    d.close()
+    (part,) = part_files(data)
+    target = tmp_path / "elsewhere.bin"
+    outside = b"x" * (part.stat().st_size + 5000)  # longer than the committed length
+    target.write_bytes(outside)
+    part.unlink()
+    part.symlink_to(target)
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 101, 200)
+    assert target.read_bytes() == outside  # not cut, not appended to
+    assert [i["kind"] for i in incidents(d)] == ["damaged_part_file"]
+    assert read_uids(data) == expected(101, 200)
+
+
 def test_non_empty_data_dir_without_a_ledger_is_refused(
     data: Path, clock: Clock, opened: list[LocalDelivery]
 ) -> None:
