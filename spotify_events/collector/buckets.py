@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..schemas import EventSchema
-from .datadir import FileModes, fsync_dir
+from .datadir import O_NOFOLLOW, FileModes, fsync_dir
 
 try:
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]
@@ -163,7 +163,7 @@ def write_marker(directory: str, content: dict[str, Any], modes: FileModes) -> N
     final = os.path.join(directory, CLOSED_MARKER)
     tmp = final + ".tmp"
     text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, modes.file)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_NOFOLLOW, modes.file)
     try:
         os.fchmod(fd, modes.file)
         os.write(fd, text.encode())

@@ -33,6 +33,10 @@ try:
 except ImportError:  # pragma: no cover - Windows has no flock
     fcntl = None  # type: ignore[assignment]
 
+#: Not on every platform (Windows has neither); there the protection is the lstat checks.
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
+
 LOCK_FILE = "_lock"
 QUARANTINE_DIR = "_quarantine"
 NOTE_FILE = "NOTE.txt"
@@ -61,7 +65,7 @@ class DataDirLock:
         self.path = os.path.join(data_dir, LOCK_FILE)
         try:
             self._fd: int | None = os.open(
-                self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, modes.file
+                self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, modes.file
             )
         except OSError as exc:
             raise DataDirError(f"cannot open the lock file {self.path}: {exc.strerror}") from exc
@@ -128,7 +132,7 @@ def make_dirs(root: str, rel_dir: str, modes: FileModes) -> str:
 
 def open_part(path: str, modes: FileModes, *, new: bool) -> int:
     """An append-only descriptor for a part file; ``new`` insists the file does not exist."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC
     if new:
         fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, modes.file)
         os.fchmod(fd, modes.file)
@@ -138,7 +142,7 @@ def open_part(path: str, modes: FileModes, *, new: bool) -> int:
 
 def write_new_file(path: str, data: bytes, modes: FileModes) -> None:
     """Write a whole new file (``O_EXCL``, no symlink followed) and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, modes.file)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, modes.file)
     try:
         os.fchmod(fd, modes.file)
         view = memoryview(data)
@@ -191,7 +195,7 @@ class Quarantine:
     def _note(self, line: str) -> None:
         directory = make_dirs(self.data_dir, self.rel, self.modes)
         path = os.path.join(directory, NOTE_FILE)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, self.modes.file)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_NOFOLLOW, self.modes.file)
         try:
             with contextlib.suppress(OSError):
                 os.fchmod(fd, self.modes.file)

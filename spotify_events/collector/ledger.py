@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .datadir import DataDirError, FileModes
+from .datadir import O_NOFOLLOW, DataDirError, FileModes
 from .ranges import RangeSet
 
 LEDGER_FILE = "_ledger.db"
@@ -283,7 +283,7 @@ class Ledger:
             modes = modes or FileModes()
             # SQLite gives its -wal and -shm files the database file's mode
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, modes.file)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, modes.file)
             except OSError as exc:
                 raise DataDirError(f"cannot open the ledger {self.path}: {exc.strerror}") from exc
             try:
