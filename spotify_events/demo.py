@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from .client import EventClient
-from .errors import MissingExtraError
+from .errors import SpotifyEventsError
 
 #: The example schemas shipped inside the package (the clone's ``schemas`` links
 #: here), so the demo runs from an installed wheel in any directory.
@@ -107,14 +107,16 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
 )
 def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
     """Log events through a real client to a real collector and print the report."""
-    try:  # here, not at import: `spotify-events --help` lists this command on a core install
-        from tqdm import tqdm
+    from .collector.process import require_collector_extra
 
-        from .collector.process import CollectorProcess
-        from .collector.report import format_table, load_report
-    except ImportError as exc:
-        missing = MissingExtraError("spotify-events demo", exc.name or "tqdm", extra="collector")
-        raise click.ClickException(str(missing)) from exc
+    try:
+        require_collector_extra("demo", also=("tqdm",))
+    except SpotifyEventsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    from tqdm import tqdm
+
+    from .collector.process import CollectorProcess
+    from .collector.report import format_table, load_report
 
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spotify-events-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)

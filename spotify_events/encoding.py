@@ -13,6 +13,7 @@ Two jobs, both fixed by the wire contract (docs/architecture.md, "Wire format"):
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -355,14 +356,16 @@ def _is_envelope_schema(reader: Any) -> bool:
     ["null", "Envelope"]}``) with 100 KB of nesting overflowed the C stack in
     fastavro's reader and killed the collector with SIGSEGV
     (tests/faults/test_hostile_input.py). Decided before any record is read;
-    cached per schema text, a handful of spellings at most.
+    cached per digest of the schema text (keyed by the text, 64 hostile 8 MB schemas
+    stayed in memory), a handful of spellings at most.
     """
     text = reader.metadata.get("avro.schema", "")
-    verdict = _envelope_verdicts.get(text)
+    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).hexdigest()
+    verdict = _envelope_verdicts.get(key)
     if verdict is None:
         verdict = fastavro.schema.to_parsing_canonical_form(reader.writer_schema) == _ENVELOPE_PCF
         if len(_envelope_verdicts) < 64:
-            _envelope_verdicts[text] = verdict
+            _envelope_verdicts[key] = verdict
     return verdict
 
 

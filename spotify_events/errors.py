@@ -16,6 +16,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
     │   └── QueueVersionError              written by a newer spotify-events
     ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
+    ├── DataDirError                       the collector's data directory is unsafe to use
     └── CollectorError                     the collector refuses a whole body (answered 400/413)
         ├── GuardError(ValueError)         refused before decoding (collector/guard.py)
         └── IngestError                    refused while decoding it (collector/ingest.py)

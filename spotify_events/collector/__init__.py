@@ -4,9 +4,10 @@ Two halves behind one seam (docs/architecture.md, "Scaling out"):
 
 * *ingest* (:mod:`.app`, :mod:`.ingest`, :mod:`.guard`): HTTP, auth, size and
   decompression limits, container decode, per-event validation. Stateless.
-* *delivery* (:mod:`.delivery`, :mod:`.ledger`, :mod:`.buckets`): dedupe by
-  (producer, event type, seq), the SQLite loss ledger, immutable hourly Avro
-  buckets. Reached through :class:`~.delivery.Delivery` (``deliver``, ``close``).
+* *delivery* (:mod:`.delivery`, :mod:`.ledger`, :mod:`.buckets`, :mod:`.datadir`):
+  dedupe by (producer, event type, seq), the SQLite loss ledger, immutable hourly
+  Avro buckets in a locked data directory where nothing acknowledged is deleted.
+  Reached through :class:`~.delivery.Delivery` (``deliver``, ``close``).
 
 :mod:`.report` turns the ledger into the delivery report; :mod:`.server` runs it
 all on waitress; :mod:`.cli` holds the ``collector`` and ``report`` commands.

@@ -84,3 +84,14 @@ def account(
         if prev <= end:  # above every recorded step: cannot happen, count as open
             out.open_gaps += end - max(start, prev) + 1
     return out
+
+
+def missing_count(stream: StreamState) -> int:
+    """Open gaps plus lost of a whole stream: numbers below the watermark that are
+    neither received nor marked. The split between the two moves with the clock,
+    their sum only when the stream changes, so it can be kept per stream."""
+    high = stream.next_seq - 1
+    if high < 1:
+        return 0
+    marks = [ranges.clipped(1, high) for ranges in stream.marks.values()]
+    return high - stream.received.clipped(1, high).union(*marks).count()

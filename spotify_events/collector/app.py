@@ -64,12 +64,15 @@ class CollectorApp:
         metrics: CollectorMetrics,
         report: Callable[[], dict[str, Any]] | None = None,
         token: str | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.ingest = ingest
         self.delivery = delivery
         self.metrics = metrics
         self.report = report
         self._token = token.encode() if token else None
+        # /metrics takes either token, so a scraper need not hold the producers' one
+        self._metrics_tokens = [t.encode() for t in (token, metrics_token) if t]
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -88,7 +91,8 @@ class CollectorApp:
                 elif path == "/healthz":
                     status, body, ctype, extra = 200, b'{"status":"ok"}', "application/json", []
                 elif path == "/metrics":
-                    status, body, ctype, extra = (
+                    denied = self._check_auth(environ, self._metrics_tokens)
+                    status, body, ctype, extra = denied or (
                         200,
                         self.metrics.render(),
                         "text/plain; version=0.0.4; charset=utf-8",
@@ -145,21 +149,21 @@ class CollectorApp:
             m.events.labels(label(etype), "accepted").inc(n)
         for etype, n in result.duplicates_by_type.items():
             m.events.labels(label(etype), "duplicate").inc(n)
-        for rej in batch.rejections:
+        rejections = [*batch.rejections, *result.rejections]
+        for rej in rejections:
             m.events.labels(label(rej.event_type), "rejected").inc()
         if result.skewed:
             m.skewed.inc(result.skewed)
         m.batches.inc()
         if batch.events:
             newest = max(e.timestamp for e in batch.events) / 1000.0
-            m.producer_lag.labels(batch.facts.producer_id).set(batch.facts.received_at - newest)
             m.batch_lag.observe(max(0.0, batch.facts.received_at - newest))
-        elif not batch.rejections:
+        elif not rejections:
             m.heartbeats.inc()
         out = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
-            "rejected": [r.to_json() for r in batch.rejections],
+            "rejected": [r.to_json() for r in rejections],
         }
         return 200, json.dumps(out).encode(), "application/json", []
 
@@ -182,19 +186,27 @@ class CollectorApp:
 
     # -- helpers --------------------------------------------------------------
     def _check_auth(
-        self, environ: Environ, *, challenge: str = 'Bearer realm="spotify-events"'
+        self,
+        environ: Environ,
+        tokens: list[bytes] | None = None,
+        *,
+        challenge: str = 'Bearer realm="spotify-events"',
     ) -> tuple[int, bytes, str, list[tuple[str, str]]] | None:
         """The token as ``Authorization: Bearer TOKEN``, or, for browsers, as the password
-        of HTTP basic auth (any user name). A 401 carries ``challenge``: the page asks
-        for basic auth, so a browser prompts for it."""
-        if self._token is None:
+        of HTTP basic auth (any user name); ``tokens`` overrides the accepted tokens (the
+        scrape token of ``/metrics``). A 401 carries ``challenge``: the page asks for basic
+        auth, so a browser prompts for it."""
+        accepted = ([self._token] if self._token else []) if tokens is None else tokens
+        if not accepted:
             return None
         header = environ.get("HTTP_AUTHORIZATION", "")
         if not header:
             status, body, ctype, _ = self._error(401, "missing Authorization: Bearer token", "auth")
             return status, body, ctype, [("WWW-Authenticate", challenge)]
         scheme, _, presented = header.partition(" ")
-        if not hmac.compare_digest(_presented_token(scheme, presented.strip()), self._token):
+        given = _presented_token(scheme, presented.strip())
+        matches = [hmac.compare_digest(given, t) for t in accepted]  # no early exit
+        if not given or not any(matches):
             if challenge.startswith("Basic"):  # a wrong password: let the browser ask again
                 status, body, ctype, _ = self._error(401, "invalid token", "auth")
                 return status, body, ctype, [("WWW-Authenticate", challenge)]

@@ -10,19 +10,22 @@ The writer is hand-rolled on purpose: payloads arrive already Avro-encoded with
 exactly the file's schema, so a container block is just
 ``count, size, concat(payloads), sync`` — no decode/re-encode round trip (which
 would cost about as much again as validation). Files are only ever appended to;
-the ledger records each file's committed length, and anything past it after a
-crash is cut off on startup (:func:`truncate_to`).
+the ledger records each file's committed length; bytes past it after a crash are
+moved to the quarantine on startup, and a file whose committed prefix is damaged
+(:func:`part_damage`) is never appended to again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import zlib
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import Any
 
 from ..schemas import EventSchema
+from .datadir import O_NOFOLLOW, FileModes, fsync_dir
 
 try:
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]
@@ -95,74 +98,78 @@ def container_block(payloads: list[bytes], codec: str, sync: bytes) -> bytes:
 
 
 class PartFile:
-    """An open, append-only part file."""
+    """An open, append-only part file (descriptor from :func:`.datadir.open_part`)."""
 
-    __slots__ = ("fh", "path")
+    __slots__ = ("fd", "path")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int) -> None:
         self.path = path
-        self.fh: IO[bytes] = open(path, "ab")  # noqa: SIM115 - lives as long as the bucket is open
+        self.fd: int | None = fd
 
     def append(self, data: bytes) -> None:
-        self.fh.write(data)
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def size(self) -> int:
+        assert self.fd is not None
+        return os.fstat(self.fd).st_size
 
     def sync(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        if self.fd is not None:
+            os.fsync(self.fd)
 
     def close(self) -> None:
-        if not self.fh.closed:
-            self.fh.close()
+        """Fsync and close: a file closed early (open-file limit) keeps its promise."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
-def fsync_dir(path: str) -> None:
-    """Make a new directory entry durable (a new part file, a renamed marker)."""
-    fd = os.open(path, os.O_RDONLY)
+def part_damage(path: str, committed_len: int, sync: bytes) -> str | None:
+    """Why the file at ``path`` is not a part whose first ``committed_len`` bytes are
+    intact (missing, shorter, or not ending in a block at that length), or None."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def makedirs_durable(root: str, rel_dir: str) -> str:
-    """Create ``root/rel_dir`` and fsync each new level's parent; return the full path."""
-    full = os.path.join(root, rel_dir)
-    if os.path.isdir(full):
-        return full
-    parts = rel_dir.split(os.sep)
-    cur = root
-    for part in parts:
-        parent, cur = cur, os.path.join(cur, part)
-        if not os.path.isdir(cur):
-            os.makedirs(cur, exist_ok=True)
-            fsync_dir(parent)
-    return full
-
-
-def truncate_to(path: str, length: int) -> int:
-    """Cut a part file back to its committed length; returns how many bytes were cut."""
-    try:
-        size = os.path.getsize(path)
+        st = os.lstat(path)
     except FileNotFoundError:
-        return 0
-    if size > length:
-        with open(path, "r+b") as fh:
-            fh.truncate(length)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return size - length
-    return 0
+        return "missing" if committed_len else None
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a symlink?)"
+    size = st.st_size
+    if size < committed_len:
+        return f"shorter ({size} bytes) than its committed length {committed_len}"
+    if committed_len:
+        with open(path, "rb") as fh:  # a regular file: nothing to follow
+            fh.seek(committed_len - len(sync))
+            if fh.read(len(sync)) != sync:
+                return f"no block ends at its committed length {committed_len}"
+    return None
 
 
-def write_marker(directory: str, content: dict[str, Any]) -> None:
+def header_length(path: str, sync: bytes) -> int:
+    """Length of a part file's container header (up to and including its sync marker)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    at = head.find(sync)
+    return at + len(sync) if at >= 0 else 0
+
+
+def write_marker(directory: str, content: dict[str, Any], modes: FileModes) -> None:
     """Write ``_CLOSED.json`` atomically (temp file, fsync, rename, fsync dir)."""
     final = os.path.join(directory, CLOSED_MARKER)
     tmp = final + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(content, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_NOFOLLOW, modes.file)
+    try:
+        os.fchmod(fd, modes.file)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, final)
     fsync_dir(directory)
 

@@ -82,10 +82,67 @@ from ..errors import SpotifyEventsError
     help="Seconds between checks for buckets to close.",
 )
 @click.option(
-    "--log-level",
-    default="WARNING",
+    "--metrics-token",
+    envvar="SPOTIFY_EVENTS_METRICS_TOKEN",
+    default=None,
+    help="A second token accepted on /metrics only, for scrapers (env "
+    "SPOTIFY_EVENTS_METRICS_TOKEN). With --token or this set, /metrics needs one of them.",
+)
+@click.option(
+    "--connection-limit",
+    default=1000,
     show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=click.IntRange(min=1),
+    help="Most simultaneous client connections (each SDK client keeps one open).",
+)
+@click.option(
+    "--channel-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds an idle connection is kept open.",
+)
+@click.option(
+    "--max-open-files",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Part files kept open at once; the least recently used is closed.",
+)
+@click.option(
+    "--max-hours-per-batch",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Hourly buckets one batch may write to; further events are rejected "
+    "(code too_many_hours).",
+)
+@click.option(
+    "--max-future",
+    "max_future_seconds",
+    default=86_400.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds an event time may be ahead of this clock; later ones are rejected "
+    "(code too_far_in_future).",
+)
+@click.option(
+    "--group-readable",
+    is_flag=True,
+    help="Create files 0640 and directories 0750 instead of owner-only 0600/0700.",
+)
+@click.option(
+    "--adopt-data-dir",
+    is_flag=True,
+    help="Start a new ledger in a data directory that has files but no ledger; part files "
+    "it does not know are moved to DATA_DIR/_quarantine (nothing is deleted).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Least severe log level written to stderr.",
 )
 def collector_command(
     host: str,
@@ -98,9 +155,23 @@ def collector_command(
     max_body_bytes: int,
     threads: int,
     close_interval: float,
+    metrics_token: str | None,
+    connection_limit: int,
+    channel_timeout: float,
+    max_open_files: int,
+    max_hours_per_batch: int,
+    max_future_seconds: float,
+    group_readable: bool,
+    adopt_data_dir: bool,
     log_level: str,
 ) -> None:
     """Run the reference collector in the foreground until SIGTERM/SIGINT."""
+    from .process import require_collector_extra
+
+    try:
+        require_collector_extra("collector")
+    except SpotifyEventsError as exc:
+        raise click.ClickException(str(exc)) from exc
     from .server import CollectorConfig, serve
 
     logging.basicConfig(
@@ -120,6 +191,14 @@ def collector_command(
             max_body_bytes=max_body_bytes,
             threads=threads,
             close_interval=close_interval,
+            metrics_token=metrics_token or None,
+            connection_limit=connection_limit,
+            channel_timeout=channel_timeout,
+            max_open_files=max_open_files,
+            max_hours_per_batch=max_hours_per_batch,
+            max_future_seconds=max_future_seconds,
+            group_readable=group_readable,
+            adopt_data_dir=adopt_data_dir,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -150,11 +229,12 @@ def collector_command(
 )
 def report_command(data_dir: str, as_json: bool, grace_period: float | None) -> None:
     """Print the delivery and loss report of a collector's data directory."""
+    from .datadir import DataDirError
     from .report import format_table, load_report
 
     try:
         report = load_report(data_dir, now=time.time(), grace=grace_period)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DataDirError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))

@@ -15,10 +15,14 @@ Durability order inside :meth:`LocalDelivery.deliver`, under one lock (one write
 4. only then return, so the HTTP layer sends 200.
 
 A crash between 2 and 3 leaves bytes past a part's committed length: startup
-(:meth:`LocalDelivery._recover`) truncates them and deletes part files the ledger
-never committed, so the SDK's retry (it got no 200) writes them exactly once.
-Any failure inside ``deliver`` runs the same recovery, so in-memory state never
-drifts from disk, and returns ``UNAVAILABLE`` (the HTTP layer answers 503).
+(:meth:`LocalDelivery._recover`) moves them, and part files the ledger never
+committed, to the quarantine (:mod:`.datadir`) and records an incident, so the
+SDK's retry (it got no 200) writes them exactly once and, should the ledger be an
+older copy, nothing acknowledged is destroyed. A part file whose committed prefix
+is damaged is quarantined too and never appended to; a closed bucket is never
+written again, whatever the clock says. Any failure inside ``deliver`` runs the
+same recovery, so in-memory state never drifts from disk, and returns
+``UNAVAILABLE`` (the HTTP layer answers 503).
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ import logging
 import os
 import threading
 import time
+import zlib
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..encoding import is_avro_full_name
 from ..errors import ConfigError
 from ..schemas import SchemaRegistry
-from .accounting import account
+from .accounting import missing_count
 from .buckets import (
     BUCKET_CODECS,
     CLOSED_MARKER,
@@ -45,16 +51,27 @@ from .buckets import (
     bucket_dir,
     container_block,
     container_header,
-    fsync_dir,
-    makedirs_durable,
+    header_length,
+    part_damage,
     part_name,
     read_marker,
-    truncate_to,
     write_marker,
 )
-from .ingest import IngestedBatch
+from .datadir import (
+    LOCK_FILE,
+    DataDirError,
+    DataDirLock,
+    FileModes,
+    Quarantine,
+    fsync_dir,
+    make_dirs,
+    open_part,
+)
+from .ingest import IngestedBatch, Rejection
 from .ledger import (
+    COLLECTOR_INCIDENT_PREFIX,
     INCIDENT_PREFIX,
+    LEDGER_FILE,
     BucketState,
     Ledger,
     LedgerState,
@@ -91,6 +108,7 @@ class DeliveryResult:
     skewed: int = 0
     accepted_by_type: dict[str, int] = field(default_factory=dict)
     duplicates_by_type: dict[str, int] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)  # refused by delivery
     message: str = ""
 
 
@@ -114,6 +132,11 @@ class DeliveryConfig:
     lateness: float = 600.0  # seconds after an hour ends before its bucket closes
     codec: str = "deflate"  # bucket file codec: readable by every Avro implementation
     max_part_bytes: int = 256 << 20  # roll over to a new part file past this size
+    max_open_files: int = 256  # part files kept open; the least recently used is closed
+    max_hours_per_batch: int = 32  # distinct (type, hour) buckets one batch may write to
+    conflict_window: int = 1024  # last N numbers per stream whose payload checksum is kept
+    modes: FileModes = field(default_factory=FileModes)
+    adopt_data_dir: bool = False  # start a new ledger in a data dir that has files
 
     def __post_init__(self) -> None:
         if self.grace_period < 0:
@@ -124,28 +147,83 @@ class DeliveryConfig:
             raise ConfigError(f"codec must be one of {BUCKET_CODECS}")
         if self.max_part_bytes < 1024:
             raise ConfigError("max_part_bytes must be >= 1024")
+        for name in ("max_open_files", "max_hours_per_batch", "conflict_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
 
+
+#: Longest a scrape serves the previous completeness gauges before walking the ledger again.
+COMPLETENESS_MAX_AGE = 5.0
 
 #: Most batches one group commit takes (bounds the latency of the first in the group).
 MAX_GROUP_BATCHES = 32
 
 
+#: Who the collector's own incidents are attributed to in the report.
+COLLECTOR_SOURCE = "(collector)"
+
+
+class RecentPayloads:
+    """Checksums of the payloads of a stream's last ``size`` sequence numbers (memory only).
+
+    A number that arrives again is a retry when its checksum matches and a
+    *conflict* (two producers sharing one id, e.g. a copied queue file) when it
+    does not. 12 bytes per slot; a number older than the window, or one written
+    before the collector started, can no longer be told apart and counts as a
+    duplicate. CRC-32 misses one conflict in 2**32.
+    """
+
+    __slots__ = ("seqs", "size", "sums")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.seqs = array("q", bytes(8 * size))
+        self.sums = array("I", bytes(4 * size))
+
+    def put(self, seq: int, checksum: int) -> None:
+        i = seq % self.size
+        self.seqs[i] = seq
+        self.sums[i] = checksum
+
+    def conflicts(self, seq: int, checksum: int) -> bool:
+        i = seq % self.size
+        return self.seqs[i] == seq and self.sums[i] != checksum
+
+
 class _Run:
     """A run of consecutive events with one (type, schema, bucket) inside a batch."""
 
-    __slots__ = ("add", "bucket", "duplicates", "newest", "payloads", "seqs", "skewed", "stream")
+    __slots__ = (
+        "add",
+        "bucket",
+        "conflicts",
+        "duplicates",
+        "newest",
+        "payloads",
+        "recent",
+        "seqs",
+        "skewed",
+        "stream",
+    )
 
     def __init__(
-        self, stream: StreamState, bucket: BucketState, skewed: bool, payloads: list[bytes]
+        self,
+        stream: StreamState,
+        bucket: BucketState,
+        skewed: bool,
+        payloads: list[bytes],
+        recent: RecentPayloads,
     ) -> None:
         self.stream = stream
         self.bucket = bucket
         self.skewed = skewed
         self.payloads = payloads  # the part file's pending list, shared by runs
+        self.recent = recent
         self.add = stream.received.add
         self.seqs: list[int] = []
         self.duplicates = 0
         self.newest = 0  # newest event time (ms) in the run, duplicates included
+        self.conflicts = 0
 
 
 class _Ticket:
@@ -168,7 +246,10 @@ class _Group:
 
 
 class LocalDelivery:
-    """Ledger + buckets in ``data_dir``; thread-safe, one writer at a time."""
+    """Ledger + buckets in ``data_dir``; thread-safe, one writer at a time.
+
+    Holds the data directory's lock from construction to :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -182,27 +263,50 @@ class LocalDelivery:
         self.registry = registry
         self.config = config or DeliveryConfig()
         self.clock = clock
+        self._types = frozenset(registry.event_types)
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._closed = False
         self._needs_recovery = False
         self._crash_at, self._crash_after_commit = _failpoint()
-        self._files: dict[str, PartFile] = {}
+        self._files: OrderedDict[str, PartFile] = OrderedDict()
         self._open_buckets: dict[tuple[str, int], BucketState] = {}
         self._next_close_at = float("inf")
         self._active: dict[tuple[str, int, str], PartState] = {}
-        os.makedirs(self.data_dir, exist_ok=True)
-        self.ledger = Ledger(self.data_dir)
-        self.state = LedgerState()
-        with self._lock:
-            self._recover()
-            self.ledger.save(
-                meta={
-                    "grace_period": repr(self.config.grace_period),
-                    "lateness": repr(self.config.lateness),
-                }
-            )
+        self._recent: dict[tuple[str, str], RecentPayloads] = {}
+        self._missing: dict[tuple[str, str], int] = {}
+        self._missing_total = 0
+        self._completeness: tuple[float, CompletenessGauges | None] = (float("-inf"), None)
+        self._incidents = 0
+        modes = self.config.modes
+        _prepare_data_dir(self.data_dir, modes)
+        check_type_names(self.data_dir, self._types)
+        self._dir_lock = DataDirLock(self.data_dir, modes)
+        try:
+            existing = _foreign_entries(self.data_dir)
+            refusal = ""
+            if existing and not self.config.adopt_data_dir:
+                refusal = (
+                    f"{self.data_dir} holds files ({', '.join(existing[:5])}) but no collector "
+                    "ledger. If the ledger was lost, restore it from a backup; to start a new "
+                    "ledger here anyway, pass --adopt-data-dir (bucket files the new ledger "
+                    "does not know are moved to _quarantine, nothing is deleted)."
+                )
+            self.ledger = Ledger(self.data_dir, modes=modes, refuse_new=refusal)
+            self._quarantine = Quarantine(self.data_dir, modes)
+            self.state = LedgerState()
+            with self._lock:
+                self._recover()
+                self.ledger.save(
+                    meta={
+                        "grace_period": repr(self.config.grace_period),
+                        "lateness": repr(self.config.lateness),
+                    }
+                )
+        except BaseException:
+            self._dir_lock.release()
+            raise
 
     # -- the seam -------------------------------------------------------------
     def deliver(self, batch: IngestedBatch) -> DeliveryResult:
@@ -228,19 +332,15 @@ class LocalDelivery:
         return ticket.result
 
     def close(self) -> None:
-        """Flush and close part files and the ledger; idempotent."""
+        """Flush and close part files and the ledger, release the data dir; idempotent."""
         with self._lock:
-            if self._closed and not self._files:
-                self.ledger.close()
-                return
             self._closed = True
-            for pf in self._files.values():
-                try:
-                    pf.sync()
-                finally:
-                    pf.close()
-            self._files.clear()
-            self.ledger.close()
+            try:
+                while self._files:
+                    self._files.popitem()[1].close()
+            finally:
+                self.ledger.close()
+                self._dir_lock.release()
 
     # -- timers and queries ---------------------------------------------------
     def close_due_buckets(self) -> int:
@@ -262,25 +362,43 @@ class LocalDelivery:
             )
 
     def completeness(self) -> CompletenessGauges:
-        """The ledger's loss and bucket gauges for ``/metrics`` (see :mod:`.metrics`)."""
-        from .metrics import completeness_gauges
+        """The ledger's loss and bucket gauges for ``/metrics`` (see :mod:`.metrics`).
 
-        with self._lock:
-            return completeness_gauges(
+        Walking every stream needs the delivery lock, so a scrape never waits for it and
+        never takes it more often than every ``COMPLETENESS_MAX_AGE`` seconds: while the
+        lock is busy (a group commit fsyncing) or the last walk is recent, the previous
+        figures are served. Any number of scrapers therefore costs ingest at most one
+        walk per interval.
+        """
+        from .metrics import CompletenessGauges, completeness_gauges
+
+        now = self.clock()
+        cached_at, cached = self._completeness
+        fresh_enough = abs(now - cached_at) < COMPLETENESS_MAX_AGE  # abs: a clock step back
+        if fresh_enough or not self._lock.acquire(blocking=False):
+            return cached or CompletenessGauges()
+        try:
+            fresh = completeness_gauges(
                 self.state,
-                self.clock(),
+                now,
                 grace=self.config.grace_period,
                 lateness=self.config.lateness,
             )
+        finally:
+            self._lock.release()
+        self._completeness = (now, fresh)
+        return fresh
 
-    def lag_events(self) -> dict[str, int]:
-        """Per producer: numbers below the watermark not yet accounted for (for metrics)."""
-        out: dict[str, int] = {}
-        with self._lock:
-            for st in self.state.streams.values():
-                a = account(st, self.clock(), self.config.grace_period, max_gap_ranges=0)
-                out[st.producer_id] = out.get(st.producer_id, 0) + a.open_gaps + a.lost
-        return out
+    def missing_events(self) -> int:
+        """Numbers below producers' watermarks not yet accounted for (open gaps + lost).
+
+        Kept up to date per changed stream at each commit, so reading it takes no
+        lock and costs nothing however many streams there are (for ``/metrics``).
+        """
+        return self._missing_total
+
+    def open_files(self) -> int:
+        return len(self._files)
 
     # -- internals ------------------------------------------------------------
     def _deliver_group(self, batches: list[IngestedBatch]) -> list[DeliveryResult]:
@@ -298,6 +416,7 @@ class LocalDelivery:
             group = _Group(now)
             results = [self._apply(batch, group) for batch in batches]
             self._flush(group)
+            self._count_missing(group.streams.values())
             return results
         except Exception as exc:
             # Memory may now be ahead of disk: rebuild it from the ledger, now or (if
@@ -311,6 +430,13 @@ class LocalDelivery:
                 log.exception("recovery failed; will retry before the next batch")
             message = f"delivery failed: {type(exc).__name__}"
             return [DeliveryResult(DeliveryStatus.UNAVAILABLE, message=message) for _ in batches]
+
+    def _count_missing(self, streams: Any) -> None:
+        for st in streams:
+            key = (st.producer_id, st.event_type)
+            n = missing_count(st)
+            self._missing_total += n - self._missing.get(key, 0)
+            self._missing[key] = n
 
     def _record_incidents(self, producer: str, incidents: list[dict[str, Any]]) -> None:
         """Keep a producer's queue incidents (e.g. a damaged file moved aside) for the
@@ -328,6 +454,18 @@ class LocalDelivery:
             if key not in self.state.meta:
                 self.state.meta[key] = value
                 log.warning("producer %s reports a queue incident: %s", producer, value)
+
+    def _collector_incident(self, state: LedgerState, kind: str, detail: str) -> None:
+        """Record (durably, at once) something the collector itself found wrong on disk."""
+        now = time.time()
+        self._incidents += 1
+        key = f"{COLLECTOR_INCIDENT_PREFIX}{now:.6f}:{os.getpid()}:{self._incidents}"
+        value = json.dumps(
+            {"producer_id": COLLECTOR_SOURCE, "kind": kind, "detail": detail, "at": now}
+        )
+        self.ledger.save(meta={key: value})
+        state.meta[key] = value
+        log.warning("%s: %s", kind, detail)
 
     def _apply(self, batch: IngestedBatch, group: _Group) -> DeliveryResult:
         """Dedupe and account one batch in memory; queue its payloads on ``group``."""
@@ -347,42 +485,74 @@ class LocalDelivery:
         result = DeliveryResult(DeliveryStatus.OK)
         acc_by_type = result.accepted_by_type
         dup_by_type = result.duplicates_by_type
+        refused = result.rejections
         max_seq: dict[str, int] = {}
         now_hour = int(now // 3600)
+        batch_buckets: set[tuple[str, int]] = set()
+        too_many = (
+            f"batch spreads over more than {cfg.max_hours_per_batch} hourly buckets; "
+            "send fewer hours per batch"
+        )
 
         # Events come in runs of one (type, schema, hour); per event only the dedupe
-        # check and two appends happen, the counting is done once per run.
+        # check, a checksum and two appends happen, the counting is done once per run.
         last_key: tuple[str, bytes, int] | None = None
         run: _Run | None = None
         runs: list[_Run] = []
         for env in batch.events:
             key = (env.event_type, env.fingerprint, env.timestamp // HOUR_MS)
             if key != last_key:
+                last_key = key
                 etype, fingerprint, hour = key
+                skewed = (hour + 1) * 3600 + lateness <= now
+                target_hour = now_hour if skewed else hour
+                bucket = self._bucket(etype, target_hour, dirty_buckets)
+                while bucket.closed:  # only if the clock went backwards: closed is immutable
+                    skewed, target_hour = True, max(target_hour, now_hour) + 1
+                    bucket = self._bucket(etype, target_hour, dirty_buckets)
+                if (etype, target_hour) not in batch_buckets:
+                    if len(batch_buckets) >= cfg.max_hours_per_batch:
+                        run = None
+                        refused.append(Rejection(etype, env.seq, "too_many_hours", too_many))
+                        continue
+                    batch_buckets.add((etype, target_hour))
                 skey = (producer, etype)
                 stream = dirty_streams.get(skey) or streams.get(skey)
                 if stream is None:
                     stream = streams[skey] = StreamState(producer, etype, first_seen=now)
                 dirty_streams[skey] = stream
-                skewed = (hour + 1) * 3600 + lateness <= now
-                target_hour = now_hour if skewed else hour
-                bucket = self._bucket(etype, target_hour, dirty_buckets)
-                if bucket.closed:  # only if the clock went backwards; keep it immutable
-                    skewed, target_hour = True, now_hour
-                    bucket = self._bucket(etype, target_hour, dirty_buckets)
+                recent = self._recent.get(skey)
+                if recent is None:
+                    recent = self._recent[skey] = RecentPayloads(cfg.conflict_window)
                 part = self._part_for(etype, target_hour, fingerprint)
                 touched[part.path] = part
-                run = _Run(stream, bucket, skewed, pending.setdefault(part.path, []))
+                run = _Run(stream, bucket, skewed, pending.setdefault(part.path, []), recent)
                 runs.append(run)
                 add, append_payload, append_seq = run.add, run.payloads.append, run.seqs.append
-                last_key = key
-            if env.timestamp > run.newest:  # type: ignore[union-attr]
-                run.newest = env.timestamp  # type: ignore[union-attr]
+                put, conflicts = recent.put, recent.conflicts
+            if run is None:
+                refused.append(Rejection(env.event_type, env.seq, "too_many_hours", too_many))
+                continue
+            checksum = zlib.crc32(env.payload, env.timestamp & 0xFFFFFFFF)
+            if env.timestamp > run.newest:
+                run.newest = env.timestamp
             if add(env.seq):
                 append_payload(env.payload)
                 append_seq(env.seq)
+                put(env.seq, checksum)
+            elif conflicts(env.seq, checksum):
+                run.conflicts += 1
+                refused.append(
+                    Rejection(
+                        env.event_type,
+                        env.seq,
+                        "conflict",
+                        f"seq {env.seq} was already delivered with a different payload "
+                        "(two producers share one producer id?)",
+                    )
+                )
             else:
-                run.duplicates += 1  # type: ignore[union-attr]
+                run.duplicates += 1
         for run in runs:
             etype = run.stream.event_type
             pib = run.bucket.producers.get(producer)
@@ -390,6 +560,7 @@ class LocalDelivery:
                 pib = run.bucket.producers[producer] = ProducerInBucket()
             if run.newest > run.stream.newest_event_ms:
                 run.stream.newest_event_ms = run.newest
+            run.stream.conflicts += run.conflicts
             if run.duplicates:
                 run.stream.duplicates += run.duplicates
                 run.bucket.duplicates += run.duplicates
@@ -418,11 +589,15 @@ class LocalDelivery:
             dirty_streams[skey] = st
             return st
 
-        for rej in batch.rejections:
-            if is_avro_full_name(rej.event_type) and rej.seq >= 1:
+        # Streams exist only for registered types (at most one per producer and type);
+        # unknown schemas are held by the producer, conflicts are already received.
+        for rej in [*batch.rejections, *refused]:
+            if rej.event_type in self._types and rej.seq >= 1 and rej.code in _MARKED_CODES:
                 stream_for(rej.event_type).mark("reject", rej.reason).add(rej.seq)
                 max_seq[rej.event_type] = max(max_seq.get(rej.event_type, 0), rej.seq)
         for drop in facts.drops:
+            if drop.event_type not in self._types:
+                continue
             kind = "reject" if drop.reason.startswith("rejected:") else "drop"
             stream_for(drop.event_type).mark(kind, drop.reason).add_range(
                 drop.first_seq, drop.last_seq
@@ -431,7 +606,8 @@ class LocalDelivery:
         for etype, seq in max_seq.items():
             stream_for(etype).announce(seq + 1, now, grace)
         for etype, next_seq in facts.next_seq.items():
-            stream_for(etype).announce(next_seq, now, grace)
+            if etype in self._types:
+                stream_for(etype).announce(next_seq, now, grace)
         for st in dirty_streams.values():
             st.last_seen = now
             st.service, st.host, st.sdk_version = facts.service, facts.host, facts.sdk_version
@@ -448,20 +624,20 @@ class LocalDelivery:
             if not payloads:
                 continue
             part = group.parts[path]
-            pf = self._files.get(path)
             data = container_block(payloads, cfg.codec, bytes.fromhex(part.sync))
-            if pf is None or part.committed_len == 0:
-                pf = self._open_part(part)
-                if part.committed_len == 0:
-                    schema = self.registry.by_fingerprint(bytes.fromhex(part.fingerprint))
-                    assert schema is not None  # ingest validated the fingerprint
-                    data = container_header(schema, cfg.codec, bytes.fromhex(part.sync)) + data
+            if part.committed_len == 0:
+                schema = self.registry.by_fingerprint(bytes.fromhex(part.fingerprint))
+                assert schema is not None  # ingest validated the fingerprint
+                data = container_header(schema, cfg.codec, bytes.fromhex(part.sync)) + data
+            pf = self._open_part(part)
+            if pf.size() != part.committed_len:  # changed under us: recovery quarantines it
+                raise OSError(f"{part.path} is not its committed length; not appending")
             pf.append(data)
             part.committed_len += len(data)
             part.events += len(payloads)
             synced.append(pf)
         for pf in synced:
-            pf.sync()
+            pf.sync()  # a file closed early by the open-file limit was fsynced then
         if self._crash_at and not self._crash_after_commit:
             self._crash_at -= 1
             if not self._crash_at:
@@ -482,23 +658,40 @@ class LocalDelivery:
         key = (etype, hour)
         b = self.state.buckets.get(key)
         if b is None:
-            b = self.state.buckets[key] = self._open_buckets[key] = BucketState(etype, hour)
-            self._next_close_at = min(self._next_close_at, self._close_deadline(hour))
+            b = self.state.buckets[key] = BucketState(etype, hour)
+            marker = read_marker(os.path.join(self.data_dir, bucket_dir(etype, hour)))
+            if marker is not None:  # closed under a ledger that was lost: still immutable
+                b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
+            else:
+                self._open_buckets[key] = b
+                self._next_close_at = min(self._next_close_at, self._close_deadline(hour))
         dirty[key] = b
         return b
 
     def _part_for(self, etype: str, hour: int, fingerprint: bytes) -> PartState:
+        """The part file to append to, never one that is full, damaged or not ours."""
         fp_hex = fingerprint.hex()
         key = (etype, hour, fp_hex)
         part = self._active.get(key)
-        if part is not None and part.committed_len < self.config.max_part_bytes:
+        if (
+            part is not None
+            and part.committed_len < self.config.max_part_bytes
+            and (part.path in self._files or not self._damaged(part, self.state))
+        ):
             return part
         index = part.index + 1 if part is not None else 0
         if part is not None:
             old = self._files.pop(part.path, None)
             if old is not None:
                 old.close()
-        rel = os.path.join(bucket_dir(etype, hour), part_name(fp_hex, index))
+        directory = bucket_dir(etype, hour)
+        while True:  # a name no ledger row and no file has: O_EXCL will not fail
+            rel = os.path.join(directory, part_name(fp_hex, index))
+            if rel not in self.state.parts and not os.path.lexists(
+                os.path.join(self.data_dir, rel)
+            ):
+                break
+            index += 1
         part = PartState(
             path=rel,
             event_type=etype,
@@ -514,14 +707,36 @@ class LocalDelivery:
     def _open_part(self, part: PartState) -> PartFile:
         pf = self._files.get(part.path)
         if pf is not None:
+            self._files.move_to_end(part.path)
             return pf
+        while len(self._files) >= self.config.max_open_files:
+            self._files.popitem(last=False)[1].close()  # fsyncs: what it got is durable
         full = os.path.join(self.data_dir, part.path)
-        directory = makedirs_durable(self.data_dir, os.path.dirname(part.path))
-        new = not os.path.exists(full)
-        pf = self._files[part.path] = PartFile(full)
+        directory = make_dirs(self.data_dir, os.path.dirname(part.path), self.config.modes)
+        new = part.committed_len == 0
+        pf = self._files[part.path] = PartFile(full, open_part(full, self.config.modes, new=new))
         if new:
             fsync_dir(directory)
         return pf
+
+    def _damaged(self, part: PartState, state: LedgerState) -> bool:
+        """Check a part file before reopening it; a damaged one is quarantined for good."""
+        full = os.path.join(self.data_dir, part.path)
+        damage = part_damage(full, part.committed_len, bytes.fromhex(part.sync))
+        if damage is None:
+            return False
+        where = "(file missing)"
+        if os.path.lexists(full):
+            where = self._quarantine.move(part.path, f"damaged: {damage}")
+        part.quarantined = where
+        self.ledger.save(parts=[part])
+        self._collector_incident(
+            state,
+            "damaged_part_file",
+            f"{part.path} is {damage}; its {part.events} acknowledged events may be lost "
+            f"or partly readable; moved to {where}; new events go to a new part file",
+        )
+        return True
 
     def _close_deadline(self, hour: int) -> float:
         return (hour + 1) * 3600 + self.config.lateness
@@ -546,7 +761,7 @@ class LocalDelivery:
             summary["closed"] = True
             summary["closed_at"] = now
             if os.path.isdir(directory):
-                write_marker(directory, summary)
+                write_marker(directory, summary, self.config.modes)
             b.closed, b.closed_at, b.summary = True, now, summary
         if due:
             self.ledger.save(buckets=due)
@@ -564,29 +779,25 @@ class LocalDelivery:
         return bucket_summary(b, parts, self.state, now=now, grace=self.config.grace_period)
 
     def _recover(self) -> None:
-        """Make memory and disk agree with the ledger (startup, and after any failure)."""
-        for pf in self._files.values():
-            pf.close()
-        self._files.clear()
+        """Make memory and disk agree with the ledger (startup, and after any failure).
+
+        Nothing is deleted or truncated away: bytes past a part's committed length
+        (a crash between write and commit, or a ledger older than the files) are
+        copied to the quarantine before the part is cut back; a part whose committed
+        prefix is damaged, and part files no ledger row knows, are moved there.
+        """
+        while self._files:
+            self._files.popitem()[1].close()
         self._active.clear()
         state = self.ledger.load()
         root = self.data_dir
         for part in state.parts.values():
             bucket = state.buckets.get((part.event_type, part.hour))
-            if bucket is not None and bucket.closed:
+            if part.quarantined or (bucket is not None and bucket.closed):
                 continue
-            full = os.path.join(root, part.path)
-            cut = truncate_to(full, part.committed_len)
-            if cut:
-                log.warning("truncated %s by %d uncommitted bytes", part.path, cut)
-            size = os.path.getsize(full) if os.path.exists(full) else 0
-            if size < part.committed_len:
-                log.error(
-                    "%s is shorter (%d) than its committed length %d",
-                    part.path,
-                    size,
-                    part.committed_len,
-                )
+            if self._damaged(part, state):
+                continue
+            self._move_tail_aside(part, state)
             key = (part.event_type, part.hour, part.fingerprint)
             active = self._active.get(key)
             if active is None or part.index > active.index:
@@ -598,32 +809,150 @@ class LocalDelivery:
                 if marker is not None:
                     b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
                     self.ledger.save(buckets=[b])
-        self._remove_uncommitted_files(state)
+        self._quarantine_unknown_parts(state)
         self.state = state
         self._open_buckets = {k: b for k, b in state.buckets.items() if not b.closed}
         self._next_close_at = min(
             (self._close_deadline(b.hour) for b in self._open_buckets.values()),
             default=float("inf"),
         )
+        self._missing.clear()
+        self._missing_total = 0
+        self._count_missing(state.streams.values())
 
-    def _remove_uncommitted_files(self, state: LedgerState) -> None:
-        """Delete part files the ledger never committed (crash before the first commit)."""
+    def _move_tail_aside(self, part: PartState, state: LedgerState) -> None:
+        """Bytes past the committed length: keep a readable copy, then cut the part back."""
+        full = os.path.join(self.data_dir, part.path)
+        size = os.lstat(full).st_size if os.path.lexists(full) else 0
+        if size <= part.committed_len:
+            return
+        sync = bytes.fromhex(part.sync)
+        with open(full, "r+b") as fh:
+            head = fh.read(header_length(full, sync)) if part.committed_len else b""
+            fh.seek(part.committed_len)
+            tail = fh.read()
+            where = self._quarantine.keep_copy(
+                part.path,
+                head + tail,
+                f"{len(tail)} bytes past the committed length {part.committed_len}",
+            )
+            fh.truncate(part.committed_len)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._collector_incident(
+            state,
+            "uncommitted_bytes",
+            f"{part.path} had {len(tail)} bytes past its committed length (a crash before "
+            f"the ledger commit, whose events the producer retries, or a ledger older than "
+            f"the files); they are kept in {where}",
+        )
+
+    def _quarantine_unknown_parts(self, state: LedgerState) -> None:
+        """Move part files no ledger row knows out of open buckets, into the quarantine.
+
+        Only real directories of registered event types are walked (no symlink is
+        followed), only regular ``part-*.avro`` files are moved, closed buckets are
+        left as they are, and nothing is deleted.
+        """
         root = self.data_dir
-        with os.scandir(root) as types:
-            type_dirs = [e.name for e in types if e.is_dir() and is_avro_full_name(e.name)]
-        for etype in type_dirs:
-            for dirpath, _dirs, files in os.walk(os.path.join(root, etype)):
-                if CLOSED_MARKER in files:
+        for etype in sorted(self._types):
+            top = os.path.join(root, etype)
+            if not os.path.isdir(top) or os.path.islink(top):
+                continue
+            stack = [top]
+            while stack:
+                directory = stack.pop()
+                with os.scandir(directory) as it:
+                    entries = list(it)
+                if any(e.name == CLOSED_MARKER for e in entries):
                     continue
-                for name in files:
-                    rel = os.path.relpath(os.path.join(dirpath, name), root)
-                    if name.endswith(".tmp") or (
-                        name.startswith("part-")
-                        and name.endswith(".avro")
-                        and rel not in state.parts
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif (
+                        e.is_file(follow_symlinks=False)
+                        and e.name.startswith("part-")
+                        and e.name.endswith(".avro")
+                        and os.path.relpath(e.path, root) not in state.parts
                     ):
-                        log.warning("removing uncommitted file %s", rel)
-                        os.unlink(os.path.join(dirpath, name))
+                        rel = os.path.relpath(e.path, root)
+                        size = e.stat(follow_symlinks=False).st_size
+                        where = self._quarantine.move(rel, "no ledger row knows this part file")
+                        self._collector_incident(
+                            state,
+                            "unknown_part_file",
+                            f"{rel} ({size} bytes) is not in "
+                            f"the ledger (a crash before its first commit, or a lost or older "
+                            f"ledger); moved to {where}",
+                        )
+
+
+#: Rejection codes recorded in the ledger as rejected numbers. ``unknown_schema``
+#: events are held by the producer and arrive later; a ``conflict`` number was received.
+_MARKED_CODES = frozenset(
+    {
+        "invalid_payload",
+        "invalid_type",
+        "invalid_seq",
+        "invalid_timestamp",
+        "too_far_in_future",
+        "too_many_hours",
+    }
+)
+
+
+def _prepare_data_dir(data_dir: str, modes: FileModes) -> None:
+    """Create the data dir (owner-only) if needed; a clear error naming it if unusable."""
+    try:
+        if not os.path.lexists(data_dir):
+            os.makedirs(data_dir, modes.directory)
+            os.chmod(data_dir, modes.directory)
+        if not os.path.isdir(data_dir):
+            raise DataDirError(f"data directory {data_dir} is not a directory")
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise DataDirError(
+                f"data directory {data_dir} is not writable by this user (uid {os.getuid()})"
+            )
+    except OSError as exc:
+        raise DataDirError(f"cannot use data directory {data_dir}: {exc.strerror}") from exc
+
+
+def check_type_names(data_dir: str, event_types: frozenset[str]) -> None:
+    """Refuse event types whose directory cannot exist here, or exists as a symlink.
+
+    A full name longer than the file system allows would fail every batch of that
+    type the same way (ENAMETOOLONG): found at startup instead, naming the type.
+    """
+    try:
+        name_max = os.pathconf(data_dir, "PC_NAME_MAX")
+        path_max = os.pathconf(data_dir, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    # DATA_DIR/<type>/YYYY-MM-DD/HH/part-<16 hex>-NNNN.avro, and its quarantine copy
+    longest_rest = len("/_quarantine/YYYYMMDDTHHMMSSZ-4194304/") + len(
+        "/YYYY-MM-DD/HH/part-0123456789abcdef-0000.avro.tail.avro.99"
+    )
+    for etype in sorted(event_types):
+        size = len(etype.encode())
+        if size > name_max or len(data_dir.encode()) + size + longest_rest > path_max:
+            raise DataDirError(
+                f"event type {etype!r} ({size} bytes) is too long for a directory name under "
+                f"{data_dir} (the file system allows {name_max} bytes per name, {path_max} "
+                "per path); shorten its namespace or name"
+            )
+        top = os.path.join(data_dir, etype)
+        if os.path.islink(top) or (os.path.lexists(top) and not os.path.isdir(top)):
+            raise DataDirError(
+                f"{top} is a symlink or not a directory; the collector writes only into "
+                "directories it created. Move it out of the data directory."
+            )
+
+
+def _foreign_entries(data_dir: str) -> list[str]:
+    """Names in the data dir other than the lock and the ledger's own files."""
+    own = {LOCK_FILE, LEDGER_FILE, LEDGER_FILE + "-wal", LEDGER_FILE + "-shm"}
+    with os.scandir(data_dir) as it:
+        return sorted(e.name for e in it if e.name not in own)
 
 
 def _failpoint() -> tuple[int, bool]:

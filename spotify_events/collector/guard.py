@@ -77,8 +77,17 @@ class _Cursor:
         return out
 
 
-def scan_container(body: bytes, *, max_events: int, max_decoded_bytes: int) -> ScanResult:
-    """Check framing, codec, record count and decompressed size of a wire batch."""
+def scan_container(
+    body: bytes,
+    *,
+    max_events: int,
+    max_decoded_bytes: int,
+    max_blocks: int = 8192,
+    max_schema_bytes: int = 64 << 10,
+) -> ScanResult:
+    """Check framing, codec, schema size, block and record counts and decompressed
+    size of a wire batch. Each block costs a decompressor call however small it is,
+    and a header schema is parsed whole, so both are capped too."""
     cur = _Cursor(body)
     if cur.take(len(MAGIC)) != MAGIC:
         raise GuardError(400, "not an Avro object container (bad magic)")
@@ -95,6 +104,9 @@ def scan_container(body: bytes, *, max_events: int, max_decoded_bytes: int) -> S
         for _ in range(count):
             key = cur.take(cur.long()).decode("utf-8", "replace")
             meta[key] = cur.take(cur.long())
+    schema_json = meta.get("avro.schema")
+    if schema_json is not None and len(schema_json) > max_schema_bytes:
+        raise GuardError(400, f"container schema exceeds {max_schema_bytes} bytes")
     sync = cur.take(SYNC_SIZE)
     header_len = cur.pos
     codec = meta.get("avro.codec", b"null").decode("utf-8", "replace")
@@ -107,6 +119,8 @@ def scan_container(body: bytes, *, max_events: int, max_decoded_bytes: int) -> S
         size = cur.long()
         if n < 0 or size < 0:
             raise GuardError(400, "malformed container block header")
+        if len(blocks) >= max_blocks:
+            raise GuardError(413, f"batch holds more than {max_blocks} container blocks")
         records += n
         if records > max_events:
             raise GuardError(413, f"batch holds more than {max_events} events; split it")
@@ -121,7 +135,7 @@ def scan_container(body: bytes, *, max_events: int, max_decoded_bytes: int) -> S
         records=records,
         decoded_bytes=decoded,
         header_len=header_len,
-        schema_json=meta.get("avro.schema"),
+        schema_json=schema_json,
         blocks=blocks,
     )
 

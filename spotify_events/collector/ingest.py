@@ -9,7 +9,10 @@ ledger or of files; its output, :class:`IngestedBatch`, is what it hands to
 Validation is per event so that one bad event never fails the batch: an unknown
 fingerprint, a payload that does not decode (exactly, to its last byte) with the
 schema, or an ``event_type`` that is not that schema's full name rejects only that
-event, with a reason. Only a body that is not a decodable batch at all is a 400.
+event, with a machine-readable ``code`` and a reason. Only a body that is not a
+decodable batch at all is a 400. Batch facts (``se.next_seq``, ``se.drops``) about
+types that are not registered are left out, so no client can make the collector
+keep state for made-up types.
 """
 
 from __future__ import annotations
@@ -97,23 +100,44 @@ class IngestLimits:
     max_body_bytes: int = 16 << 20
     max_events: int = 100_000
     max_decoded_bytes: int = 64 << 20
+    max_blocks: int = 8192  # container blocks per body (each costs a decompress call)
+    max_schema_bytes: int = 64 << 10  # the container header's avro.schema text
+    max_future_seconds: float = 86_400.0  # how far past the collector's clock an event may be
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_events", "max_decoded_bytes"):
+        for name in (
+            "max_body_bytes",
+            "max_events",
+            "max_decoded_bytes",
+            "max_blocks",
+            "max_schema_bytes",
+            "max_future_seconds",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """One event refused by ingest (or delivery), reported in the 200 body."""
+    """One event refused by ingest (or delivery), reported in the 200 body.
+
+    ``code`` is for programs (``unknown_schema``: the producer holds the event
+    until the collector learns its schema; anything else is final), ``reason``
+    for people.
+    """
 
     event_type: str
     seq: int
+    code: str
     reason: str
 
     def to_json(self) -> dict[str, object]:
-        return {"event_type": self.event_type, "seq": self.seq, "reason": self.reason}
+        return {
+            "event_type": self.event_type,
+            "seq": self.seq,
+            "code": self.code,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -154,6 +178,7 @@ class Ingest:
         self.limits = limits or IngestLimits()
         self._clock = clock
         self._readers: dict[bytes, Any] = {}  # fingerprint -> validation schema
+        self._types = frozenset(registry.event_types)
 
     def parse(self, body: bytes) -> IngestedBatch:
         limits = self.limits
@@ -161,7 +186,11 @@ class Ingest:
             raise IngestError(413, "too_large", f"body exceeds {limits.max_body_bytes} bytes")
         try:
             scan = scan_container(
-                body, max_events=limits.max_events, max_decoded_bytes=limits.max_decoded_bytes
+                body,
+                max_events=limits.max_events,
+                max_decoded_bytes=limits.max_decoded_bytes,
+                max_blocks=limits.max_blocks,
+                max_schema_bytes=limits.max_schema_bytes,
             )
         except GuardError as exc:
             kind = "too_large" if exc.status == 413 else "decode"
@@ -190,10 +219,11 @@ class Ingest:
                     "metadata",
                     f"se.drops names an invalid event type {drop.event_type[:100]!r}",
                 )
+        known = self._types
         facts = BatchFacts(
             producer_id=producer,
-            next_seq=batch.next_seq,
-            drops=batch.drops,
+            next_seq={t: n for t, n in batch.next_seq.items() if t in known},
+            drops=[d for d in batch.drops if d.event_type in known],
             service=batch.service[:200],
             host=batch.host[:200],
             sdk_version=batch.sdk_version[:100],
@@ -205,24 +235,33 @@ class Ingest:
         return IngestedBatch(facts=facts, events=events, rejections=rejections)
 
     def validate(self, envelopes: list[Envelope]) -> tuple[list[Envelope], list[Rejection]]:
-        """Split envelopes into valid events and rejections (one reason each)."""
+        """Split envelopes into valid events and rejections (one code and reason each)."""
         by_fp = self.registry.by_fingerprint
         good: list[Envelope] = []
         bad: list[Rejection] = []
         schema_cache: dict[bytes, EventSchema | None] = {}
+        latest_ms = min(
+            MAX_TIMESTAMP_MS, int((self._clock() + self.limits.max_future_seconds) * 1000)
+        )
         for env in envelopes:
             fp = env.fingerprint
             if fp in schema_cache:
                 schema = schema_cache[fp]
             else:
                 schema = schema_cache[fp] = by_fp(fp)
-            reason = None
+            problem = None
             if schema is None or schema.full_name != env.event_type:
-                reason = self._type_problem(env, schema)
+                problem = self._type_problem(env, schema)
             elif env.seq < 1:
-                reason = "seq must be >= 1"
+                problem = "invalid_seq", "seq must be >= 1"
             elif not 0 <= env.timestamp <= MAX_TIMESTAMP_MS:
-                reason = f"timestamp {env.timestamp} out of range"
+                problem = "invalid_timestamp", f"timestamp {env.timestamp} out of range"
+            elif env.timestamp > latest_ms:
+                problem = (
+                    "too_far_in_future",
+                    f"timestamp {env.timestamp} is more than "
+                    f"{self.limits.max_future_seconds:g} s ahead of the collector's clock",
+                )
             else:
                 payload = env.payload
                 buf = io.BytesIO(payload)
@@ -232,28 +271,33 @@ class Ingest:
                 try:
                     schemaless_reader(buf, reader, None)
                 except Exception as exc:  # fastavro raises many types on bad bytes
-                    reason = (
-                        f"payload does not decode with {schema.full_name}: {type(exc).__name__}"
+                    problem = (
+                        "invalid_payload",
+                        f"payload does not decode with {schema.full_name}: {type(exc).__name__}",
                     )
                 else:
                     if buf.tell() != len(payload):
-                        reason = (
+                        problem = (
+                            "invalid_payload",
                             f"payload does not decode with {schema.full_name}: "
-                            f"{len(payload) - buf.tell()} trailing bytes"
+                            f"{len(payload) - buf.tell()} trailing bytes",
                         )
-            if reason is None:
+            if problem is None:
                 good.append(env)
             else:
-                bad.append(Rejection(_printable(env.event_type), env.seq, reason))
+                bad.append(Rejection(_printable(env.event_type), env.seq, *problem))
         return good, bad
 
     @staticmethod
-    def _type_problem(env: Envelope, schema: EventSchema | None) -> str:
+    def _type_problem(env: Envelope, schema: EventSchema | None) -> tuple[str, str]:
         if not is_avro_full_name(env.event_type):
-            return "invalid event type name"
+            return "invalid_type", "invalid event type name"
         if schema is None:
-            return f"unknown schema fingerprint {env.fingerprint.hex()}"
-        return f"event_type does not match its schema fingerprint (schema is {schema.full_name})"
+            return "unknown_schema", f"unknown schema fingerprint {env.fingerprint.hex()}"
+        return (
+            "invalid_type",
+            f"event_type does not match its schema fingerprint (schema is {schema.full_name})",
+        )
 
 
 def _incidents(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datadir import O_NOFOLLOW, DataDirError, FileModes
 from .ranges import RangeSet
 
 LEDGER_FILE = "_ledger.db"
@@ -45,8 +46,10 @@ MAX_REASONS = 64
 MAX_REASON_CHARS = 200
 OTHER_REASONS = "(other reasons)"
 
-#: meta keys holding producers' queue incidents (JSON), shown in the report.
+#: meta keys holding incidents (JSON), shown in the report: producers' queue incidents
+#: and the collector's own (``incident:collector:...``, e.g. a damaged part file).
 INCIDENT_PREFIX = "incident:"
+COLLECTOR_INCIDENT_PREFIX = INCIDENT_PREFIX + "collector:"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +71,7 @@ class StreamState:
     event_type: str
     received: RangeSet = field(default_factory=RangeSet)
     duplicates: int = 0
+    conflicts: int = 0  # numbers that arrived again with a different payload
     next_seq: int = 1
     steps: list[tuple[int, float]] = field(default_factory=list)
     marks: dict[tuple[str, str], RangeSet] = field(default_factory=dict)
@@ -114,6 +118,7 @@ class StreamState:
             {
                 "received": self.received.to_list(),
                 "duplicates": self.duplicates,
+                "conflicts": self.conflicts,
                 "next_seq": self.next_seq,
                 "steps": self.steps,
                 "marks": [[k, r, rs.to_list()] for (k, r), rs in self.marks.items()],
@@ -135,6 +140,7 @@ class StreamState:
             event_type=event_type,
             received=RangeSet.from_list(d["received"]),
             duplicates=d["duplicates"],
+            conflicts=d.get("conflicts", 0),
             next_seq=d["next_seq"],
             steps=[(int(n), float(t)) for n, t in d["steps"]],
             marks={(k, r): RangeSet.from_list(rs) for k, r, rs in d["marks"]},
@@ -226,10 +232,12 @@ class PartState:
     sync: str  # hex of the 16-byte container sync marker
     committed_len: int = 0
     events: int = 0
+    quarantined: str = ""  # where a damaged file went; such a part is never written again
 
     def to_json(self) -> str:
         return json.dumps(
             {
+                "quarantined": self.quarantined,
                 "event_type": self.event_type,
                 "hour": self.hour,
                 "fingerprint": self.fingerprint,
@@ -260,25 +268,66 @@ class LedgerState:
 class Ledger:
     """SQLite persistence of :class:`LedgerState`; one writer, serialised by the caller."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        modes: FileModes | None = None,
+        refuse_new: str = "",
+    ) -> None:
+        """``refuse_new``: if set, a ledger that holds no schema version (created just now,
+        or emptied: SQLite reads a zero-byte file as an empty database) is not started;
+        DataDirError with this text instead."""
         self.path = os.path.join(os.fspath(data_dir), LEDGER_FILE)
-        if read_only:
-            if not os.path.exists(self.path):
-                raise FileNotFoundError(f"{self.path}: no collector ledger here")
+        if read_only and not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no collector ledger here")
+        if not read_only:
+            modes = modes or FileModes()
+            # SQLite gives its -wal and -shm files the database file's mode
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, modes.file)
+            except OSError as exc:
+                raise DataDirError(f"cannot open the ledger {self.path}: {exc.strerror}") from exc
+            try:
+                os.fchmod(fd, modes.file)
+            finally:
+                os.close(fd)
+        try:
             # Not mode=ro: reading a WAL database needs the -shm file, which a reader may create.
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        else:
-            os.makedirs(os.fspath(data_dir), exist_ok=True)
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # the 200 promises durability
-            self._conn.executescript(_DDL)
-            with self.atomic() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-        self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")  # the 200 promises durability
+                self._conn.executescript(_DDL)
+                with self.atomic() as conn:
+                    row = conn.execute(
+                        "SELECT value FROM meta WHERE key = 'schema_version'"
+                    ).fetchone()
+                    if row is None and refuse_new:
+                        raise DataDirError(refuse_new)
+                    if row is None:
+                        conn.execute(
+                            "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),),
+                        )
+                    elif row[0] != str(SCHEMA_VERSION):
+                        raise DataDirError(
+                            f"{self.path} has ledger version {row[0]!r}; this collector "
+                            f"reads version {SCHEMA_VERSION}. Run a matching spotify-events."
+                        )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            raise DataDirError(
+                f"{self.path} is not a usable collector ledger ({exc}). Stop every collector "
+                "on this data directory, move the file aside, and restore the ledger from "
+                "a backup; without one, start with --adopt-data-dir to begin a new ledger "
+                "(bucket files the new ledger does not know are moved to _quarantine)."
+            ) from exc
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:
@@ -309,8 +358,13 @@ class Ledger:
                 state.buckets[(event_type, hour)] = BucketState.from_json(event_type, hour, text)
             for path, text in conn.execute("SELECT path, state FROM parts"):
                 state.parts[path] = PartState.from_json(path, text)
-        except sqlite3.OperationalError as exc:
-            raise FileNotFoundError(f"{self.path}: not a collector ledger ({exc})") from exc
+        except sqlite3.Error as exc:
+            raise DataDirError(f"{self.path}: not a collector ledger ({exc})") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataDirError(
+                f"{self.path}: a ledger row does not parse ({type(exc).__name__}: {exc}); "
+                "restore the ledger from a backup"
+            ) from exc
         return state
 
     def save(

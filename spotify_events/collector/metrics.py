@@ -4,7 +4,9 @@ A per-app registry (not prometheus-client's global one) lets several apps live i
 one process — tests, the benchmark, an embedding service — without "Duplicated
 timeseries" errors, and makes ``/metrics`` show only this collector's numbers.
 Event-type labels are limited to types in the schema registry (others count as
-``_unknown``) so a hostile client cannot blow up label cardinality.
+``_unknown``) and no label carries a producer id (per-producer detail is in the
+report), so no client can blow up label cardinality. Nothing here takes the
+delivery lock: the missing-events gauge reads a number delivery keeps up to date.
 """
 
 from __future__ import annotations
@@ -23,23 +25,6 @@ from .accounting import account
 from .ledger import LedgerState
 
 PREFIX = "spotify_events_collector"
-
-
-class _LagCollector(Collector):
-    """Per-producer numbers below the watermark not yet received (open gaps + lost)."""
-
-    def __init__(self, source: Callable[[], dict[str, int]]) -> None:
-        self._source = source
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            f"{PREFIX}_producer_missing_events",
-            "Sequence numbers below the producer's announced watermark not yet accounted for.",
-            labels=["producer_id"],
-        )
-        for producer, n in sorted(self._source().items()):
-            family.add_metric([producer], n)
-        yield family
 
 
 class CollectorMetrics:
@@ -81,17 +66,20 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        self.producer_lag = Gauge(
-            f"{PREFIX}_producer_lag_seconds",
-            "Arrival time minus the newest event time in the producer's last batch.",
-            ["producer_id"],
+        self.batch_lag = Histogram(
+            f"{PREFIX}_batch_lag_seconds",
+            "Arrival time minus the newest event time of each batch with events.",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 21600, 86400),
+            registry=r,
+        )
+        self.missing_events = Gauge(
+            f"{PREFIX}_missing_events",
+            "Sequence numbers below producers' announced watermarks not yet accounted for.",
             registry=r,
         )
 
-        self.batch_lag = batch_lag_histogram(r)
-
-    def add_lag_source(self, source: Callable[[], dict[str, int]]) -> None:
-        self.registry.register(_LagCollector(source))
+    def add_missing_events_source(self, source: Callable[[], float]) -> None:
+        self.missing_events.set_function(source)
 
     def type_label(self, event_type: str) -> str:
         return event_type if event_type in self.known_types else "_unknown"
@@ -152,15 +140,30 @@ def completeness_gauges(
     )
 
 
-def batch_lag_histogram(registry: CollectorRegistry) -> Histogram:
-    """Delivery lag per accepted batch with events: arrival time minus the newest event
-    time in it (the lag the completeness page shows per producer), in seconds."""
-    return Histogram(
-        f"{PREFIX}_batch_lag_seconds",
-        "Arrival time minus the newest event time of each accepted batch with events.",
-        buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 86400),
-        registry=registry,
-    )
+#: (metric name, help, CompletenessGauges field) of every completeness gauge.
+_COMPLETENESS = (
+    ("lost_events", "Sequence numbers missing past the grace period (lost).", "lost"),
+    ("open_gap_events", "Sequence numbers missing, still within the grace period.", "open_gaps"),
+    ("dropped_events", "Events producers reported dropped (drop notices).", "dropped"),
+    ("rejected_events", "Events rejected (by the collector or reported by producers).", "rejected"),
+    ("producers", "Producers in the ledger.", "producers"),
+    (
+        "active_producers",
+        f"Producers heard from (events or heartbeat) in the last {ACTIVE_WINDOW:g} s.",
+        "active_producers",
+    ),
+    ("open_buckets", "Hourly buckets not yet closed.", "open_buckets"),
+    (
+        "open_bucket_overdue_seconds",
+        "How far the most overdue open bucket is past its close time (hour end + lateness).",
+        "overdue_seconds",
+    ),
+)
+_DATA_DIR_FREE = (
+    f"{PREFIX}_data_dir_free_bytes",
+    "Bytes available to the collector on the data directory's filesystem.",
+)
+_DATA_DIR_SIZE = (f"{PREFIX}_data_dir_size_bytes", "Size of the data directory's filesystem.")
 
 
 class _CompletenessCollector(Collector):
@@ -170,50 +173,25 @@ class _CompletenessCollector(Collector):
         self._source = source
         self._data_dir = data_dir
 
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """The families without values: registering must not walk the ledger."""
+        for name, doc, _ in _COMPLETENESS:
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+        if self._data_dir is not None:
+            yield GaugeMetricFamily(*_DATA_DIR_FREE)
+            yield GaugeMetricFamily(*_DATA_DIR_SIZE)
+
     def collect(self) -> Iterable[GaugeMetricFamily]:
         g = self._source()
-        for name, doc, value in (
-            ("lost_events", "Sequence numbers missing past the grace period (lost).", g.lost),
-            (
-                "open_gap_events",
-                "Sequence numbers missing, still within the grace period.",
-                g.open_gaps,
-            ),
-            ("dropped_events", "Events producers reported dropped (drop notices).", g.dropped),
-            (
-                "rejected_events",
-                "Events rejected (by the collector or reported by producers).",
-                g.rejected,
-            ),
-            ("producers", "Producers in the ledger.", g.producers),
-            (
-                "active_producers",
-                f"Producers heard from (events or heartbeat) in the last {ACTIVE_WINDOW:g} s.",
-                g.active_producers,
-            ),
-            ("open_buckets", "Hourly buckets not yet closed.", g.open_buckets),
-            (
-                "open_bucket_overdue_seconds",
-                "How far the most overdue open bucket is past its close time (hour end + lateness).",
-                g.overdue_seconds,
-            ),
-        ):
-            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        for name, doc, field_name in _COMPLETENESS:
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=getattr(g, field_name))
         if self._data_dir is not None:
             try:
                 fs = os.statvfs(self._data_dir)
             except OSError:  # gone or unreadable: no sample rather than a wrong one
                 return
-            yield GaugeMetricFamily(
-                f"{PREFIX}_data_dir_free_bytes",
-                "Bytes available to the collector on the data directory's filesystem.",
-                value=fs.f_bavail * fs.f_frsize,
-            )
-            yield GaugeMetricFamily(
-                f"{PREFIX}_data_dir_size_bytes",
-                "Size of the data directory's filesystem.",
-                value=fs.f_blocks * fs.f_frsize,
-            )
+            yield GaugeMetricFamily(*_DATA_DIR_FREE, value=fs.f_bavail * fs.f_frsize)
+            yield GaugeMetricFamily(*_DATA_DIR_SIZE, value=fs.f_blocks * fs.f_frsize)
 
 
 def add_health(

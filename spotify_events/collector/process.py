@@ -7,6 +7,7 @@ same port and data dir"; this is that, once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import signal
@@ -19,6 +20,25 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+
+from ..errors import MissingExtraError
+
+#: Modules the collector needs beyond the core install (the ``[collector]`` extra).
+COLLECTOR_MODULES = ("waitress", "prometheus_client")
+
+
+def require_collector_extra(command: str, also: tuple[str, ...] = ()) -> None:
+    """Fail with the install line, not a ModuleNotFoundError, when the extra is missing."""
+    missing = [m for m in (*COLLECTOR_MODULES, *also) if _find(m) is None]
+    if missing:
+        raise MissingExtraError(f"'spotify-events {command}'", ", ".join(missing), extra="collector")
+
+
+def _find(module: str) -> object:
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # sys.modules[name] = None, or a broken entry
+        return None
 
 
 @dataclass

@@ -30,6 +30,7 @@ def stream_entry(st: Any, now: float, grace: float) -> dict[str, Any]:
         "sdk_version": st.sdk_version,
         "received": a.received,
         "duplicates": st.duplicates,
+        "conflicts": st.conflicts,
         "dropped": a.dropped,
         "dropped_reasons": a.dropped_reasons,
         "rejected": a.rejected,
@@ -94,6 +95,7 @@ def bucket_summary(
                 "fingerprint": p.fingerprint,
                 "events": p.events,
                 "bytes": p.committed_len,
+                **({"quarantined": p.quarantined} if p.quarantined else {}),
             }
             for p in sorted(parts, key=lambda p: p.path)
         ],
@@ -137,7 +139,7 @@ def build_report(
     }
 
 
-_COUNTS = ("received", "duplicates", "dropped", "rejected", "open_gaps", "lost")
+_COUNTS = ("received", "duplicates", "conflicts", "dropped", "rejected", "open_gaps", "lost")
 
 
 def producer_entries(
@@ -244,7 +246,8 @@ def format_table(report: dict[str, Any]) -> str:
     t = report["totals"]
     lines += [
         "",
-        f"total: received {t['received']}, duplicates {t['duplicates']}, dropped {t['dropped']}, "
+        f"total: received {t['received']}, duplicates {t['duplicates']}, "
+        f"conflicts {t['conflicts']}, dropped {t['dropped']}, "
         f"rejected {t['rejected']}, open gaps {t['open_gaps']}, lost {t['lost']} "
         f"(grace period {report['grace_period']:g}s)",
         "",

@@ -9,6 +9,11 @@ project, and is embeddable: ``create_server`` hands back the bound socket, so
 cannot use (one writer owns the ledger) and does not run on Windows; uvicorn
 would need an ASGI rewrite for no gain on a disk-bound endpoint.
 
+Connections: waitress runs with ``asyncore_use_poll=True`` (``select()`` fails
+outright once a descriptor number passes 1024), ``connection_limit`` sized for a
+fleet of keep-alive SDK clients, and an idle ``channel_timeout``; the open-file
+limit is raised to fit connections plus open part files.
+
 Shutdown: SIGTERM and SIGINT make waitress's loop return (it catches SystemExit /
 KeyboardInterrupt and stops its worker threads, letting in-flight requests
 finish), then the closer thread stops and delivery fsyncs and closes its part
@@ -20,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +36,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .app import CollectorApp
+from .datadir import FileModes
 from .delivery import DeliveryConfig, LocalDelivery
 from .ingest import Ingest, IngestLimits
 from .metrics import CollectorMetrics, add_health
@@ -54,14 +61,24 @@ class CollectorConfig:
     threads: int = 8
     close_interval: float = 30.0
     codec: str = "deflate"
+    metrics_token: str | None = None
+    connection_limit: int = 1000
+    channel_timeout: float = 60.0
+    max_open_files: int = 256
+    max_hours_per_batch: int = 32
+    max_future_seconds: float = 86_400.0
+    group_readable: bool = False
+    adopt_data_dir: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be 0..65535")
-        if self.threads < 1:
-            raise ConfigError("threads must be >= 1")
-        if self.close_interval <= 0:
-            raise ConfigError("close_interval must be > 0")
+        for name in ("threads", "connection_limit", "max_open_files", "max_hours_per_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for name in ("close_interval", "channel_timeout", "max_future_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
 
 
 class Collector:
@@ -74,7 +91,13 @@ class Collector:
             config.data_dir,
             self.registry,
             config=DeliveryConfig(
-                grace_period=config.grace_period, lateness=config.lateness, codec=config.codec
+                grace_period=config.grace_period,
+                lateness=config.lateness,
+                codec=config.codec,
+                max_open_files=config.max_open_files,
+                max_hours_per_batch=config.max_hours_per_batch,
+                modes=FileModes.group_readable() if config.group_readable else FileModes(),
+                adopt_data_dir=config.adopt_data_dir,
             ),
             clock=clock,
         )
@@ -84,11 +107,12 @@ class Collector:
                 max_body_bytes=config.max_body_bytes,
                 max_events=config.max_events,
                 max_decoded_bytes=config.max_decoded_bytes,
+                max_future_seconds=config.max_future_seconds,
             ),
             clock=clock,
         )
         self.metrics = CollectorMetrics(self.registry.event_types)
-        self.metrics.add_lag_source(self.delivery.lag_events)
+        self.metrics.add_missing_events_source(self.delivery.missing_events)
         add_health(self.metrics, self.delivery.completeness, data_dir=config.data_dir)
         self.app = CollectorApp(
             ingest=self.ingest,
@@ -96,6 +120,7 @@ class Collector:
             metrics=self.metrics,
             report=self.delivery.report,
             token=config.token,
+            metrics_token=config.metrics_token,
         )
         self._stop = threading.Event()
         self._closer = threading.Thread(
@@ -125,17 +150,31 @@ def serve(config: CollectorConfig, *, ready: Callable[[str], None] | None = None
     """Run until SIGTERM/SIGINT; call ``ready(url)`` once the socket is listening."""
     from waitress import create_server
 
+    if config.token is None and config.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "listening on %s without --token: anyone who can reach this port can post "
+            "events and read the report; set --token (or SPOTIFY_EVENTS_TOKEN)",
+            config.host,
+        )
+    _raise_open_file_limit(config.connection_limit + config.max_open_files + 64)
     collector = Collector(config)
-    server: Any = create_server(
-        collector.app,
-        host=config.host,
-        port=config.port,
-        threads=config.threads,
-        # our own limit answers 413 with a JSON body; waitress's is only a backstop
-        max_request_body_size=config.max_body_bytes + (1 << 20),
-        ident="spotify-events-collector",
-        clear_untrusted_proxy_headers=True,
-    )
+    try:
+        server: Any = create_server(
+            collector.app,
+            host=config.host,
+            port=config.port,
+            threads=config.threads,
+            # our own limit answers 413 with a JSON body; waitress's is only a backstop
+            max_request_body_size=config.max_body_bytes + (1 << 20),
+            ident="spotify-events-collector",
+            clear_untrusted_proxy_headers=True,
+            asyncore_use_poll=True,
+            connection_limit=config.connection_limit,
+            channel_timeout=config.channel_timeout,
+        )
+    except BaseException:
+        collector.shutdown()
+        raise
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)  # waitress's run() catches it and stops its threads
@@ -158,3 +197,30 @@ def serve(config: CollectorConfig, *, ready: Callable[[str], None] | None = None
         finally:
             collector.shutdown()
         log.info("collector stopped (pid %d)", os.getpid())
+
+
+def _raise_open_file_limit(needed: int) -> None:
+    """Raise the soft open-file limit toward ``needed`` (up to the hard limit); warn if short.
+
+    Past the limit, accept() and open() fail: connections beyond it wait in the
+    kernel's backlog and a new part file cannot be opened (503 until one closes).
+    """
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open-file limit %d is below connection limit + open part files + 64 = %d; "
+            "raise it (ulimit -n) or lower --connection-limit / --max-open-files",
+            soft,
+            needed,
+        )

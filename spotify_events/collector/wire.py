@@ -14,6 +14,7 @@ of the ``se.*`` keys. Any other writer schema takes the plain ``decode_batch`` p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -49,14 +50,17 @@ _header = io.BytesIO()
 fastavro.writer(_header, _RAW_ENVELOPE, [], codec="null", sync_marker=_SYNC)
 _RAW_HEADER = _header.getvalue()
 
+#: Verdicts keyed by a 32-byte digest of the schema text, never the text itself: keyed
+#: by text, 64 hostile 8 MB schemas held half a gigabyte. So at most 64 * ~100 bytes.
 _verdicts: dict[bytes, bool] = {}
 
 
 def is_envelope_schema(schema_json: bytes | None) -> bool:
-    """Whether a container's ``avro.schema`` is the wire envelope (cached per text)."""
+    """Whether a container's ``avro.schema`` is the wire envelope (cached per digest)."""
     if schema_json is None:
         return False
-    verdict = _verdicts.get(schema_json)
+    key = hashlib.blake2b(schema_json, digest_size=32).digest()
+    verdict = _verdicts.get(key)
     if verdict is None:
         try:
             parsed = fastavro.parse_schema(json.loads(schema_json), named_schemas={})
@@ -64,7 +68,7 @@ def is_envelope_schema(schema_json: bytes | None) -> bool:
         except Exception:  # not JSON, not a schema: not the envelope
             verdict = False
         if len(_verdicts) < 64:  # a handful of spellings exist; never grow unbounded
-            _verdicts[schema_json] = verdict
+            _verdicts[key] = verdict
     return verdict
 
 

@@ -160,7 +160,12 @@ def post(
 
 
 def part_files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in data_dir.rglob("part-*.avro"))
+    """Part files in buckets (not those moved to ``_quarantine``)."""
+    return sorted(
+        p
+        for p in data_dir.rglob("part-*.avro")
+        if p.relative_to(data_dir).parts[0] != "_quarantine"
+    )
 
 
 def read_uids(data_dir: Path) -> Counter[str]:

@@ -76,7 +76,7 @@ def test_good_batch_and_routes(collector: Collector, maker: BatchMaker) -> None:
     )
     assert sample in text
     assert b"spotify_events_collector_request_seconds_bucket" in text
-    assert b"spotify_events_collector_producer_missing_events" in text
+    assert b"spotify_events_collector_missing_events 0.0" in text
     status, _, report = wsgi_call(collector.app, "GET", "/v1/report")
     assert status == 200 and json.loads(report)["streams"][0]["received"] == 10
     assert wsgi_call(collector.app, "GET", "/nope")[0] == 404
@@ -200,10 +200,20 @@ def test_bad_events_are_rejected_one_by_one(
     assert "does not match" in reasons[(END_SONG, 6)]
     assert reasons[("../x", 1)] == "invalid event type name"
     assert reasons[(END_SONG, 0)] == "seq must be >= 1"
+    codes = {(r["event_type"], r["seq"]): r["code"] for r in out["rejected"]}
+    assert codes == {
+        (END_SONG, 3): "unknown_schema",
+        (END_SONG, 4): "invalid_payload",
+        (END_SONG, 5): "invalid_payload",
+        (END_SONG, 6): "invalid_type",
+        ("../x", 1): "invalid_type",
+        (END_SONG, 0): "invalid_seq",
+    }
     assert not (tmp_path / "data" / "..").joinpath("x").exists()
     assert [p.parts[-4] for p in part_files(tmp_path / "data")] == [END_SONG]
     stream = collector.delivery.report()["streams"][0]
-    assert (stream["received"], stream["rejected"], stream["open_gaps"]) == (2, 4, 0)
+    # seq 3 (unknown schema) is held by the producer, so it stays an open gap
+    assert (stream["received"], stream["rejected"], stream["open_gaps"]) == (2, 3, 1)
     assert (
         metric(
             collector,

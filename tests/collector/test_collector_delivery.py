@@ -270,7 +270,7 @@ def fastavro_payload(parsed: Any, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def test_restart_truncates_uncommitted_tail_and_removes_uncommitted_parts(
+def test_restart_moves_uncommitted_tail_and_unknown_parts_to_quarantine(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
@@ -299,6 +299,14 @@ def test_restart_truncates_uncommitted_tail_and_removes_uncommitted_parts(
     d2 = open_delivery()
     assert part.stat().st_size == good_size
     assert not stray.exists()
+    # nothing deleted: both sit in the quarantine, beside a note, reported as incidents
+    kept = {p.name: p.read_bytes() for p in (data / "_quarantine").rglob("part-*")}
+    assert kept[stray.name] == b"Obj\x01partial"
+    tail = kept[part.name + ".tail.avro"]
+    assert tail.endswith(b"\x00garbage-from-a-torn-write" * 10) and tail.startswith(b"Obj\x01")
+    assert len(list((data / "_quarantine").rglob("NOTE.txt"))) == 1
+    kinds = {i["kind"] for i in d2.report()["incidents"]}
+    assert kinds == {"uncommitted_bytes", "unknown_part_file"}
     # the ledger survived: re-posting is all duplicates, new numbers append cleanly
     body = maker.body(maker.envelopes(END_SONG, range(1, 111), ms(T0)))
     result = d2.deliver(ingest(collector_registry, body, fake_clock))

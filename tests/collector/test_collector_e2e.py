@@ -222,7 +222,10 @@ def test_bad_input_over_http_and_auth(
     assert not (c.data_dir.parent / "x").exists()
     r = post(c.url, good, token="t0ken")
     assert (r.status_code, r.json()["accepted"]) == (200, 1)
-    metrics = requests.get(f"{c.url}/metrics", timeout=10).text
+    # /metrics needs the token too: it is not a side door
+    assert requests.get(f"{c.url}/metrics", timeout=10).status_code == 401
+    auth = {"Authorization": "Bearer t0ken"}
+    metrics = requests.get(f"{c.url}/metrics", headers=auth, timeout=10).text
     assert "spotify_events_collector_decode_errors_total 1.0" in metrics
     assert c.alive()
 
@@ -251,7 +254,9 @@ def test_crash_between_bucket_write_and_ledger_commit(
     assert len(part_files(data)) == 2  # the PageView part exists but was never committed
     c2 = start_collector(data_dir=data)
     log = "".join(c2.stderr_lines)
-    assert wait_until(lambda: "removing uncommitted" in "".join(c2.stderr_lines), 5), log
+    assert wait_until(lambda: "unknown_part_file" in "".join(c2.stderr_lines), 5), log
+    kinds = {i["kind"] for i in c2.report()["incidents"]}
+    assert kinds == {"uncommitted_bytes", "unknown_part_file"}  # moved aside, not deleted
     assert end_song_part.stat().st_size < torn_size  # cut back to its committed length
     assert [p for p in part_files(data) if PAGE_VIEW in str(p)] == []
     assert read_uids(data) == expected_uids("producer-a", END_SONG, range(1, 501))

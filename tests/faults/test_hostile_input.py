@@ -705,34 +705,45 @@ def test_oversized_decimal_payload_is_rejected_fast(app_collector: Collector) ->
     assert (status, json.loads(out)["accepted"]) == (200, 1)
 
 
-EXTREMES = [  # (seq, timestamp, expected reason or None when accepted)
-    (0, FIXED_TS, "seq must be >= 1"),
-    (-1, FIXED_TS, "seq must be >= 1"),
-    (-(2**63), FIXED_TS, "seq must be >= 1"),
+_TOO_FAR = "s ahead of the collector's clock"
+EXTREMES = [  # (seq, timestamp, expected code and reason, or None when accepted)
+    (0, FIXED_TS, ("invalid_seq", "seq must be >= 1")),
+    (-1, FIXED_TS, ("invalid_seq", "seq must be >= 1")),
+    (-(2**63), FIXED_TS, ("invalid_seq", "seq must be >= 1")),
     (2**63 - 1, FIXED_TS, None),
-    (7, -1, "timestamp -1 out of range"),
-    (8, -(2**63), f"timestamp {-(2**63)} out of range"),
-    (9, MAX_TIMESTAMP_MS + 1, f"timestamp {MAX_TIMESTAMP_MS + 1} out of range"),
-    (10, 2**63 - 1, f"timestamp {2**63 - 1} out of range"),
-    (11, MAX_TIMESTAMP_MS, None),  # 9999-12-31T23: a far-future bucket, but a valid one
+    (7, -1, ("invalid_timestamp", "timestamp -1 out of range")),
+    (8, -(2**63), ("invalid_timestamp", f"timestamp {-(2**63)} out of range")),
+    (
+        9,
+        MAX_TIMESTAMP_MS + 1,
+        ("invalid_timestamp", f"timestamp {MAX_TIMESTAMP_MS + 1} out of range"),
+    ),
+    (10, 2**63 - 1, ("invalid_timestamp", f"timestamp {2**63 - 1} out of range")),
+    # 9999-12-31T23: a bucket path can be built, but no clock is that far behind
+    (11, MAX_TIMESTAMP_MS, ("too_far_in_future", _TOO_FAR)),
     (12, 0, None),  # 1970: long closed, so it lands in the current hour, counted as skewed
 ]
 
 
-@pytest.mark.parametrize(("seq", "ts", "reason"), EXTREMES)
+@pytest.mark.parametrize(("seq", "ts", "expected"), EXTREMES)
 def test_extreme_seqs_and_timestamps(
-    app_collector: Collector, seq: int, ts: int, reason: str | None
+    app_collector: Collector, seq: int, ts: int, expected: tuple[str, str] | None
 ) -> None:
     env = MAKER.envelope(PAGE_VIEW, seq, ts)
     status, _, out = wsgi_call(app_collector.app, "POST", "/v1/batches", _hand_body([env]))
     doc = json.loads(out)
     assert status == 200, doc
-    if reason is None:
+    if expected is None:
         assert (doc["accepted"], doc["rejected"]) == (1, []), doc
     else:
-        assert doc["accepted"] == 0 and doc["rejected"] == [
-            {"event_type": PAGE_VIEW, "seq": seq, "reason": reason}
-        ]
+        code, reason = expected
+        (rej,) = doc["rejected"]
+        assert doc["accepted"] == 0 and (rej["event_type"], rej["seq"], rej["code"]) == (
+            PAGE_VIEW,
+            seq,
+            code,
+        )
+        assert reason in rej["reason"], rej
     report = app_collector.delivery.report()  # still computable, and plain JSON
     json.dumps(report)
     streams = [x for x in report["streams"] if x["producer_id"] == "fuzz-producer"]
@@ -740,7 +751,7 @@ def test_extreme_seqs_and_timestamps(
         assert streams == []  # no sequence number to account it under
     else:
         (s,) = streams
-        assert (s["received"], s["rejected"]) == ((1, 0) if reason is None else (0, 1))
+        assert (s["received"], s["rejected"]) == ((1, 0) if expected is None else (0, 1))
     app_collector.shutdown()
     check_data_dir(Path(app_collector.config.data_dir))
     for path in part_files(Path(app_collector.config.data_dir)):

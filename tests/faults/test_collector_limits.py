@@ -1,0 +1,363 @@
+"""Resources no request can exhaust, state no client can inflate, messages a person can act on.
+
+Each test is an attack that took the collector down, stalled it or grew it
+without bound, and now gets a bounded, specific answer: a per-event rejection
+with a ``code`` (never a 5xx for something that fails the same way every time),
+a 4xx for the body, or a refusal to start that names the cause. Also here: the
+same sequence number arriving with a different payload (two producers sharing a
+copied queue file) is a conflict the report names, not a silent duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from collector_faults_helpers import (
+    END_SONG,
+    PAGE_VIEW,
+    SCHEMA_DIR,
+    BatchMaker,
+    part_files,
+    read_uids,
+    record_for,
+    wsgi_call,
+)
+
+from spotify_events.collector import wire
+from spotify_events.collector.buckets import avro_long
+from spotify_events.collector.ingest import Ingest
+from spotify_events.collector.process import CollectorProcess
+from spotify_events.collector.server import Collector, CollectorConfig
+from spotify_events.encoding import (
+    CONTENT_TYPE,
+    DropNotice,
+    Envelope,
+    EventEncoder,
+    WireBatch,
+    encode_batch,
+)
+from spotify_events.schemas import SchemaRegistry
+
+REGISTRY = SchemaRegistry(SCHEMA_DIR)
+HOUR_MS = 3_600_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Collector]:
+    c = Collector(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR)))
+    yield c
+    c.shutdown()
+
+
+def post_app(c: Collector, body: bytes, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, _, out = wsgi_call(c.app, "POST", "/v1/batches", body, headers)
+    return status, json.loads(out)
+
+
+def post_http(url: str, body: bytes, timeout: float = 30.0) -> requests.Response:
+    return requests.post(
+        f"{url}/v1/batches", data=body, headers={"Content-Type": CONTENT_TYPE}, timeout=timeout
+    )
+
+
+def heartbeat(producer: str, next_seq: dict[str, int], drops: list[DropNotice]) -> bytes:
+    return encode_batch(WireBatch(producer, [], next_seq, drops, service="t", host="h"))
+
+
+# -- 7: one small batch, a thousand hours ---------------------------------------------------
+def test_batch_spread_over_a_thousand_future_hours_is_refused_per_event(tmp_path: Path) -> None:
+    maker = BatchMaker(REGISTRY, "hours")
+    base = now_ms()
+    envs = [maker.envelope(PAGE_VIEW, k, base + k * HOUR_MS) for k in range(1, 1101)]
+    body = maker.body(envs)
+    assert len(body) < 64 << 10
+    with CollectorProcess(tmp_path / "data", SCHEMA_DIR) as c:
+        assert c.proc is not None
+        r = post_http(c.url, body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        codes = {rej["code"] for rej in out["rejected"]}
+        assert codes <= {"too_far_in_future", "too_many_hours"} and out["rejected"], codes
+        assert out["accepted"] + len(out["rejected"]) == 1100
+        assert len(os.listdir(f"/proc/{c.proc.pid}/fd")) < 400  # part files stay bounded
+        good = maker.body(maker.envelopes(PAGE_VIEW, range(2000, 2010), now_ms()))
+        assert post_http(c.url, good).json()["accepted"] == 10
+        assert c.alive()
+
+
+def test_open_part_files_are_bounded_and_hours_per_batch_capped(tmp_path: Path) -> None:
+    from spotify_events.collector.delivery import DeliveryConfig, LocalDelivery
+
+    clock_now = time.time()
+    d = LocalDelivery(
+        tmp_path / "data",
+        REGISTRY,
+        config=DeliveryConfig(max_open_files=3, max_hours_per_batch=6),
+        clock=lambda: clock_now,
+    )
+    maker = BatchMaker(REGISTRY, "lru")
+    base = int(clock_now * 1000)
+    try:
+        for round_ in range(3):  # every round touches files the last one had to close
+            envs = [
+                maker.envelope(END_SONG, 100 * round_ + k, base + (k % 8) * HOUR_MS)
+                for k in range(1, 17)
+            ]
+            batch = Ingest(REGISTRY, clock=lambda: clock_now).parse(maker.body(envs))
+            result = d.deliver(batch)
+            assert result.status.value == "ok"
+            assert d.open_files() <= 3
+            refused = [(r.seq, r.code) for r in result.rejections]
+            # hours +7 and +0 come after six others: past the cap of six per batch
+            assert refused == [(100 * round_ + k, "too_many_hours") for k in (7, 8, 15, 16)]
+            assert result.accepted == 12
+    finally:
+        d.close()
+    assert sum(read_uids(tmp_path / "data").values()) == 36
+    assert len(part_files(tmp_path / "data")) == 6
+
+
+# -- 8: a fleet of idle keep-alive clients ----------------------------------------------------
+def test_150_idle_connections_do_not_stop_service(tmp_path: Path) -> None:
+    maker = BatchMaker(REGISTRY, "fleet")
+    with CollectorProcess(tmp_path / "data", SCHEMA_DIR) as c:
+        host, port = c.url.rsplit("/", 1)[1].rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(150)]
+        try:
+            for i in range(3):
+                body = maker.body(maker.envelopes(END_SONG, range(10 * i + 1, 10 * i + 11)))
+                r = post_http(c.url, body, timeout=20)
+                assert (r.status_code, r.json()["accepted"]) == (200, 10)
+            assert requests.get(f"{c.url}/healthz", timeout=20).status_code == 200
+        finally:
+            for s in idle:
+                s.close()
+
+
+# -- 9: state and metrics no client can inflate -----------------------------------------------
+def test_made_up_types_in_heartbeats_and_drops_create_no_state(app: Collector) -> None:
+    made_up = {f"made.up.Type{i}": 1000 for i in range(1000)}
+    drops = [DropNotice(f"made.up.Drop{i}", 1, 5, 5, "queue_full") for i in range(100)]
+    for p in range(5):
+        status, _ = post_app(app, heartbeat(f"anon-{p}", made_up, drops))
+        assert status == 200
+    maker = BatchMaker(REGISTRY, "anon-x")
+    stray = maker.envelope(END_SONG, 1)._replace(event_type="made.up.Rejected")
+    status, out = post_app(app, maker.body([stray], next_seq={}))
+    assert status == 200 and len(out["rejected"]) == 1
+    assert app.delivery.report()["streams"] == []  # nothing kept for types nobody registered
+    status, _ = post_app(app, heartbeat("real", {END_SONG: 3}, []))
+    assert [s["event_type"] for s in app.delivery.report()["streams"]] == [END_SONG]
+
+
+def _collector(data: Path, **config: Any) -> Collector:
+    return Collector(CollectorConfig(data_dir=str(data), schemas=str(SCHEMA_DIR), **config))
+
+
+def scrape(c: Collector, token: str | None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, _, text = wsgi_call(c.app, "GET", "/metrics", headers=headers)
+    return status, text
+
+
+def test_metrics_need_the_token_carry_no_producer_ids_and_skip_the_delivery_lock(
+    tmp_path: Path,
+) -> None:
+    c = _collector(tmp_path / "data", token="producers")
+    try:
+        maker = BatchMaker(REGISTRY, "producer-with-a-secret-id")
+        body = maker.body(maker.envelopes(END_SONG, range(1, 5), now_ms()))
+        assert post_app(c, body, "producers")[0] == 200
+        assert scrape(c, None)[0] == 401 and scrape(c, "x")[0] == 403
+        status, text = scrape(c, "producers")
+        assert status == 200 and b"producer-with-a-secret-id" not in text
+        # a scrape never waits for delivery (which may be busy fsyncing)
+        answered = threading.Event()
+        with c.delivery._lock:
+            threading.Thread(
+                target=lambda: (scrape(c, "producers"), answered.set()), daemon=True
+            ).start()
+            assert answered.wait(20)
+    finally:
+        c.shutdown()
+
+
+def test_a_scrape_token_opens_metrics_only(tmp_path: Path) -> None:
+    c = _collector(tmp_path / "data", token="producers", metrics_token="scraper")
+    try:
+        assert scrape(c, "scraper")[0] == 200 and scrape(c, "producers")[0] == 200
+        body = BatchMaker(REGISTRY, "p").body([])
+        assert post_app(c, body, "scraper")[0] == 403
+    finally:
+        c.shutdown()
+
+
+# -- 10: schema-text caches bounded by bytes --------------------------------------------------
+def test_schema_verdict_caches_hold_digests_not_texts(app: Collector) -> None:
+    from spotify_events import encoding
+
+    for i in range(70):  # distinct 30 KB schemas that are not the envelope
+        fields = [{"name": f"f{i}_{j}", "type": "long"} for j in range(1000)]
+        schema = {"type": "record", "name": "NotEnvelope", "fields": fields}
+        meta = {
+            "avro.schema": json.dumps(schema).encode(),
+            "avro.codec": b"null",
+            "se.producer_id": b"p",
+        }
+        status, _, _ = wsgi_call(app.app, "POST", "/v1/batches", _container(meta, []))
+        assert status in (200, 400)
+    held = sum(len(k) for k in wire._verdicts) + sum(len(k) for k in encoding._envelope_verdicts)
+    assert held < 64 * 2 * 100, held
+
+
+# -- 11: cheap bodies that cost a lot of CPU --------------------------------------------------
+def _container(meta: dict[str, bytes], blocks: list[tuple[int, bytes]]) -> bytes:
+    sync = b"S" * 16
+    out = b"Obj\x01" + avro_long(len(meta))
+    for k, v in meta.items():
+        out += avro_long(len(k)) + k.encode() + avro_long(len(v)) + v
+    out += avro_long(0) + sync
+    for count, data in blocks:
+        out += avro_long(count) + avro_long(len(data)) + data + sync
+    return out
+
+
+def _envelope_meta(codec: bytes = b"null") -> dict[str, bytes]:
+    from spotify_events.encoding import ENVELOPE_SCHEMA
+
+    return {
+        "avro.schema": json.dumps(ENVELOPE_SCHEMA).encode(),
+        "avro.codec": codec,
+        "se.producer_id": b"burner",
+    }
+
+
+def test_many_empty_blocks_are_refused_before_they_cost_cpu(app: Collector) -> None:
+    body = _container(_envelope_meta(), [(0, b"")] * 50_000)
+    status, out = post_app(app, body)
+    assert status == 413 and "blocks" in out["error"], out
+
+
+def test_huge_header_schema_is_refused_unparsed(app: Collector) -> None:
+    fields = [{"name": f"f{j}", "type": "long"} for j in range(20_000)]
+    meta = {
+        **_envelope_meta(),
+        "avro.schema": json.dumps({"type": "record", "name": "R", "fields": fields}).encode(),
+    }
+    status, out = post_app(app, _container(meta, []))
+    assert status == 400 and "schema exceeds" in out["error"], out
+
+
+# -- the same number, another payload: a conflict, not a duplicate ----------------------------
+def test_same_seq_with_a_different_payload_is_a_conflict_in_the_report(app: Collector) -> None:
+    encoder = EventEncoder(REGISTRY.get(END_SONG))
+    ts = now_ms()
+
+    def clone_batch(clone: str) -> bytes:
+        envs = [
+            Envelope(
+                s,
+                END_SONG,
+                encoder.schema.fingerprint,
+                ts,
+                encoder.encode(record_for(END_SONG, f"{clone}:{s}")),
+            )
+            for s in range(1, 11)
+        ]
+        return encode_batch(WireBatch("copied-queue-id", envs, {END_SONG: 11}, []))
+
+    assert post_app(app, clone_batch("a"))[1]["accepted"] == 10
+    status, out = post_app(app, clone_batch("a"))  # a plain retry: duplicates
+    assert (status, out["duplicates"], out["rejected"]) == (200, 10, [])
+    status, out = post_app(app, clone_batch("b"))  # the clone's own events, same numbers
+    assert status == 200 and out["duplicates"] == 0
+    assert [r["code"] for r in out["rejected"]] == ["conflict"] * 10
+    report = app.delivery.report()
+    (stream,) = report["streams"]
+    assert stream["conflicts"] == 10 and report["totals"]["conflicts"] == 10
+
+
+# -- 13: messages -----------------------------------------------------------------------------
+def run_cli(*args: str, prelude: str = "", timeout: float = 30.0) -> tuple[int | None, str, str]:
+    """``spotify-events ARGS`` in a child (after ``prelude``); (code, stdout, stderr)."""
+    code = f"import sys\n{prelude}\nfrom spotify_events.cli import main\nmain(sys.argv[1:])"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            return None, out, err
+        return proc.returncode, out, err
+
+
+def test_unusable_data_dir_names_the_path(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "_ledger.db").mkdir(parents=True)  # the ledger's place is taken by a directory
+    code, _, err = run_cli(
+        "collector", "--port", "0", "--data-dir", str(data), "--schemas", str(SCHEMA_DIR)
+    )
+    assert code not in (None, 0) and "Traceback" not in err, err
+    assert str(data / "_ledger.db") in err, err
+
+
+def test_listening_on_all_interfaces_without_a_token_warns(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "_ledger.db").write_bytes(b"garbage " * 100)  # so it stops before binding
+    code, _, err = run_cli(
+        "collector",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data),
+        "--schemas",
+        str(SCHEMA_DIR),
+    )
+    assert code not in (None, 0), err
+    assert "without --token" in err, err
+
+
+@pytest.mark.parametrize("command", ["collector", "demo"])
+def test_commands_without_the_collector_extra_say_what_to_install(
+    tmp_path: Path, command: str
+) -> None:
+    args = ["--data-dir", str(tmp_path / "d"), "--schemas", str(SCHEMA_DIR)]
+    code, _, err = run_cli(
+        command,
+        *(args if command == "collector" else ["-n", "1"]),
+        prelude="sys.modules['waitress'] = None",
+    )
+    assert code not in (None, 0), err
+    assert "Traceback" not in err and "pip install 'spotify-events[collector]'" in err, err
+
+
+def test_log_level_help_matches_its_choices() -> None:
+    code, out, _ = run_cli("collector", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "[debug|info|warning|error]" in text and "default: warning" in text, text
