@@ -108,5 +108,4 @@ class Server:
         self._log.close()
 
     def output(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
