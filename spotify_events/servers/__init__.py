@@ -1,9 +1,9 @@
 """Glue for the servers services run on: start the client's threads in each worker after
 the fork, close it where the server stops, and one event per HTTP request.
 
-* :mod:`spotify_events.servers.gunicorn`: ``post_fork`` / ``worker_exit`` hooks;
-* :mod:`spotify_events.servers.lifespan`: an ASGI lifespan (FastAPI, Starlette), for
-  uvicorn, which never runs ``atexit`` hooks;
+* :mod:`spotify_events.servers.gunicorn`: ``post_worker_init`` / ``worker_exit`` hooks;
+* :mod:`spotify_events.servers.lifespan`: an ASGI lifespan (FastAPI, Starlette, or any
+  ASGI app through ``with_lifespan``) for uvicorn, which never runs ``atexit`` hooks;
 * :mod:`spotify_events.servers.request_events`: WSGI and ASGI middleware.
 
 None of them imports a web framework; recipes per server are in docs/servers.md.
@@ -12,9 +12,17 @@ None of them imports a web framework; recipes per server are in docs/servers.md.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from ..client import EventClient
 from ..default import _default, get_client
+
+# ASGI's callable shapes, spelled out (no framework to import them from).
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def resolve(client: EventClient | str | None) -> EventClient:

@@ -17,6 +17,9 @@ or inside a lifespan of your own, for any client::
         async with lifespan(client=client):
             yield
 
+For an ASGI application that has no lifespan of its own (Django's
+``get_asgi_application()``), wrap it: ``application = with_lifespan(application)``.
+
 Startup starts the client's threads in the worker (leftovers ship at once);
 shutdown closes it within ``exit_timeout`` (it blocks the event loop that long at
 most, when no request is left to serve; a worker that does not hold the shipping
@@ -29,7 +32,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ..client import EventClient
-from . import close_for_exit, resolve
+from . import App, Receive, Scope, Send, close_for_exit, resolve
 
 
 @contextlib.asynccontextmanager
@@ -43,3 +46,29 @@ async def lifespan(
         yield
     finally:
         close_for_exit(client)
+
+
+def with_lifespan(app: App, *, client: EventClient | str | None = None) -> App:
+    """``app`` with the ASGI lifespan protocol answered here: start the client at startup,
+    close it at shutdown. For applications without a lifespan of their own; every other
+    scope goes to ``app`` unchanged."""
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    resolve(client).start()
+                except Exception as exc:  # a misconfigured client: refuse to start, say why
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                close_for_exit(client)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return application

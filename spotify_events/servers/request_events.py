@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ..client import EventClient
 from ..default import _default
 from ..instrument import ClientSource, Timed, _as_source, _count_failure, timed
+from . import App, Receive, Scope, Send
 
 logger = logging.getLogger("spotify_events")
 
@@ -184,18 +185,13 @@ class _Body:
             self._finish(exc)
 
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
 class AsgiRequestEvents(_RequestEvents):
     """ASGI middleware: one ``event_type`` event per HTTP request; other scopes
     (lifespan, websocket) pass through untouched."""
 
     def __init__(
         self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        app: App,
         event_type: str = "ServiceCall",
         *,
         client: EventClient | None = None,

@@ -286,3 +286,60 @@ def test_idle_gunicorn_workers_ship_leftovers_without_a_request(
         server.kill()
     assert bucket_ids(collector.data_dir) == {f"left{i}": 1 for i in range(50)}
     assert not bucket_records(collector.data_dir, SERVICE_CALL)  # nothing was requested
+
+
+DJANGO_APP = """
+from django.conf import settings
+
+settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="test", MIDDLEWARE=[])
+
+from django.core.asgi import get_asgi_application
+from django.http import HttpResponse
+from django.urls import path
+
+import spotify_events
+from spotify_events.servers.lifespan import with_lifespan
+from spotify_events.servers.request_events import AsgiRequestEvents
+
+spotify_events.configure(service="django")
+
+
+def play(request, uid):
+    spotify_events.log("EndSong", {"user_id": "u1", "track_id": uid, "ms_played": 1,
+                                   "reason_start": "CLICKROW", "reason_end": "TRACKDONE",
+                                   "platform": "web"})
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("play/<str:uid>", play)]
+# Django's ASGI handler has no lifespan: with_lifespan answers it and closes the client
+application = with_lifespan(AsgiRequestEvents(get_asgi_application(), "ServiceCall"))
+"""
+
+
+def test_uvicorn_django_asgi_with_lifespan_ships_before_the_worker_dies(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    pytest.importorskip("django")
+    (tmp_path / "djangoapp.py").write_text(textwrap.dedent(DJANGO_APP))
+    queue_path = tmp_path / "queue.db"
+    port = free_port()
+    server = Server(
+        [str(BIN / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "djangoapp:application"],
+        tmp_path,
+        _env(collector, queue_path, linger="3600", exit_timeout="60"),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        server.wait_up(f"{base}/play/probe")
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(_get, [f"{base}/play/{i}" for i in range(100)]))
+        assert all(r.status_code == 200 for r in answers)
+        assert _received(collector) == 0  # all still lingering in the worker
+        server.stop()
+    finally:
+        server.kill()
+    assert bucket_ids(collector.data_dir) == {**{str(i): 1 for i in range(100)}, "probe": 1}
+    operations = {c["operation"] for c in bucket_records(collector.data_dir, SERVICE_CALL)}
+    assert operations == {"GET /play/probe", *(f"GET /play/{i}" for i in range(100))}
+    _no_gaps(collector)
