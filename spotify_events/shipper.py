@@ -129,7 +129,15 @@ class Shipper:
     def may_ship(self) -> bool:
         """Whether this shipper holds the lease or can take it now (free, lapsed, or left
         by a dead process). close() asks: a process that cannot ship commits and leaves
-        at once, and the holder (or the next process to start) ships its events."""
+        at once, and the holder (or the next process to start) ships its events.
+        A live holder is seen with a read, so leaving never waits for the write lock."""
+        try:
+            other = self.queue.lease_holder()
+        except QueueError as exc:
+            self._note_error(f"lease: {exc}")
+            return False
+        if other is not None and other != self.holder and not self._holder_is_dead(other):
+            return False
         return self._hold_lease()
 
     def wait_acked(self, done: Callable[[], bool], timeout: float) -> bool:
