@@ -44,7 +44,11 @@ client = EventClient(service="web")  # the rest from SPOTIFY_EVENTS_* variables
 assert threading.active_count() == 1, "creating the client must not start threads"
 
 app = Flask(__name__)
-app.wsgi_app = WsgiRequestEvents(app.wsgi_app, "ServiceCall", client=client)
+app.wsgi_app = WsgiRequestEvents(
+    app.wsgi_app, "ServiceCall", client=client,
+    route=lambda environ: environ["PATH_INFO"].rsplit("/", 1)[0] + "/<uid>",
+    fields=lambda environ, status: {"user_id": environ["PATH_INFO"]},
+)
 
 
 @app.get("/play/<uid>")
@@ -158,14 +162,15 @@ def test_gunicorn_sync_flask_max_requests_delivers_each_event_once(
     plays = bucket_ids(collector.data_dir)
     assert plays == {**{str(i): 1 for i in range(300)}, "probe": plays["probe"]}
     calls = bucket_records(collector.data_dir, SERVICE_CALL)
-    by_operation = {c["operation"]: c for c in calls}
-    assert len(calls) == len(by_operation) + plays["probe"] - 1  # only the probe repeats
+    by_path = {c["user_id"]: c for c in calls}
+    assert len(calls) == len(by_path) + plays["probe"] - 1  # only the probe repeats
     for i in range(300):
-        call = by_operation[f"GET /play/{i}"]
-        assert (call["status_code"], call["outcome"], call["service"]) == (200, "OK", "web")
-        assert call["duration_ms"] > 0
+        call = by_path[f"/play/{i}"]
+        assert (call["operation"], call["status_code"]) == ("GET /play/<uid>", 200)
+        assert (call["outcome"], call["service"]) == ("OK", "web") and call["duration_ms"] > 0
     for i in range(20):
-        assert by_operation[f"GET /fail/{i}"]["status_code"] == 500  # Flask answered the raise
+        call = by_path[f"/fail/{i}"]
+        assert (call["operation"], call["status_code"]) == ("GET /fail/<uid>", 500)
     _no_gaps(collector)
 
 
