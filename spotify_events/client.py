@@ -297,11 +297,15 @@ class EventClient:
             deadline = time.monotonic() + budget
             if started:
                 self._writer.stop(budget)
-                # Ship only if this process may: while another live process holds the
-                # lease, waiting here would only hold up the exit (it ships our events).
-                ships = self._shipper.may_ship()
-                delivered = self._flush(max(0.0, deadline - time.monotonic()) if ships else 0.0)
-                self._shipper.stop(max(0.1, deadline - time.monotonic()))
+                if self._shipper.may_ship():
+                    delivered = self._flush(max(0.0, deadline - time.monotonic()))
+                    self._shipper.stop(max(0.1, deadline - time.monotonic()))
+                else:
+                    # Another live process holds the lease and ships our events: waiting
+                    # would only hold up the exit. Stop the thread first (nothing then wakes
+                    # it into a lease write), look once, leave.
+                    self._shipper.stop(max(0.1, deadline - time.monotonic()))
+                    delivered = self._flush(0.0)
             else:
                 delivered = not self._writer_queue.depth().events
             if self._atexit is not None:
