@@ -13,6 +13,11 @@ lifecycle rules that keep the host service first:
   own threads lazily, and no lock is inherited in a held state.
 * ``close()`` and the ``atexit`` hook commit the buffer and give the shipper a
   bounded chance to send; what is left stays in the queue for the next start.
+  A process that does not hold the shipping lease (another live process sharing
+  the queue file does) commits and returns at once: the holder ships its events.
+* Leftovers of an earlier process ship once this one starts its threads: at the
+  first ``log()``, or at an explicit ``start()`` (what the server hooks call
+  after the fork), never at construction.
 """
 
 from __future__ import annotations
@@ -102,8 +107,6 @@ class EventClient:
         # not the client, so commit the buffer when the client itself is collected.
         self._finalizer = weakref.finalize(self, _commit_on_collect, self._writer, self._shipper)
         self._finalizer.atexit = False  # at exit the atexit hook does the full close()
-        if self._writer_queue.depth().events or self._writer_queue.unreported_drops(1):
-            self._start()  # an earlier process left events behind: ship them now
         register_if_available(self)  # OpenTelemetry metrics, when opentelemetry-api is installed
 
     def _open(self) -> None:
@@ -203,6 +206,13 @@ class EventClient:
         return encoder
 
     # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background threads now instead of at the first ``log()``, so events an
+        earlier process left in the queue ship even if this one never logs. Idempotent.
+        Call it where threads are safe: in a worker after the fork (gunicorn ``post_fork``,
+        an ASGI lifespan startup), never in a pre-fork master."""
+        self._start()
+
     def _start(self) -> None:
         with self._start_lock:
             if self._closed:
@@ -290,8 +300,15 @@ class EventClient:
             deadline = time.monotonic() + budget
             if started:
                 self._writer.stop(budget)
-                delivered = self._flush(max(0.0, deadline - time.monotonic()))
-                self._shipper.stop(max(0.1, deadline - time.monotonic()))
+                if self._shipper.may_ship():
+                    delivered = self._flush(max(0.0, deadline - time.monotonic()))
+                    self._shipper.stop(max(0.1, deadline - time.monotonic()))
+                else:
+                    # Another live process holds the lease and ships our events: waiting
+                    # would only hold up the exit. Stop the thread first (nothing then wakes
+                    # it into a lease write), look once, leave.
+                    self._shipper.stop(max(0.1, deadline - time.monotonic()))
+                    delivered = self._flush(0.0)
             else:
                 delivered = not self._writer_queue.depth().events
             if self._atexit is not None:

@@ -12,8 +12,7 @@ services that would rather not pass a client around::
 The rule this module is built around: **nothing here starts a thread or opens a
 file before the first event.** Pre-fork servers (gunicorn, uwsgi) import the
 application in the master and fork workers afterwards; a client created in the
-master would open the SQLite queue there (and start shipping threads if an
-earlier process left events behind). So:
+master would open the SQLite queue there. So:
 
 * The client is created on first use (``log()``, the first call of a ``@track``
   function, the end of the first ``timed()`` block, ``get_client()``), from the

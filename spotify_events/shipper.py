@@ -104,6 +104,7 @@ class Shipper:
         self.holder = f"{self.settings.host}:{os.getpid()}:{uuid.uuid4()}"
         self._stop = threading.Event()
         self._urgent = threading.Event()  # flush/close asked: skip linger
+        self._wake = threading.Event()  # flush/close/stop: a non-holder re-checks the lease now
         self._acked = threading.Condition(threading.Lock())
         self._lease_until = 0.0
         self._last_send = time.monotonic()
@@ -122,7 +123,22 @@ class Shipper:
     def hurry(self) -> None:
         """Ship what is queued now, without waiting for linger."""
         self._urgent.set()
+        self._wake.set()
         self.committed.set()
+
+    def may_ship(self) -> bool:
+        """Whether this shipper holds the lease or can take it now (free, lapsed, or left
+        by a dead process). close() asks: a process that cannot ship commits and leaves
+        at once, and the holder (or the next process to start) ships its events.
+        A live holder is seen with a read, so leaving never waits for the write lock."""
+        try:
+            other = self.queue.lease_holder()
+        except QueueError as exc:
+            self._note_error(f"lease: {exc}")
+            return False
+        if other is not None and other != self.holder and not self._holder_is_dead(other):
+            return False
+        return self._hold_lease()
 
     def wait_acked(self, done: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``done()`` holds, re-checking after every ack and at least
@@ -140,12 +156,13 @@ class Shipper:
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
+        self._wake.set()
         self.committed.set()
         self._prefetch.stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        if thread is None or not thread.is_alive():
+        if self._lease_until and (thread is None or not thread.is_alive()):
             try:
                 self.queue.set_busy_timeout(1.0)  # never hold up exit over a lease row
                 self.queue.release_lease(self.holder)
@@ -169,9 +186,11 @@ class Shipper:
                 self._stop.wait(1.0)
 
     def _step(self) -> None:
+        self._wake.clear()
         if not self._hold_lease():
-            # Another process ships from this file; check back before its lease could lapse.
-            self._stop.wait(min(self.settings.lease_ttl / 3, 5.0))
+            # Another process ships from this file; check back before its lease could lapse,
+            # or at once when flush()/close() asks (its holder may have left meanwhile).
+            self._wake.wait(min(self.settings.lease_ttl / 3, 5.0))
             return
         # Clear the wake-up *before* looking at the queue: a commit (or stop) that
         # lands after this line sets it again, so the waits below cannot miss it.
