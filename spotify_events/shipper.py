@@ -4,10 +4,14 @@ It holds the queue's shipping lease (one sender per queue file, even with many
 processes), reads batches in queue order, sends them, and lets only a 2xx
 delete anything. The response decides what happens next:
 
-* 2xx: ack the batch; events the body lists as rejected go to dead letters;
+* the collector's acknowledgement (a 2xx whose JSON counts add up to the batch):
+  ack the batch; events the body lists as rejected go to dead letters;
+* any other 2xx (a proxy's welcome page, an empty body): nothing is acked; the
+  events stay, one ERROR says the endpoint is not a collector, slow retry;
 * 413: split in halves and resend; 400: bisect until the poison events are
   alone, dead-letter them with the collector's reason, send the rest;
-* 429/503: wait ``Retry-After``; 401/403: keep everything, back off, log ERROR;
+* 429/503: wait ``Retry-After``; 401/403/404/405: keep everything, retry slowly
+  (every ``backoff_max``), log one ERROR naming the token or the URL path;
 * anything else, or no response: exponential backoff with full jitter, capped,
   never giving up while the queue holds the data (the queue *is* the buffer).
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -273,7 +278,7 @@ class Shipper:
             result = self._send_until_answered(part, drops, incidents, body if whole else None)
             if result is None:
                 return  # stopping: the events stay queued for the next run
-            outcome = result.outcome
+            outcome = result.outcome(len(part))
             if outcome is Outcome.ACCEPTED:
                 self._accept(part, drops, result)
                 self.queue.mark_incidents_reported([i for i, _ in incidents])
@@ -306,7 +311,7 @@ class Shipper:
         """Does the collector accept a bare empty batch? Decides whether a refused
         single event is poison, or the refusal is about something else."""
         result = self._send_until_answered([], [], [])
-        return result is not None and result.outcome is Outcome.ACCEPTED
+        return result is not None and result.outcome(0) is Outcome.ACCEPTED
 
     def _send_until_answered(
         self,
@@ -327,12 +332,15 @@ class Shipper:
             self.counters.events_sent += len(part)
             result = self.transport.send(body, headers)
             self._last_send = time.monotonic()
-            outcome = result.outcome
+            outcome = result.outcome(len(part))
             if outcome in (Outcome.ACCEPTED, Outcome.TOO_LARGE, Outcome.BAD_BATCH):
                 self._set_state("ok", "spotify-events collector reachable again; delivery resumed")
                 return result
             self.counters.retries += 1
             delay = backoff.full_jitter(next(delays))
+            if outcome.is_configuration_error:
+                # Retrying soon cannot help until someone fixes the setting: come back slowly.
+                delay = random.uniform(self.settings.backoff_max / 2, self.settings.backoff_max)
             if outcome is Outcome.THROTTLED:
                 if result.retry_after is not None:
                     # as asked, but never a tight loop on "Retry-After: 0" or a past date
@@ -347,6 +355,13 @@ class Shipper:
                     "unauthorized",
                     f"spotify-events collector refused our credentials ({result.describe()}): "
                     "check SPOTIFY_EVENTS_TOKEN; events are kept in the queue",
+                    level=logging.ERROR,
+                )
+            elif outcome is Outcome.WRONG_ENDPOINT or outcome is Outcome.NOT_A_COLLECTOR:
+                self._set_state(
+                    outcome.value,
+                    f"spotify-events: {result.describe()}; events are kept in the queue "
+                    f"and retried every {self.settings.backoff_max:g}s or so",
                     level=logging.ERROR,
                 )
             else:
