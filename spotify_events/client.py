@@ -60,6 +60,7 @@ class ClientStats:
     oldest_event_age: float | None
     last_error: str | None
     instrumentation_errors: int = 0  # @track/timed() events that could not be built or logged
+    reentered: int = 0  # log() calls made from inside log() in one thread (signal handler, __del__)
 
 
 class EventClient:
@@ -135,7 +136,7 @@ class EventClient:
         )
         self._writer.on_commit = self._shipper.committed
         self._started = False
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # a signal handler may log during _start()
 
     @staticmethod
     def _open_or_quarantine(path: str, queue_args: dict[str, Any]) -> DurableQueue:
@@ -232,7 +233,7 @@ class EventClient:
         self._pid = os.getpid()
         self._writer_queue.reset_after_fork_in_child()
         self._shipper_queue.reset_after_fork_in_child()
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._close_lock = threading.Lock()
         self._writer.reinit_after_fork()
         self._shipper.reinit_after_fork()
@@ -339,6 +340,7 @@ class EventClient:
             else None,
             last_error=s.last_error or w.last_error,
             instrumentation_errors=self.instrumentation_errors,
+            reentered=w.reentered,
         )
 
     def __repr__(self) -> str:

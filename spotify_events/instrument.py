@@ -75,7 +75,7 @@ AUTOMATIC_FIELDS = frozenset({DURATION, OUTCOME, EXCEPTION_TYPE})
 
 _MISSING: Any = object()
 _KEYWORD_ONLY = sys.maxsize  # "index" of a keyword-only parameter: never in args
-_count_lock = threading.Lock()
+_count_lock = threading.RLock()  # re-entrant: a signal handler may count a failure too
 _perf = time.perf_counter
 
 

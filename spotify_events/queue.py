@@ -56,6 +56,7 @@ INSERT_CHUNK = 150
 DROP_QUEUE_FULL = "queue_full"
 DROP_BUFFER_FULL = "buffer_full"
 DROP_WRITE_FAILED = "queue_write_failed"
+DROP_REENTERED = "reentrant_buffer_full"
 
 
 class DropPolicy(str, enum.Enum):

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import requests
 
@@ -95,7 +95,7 @@ class SendResult:
             return False
         if not all(isinstance(item, Mapping) for item in rejected):
             return False
-        return bool(accepted + duplicates + len(rejected) == events)
+        return accepted + duplicates + len(rejected) == events
 
     def describe(self) -> str:
         if self.status is None:
@@ -203,7 +203,7 @@ class MockTransport:
         pass
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -75,9 +75,11 @@ class Endpoint:
         envelopes = decode_batch(body).envelopes
         if mode == "short_count":  # JSON of the right shape, one event short
             n = max(0, len(envelopes) - 1)
-            return 200, "application/json", json.dumps(
-                {"accepted": n, "duplicates": 0, "rejected": []}
-            ).encode()
+            return (
+                200,
+                "application/json",
+                json.dumps({"accepted": n, "duplicates": 0, "rejected": []}).encode(),
+            )
         with self.lock:
             fresh = {(e.event_type, e.seq) for e in envelopes} - self.received
             self.received |= fresh
