@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,9 @@ class ClientStats:
     last_error: str | None
     instrumentation_errors: int = 0  # @track/timed() events that could not be built or logged
     reentered: int = 0  # log() calls made from inside log() in one thread (signal handler, __del__)
+    held: dict[str, int] = field(
+        default_factory=dict
+    )  # queued events per type whose schema the collector lacks
 
 
 class EventClient:
@@ -91,6 +94,7 @@ class EventClient:
         self._close_lock = threading.Lock()
         self._fork_held = False
         self._final_depth: QueueDepth | None = None
+        self._final_held: dict[str, int] = {}
         self._pid = os.getpid()
         _register_fork_hook(self)
         # multiprocessing's forked children leave through os._exit(), skipping atexit,
@@ -129,6 +133,7 @@ class EventClient:
                 heartbeat_interval=cfg.heartbeat_interval,
                 lease_ttl=cfg.lease_ttl,
                 backoff_max=cfg.backoff_max,
+                hold_retry_max=cfg.hold_retry_max,
                 service=cfg.service,
                 host=cfg.host,
                 sdk_version=__version__,
@@ -298,6 +303,7 @@ class EventClient:
             self._finalizer.detach()
             if self._own_transport:
                 self._transport.close()
+            self._final_held = self._held()
             self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
             self._writer_queue.close()
             self._shipper_queue.close()
@@ -341,7 +347,16 @@ class EventClient:
             last_error=s.last_error or w.last_error,
             instrumentation_errors=self.instrumentation_errors,
             reentered=w.reentered,
+            held=self._held(),
         )
+
+    def _held(self) -> dict[str, int]:
+        if self._final_depth is not None:  # closed: the queue file is no longer open
+            return dict(self._final_held)
+        held: dict[str, int] = {}
+        for hold in self._writer_queue.holds():
+            held[hold.event_type] = held.get(hold.event_type, 0) + hold.events
+        return held
 
     def __repr__(self) -> str:
         return f"<EventClient {self.config.endpoint} queue={self.config.queue_path} {self.config.durability.value}>"

@@ -55,6 +55,7 @@ class ClientConfig:
     heartbeat_interval: float = 30.0
     lease_ttl: float = 30.0
     backoff_max: float = 5.0
+    hold_retry_max: float = 60.0  # longest pause between retries of a schema the collector lacks
     # transport
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
@@ -73,6 +74,7 @@ class ClientConfig:
             "heartbeat_interval",
             "lease_ttl",
             "backoff_max",
+            "hold_retry_max",
             "connect_timeout",
             "read_timeout",
             "commit_interval",

@@ -9,8 +9,14 @@ One SQLite file in WAL mode owns everything that must survive the process:
 * the events themselves, in commit order,
 * drop records (sequence ranges dropped on purpose, with the reason, until the
   collector has been told),
-* dead letters (events the collector rejected), and
+* dead letters (events the collector rejected),
+* holds: (event type, schema fingerprint) pairs the collector does not know yet;
+  their events stay in ``events`` (same ids, same sequence numbers) but are
+  skipped by reads until the hold's ``next_try``, then offered again, and
 * the shipping lease (so only one process at a time sends from the file).
+
+Format versions: 1 as first released; 2 adds the ``holds`` table (a version 1
+file is migrated in place when opened).
 
 Table creation and migration go through sqlite-utils; the hot path (append,
 read, ack) uses the raw connection with multi-row statements, because
@@ -27,7 +33,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +51,7 @@ from .errors import (
 )
 
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
 APPLICATION_ID = 0x53455631  # "SEV1"
 #: Bytes charged per queued event on top of its payload (row header, type, seq, fingerprint).
@@ -101,6 +107,19 @@ class AppendResult:
 
     def count_drop(self, reason: str, n: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Events of one schema the collector does not know yet, kept and retried."""
+
+    event_type: str
+    fingerprint: bytes
+    reason: str
+    since: float
+    next_try: float
+    attempts: int
+    events: int
 
 
 @dataclass(frozen=True)
@@ -231,9 +250,13 @@ class DurableQueue:
         db = sqlite_utils.Database(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # re-check under the lock
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-check under the lock
+            if version == 0:
                 _create_v1(db)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            if version < 2:
+                _create_v2(conn)
+            if version < FORMAT_VERSION:
                 conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -455,12 +478,23 @@ class DurableQueue:
         self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
     ) -> list[QueuedEvent]:
         """The oldest events after ``after_id``, in queue order, within both limits
-        (at least one event when any is queued, whatever its size)."""
-        rows = self._read(
-            "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events "
-            "WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, max_events),
-        )
+        (at least one event when any is queued, whatever its size). Events of a
+        held schema are left out until the hold's next try is due."""
+        now = time.time()
+        if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
+            rows = self._read(
+                "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events e "
+                "WHERE id > ? AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.event_type = "
+                "e.event_type AND h.fingerprint = e.fingerprint AND h.next_try > ?) "
+                "ORDER BY id LIMIT ?",
+                (after_id, now, max_events),
+            )
+        else:
+            rows = self._read(
+                "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, max_events),
+            )
         batch: list[QueuedEvent] = []
         total = 0
         for row in rows:
@@ -472,10 +506,20 @@ class DurableQueue:
             batch.append(QueuedEvent(*row[:6]))
         return batch
 
-    def ack(self, first_id: int, last_id: int) -> int:
-        """Delete the events with ids in ``[first_id, last_id]``: the collector has them."""
+    def ack(self, first_id: int, last_id: int, *, keep: Sequence[int] = ()) -> int:
+        """Delete the events with ids in ``[first_id, last_id]``: the collector has them.
+        ``keep`` names ids in that range that stay (held events)."""
         with self.atomic() as conn:
-            return self._delete_range(conn, first_id, last_id)
+            if not keep:
+                return self._delete_range(conn, first_id, last_id)
+            deleted, start = 0, first_id
+            for kept in sorted(keep):
+                if kept > start:
+                    deleted += self._delete_range(conn, start, kept - 1)
+                start = max(start, kept + 1)
+            if start <= last_id:
+                deleted += self._delete_range(conn, start, last_id)
+            return deleted
 
     @staticmethod
     def _delete_range(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
@@ -487,6 +531,57 @@ class DurableQueue:
             conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first_id, last_id))
             _bump_counters(conn, -size, -count)
         return int(count)
+
+    # -- holds: schemas the collector does not know yet --------------------------------
+    def hold(
+        self, events: Sequence[QueuedEvent], reason: str, retry_in: Callable[[int], float]
+    ) -> None:
+        """Keep ``events`` queued but unread until their schema's next try.
+
+        One hold per (event type, fingerprint); each renewal counts an attempt and
+        pushes ``next_try`` by ``retry_in(attempts)`` seconds."""
+        now = time.time()
+        keys = sorted({(e.event_type, e.fingerprint) for e in events})
+        with self.atomic() as conn:
+            for event_type, fingerprint in keys:
+                row = conn.execute(
+                    "SELECT attempts FROM holds WHERE event_type = ? AND fingerprint = ?",
+                    (event_type, fingerprint),
+                ).fetchone()
+                attempts = 1 if row is None else int(row[0]) + 1
+                conn.execute(
+                    "INSERT INTO holds (event_type, fingerprint, reason, since, next_try, attempts) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(event_type, fingerprint) DO UPDATE SET "
+                    "reason = excluded.reason, next_try = excluded.next_try, "
+                    "attempts = excluded.attempts",
+                    (event_type, fingerprint, reason, now, now + retry_in(attempts), attempts),
+                )
+
+    def release_holds(self, keys: Iterable[tuple[str, bytes]]) -> int:
+        """Forget holds whose schema the collector has now accepted; how many existed."""
+        keys = list(keys)
+        if not keys or not self._read("SELECT 1 FROM holds LIMIT 1"):
+            return 0
+        with self.atomic() as conn:
+            return sum(
+                conn.execute(
+                    "DELETE FROM holds WHERE event_type = ? AND fingerprint = ?", key
+                ).rowcount
+                for key in keys
+            )
+
+    def holds(self) -> list[Hold]:
+        """Current holds with the number of their events still queued (empty holds left out)."""
+        rows = self._read(
+            "SELECT h.event_type, h.fingerprint, h.reason, h.since, h.next_try, h.attempts, "
+            "(SELECT count(*) FROM events e WHERE e.event_type = h.event_type "
+            "AND e.fingerprint = h.fingerprint) AS n FROM holds h ORDER BY h.since"
+        )
+        return [
+            Hold(str(r[0]), bytes(r[1]), str(r[2]), float(r[3]), float(r[4]), int(r[5]), int(r[6]))
+            for r in rows
+            if r[6]
+        ]
 
     def dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
@@ -779,6 +874,14 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db.table("lease").create({"name": str, "holder": str, "expires_at": float}, pk="name")
     db.table("incidents").create(
         {"id": int, "kind": str, "detail": str, "created_at": float}, pk="id"
+    )
+
+
+def _create_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS holds (event_type TEXT NOT NULL, fingerprint BLOB NOT NULL, "
+        "reason TEXT NOT NULL, since FLOAT NOT NULL, next_try FLOAT NOT NULL, "
+        "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))"
     )
 
 

@@ -56,6 +56,9 @@ MAX_RETRY_AFTER = 600.0
 MIN_RETRY_DELAY = 0.05
 #: How often an idle lease holder looks for events committed by other processes.
 IDLE_POLL = 0.25
+#: The rejection code for a schema the collector does not know (yet): such events are
+#: held and retried, never dead-lettered (the event is fine; the collector is behind).
+UNKNOWN_SCHEMA = "unknown_schema"
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ShipperSettings:
     heartbeat_interval: float = 30.0
     lease_ttl: float = 30.0
     backoff_max: float = 30.0
+    hold_retry_max: float = 60.0
     service: str = ""
     host: str = ""
     sdk_version: str = ""
@@ -115,6 +119,7 @@ class Shipper:
         self._state = "ok"
         self._thread: threading.Thread | None = None
         self._prefetch = _Prefetcher(self)
+        self._held_reported: set[tuple[str, bytes]] = set()  # schemas whose hold was logged
 
     # -- control -------------------------------------------------------------------
     def start(self) -> None:
@@ -184,17 +189,7 @@ class Shipper:
         depth = self.queue.depth()
         urgent = self._urgent.is_set()
         if depth.events == 0:
-            drops = self.queue.unreported_drops()
-            incidents = self.queue.unreported_incidents()
-            if (
-                drops
-                or incidents
-                or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
-            ):
-                self._deliver([], drops, incidents)
-                self._urgent.clear()
-                return
-            self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
+            self._idle_step()
             return
         if depth.events < self.settings.max_events and not urgent and self._lingering():
             return
@@ -210,6 +205,22 @@ class Shipper:
         )
         if batch:
             self._deliver(batch, drops, incidents)
+        else:  # every queued event is held until its schema's next try
+            self._idle_step()
+
+    def _idle_step(self) -> None:
+        """Nothing to send: carry drop notices and incidents, or a heartbeat when due."""
+        drops = self.queue.unreported_drops()
+        incidents = self.queue.unreported_incidents()
+        if (
+            drops
+            or incidents
+            or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
+        ):
+            self._deliver([], drops, incidents)
+            self._urgent.clear()
+            return
+        self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
 
     def _lingering(self) -> bool:
         """Wait up to ``linger`` for a fuller batch; True if we waited (re-check after)."""
@@ -400,16 +411,26 @@ class Shipper:
         self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult
     ) -> None:
         rejected = _rejections(result)
+        held: list[QueuedEvent] = []
         if rejected:
             by_reason: dict[str, list[QueuedEvent]] = {}
             for event in part:
-                reason = rejected.get((event.event_type, event.seq))
-                if reason is not None:
+                rejection = rejected.get((event.event_type, event.seq))
+                if rejection is None:
+                    continue
+                code, reason = rejection
+                if code == UNKNOWN_SCHEMA:
+                    held.append(event)
+                else:
                     by_reason.setdefault(reason, []).append(event)
             for reason, events in by_reason.items():
                 self._dead_letter(events, reason, notify_collector=False)
+            if held:
+                self._hold(held, rejected[(held[0].event_type, held[0].seq)][1])
         if part:
-            self.queue.ack(part[0].id, part[-1].id)
+            self.queue.ack(part[0].id, part[-1].id, keep=[e.id for e in held])
+            held_keys = {(e.event_type, e.fingerprint) for e in held}
+            self._release_holds({(e.event_type, e.fingerprint) for e in part} - held_keys)
         if drops:
             self.queue.mark_drops_reported(drops)
         if not part:
@@ -420,6 +441,49 @@ class Shipper:
         self.counters.last_success = time.time()
         with self._acked:
             self._acked.notify_all()
+
+    def _hold(self, events: Sequence[QueuedEvent], reason: str) -> None:
+        """Keep events whose schema the collector lacks; retry them with capped backoff."""
+        self.queue.hold(events, reason, self._hold_delay)
+        by_schema: dict[tuple[str, bytes], int] = {}
+        for e in events:
+            by_schema[(e.event_type, e.fingerprint)] = (
+                by_schema.get((e.event_type, e.fingerprint), 0) + 1
+            )
+        for (event_type, fingerprint), n in by_schema.items():
+            message = (
+                f"the collector does not know schema {event_type} (fingerprint "
+                f"{fingerprint.hex()}): deploy it to the collector"
+            )
+            self._note_error(message)
+            if (event_type, fingerprint) in self._held_reported:
+                continue
+            self._held_reported.add((event_type, fingerprint))
+            logger.error(
+                "spotify-events: %s. %d %s event(s) so far are held in the queue and retried "
+                "(at most every %gs) until it does; flush() returns False meanwhile",
+                message,
+                n,
+                event_type,
+                self.settings.hold_retry_max,
+            )
+
+    def _hold_delay(self, attempts: int) -> float:
+        return float(
+            min(self.settings.hold_retry_max, self.settings.backoff_max * 2 ** (attempts - 1))
+        )
+
+    def _release_holds(self, accepted: set[tuple[str, bytes]]) -> None:
+        """Schemas the collector took events of in this batch are no longer held."""
+        self.queue.release_holds(accepted)
+        for event_type, fingerprint in sorted(self._held_reported & accepted):
+            logger.info(
+                "spotify-events: the collector now accepts schema %s (fingerprint %s); "
+                "held events are being delivered",
+                event_type,
+                fingerprint.hex(),
+            )
+        self._held_reported -= accepted
 
     def _dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
@@ -542,16 +606,16 @@ def _backoff_delays(cap: float) -> Iterator[float]:
     return delays
 
 
-def _rejections(result: SendResult) -> dict[tuple[str, int], str]:
+def _rejections(result: SendResult) -> dict[tuple[str, int], tuple[str, str]]:
+    """(event type, seq) -> (code, reason) of every event the collector's body rejects."""
     body = result.body or {}
     rejected = body.get("rejected") or []
-    out: dict[tuple[str, int], str] = {}
+    out: dict[tuple[str, int], tuple[str, str]] = {}
     if isinstance(rejected, list):
         for item in rejected:
             try:
-                out[(str(item["event_type"]), int(item["seq"]))] = str(
-                    item.get("reason") or "rejected"
-                )
+                key = (str(item["event_type"]), int(item["seq"]))
+                out[key] = (str(item.get("code") or ""), str(item.get("reason") or "rejected"))
             except (KeyError, TypeError, ValueError):
                 continue
     return out

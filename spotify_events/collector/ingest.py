@@ -110,10 +110,16 @@ class Rejection:
 
     event_type: str
     seq: int
+    code: str  # machine-readable: unknown_schema, invalid_payload, invalid_type, ...
     reason: str
 
     def to_json(self) -> dict[str, object]:
-        return {"event_type": self.event_type, "seq": self.seq, "reason": self.reason}
+        return {
+            "event_type": self.event_type,
+            "seq": self.seq,
+            "code": self.code,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -217,12 +223,13 @@ class Ingest:
             else:
                 schema = schema_cache[fp] = by_fp(fp)
             reason = None
+            code = "invalid_payload"
             if schema is None or schema.full_name != env.event_type:
-                reason = self._type_problem(env, schema)
+                code, reason = self._type_problem(env, schema)
             elif env.seq < 1:
-                reason = "seq must be >= 1"
+                code, reason = "invalid_seq", "seq must be >= 1"
             elif not 0 <= env.timestamp <= MAX_TIMESTAMP_MS:
-                reason = f"timestamp {env.timestamp} out of range"
+                code, reason = "invalid_timestamp", f"timestamp {env.timestamp} out of range"
             else:
                 payload = env.payload
                 buf = io.BytesIO(payload)
@@ -244,16 +251,20 @@ class Ingest:
             if reason is None:
                 good.append(env)
             else:
-                bad.append(Rejection(_printable(env.event_type), env.seq, reason))
+                bad.append(Rejection(_printable(env.event_type), env.seq, code, reason))
         return good, bad
 
     @staticmethod
-    def _type_problem(env: Envelope, schema: EventSchema | None) -> str:
+    def _type_problem(env: Envelope, schema: EventSchema | None) -> tuple[str, str]:
+        """(code, reason) for an event whose type and fingerprint do not fit together."""
         if not is_avro_full_name(env.event_type):
-            return "invalid event type name"
+            return "invalid_type", "invalid event type name"
         if schema is None:
-            return f"unknown schema fingerprint {env.fingerprint.hex()}"
-        return f"event_type does not match its schema fingerprint (schema is {schema.full_name})"
+            return "unknown_schema", f"unknown schema fingerprint {env.fingerprint.hex()}"
+        return (
+            "invalid_type",
+            f"event_type does not match its schema fingerprint (schema is {schema.full_name})",
+        )
 
 
 def _incidents(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
