@@ -18,6 +18,7 @@ lifecycle rules that keep the host service first:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing.util
 import os
@@ -140,6 +141,9 @@ class EventClient:
             ),
         )
         self._writer.on_commit = self._shipper.committed
+        self._writer.file_check = functools.partial(
+            _restore_queue_file, self._writer_queue, self._shipper_queue
+        )
         self._started = False
         self._start_lock = threading.RLock()  # a signal handler may log during _start()
 
@@ -400,6 +404,20 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
             field="timestamp",
         )
     return millis
+
+
+def _restore_queue_file(queue: DurableQueue, peer: DurableQueue) -> None:
+    """The writer thread's periodic check: a queue file deleted or replaced under a
+    running client is put back from the open connection, with everything in it."""
+    if queue.file_state() is None:
+        return
+    detail = queue.restore_file([peer])
+    if detail is not None:
+        logger.error(
+            "spotify-events: %s. No event was lost; delete or move a queue file only while "
+            "no process uses it.",
+            detail,
+        )
 
 
 def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:

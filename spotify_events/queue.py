@@ -164,6 +164,7 @@ class DurableQueue:
         self._lock = threading.RLock()
         self._cache: _AppendCache | None = None
         self._closed = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
         self.producer_id = self._read_meta("producer_id")
 
@@ -200,6 +201,7 @@ class DurableQueue:
         except BaseException:
             conn.close()
             raise
+        self._identity = _file_identity(self.path)
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -731,6 +733,63 @@ class DurableQueue:
         """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
         self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
+    # -- the file under us -------------------------------------------------------
+    def file_state(self) -> str | None:
+        """None while ``path`` is still the file our connection opened; else
+        ``"deleted"`` or ``"replaced"`` (someone removed or swapped it while we run:
+        our open connection still reaches the old file, nobody else will)."""
+        if self._identity is None or self._conn is None:
+            return None  # not open (forked child, closed): checked again at reopen
+        identity = _file_identity(self.path)
+        if identity == self._identity:
+            return None
+        return "deleted" if identity is None else "replaced"
+
+    def restore_file(self, peers: Sequence[DurableQueue] = ()) -> str | None:
+        """Put our file back at ``path`` if it was deleted or replaced; what was done.
+
+        Copies everything through our still-open connection (SQLite's backup API,
+        so committed WAL frames come along) into a new file beside ``path``, closes
+        our connections and those of ``peers`` (other instances on the same file in
+        this process; they reopen on next use) and renames the copy into place.
+        A file that replaced ours is moved aside, never deleted. Nothing is lost:
+        producer id, sequence numbers, events, drops and dead letters are the same."""
+        queues = [self, *peers]
+        for queue in queues:
+            queue._lock.acquire()
+        try:
+            state = self.file_state()
+            if state is None:
+                return None
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            copy = self.path.with_name(f"{self.path.name}.restoring-{os.getpid()}")
+            target = sqlite3.connect(copy)
+            try:
+                self._connection().backup(target)
+            finally:
+                target.close()
+            for queue in queues:
+                conn, queue._conn, queue._cache = queue._conn, None, None
+                if conn is not None:
+                    with suppress(sqlite3.Error):
+                        conn.close()
+            aside = None
+            if state == "replaced" and self.path.exists():
+                aside = _move_aside(self.path, f"replaced-{stamp}")
+            else:
+                for suffix in ("-wal", "-shm"):  # companions of a file that is gone
+                    with suppress(FileNotFoundError):
+                        os.unlink(f"{self.path}{suffix}")
+            os.replace(copy, self.path)
+            detail = f"queue file {self.path} was {state} while in use; restored from the open copy"
+            if aside is not None:
+                detail += f"; the file found in its place was moved to {aside}"
+            self.record_incident(f"queue_file_{state}", detail)
+            return detail
+        finally:
+            for queue in reversed(queues):
+                queue._lock.release()
+
     def set_busy_timeout(self, seconds: float) -> None:
         """How long a write waits for another process's lock from now on (close() cuts
         it so a busy peer cannot stretch interpreter exit)."""
@@ -798,18 +857,30 @@ def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
 def quarantine(path: str | os.PathLike[str]) -> Path:
     """Move a damaged queue file (and its -wal/-shm companions) aside, never deleting
     it, so a fresh queue can start and someone can still inspect or salvage the old one."""
-    source = Path(path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = source.with_name(f"{source.name}.corrupt-{stamp}")
+    return _move_aside(Path(path), f"corrupt-{stamp}")
+
+
+def _move_aside(source: Path, label: str) -> Path:
+    """Rename ``source`` and its companions to ``source.<label>[-n]``; the new path."""
+    target = source.with_name(f"{source.name}.{label}")
     n = 1
     while target.exists():
         n += 1
-        target = source.with_name(f"{source.name}.corrupt-{stamp}-{n}")
+        target = source.with_name(f"{source.name}.{label}-{n}")
     for suffix in ("", "-wal", "-shm"):
         companion = Path(f"{source}{suffix}")
         if companion.exists():
             os.replace(companion, f"{target}{suffix}")
     return target
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _insert_drops(

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from threading import get_ident
@@ -60,6 +60,8 @@ REENTRY_WAIT = 0.25
 #: The writer thread looks at the side list at least this often (a re-entered log()
 #: may not set an Event: the interrupted code may be inside that Event's own lock).
 REENTERED_POLL = 1.0
+#: How often the writer thread runs ``file_check`` (is the queue file still ours?).
+FILE_CHECK_INTERVAL = 2.0
 
 
 @dataclass
@@ -94,6 +96,9 @@ class QueueWriter:
         self.block_timeout = block_timeout
         self.batch_events = batch_events
         self.on_commit = on_commit
+        #: Called from the writer thread every FILE_CHECK_INTERVAL seconds (the client
+        #: puts a deleted or replaced queue file back there); never raises into the loop.
+        self.file_check: Callable[[], None] | None = None
         self.counters = WriterCounters()
         self._init_state()
 
@@ -285,8 +290,13 @@ class QueueWriter:
     def _run(self) -> None:
         delays = backoff.expo(base=2, factor=0.01, max_value=2.0)
         next(delays)  # the generator's first value is a priming None
+        next_check = time.monotonic() + FILE_CHECK_INTERVAL
         while True:
-            if not self._wake.wait(REENTERED_POLL) and not self._has_reentered:
+            woken = self._wake.wait(REENTERED_POLL)
+            if self.file_check is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + FILE_CHECK_INTERVAL
+                self._run_file_check()
+            if not woken and not self._has_reentered:
                 continue
             if not self._stopping:
                 self._hurry.wait(self.commit_interval)
@@ -302,6 +312,14 @@ class QueueWriter:
             else:
                 self._wake.set()  # the events are still pending: come back after the pause
                 self._hurry.wait(backoff.full_jitter(next(delays)))
+
+    def _run_file_check(self) -> None:
+        assert self.file_check is not None
+        try:
+            self.file_check()
+        except Exception as exc:  # the writer thread must live on; commits report their own errors
+            self.counters.last_error = f"queue file check failed: {exc}"
+            logger.error("spotify-events: checking the queue file failed: %s", exc)
 
     def _commit_as_owner(self) -> bool:
         """:meth:`_commit_pending`, with this thread noted as the committer (the caller
