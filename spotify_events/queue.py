@@ -2,7 +2,13 @@
 
 One SQLite file in WAL mode owns everything that must survive the process:
 
-* the producer id (a UUID minted once per file; the collector's ledger key),
+* the producer id (a UUID minted once per file; the collector's ledger key) and
+  the file's home (host, path, inode) beside it: a file that finds itself
+  elsewhere (a copied image, a restored backup on a second host) mints a new
+  producer id for the events logged from then on, so two copies never number
+  different events alike; events queued before the copy keep the old id (both
+  copies hold the very same events, which the collector then dedupes), and an
+  incident tells the collector,
 * the next sequence number per event type (assigned inside the committing
   transaction, so numbers are contiguous from 1 and never reused, across drains,
   restarts and processes sharing the file),
@@ -28,7 +34,10 @@ measurement on a 2-core machine while another thread logged in a loop).
 from __future__ import annotations
 
 import enum
+import json
+import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -49,6 +58,8 @@ from .errors import (
     QueueForeignFileError,
     QueueVersionError,
 )
+
+logger = logging.getLogger("spotify_events.queue")
 
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
 FORMAT_VERSION = 2
@@ -166,7 +177,9 @@ class DurableQueue:
         self._closed = False
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
-        self.producer_id = self._read_meta("producer_id")
+        self.host = socket.gethostname()
+        self._legacy: _Legacy | None = None
+        self.producer_id = self._claim_home()
 
     # -- connection and schema -----------------------------------------------
     def _connect(self, verify: bool = False) -> sqlite3.Connection:
@@ -273,6 +286,71 @@ class DurableQueue:
                 raise QueueError(f"{self.path}: queue is closed")
             conn = self._conn = self._connect()  # verified at first open; not again
         return conn
+
+    def _home(self) -> str:
+        assert self._identity is not None
+        return json.dumps(
+            {"host": self.host, "path": os.path.realpath(self.path), "inode": self._identity[1]}
+        )
+
+    def _claim_home(self) -> str:
+        """The producer id for new events; mints a new one when the file was copied or moved."""
+        home = self._home()
+        with self.atomic() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            producer = str(meta["producer_id"])
+            recorded = meta.get("home")
+            if recorded is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('home', ?)", (home,))
+            elif recorded != home:
+                producer = self._reidentify(conn, producer, recorded, home)
+        self._legacy = self._load_legacy()
+        return producer
+
+    def _reidentify(self, conn: sqlite3.Connection, old: str, was: str, now: str) -> str:
+        new = str(uuid.uuid4())
+        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
+        legacy = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))],
+        )
+        conn.execute(
+            "INSERT INTO incidents (kind, detail, created_at) VALUES (?, ?, ?)",
+            (
+                "queue_file_copied",
+                f"queue file found elsewhere (was {was}, now {now}): producer {old} continues "
+                f"as {new}; events queued before (ids up to {last_id}) keep {old}",
+                time.time(),
+            ),
+        )
+        self._cache = None
+        logger.warning(
+            "spotify-events: queue file %s was copied or moved (it lived at %s); events logged "
+            "from now on use a new producer id %s, so the copies never clash at the collector",
+            self.path,
+            was,
+            new,
+        )
+        return new
+
+    def _load_legacy(self) -> _Legacy | None:
+        row = self._read("SELECT value FROM meta WHERE key = 'legacy'")
+        if not row:
+            return None
+        data = json.loads(row[0][0])
+        return _Legacy(str(data["producer_id"]), int(data["last_id"]), dict(data["next_seq"]))
+
+    def producer_for(self, events: Sequence[QueuedEvent]) -> tuple[str, dict[str, int]]:
+        """(producer id, next-sequence watermark) a batch of ``events`` is sent under:
+        events queued before the file was copied keep their old producer."""
+        legacy = self._legacy
+        if legacy is not None and events and events[0].id <= legacy.last_id:
+            return legacy.producer_id, legacy.next_seq
+        return self.producer_id, self.next_seqs()
 
     def _read_meta(self, key: str) -> str:
         with self._lock:
@@ -483,19 +561,27 @@ class DurableQueue:
         (at least one event when any is queued, whatever its size). Events of a
         held schema are left out until the hold's next try is due."""
         now = time.time()
+        upper = 2**63 - 1
+        legacy = self._legacy
+        if legacy is not None:
+            # A batch carries one producer id: never mix events from before and after a copy.
+            if self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (legacy.last_id,)):
+                upper = legacy.last_id if after_id < legacy.last_id else upper
+            else:
+                self._legacy = None  # the copy's old events are all delivered
         if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
             rows = self._read(
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events e "
-                "WHERE id > ? AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.event_type = "
-                "e.event_type AND h.fingerprint = e.fingerprint AND h.next_try > ?) "
+                "WHERE id > ? AND id <= ? AND NOT EXISTS (SELECT 1 FROM holds h WHERE "
+                "h.event_type = e.event_type AND h.fingerprint = e.fingerprint AND h.next_try > ?) "
                 "ORDER BY id LIMIT ?",
-                (after_id, now, max_events),
+                (after_id, upper, now, max_events),
             )
         else:
             rows = self._read(
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, max_events),
+                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (after_id, upper, max_events),
             )
         batch: list[QueuedEvent] = []
         total = 0
@@ -781,6 +867,8 @@ class DurableQueue:
                     with suppress(FileNotFoundError):
                         os.unlink(f"{self.path}{suffix}")
             os.replace(copy, self.path)
+            with self.atomic() as conn:  # reopened: a new inode, and still this file's home
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'home'", (self._home(),))
             detail = f"queue file {self.path} was {state} while in use; restored from the open copy"
             if aside is not None:
                 detail += f"; the file found in its place was moved to {aside}"
@@ -838,6 +926,14 @@ class DurableQueue:
 
     def __repr__(self) -> str:
         return f"<DurableQueue {self.path} producer={self.producer_id}>"
+
+
+class _Legacy(NamedTuple):
+    """The producer a copied file had: its queued events still ship under it."""
+
+    producer_id: str
+    last_id: int
+    next_seq: dict[str, int]
 
 
 class _AppendCache(NamedTuple):

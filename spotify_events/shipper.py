@@ -334,7 +334,8 @@ class Shipper:
         """Send one part, retrying transient failures; None when asked to stop."""
         if body is None:
             body = self._encode(part, [d for _, d in drops], [i for _, i in incidents])
-        headers = {"X-SE-Producer-Id": self.queue.producer_id, "X-SE-Event-Count": str(len(part))}
+        producer, _ = self.queue.producer_for(part)
+        headers = {"X-SE-Producer-Id": producer, "X-SE-Event-Count": str(len(part))}
         delays = _backoff_delays(self.settings.backoff_max)
         while not self._stop.is_set():
             if not self._hold_lease():  # renewed before each send: a slow send cannot lapse it
@@ -395,10 +396,11 @@ class Shipper:
     def _encode(
         self, part: Sequence[QueuedEvent], drops: list[DropNotice], incidents: list[dict[str, Any]]
     ) -> bytes:
+        producer, next_seq = self.queue.producer_for(part)
         batch = WireBatch(
-            producer_id=self.queue.producer_id,
+            producer_id=producer,
             envelopes=[Envelope(e[2], e[1], e[3], e[4], e[5]) for e in part],
-            next_seq=self.queue.next_seqs(),
+            next_seq=next_seq,
             drops=drops,
             service=self.settings.service,
             host=self.settings.host,
