@@ -309,6 +309,12 @@ class EventClient:
                 self._transport.close()
             self._final_held = self._held()
             self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
+            if self._final_depth.events:
+                logger.warning(
+                    "spotify-events: %d event(s) remain in %s; they ship on the next start",
+                    self._final_depth.events,
+                    self.config.queue_path,
+                )
             self._writer_queue.close()
             self._shipper_queue.close()
             self._close_result = delivered

@@ -57,7 +57,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 from .client import EventClient
-from .errors import EventValidationError
+from .errors import EventValidationError, SpotifyEventsError
 from .schemas import EventSchema, SchemaRegistry
 
 logger = logging.getLogger("spotify_events")
@@ -508,8 +508,14 @@ class _Tracker:
                 self.label,
                 type(err).__name__,
                 err,
-                exc_info=err,
+                exc_info=_traceback_for(err),
             )
+
+
+def _traceback_for(err: Exception) -> Exception | None:
+    """Our own errors (client closed, invalid event) are expected: the message says
+    it all. Anything else is a bug somewhere and deserves its traceback."""
+    return None if isinstance(err, SpotifyEventsError) else err
 
 
 # -- timed() ---------------------------------------------------------------------------------
@@ -625,7 +631,7 @@ class Timed:
                     plan.full_name,
                     type(err).__name__,
                     err,
-                    exc_info=err,
+                    exc_info=_traceback_for(err),
                 )
 
     async def __aenter__(self) -> Timed:

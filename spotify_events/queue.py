@@ -56,6 +56,7 @@ from .errors import (
     QueueCorruptError,
     QueueError,
     QueueForeignFileError,
+    QueuePathError,
     QueueVersionError,
 )
 
@@ -183,8 +184,7 @@ class DurableQueue:
 
     # -- connection and schema -----------------------------------------------
     def _connect(self, verify: bool = False) -> sqlite3.Connection:
-        if self.path.exists() and self.path.is_dir():
-            raise QueueError(f"{self.path}: is a directory, not a queue file")
+        check_queue_path(self.path)
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -948,6 +948,29 @@ def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
         "UPDATE counters SET value = value + (CASE name WHEN 'bytes' THEN ? ELSE ? END)",
         (size, events),
     )
+
+
+def check_queue_path(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`QueuePathError` naming what keeps ``path`` from holding a queue.
+
+    SQLite says only "unable to open database file" for all of these; this says
+    which: the directory is missing, a permission is missing, or the path is a
+    directory. (Whether an existing file is a queue is decided when it is opened.)"""
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise QueuePathError(f"queue_path {path}: is a directory, not a queue file")
+    directory = target.parent
+    if not directory.is_dir():
+        raise QueuePathError(f"queue_path {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # SQLite creates its -wal and -shm files beside the queue file
+        raise QueuePathError(
+            f"queue_path {path}: permission denied: cannot create files in {directory}"
+        )
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        raise QueuePathError(
+            f"queue_path {path}: permission denied: the file must be readable and writable"
+        )
 
 
 def quarantine(path: str | os.PathLike[str]) -> Path:
