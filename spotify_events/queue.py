@@ -158,6 +158,7 @@ class DurableQueue:
         fsync: bool = False,
         busy_timeout: float = 10.0,
         verify: bool = False,
+        claim_home: bool = True,
     ) -> None:
         if max_queue_bytes <= 0:
             raise ConfigError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
@@ -180,7 +181,8 @@ class DurableQueue:
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
         self.host = socket.gethostname()
         self._legacy: _Legacy | None = None
-        self.producer_id = self._claim_home()
+        # Inspection tools look without claiming: a copy they open stays as it is.
+        self.producer_id = self._claim_home() if claim_home else self._read_meta("producer_id")
 
     # -- connection and schema -----------------------------------------------
     def _connect(self, verify: bool = False) -> sqlite3.Connection:
@@ -757,6 +759,34 @@ class DurableQueue:
     def has_events_through(self, last_id: int) -> bool:
         """True while any event with id <= ``last_id`` is still queued (flush's condition)."""
         return bool(self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (last_id,)))
+
+    def depth_by_type(self) -> dict[str, tuple[int, int | None]]:
+        """Per event type: (events queued, timestamp ms of the oldest) (for inspection)."""
+        return {
+            str(t): (int(n), None if oldest is None else int(oldest))
+            for t, n, oldest in self._read(
+                "SELECT event_type, count(*), min(timestamp) FROM events GROUP BY event_type"
+            )
+        }
+
+    def replay_dead_letters(self, event_type: str | None = None) -> int:
+        """Put dead letters (all, or those of ``event_type``) back into the queue with
+        their original sequence numbers; the collector then counts them received."""
+        where, params = ("WHERE event_type = ?", (event_type,)) if event_type else ("", ())
+        with self.atomic() as conn:
+            rows = conn.execute(
+                "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM dead_letters "
+                f"{where} ORDER BY id",
+                params,
+            ).fetchall()
+            flat: list[object] = []
+            for _, etype, seq, fingerprint, timestamp, payload in rows:
+                flat += (etype, seq, fingerprint, timestamp, payload, len(payload) + ROW_OVERHEAD)
+            self._insert_rows(conn, flat)
+            _bump_counters(conn, sum(len(r[5]) + ROW_OVERHEAD for r in rows), len(rows))
+            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+        self._cache = None
+        return len(rows)
 
     def dead_letters(self) -> list[tuple[str, int, str]]:
         """(event type, seq, reason) of every dead-lettered event, for inspection."""
