@@ -602,3 +602,23 @@ def test_disk_stays_bounded_while_a_full_queue_keeps_evicting(
         queue.append([ev(A)])
     assert _file_bytes(queue_path) - settled <= 8192
     assert_contiguous(accounted_seqs(queue_path), queue.next_seqs())
+
+
+def test_a_version_1_file_is_migrated_in_place_and_keeps_its_events(
+    make_queue: Callable[..., DurableQueue], queue_path: Path
+) -> None:
+    queue = make_queue()
+    queue.append([ev()])
+    producer = queue.producer_id
+    queue.close()
+    with sqlite3.connect(queue_path) as conn:  # as the first release left it
+        conn.execute("DROP TABLE holds")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    reopened = make_queue()
+    assert reopened.producer_id == producer
+    assert [e.seq for e in reopened.read_batch()] == [1]
+    assert reopened.holds() == []
+    with sqlite3.connect(queue_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 2
+    conn.close()
