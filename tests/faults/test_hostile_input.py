@@ -730,8 +730,9 @@ def test_extreme_seqs_and_timestamps(
     if reason is None:
         assert (doc["accepted"], doc["rejected"]) == (1, []), doc
     else:
+        code = "invalid_seq" if reason.startswith("seq") else "invalid_timestamp"
         assert doc["accepted"] == 0 and doc["rejected"] == [
-            {"event_type": PAGE_VIEW, "seq": seq, "reason": reason}
+            {"event_type": PAGE_VIEW, "seq": seq, "code": code, "reason": reason}
         ]
     report = app_collector.delivery.report()  # still computable, and plain JSON
     json.dumps(report)
