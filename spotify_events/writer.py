@@ -123,6 +123,7 @@ class QueueWriter:
         self._ticket = 0
         self._committed_ticket = 0
         self._failing = False
+        self._file_check_failing = False
         self._dropping = False
         self._thread: threading.Thread | None = None
 
@@ -319,7 +320,11 @@ class QueueWriter:
             self.file_check()
         except Exception as exc:  # the writer thread must live on; commits report their own errors
             self.counters.last_error = f"queue file check failed: {exc}"
-            logger.error("spotify-events: checking the queue file failed: %s", exc)
+            if not self._file_check_failing:  # once per episode, not every few seconds
+                logger.error("spotify-events: checking the queue file failed: %s", exc)
+            self._file_check_failing = True
+        else:
+            self._file_check_failing = False
 
     def _commit_as_owner(self) -> bool:
         """:meth:`_commit_pending`, with this thread noted as the committer (the caller
