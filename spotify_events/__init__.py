@@ -7,6 +7,7 @@ The public face is :class:`EventClient` (log, flush, close); schemas live in a
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -24,11 +25,15 @@ from .errors import (
     EventValidationError,
     MissingExtraError,
     QueueError,
+    QueuePathError,
     SchemaError,
     SpotifyEventsError,
     UnknownEventTypeError,
 )
 from .schemas import SchemaRegistry, check_compatibility
+
+# A library logs; the application decides where that goes (no "No handlers" noise).
+logging.getLogger("spotify_events").addHandler(logging.NullHandler())
 
 __all__ = [
     "ClientClosedError",
@@ -41,6 +46,7 @@ __all__ = [
     "EventValidationError",
     "MissingExtraError",
     "QueueError",
+    "QueuePathError",
     "SchemaError",
     "SchemaRegistry",
     "SpotifyEventsError",

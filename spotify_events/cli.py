@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": "spotify_events.demo:demo_command",
     "codegen": "spotify_events.codegen:codegen_command",
     "schemas": "spotify_events.codegen:schemas_group",
+    "queue": "spotify_events.queue_tools:queue_group",
 }
 
 

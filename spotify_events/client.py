@@ -23,6 +23,7 @@ lifecycle rules that keep the host service first:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing.util
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,10 @@ class ClientStats:
     last_error: str | None
     instrumentation_errors: int = 0  # @track/timed() events that could not be built or logged
     last_acknowledged_at: float | None = None  # epoch seconds of the last acknowledgement
+    reentered: int = 0  # log() calls made from inside log() in one thread (signal handler, __del__)
+    held: dict[str, int] = field(
+        default_factory=dict
+    )  # queued events per type whose schema the collector lacks
 
 
 class EventClient:
@@ -97,6 +102,7 @@ class EventClient:
         self._close_lock = threading.Lock()
         self._fork_held = False
         self._final_depth: QueueDepth | None = None
+        self._final_held: dict[str, int] = {}
         self._pid = os.getpid()
         _register_fork_hook(self)
         # multiprocessing's forked children leave through os._exit(), skipping atexit,
@@ -134,14 +140,18 @@ class EventClient:
                 heartbeat_interval=cfg.heartbeat_interval,
                 lease_ttl=cfg.lease_ttl,
                 backoff_max=cfg.backoff_max,
+                hold_retry_max=cfg.hold_retry_max,
                 service=cfg.service,
                 host=cfg.host,
                 sdk_version=__version__,
             ),
         )
         self._writer.on_commit = self._shipper.committed
+        self._writer.file_check = functools.partial(
+            _restore_queue_file, self._writer_queue, self._shipper_queue
+        )
         self._started = False
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # a signal handler may log during _start()
 
     @staticmethod
     def _open_or_quarantine(path: str, queue_args: dict[str, Any]) -> DurableQueue:
@@ -245,7 +255,7 @@ class EventClient:
         self._pid = os.getpid()
         self._writer_queue.reset_after_fork_in_child()
         self._shipper_queue.reset_after_fork_in_child()
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._close_lock = threading.Lock()
         self._writer.reinit_after_fork()
         self._shipper.reinit_after_fork()
@@ -317,7 +327,14 @@ class EventClient:
             self._finalizer.detach()
             if self._own_transport:
                 self._transport.close()
+            self._final_held = self._held()
             self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
+            if self._final_depth.events:
+                logger.warning(
+                    "spotify-events: %d event(s) remain in %s; they ship on the next start",
+                    self._final_depth.events,
+                    self.config.queue_path,
+                )
             self._writer_queue.close()
             self._shipper_queue.close()
             self._close_result = delivered
@@ -360,7 +377,17 @@ class EventClient:
             last_error=s.last_error or w.last_error,
             instrumentation_errors=self.instrumentation_errors,
             last_acknowledged_at=s.last_success,
+            reentered=w.reentered,
+            held=self._held(),
         )
+
+    def _held(self) -> dict[str, int]:
+        if self._final_depth is not None:  # closed: the queue file is no longer open
+            return dict(self._final_held)
+        held: dict[str, int] = {}
+        for hold in self._writer_queue.holds():
+            held[hold.event_type] = held.get(hold.event_type, 0) + hold.events
+        return held
 
     def __repr__(self) -> str:
         return f"<EventClient {self.config.endpoint} queue={self.config.queue_path} {self.config.durability.value}>"
@@ -404,6 +431,20 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
             field="timestamp",
         )
     return millis
+
+
+def _restore_queue_file(queue: DurableQueue, peer: DurableQueue) -> None:
+    """The writer thread's periodic check: a queue file deleted or replaced under a
+    running client is put back from the open connection, with everything in it."""
+    if queue.file_state() is None:
+        return
+    detail = queue.restore_file([peer])
+    if detail is not None:
+        logger.error(
+            "spotify-events: %s. No event was lost; delete or move a queue file only while "
+            "no process uses it.",
+            detail,
+        )
 
 
 def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:

@@ -55,6 +55,7 @@ class ClientConfig:
     heartbeat_interval: float = 30.0
     lease_ttl: float = 30.0
     backoff_max: float = 5.0
+    hold_retry_max: float = 60.0  # longest pause between retries of a schema the collector lacks
     # transport
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
@@ -64,6 +65,7 @@ class ClientConfig:
     exit_timeout: float = 2.0
 
     def __post_init__(self) -> None:
+        self._check_types()
         positive = (
             "max_queue_bytes",
             "max_event_bytes",
@@ -73,6 +75,7 @@ class ClientConfig:
             "heartbeat_interval",
             "lease_ttl",
             "backoff_max",
+            "hold_retry_max",
             "connect_timeout",
             "read_timeout",
             "commit_interval",
@@ -99,6 +102,27 @@ class ClientConfig:
         if not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
 
+    def _check_types(self) -> None:
+        """A wrong kind of value (``linger="50ms"``) fails here, naming the setting,
+        rather than as a TypeError deep inside a comparison."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{f.name} must be a number of seconds, got {value!r}")
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+        if self.token is not None and not isinstance(self.token, str):
+            raise ConfigError(f"token must be a string, got {type(self.token).__name__}")
+        if not isinstance(self.verify, (bool, str)):
+            raise ConfigError(
+                f"verify must be true, false or a CA bundle path, got {self.verify!r}"
+            )
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise ConfigError(f"verify: no CA bundle at {self.verify!r} (a file or directory)")
+
     @property
     def host(self) -> str:
         return socket.gethostname()
@@ -116,7 +140,7 @@ class ClientConfig:
             if name not in _FIELD_NAMES:
                 raise ConfigError(f"unknown setting {name!r}")
             if value is not None:
-                values[name] = value
+                values[name] = os.fspath(value) if isinstance(value, os.PathLike) else value
         try:
             values["durability"] = Durability(values.get("durability", cls.durability))
         except ValueError:

@@ -56,6 +56,7 @@ from .errors import ClientClosedError
 from .instrument import FieldsFn, Timed
 from .instrument import timed as _timed
 from .instrument import track as _track
+from .queue import check_queue_path
 from .schemas import SchemaRegistry
 from .transport import Transport
 
@@ -120,6 +121,7 @@ class _DefaultClient:
         else:
             config = ClientConfig.build(**settings)  # ConfigError now, not at the first event
             registry = SchemaRegistry.coerce(config.schemas)  # SchemaError now
+            check_queue_path(config.queue_path)  # QueuePathError now; the file is made later
         with self._lock:
             previous = self.client
             self.settings = dict(settings)

@@ -12,6 +12,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     ├── BatchDecodeError(ValueError)       a wire batch that is not a valid container
     ├── ClientClosedError(RuntimeError)    log() on a client after close()
     ├── QueueError                         the on-disk queue cannot be used
+    │   ├── QueuePathError(ConfigError)    queue_path unusable: directory missing, permission denied
     │   ├── QueueCorruptError              not SQLite, or damaged; names the file
     │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
     │   └── QueueVersionError              written by a newer spotify-events
@@ -90,6 +91,11 @@ class ClientClosedError(SpotifyEventsError, RuntimeError):
 
 class QueueError(SpotifyEventsError):
     """The durable queue cannot be opened or written."""
+
+
+class QueuePathError(QueueError, ConfigError):
+    """``queue_path`` cannot hold a queue: its directory is missing or not writable,
+    the file is not readable and writable, or it is a directory."""
 
 
 class QueueCorruptError(QueueError):

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
-from .errors import EventValidationError
+from .errors import EventValidationError, SpotifyEventsError
 from .schemas import EventSchema, SchemaRegistry
 
 logger = logging.getLogger("spotify_events")
@@ -73,7 +73,7 @@ AUTOMATIC_FIELDS = frozenset({DURATION, OUTCOME, EXCEPTION_TYPE})
 
 _MISSING: Any = object()
 _KEYWORD_ONLY = sys.maxsize  # "index" of a keyword-only parameter: never in args
-_count_lock = threading.Lock()
+_count_lock = threading.RLock()  # re-entrant: a signal handler may count a failure too
 _perf = time.perf_counter
 
 
@@ -537,8 +537,14 @@ class _Tracker:
                 self.label,
                 type(err).__name__,
                 err,
-                exc_info=err,
+                exc_info=_traceback_for(err),
             )
+
+
+def _traceback_for(err: Exception) -> Exception | None:
+    """Our own errors (client closed, invalid event) are expected: the message says
+    it all. Anything else is a bug somewhere and deserves its traceback."""
+    return None if isinstance(err, SpotifyEventsError) else err
 
 
 # -- timed() ---------------------------------------------------------------------------------
@@ -648,7 +654,7 @@ class Timed:
                     plan.full_name,
                     type(err).__name__,
                     err,
-                    exc_info=err,
+                    exc_info=_traceback_for(err),
                 )
 
     async def __aenter__(self) -> Timed:

@@ -54,6 +54,10 @@ def _by_reason(counts: dict[str, int]) -> list[tuple[float, dict[str, str]]]:
     return [(n, {"spotify_events.reason": reason}) for reason, n in sorted(counts.items())]
 
 
+def _by_type(counts: dict[str, int]) -> list[tuple[float, dict[str, str]]]:
+    return [(n, {"spotify_events.event_type": etype}) for etype, n in sorted(counts.items())]
+
+
 _INSTRUMENTS: tuple[tuple[str, str, str, str, _Reader], ...] = (
     (
         "spotify_events.client.events.logged",
@@ -117,6 +121,13 @@ _INSTRUMENTS: tuple[tuple[str, str, str, str, _Reader], ...] = (
         "{event}",
         "Events in the on-disk queue, not yet acknowledged.",
         lambda s, now: _one(s.queue_events),
+    ),
+    (
+        "spotify_events.client.queue.held",
+        "updown",
+        "{event}",
+        "Queued events held because the collector lacks their schema, by event type.",
+        lambda s, now: _by_type(s.held),
     ),
     (
         "spotify_events.client.queue.size",

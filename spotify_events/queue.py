@@ -2,15 +2,27 @@
 
 One SQLite file in WAL mode owns everything that must survive the process:
 
-* the producer id (a UUID minted once per file; the collector's ledger key),
+* the producer id (a UUID minted once per file; the collector's ledger key) and
+  the file's home (host, path, inode) beside it: a file that finds itself
+  elsewhere (a copied image, a restored backup on a second host) mints a new
+  producer id for the events logged from then on, so two copies never number
+  different events alike; events queued before the copy keep the old id (both
+  copies hold the very same events, which the collector then dedupes), and an
+  incident tells the collector,
 * the next sequence number per event type (assigned inside the committing
   transaction, so numbers are contiguous from 1 and never reused, across drains,
   restarts and processes sharing the file),
 * the events themselves, in commit order,
 * drop records (sequence ranges dropped on purpose, with the reason, until the
   collector has been told),
-* dead letters (events the collector rejected), and
+* dead letters (events the collector rejected),
+* holds: (event type, schema fingerprint) pairs the collector does not know yet;
+  their events stay in ``events`` (same ids, same sequence numbers) but are
+  skipped by reads until the hold's ``next_try``, then offered again, and
 * the shipping lease (so only one process at a time sends from the file).
+
+Format versions: 1 as first released; 2 adds the ``holds`` table (a version 1
+file is migrated in place when opened).
 
 Table creation and migration go through sqlite-utils; the hot path (append,
 read, ack) uses the raw connection with multi-row statements, because
@@ -22,12 +34,15 @@ measurement on a 2-core machine while another thread logged in a loop).
 from __future__ import annotations
 
 import enum
+import json
+import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +56,14 @@ from .errors import (
     QueueCorruptError,
     QueueError,
     QueueForeignFileError,
+    QueuePathError,
     QueueVersionError,
 )
 
+logger = logging.getLogger("spotify_events.queue")
+
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
 APPLICATION_ID = 0x53455631  # "SEV1"
 #: Bytes charged per queued event on top of its payload (row header, type, seq, fingerprint).
@@ -56,6 +74,7 @@ INSERT_CHUNK = 150
 DROP_QUEUE_FULL = "queue_full"
 DROP_BUFFER_FULL = "buffer_full"
 DROP_WRITE_FAILED = "queue_write_failed"
+DROP_REENTERED = "reentrant_buffer_full"
 
 
 class DropPolicy(str, enum.Enum):
@@ -103,6 +122,19 @@ class AppendResult:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Events of one schema the collector does not know yet, kept and retried."""
+
+    event_type: str
+    fingerprint: bytes
+    reason: str
+    since: float
+    next_try: float
+    attempts: int
+    events: int
+
+
+@dataclass(frozen=True)
 class QueueDepth:
     events: int
     bytes: int
@@ -126,6 +158,7 @@ class DurableQueue:
         fsync: bool = False,
         busy_timeout: float = 10.0,
         verify: bool = False,
+        claim_home: bool = True,
     ) -> None:
         if max_queue_bytes <= 0:
             raise ConfigError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
@@ -144,13 +177,16 @@ class DurableQueue:
         self._lock = threading.RLock()
         self._cache: _AppendCache | None = None
         self._closed = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
-        self.producer_id = self._read_meta("producer_id")
+        self.host = socket.gethostname()
+        self._legacy: _Legacy | None = None
+        # Inspection tools look without claiming: a copy they open stays as it is.
+        self.producer_id = self._claim_home() if claim_home else self._read_meta("producer_id")
 
     # -- connection and schema -----------------------------------------------
     def _connect(self, verify: bool = False) -> sqlite3.Connection:
-        if self.path.exists() and self.path.is_dir():
-            raise QueueError(f"{self.path}: is a directory, not a queue file")
+        check_queue_path(self.path)
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -180,6 +216,7 @@ class DurableQueue:
         except BaseException:
             conn.close()
             raise
+        self._identity = _file_identity(self.path)
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -230,9 +267,13 @@ class DurableQueue:
         db = sqlite_utils.Database(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # re-check under the lock
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-check under the lock
+            if version == 0:
                 _create_v1(db)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            if version < 2:
+                _create_v2(conn)
+            if version < FORMAT_VERSION:
                 conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -247,6 +288,71 @@ class DurableQueue:
                 raise QueueError(f"{self.path}: queue is closed")
             conn = self._conn = self._connect()  # verified at first open; not again
         return conn
+
+    def _home(self) -> str:
+        assert self._identity is not None
+        return json.dumps(
+            {"host": self.host, "path": os.path.realpath(self.path), "inode": self._identity[1]}
+        )
+
+    def _claim_home(self) -> str:
+        """The producer id for new events; mints a new one when the file was copied or moved."""
+        home = self._home()
+        with self.atomic() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            producer = str(meta["producer_id"])
+            recorded = meta.get("home")
+            if recorded is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('home', ?)", (home,))
+            elif recorded != home:
+                producer = self._reidentify(conn, producer, recorded, home)
+        self._legacy = self._load_legacy()
+        return producer
+
+    def _reidentify(self, conn: sqlite3.Connection, old: str, was: str, now: str) -> str:
+        new = str(uuid.uuid4())
+        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
+        legacy = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))],
+        )
+        conn.execute(
+            "INSERT INTO incidents (kind, detail, created_at) VALUES (?, ?, ?)",
+            (
+                "queue_file_copied",
+                f"queue file found elsewhere (was {was}, now {now}): producer {old} continues "
+                f"as {new}; events queued before (ids up to {last_id}) keep {old}",
+                time.time(),
+            ),
+        )
+        self._cache = None
+        logger.warning(
+            "spotify-events: queue file %s was copied or moved (it lived at %s); events logged "
+            "from now on use a new producer id %s, so the copies never clash at the collector",
+            self.path,
+            was,
+            new,
+        )
+        return new
+
+    def _load_legacy(self) -> _Legacy | None:
+        row = self._read("SELECT value FROM meta WHERE key = 'legacy'")
+        if not row:
+            return None
+        data = json.loads(row[0][0])
+        return _Legacy(str(data["producer_id"]), int(data["last_id"]), dict(data["next_seq"]))
+
+    def producer_for(self, events: Sequence[QueuedEvent]) -> tuple[str, dict[str, int]]:
+        """(producer id, next-sequence watermark) a batch of ``events`` is sent under:
+        events queued before the file was copied keep their old producer."""
+        legacy = self._legacy
+        if legacy is not None and events and events[0].id <= legacy.last_id:
+            return legacy.producer_id, legacy.next_seq
+        return self.producer_id, self.next_seqs()
 
     def _read_meta(self, key: str) -> str:
         with self._lock:
@@ -454,12 +560,31 @@ class DurableQueue:
         self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
     ) -> list[QueuedEvent]:
         """The oldest events after ``after_id``, in queue order, within both limits
-        (at least one event when any is queued, whatever its size)."""
-        rows = self._read(
-            "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events "
-            "WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, max_events),
-        )
+        (at least one event when any is queued, whatever its size). Events of a
+        held schema are left out until the hold's next try is due."""
+        now = time.time()
+        upper = 2**63 - 1
+        legacy = self._legacy
+        if legacy is not None:
+            # A batch carries one producer id: never mix events from before and after a copy.
+            if self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (legacy.last_id,)):
+                upper = legacy.last_id if after_id < legacy.last_id else upper
+            else:
+                self._legacy = None  # the copy's old events are all delivered
+        if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
+            rows = self._read(
+                "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events e "
+                "WHERE id > ? AND id <= ? AND NOT EXISTS (SELECT 1 FROM holds h WHERE "
+                "h.event_type = e.event_type AND h.fingerprint = e.fingerprint AND h.next_try > ?) "
+                "ORDER BY id LIMIT ?",
+                (after_id, upper, now, max_events),
+            )
+        else:
+            rows = self._read(
+                "SELECT id, event_type, seq, fingerprint, timestamp, payload, size FROM events "
+                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (after_id, upper, max_events),
+            )
         batch: list[QueuedEvent] = []
         total = 0
         for row in rows:
@@ -471,10 +596,20 @@ class DurableQueue:
             batch.append(QueuedEvent(*row[:6]))
         return batch
 
-    def ack(self, first_id: int, last_id: int) -> int:
-        """Delete the events with ids in ``[first_id, last_id]``: the collector has them."""
+    def ack(self, first_id: int, last_id: int, *, keep: Sequence[int] = ()) -> int:
+        """Delete the events with ids in ``[first_id, last_id]``: the collector has them.
+        ``keep`` names ids in that range that stay (held events)."""
         with self.atomic() as conn:
-            return self._delete_range(conn, first_id, last_id)
+            if not keep:
+                return self._delete_range(conn, first_id, last_id)
+            deleted, start = 0, first_id
+            for kept in sorted(keep):
+                if kept > start:
+                    deleted += self._delete_range(conn, start, kept - 1)
+                start = max(start, kept + 1)
+            if start <= last_id:
+                deleted += self._delete_range(conn, start, last_id)
+            return deleted
 
     @staticmethod
     def _delete_range(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
@@ -486,6 +621,57 @@ class DurableQueue:
             conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first_id, last_id))
             _bump_counters(conn, -size, -count)
         return int(count)
+
+    # -- holds: schemas the collector does not know yet --------------------------------
+    def hold(
+        self, events: Sequence[QueuedEvent], reason: str, retry_in: Callable[[int], float]
+    ) -> None:
+        """Keep ``events`` queued but unread until their schema's next try.
+
+        One hold per (event type, fingerprint); each renewal counts an attempt and
+        pushes ``next_try`` by ``retry_in(attempts)`` seconds."""
+        now = time.time()
+        keys = sorted({(e.event_type, e.fingerprint) for e in events})
+        with self.atomic() as conn:
+            for event_type, fingerprint in keys:
+                row = conn.execute(
+                    "SELECT attempts FROM holds WHERE event_type = ? AND fingerprint = ?",
+                    (event_type, fingerprint),
+                ).fetchone()
+                attempts = 1 if row is None else int(row[0]) + 1
+                conn.execute(
+                    "INSERT INTO holds (event_type, fingerprint, reason, since, next_try, attempts) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(event_type, fingerprint) DO UPDATE SET "
+                    "reason = excluded.reason, next_try = excluded.next_try, "
+                    "attempts = excluded.attempts",
+                    (event_type, fingerprint, reason, now, now + retry_in(attempts), attempts),
+                )
+
+    def release_holds(self, keys: Iterable[tuple[str, bytes]]) -> int:
+        """Forget holds whose schema the collector has now accepted; how many existed."""
+        keys = list(keys)
+        if not keys or not self._read("SELECT 1 FROM holds LIMIT 1"):
+            return 0
+        with self.atomic() as conn:
+            return sum(
+                conn.execute(
+                    "DELETE FROM holds WHERE event_type = ? AND fingerprint = ?", key
+                ).rowcount
+                for key in keys
+            )
+
+    def holds(self) -> list[Hold]:
+        """Current holds with the number of their events still queued (empty holds left out)."""
+        rows = self._read(
+            "SELECT h.event_type, h.fingerprint, h.reason, h.since, h.next_try, h.attempts, "
+            "(SELECT count(*) FROM events e WHERE e.event_type = h.event_type "
+            "AND e.fingerprint = h.fingerprint) AS n FROM holds h ORDER BY h.since"
+        )
+        return [
+            Hold(str(r[0]), bytes(r[1]), str(r[2]), float(r[3]), float(r[4]), int(r[5]), int(r[6]))
+            for r in rows
+            if r[6]
+        ]
 
     def dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
@@ -574,6 +760,34 @@ class DurableQueue:
         """True while any event with id <= ``last_id`` is still queued (flush's condition)."""
         return bool(self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (last_id,)))
 
+    def depth_by_type(self) -> dict[str, tuple[int, int | None]]:
+        """Per event type: (events queued, timestamp ms of the oldest) (for inspection)."""
+        return {
+            str(t): (int(n), None if oldest is None else int(oldest))
+            for t, n, oldest in self._read(
+                "SELECT event_type, count(*), min(timestamp) FROM events GROUP BY event_type"
+            )
+        }
+
+    def replay_dead_letters(self, event_type: str | None = None) -> int:
+        """Put dead letters (all, or those of ``event_type``) back into the queue with
+        their original sequence numbers; the collector then counts them received."""
+        where, params = ("WHERE event_type = ?", (event_type,)) if event_type else ("", ())
+        with self.atomic() as conn:
+            rows = conn.execute(
+                "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM dead_letters "
+                f"{where} ORDER BY id",
+                params,
+            ).fetchall()
+            flat: list[object] = []
+            for _, etype, seq, fingerprint, timestamp, payload in rows:
+                flat += (etype, seq, fingerprint, timestamp, payload, len(payload) + ROW_OVERHEAD)
+            self._insert_rows(conn, flat)
+            _bump_counters(conn, sum(len(r[5]) + ROW_OVERHEAD for r in rows), len(rows))
+            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+        self._cache = None
+        return len(rows)
+
     def dead_letters(self) -> list[tuple[str, int, str]]:
         """(event type, seq, reason) of every dead-lettered event, for inspection."""
         return [
@@ -635,6 +849,65 @@ class DurableQueue:
         """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
         self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
+    # -- the file under us -------------------------------------------------------
+    def file_state(self) -> str | None:
+        """None while ``path`` is still the file our connection opened; else
+        ``"deleted"`` or ``"replaced"`` (someone removed or swapped it while we run:
+        our open connection still reaches the old file, nobody else will)."""
+        if self._identity is None or self._conn is None:
+            return None  # not open (forked child, closed): checked again at reopen
+        identity = _file_identity(self.path)
+        if identity == self._identity:
+            return None
+        return "deleted" if identity is None else "replaced"
+
+    def restore_file(self, peers: Sequence[DurableQueue] = ()) -> str | None:
+        """Put our file back at ``path`` if it was deleted or replaced; what was done.
+
+        Copies everything through our still-open connection (SQLite's backup API,
+        so committed WAL frames come along) into a new file beside ``path``, closes
+        our connections and those of ``peers`` (other instances on the same file in
+        this process; they reopen on next use) and renames the copy into place.
+        A file that replaced ours is moved aside, never deleted. Nothing is lost:
+        producer id, sequence numbers, events, drops and dead letters are the same."""
+        queues = [self, *peers]
+        for queue in queues:
+            queue._lock.acquire()
+        try:
+            state = self.file_state()
+            if state is None:
+                return None
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            copy = self.path.with_name(f"{self.path.name}.restoring-{os.getpid()}")
+            target = sqlite3.connect(copy)
+            try:
+                self._connection().backup(target)
+            finally:
+                target.close()
+            for queue in queues:
+                conn, queue._conn, queue._cache = queue._conn, None, None
+                if conn is not None:
+                    with suppress(sqlite3.Error):
+                        conn.close()
+            aside = None
+            if state == "replaced" and self.path.exists():
+                aside = _move_aside(self.path, f"replaced-{stamp}")
+            else:
+                for suffix in ("-wal", "-shm"):  # companions of a file that is gone
+                    with suppress(FileNotFoundError):
+                        os.unlink(f"{self.path}{suffix}")
+            os.replace(copy, self.path)
+            with self.atomic() as conn:  # reopened: a new inode, and still this file's home
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'home'", (self._home(),))
+            detail = f"queue file {self.path} was {state} while in use; restored from the open copy"
+            if aside is not None:
+                detail += f"; the file found in its place was moved to {aside}"
+            self.record_incident(f"queue_file_{state}", detail)
+            return detail
+        finally:
+            for queue in reversed(queues):
+                queue._lock.release()
+
     def set_busy_timeout(self, seconds: float) -> None:
         """How long a write waits for another process's lock from now on (close() cuts
         it so a busy peer cannot stretch interpreter exit)."""
@@ -685,6 +958,14 @@ class DurableQueue:
         return f"<DurableQueue {self.path} producer={self.producer_id}>"
 
 
+class _Legacy(NamedTuple):
+    """The producer a copied file had: its queued events still ship under it."""
+
+    producer_id: str
+    last_id: int
+    next_seq: dict[str, int]
+
+
 class _AppendCache(NamedTuple):
     data_version: int
     next_seq: dict[str, int]
@@ -699,21 +980,56 @@ def _bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
     )
 
 
+def check_queue_path(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`QueuePathError` naming what keeps ``path`` from holding a queue.
+
+    SQLite says only "unable to open database file" for all of these; this says
+    which: the directory is missing, a permission is missing, or the path is a
+    directory. (Whether an existing file is a queue is decided when it is opened.)"""
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise QueuePathError(f"queue_path {path}: is a directory, not a queue file")
+    directory = target.parent
+    if not directory.is_dir():
+        raise QueuePathError(f"queue_path {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # SQLite creates its -wal and -shm files beside the queue file
+        raise QueuePathError(
+            f"queue_path {path}: permission denied: cannot create files in {directory}"
+        )
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        raise QueuePathError(
+            f"queue_path {path}: permission denied: the file must be readable and writable"
+        )
+
+
 def quarantine(path: str | os.PathLike[str]) -> Path:
     """Move a damaged queue file (and its -wal/-shm companions) aside, never deleting
     it, so a fresh queue can start and someone can still inspect or salvage the old one."""
-    source = Path(path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = source.with_name(f"{source.name}.corrupt-{stamp}")
+    return _move_aside(Path(path), f"corrupt-{stamp}")
+
+
+def _move_aside(source: Path, label: str) -> Path:
+    """Rename ``source`` and its companions to ``source.<label>[-n]``; the new path."""
+    target = source.with_name(f"{source.name}.{label}")
     n = 1
     while target.exists():
         n += 1
-        target = source.with_name(f"{source.name}.corrupt-{stamp}-{n}")
+        target = source.with_name(f"{source.name}.{label}-{n}")
     for suffix in ("", "-wal", "-shm"):
         companion = Path(f"{source}{suffix}")
         if companion.exists():
             os.replace(companion, f"{target}{suffix}")
     return target
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _insert_drops(
@@ -778,6 +1094,14 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db.table("lease").create({"name": str, "holder": str, "expires_at": float}, pk="name")
     db.table("incidents").create(
         {"id": int, "kind": str, "detail": str, "created_at": float}, pk="id"
+    )
+
+
+def _create_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS holds (event_type TEXT NOT NULL, fingerprint BLOB NOT NULL, "
+        "reason TEXT NOT NULL, since FLOAT NOT NULL, next_try FLOAT NOT NULL, "
+        "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))"
     )
 
 

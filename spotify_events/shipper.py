@@ -4,10 +4,14 @@ It holds the queue's shipping lease (one sender per queue file, even with many
 processes), reads batches in queue order, sends them, and lets only a 2xx
 delete anything. The response decides what happens next:
 
-* 2xx: ack the batch; events the body lists as rejected go to dead letters;
+* the collector's acknowledgement (a 2xx whose JSON counts add up to the batch):
+  ack the batch; events the body lists as rejected go to dead letters;
+* any other 2xx (a proxy's welcome page, an empty body): nothing is acked; the
+  events stay, one ERROR says the endpoint is not a collector, slow retry;
 * 413: split in halves and resend; 400: bisect until the poison events are
   alone, dead-letter them with the collector's reason, send the rest;
-* 429/503: wait ``Retry-After``; 401/403: keep everything, back off, log ERROR;
+* 429/503: wait ``Retry-After``; 401/403/404/405: keep everything, retry slowly
+  (every ``backoff_max``), log one ERROR naming the token or the URL path;
 * anything else, or no response: exponential backoff with full jitter, capped,
   never giving up while the queue holds the data (the queue *is* the buffer).
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -51,6 +56,9 @@ MAX_RETRY_AFTER = 600.0
 MIN_RETRY_DELAY = 0.05
 #: How often an idle lease holder looks for events committed by other processes.
 IDLE_POLL = 0.25
+#: The rejection code for a schema the collector does not know (yet): such events are
+#: held and retried, never dead-lettered (the event is fine; the collector is behind).
+UNKNOWN_SCHEMA = "unknown_schema"
 
 
 @dataclass
@@ -76,6 +84,7 @@ class ShipperSettings:
     heartbeat_interval: float = 30.0
     lease_ttl: float = 30.0
     backoff_max: float = 30.0
+    hold_retry_max: float = 60.0
     service: str = ""
     host: str = ""
     sdk_version: str = ""
@@ -111,6 +120,7 @@ class Shipper:
         self._state = "ok"
         self._thread: threading.Thread | None = None
         self._prefetch = _Prefetcher(self)
+        self._held_reported: set[tuple[str, bytes]] = set()  # schemas whose hold was logged
 
     # -- control -------------------------------------------------------------------
     def start(self) -> None:
@@ -198,17 +208,7 @@ class Shipper:
         depth = self.queue.depth()
         urgent = self._urgent.is_set()
         if depth.events == 0:
-            drops = self.queue.unreported_drops()
-            incidents = self.queue.unreported_incidents()
-            if (
-                drops
-                or incidents
-                or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
-            ):
-                self._deliver([], drops, incidents)
-                self._urgent.clear()
-                return
-            self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
+            self._idle_step()
             return
         if depth.events < self.settings.max_events and not urgent and self._lingering():
             return
@@ -224,6 +224,22 @@ class Shipper:
         )
         if batch:
             self._deliver(batch, drops, incidents)
+        else:  # every queued event is held until its schema's next try
+            self._idle_step()
+
+    def _idle_step(self) -> None:
+        """Nothing to send: carry drop notices and incidents, or a heartbeat when due."""
+        drops = self.queue.unreported_drops()
+        incidents = self.queue.unreported_incidents()
+        if (
+            drops
+            or incidents
+            or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
+        ):
+            self._deliver([], drops, incidents)
+            self._urgent.clear()
+            return
+        self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
 
     def _lingering(self) -> bool:
         """Wait up to ``linger`` for a fuller batch; True if we waited (re-check after)."""
@@ -292,7 +308,7 @@ class Shipper:
             result = self._send_until_answered(part, drops, incidents, body if whole else None)
             if result is None:
                 return  # stopping: the events stay queued for the next run
-            outcome = result.outcome
+            outcome = result.outcome(len(part))
             if outcome is Outcome.ACCEPTED:
                 self._accept(part, drops, result)
                 self.queue.mark_incidents_reported([i for i, _ in incidents])
@@ -325,7 +341,7 @@ class Shipper:
         """Does the collector accept a bare empty batch? Decides whether a refused
         single event is poison, or the refusal is about something else."""
         result = self._send_until_answered([], [], [])
-        return result is not None and result.outcome is Outcome.ACCEPTED
+        return result is not None and result.outcome(0) is Outcome.ACCEPTED
 
     def _send_until_answered(
         self,
@@ -337,7 +353,8 @@ class Shipper:
         """Send one part, retrying transient failures; None when asked to stop."""
         if body is None:
             body = self._encode(part, [d for _, d in drops], [i for _, i in incidents])
-        headers = {"X-SE-Producer-Id": self.queue.producer_id, "X-SE-Event-Count": str(len(part))}
+        producer, _ = self.queue.producer_for(part)
+        headers = {"X-SE-Producer-Id": producer, "X-SE-Event-Count": str(len(part))}
         delays = _backoff_delays(self.settings.backoff_max)
         while not self._stop.is_set():
             if not self._hold_lease():  # renewed before each send: a slow send cannot lapse it
@@ -346,12 +363,15 @@ class Shipper:
             self.counters.events_sent += len(part)
             result = self.transport.send(body, headers)
             self._last_send = time.monotonic()
-            outcome = result.outcome
+            outcome = result.outcome(len(part))
             if outcome in (Outcome.ACCEPTED, Outcome.TOO_LARGE, Outcome.BAD_BATCH):
                 self._set_state("ok", "spotify-events collector reachable again; delivery resumed")
                 return result
             self.counters.retries += 1
             delay = backoff.full_jitter(next(delays))
+            if outcome.is_configuration_error:
+                # Retrying soon cannot help until someone fixes the setting: come back slowly.
+                delay = random.uniform(self.settings.backoff_max / 2, self.settings.backoff_max)
             if outcome is Outcome.THROTTLED:
                 if result.retry_after is not None:
                     # as asked, but never a tight loop on "Retry-After: 0" or a past date
@@ -366,6 +386,13 @@ class Shipper:
                     "unauthorized",
                     f"spotify-events collector refused our credentials ({result.describe()}): "
                     "check SPOTIFY_EVENTS_TOKEN; events are kept in the queue",
+                    level=logging.ERROR,
+                )
+            elif outcome is Outcome.WRONG_ENDPOINT or outcome is Outcome.NOT_A_COLLECTOR:
+                self._set_state(
+                    outcome.value,
+                    f"spotify-events: {result.describe()}; events are kept in the queue "
+                    f"and retried every {self.settings.backoff_max:g}s or so",
                     level=logging.ERROR,
                 )
             else:
@@ -388,10 +415,11 @@ class Shipper:
     def _encode(
         self, part: Sequence[QueuedEvent], drops: list[DropNotice], incidents: list[dict[str, Any]]
     ) -> bytes:
+        producer, next_seq = self.queue.producer_for(part)
         batch = WireBatch(
-            producer_id=self.queue.producer_id,
+            producer_id=producer,
             envelopes=[Envelope(e[2], e[1], e[3], e[4], e[5]) for e in part],
-            next_seq=self.queue.next_seqs(),
+            next_seq=next_seq,
             drops=drops,
             service=self.settings.service,
             host=self.settings.host,
@@ -404,26 +432,81 @@ class Shipper:
         self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult
     ) -> None:
         rejected = _rejections(result)
+        held: list[QueuedEvent] = []
         if rejected:
             by_reason: dict[str, list[QueuedEvent]] = {}
             for event in part:
-                reason = rejected.get((event.event_type, event.seq))
-                if reason is not None:
+                rejection = rejected.get((event.event_type, event.seq))
+                if rejection is None:
+                    continue
+                code, reason = rejection
+                if code == UNKNOWN_SCHEMA:
+                    held.append(event)
+                else:
                     by_reason.setdefault(reason, []).append(event)
             for reason, events in by_reason.items():
                 self._dead_letter(events, reason, notify_collector=False)
-        if part:
-            self.queue.ack(part[0].id, part[-1].id)
-        if drops:
-            self.queue.mark_drops_reported(drops)
-        if not part:
-            self.counters.heartbeats += 1
+            if held:
+                self._hold(held, rejected[(held[0].event_type, held[0].seq)][1])
+        # Counted before the queue forgets the events: flush() watches the queue, so a
+        # caller that sees flush() return True also sees them in stats().
         body = result.body or {}
-        self.counters.acknowledged += len(part)
+        self.counters.acknowledged += len(part) - len(held)  # held ones come back later
         self.counters.duplicates += int(body.get("duplicates", 0) or 0)
         self.counters.last_success = time.time()
+        if not part:
+            self.counters.heartbeats += 1
+        if part:
+            self.queue.ack(part[0].id, part[-1].id, keep=[e.id for e in held])
+            held_keys = {(e.event_type, e.fingerprint) for e in held}
+            self._release_holds({(e.event_type, e.fingerprint) for e in part} - held_keys)
+        if drops:
+            self.queue.mark_drops_reported(drops)
         with self._acked:
             self._acked.notify_all()
+
+    def _hold(self, events: Sequence[QueuedEvent], reason: str) -> None:
+        """Keep events whose schema the collector lacks; retry them with capped backoff."""
+        self.queue.hold(events, reason, self._hold_delay)
+        by_schema: dict[tuple[str, bytes], int] = {}
+        for e in events:
+            by_schema[(e.event_type, e.fingerprint)] = (
+                by_schema.get((e.event_type, e.fingerprint), 0) + 1
+            )
+        for (event_type, fingerprint), n in by_schema.items():
+            message = (
+                f"the collector does not know schema {event_type} (fingerprint "
+                f"{fingerprint.hex()}): deploy it to the collector"
+            )
+            self._note_error(message)
+            if (event_type, fingerprint) in self._held_reported:
+                continue
+            self._held_reported.add((event_type, fingerprint))
+            logger.error(
+                "spotify-events: %s. %d %s event(s) so far are held in the queue and retried "
+                "(at most every %gs) until it does; flush() returns False meanwhile",
+                message,
+                n,
+                event_type,
+                self.settings.hold_retry_max,
+            )
+
+    def _hold_delay(self, attempts: int) -> float:
+        return float(
+            min(self.settings.hold_retry_max, self.settings.backoff_max * 2 ** (attempts - 1))
+        )
+
+    def _release_holds(self, accepted: set[tuple[str, bytes]]) -> None:
+        """Schemas the collector took events of in this batch are no longer held."""
+        self.queue.release_holds(accepted)
+        for event_type, fingerprint in sorted(self._held_reported & accepted):
+            logger.info(
+                "spotify-events: the collector now accepts schema %s (fingerprint %s); "
+                "held events are being delivered",
+                event_type,
+                fingerprint.hex(),
+            )
+        self._held_reported -= accepted
 
     def _dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
@@ -546,16 +629,16 @@ def _backoff_delays(cap: float) -> Iterator[float]:
     return delays
 
 
-def _rejections(result: SendResult) -> dict[tuple[str, int], str]:
+def _rejections(result: SendResult) -> dict[tuple[str, int], tuple[str, str]]:
+    """(event type, seq) -> (code, reason) of every event the collector's body rejects."""
     body = result.body or {}
     rejected = body.get("rejected") or []
-    out: dict[tuple[str, int], str] = {}
+    out: dict[tuple[str, int], tuple[str, str]] = {}
     if isinstance(rejected, list):
         for item in rejected:
             try:
-                out[(str(item["event_type"]), int(item["seq"]))] = str(
-                    item.get("reason") or "rejected"
-                )
+                key = (str(item["event_type"]), int(item["seq"]))
+                out[key] = (str(item.get("code") or ""), str(item.get("reason") or "rejected"))
             except (KeyError, TypeError, ValueError):
                 continue
     return out

@@ -12,9 +12,10 @@ from __future__ import annotations
 import email.utils
 import enum
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import requests
 
@@ -24,31 +25,49 @@ from .encoding import CONTENT_TYPE
 class Outcome(enum.Enum):
     """What a response means for the batch that was sent."""
 
-    ACCEPTED = "accepted"  # 2xx: delete from the queue (minus per-event rejections)
+    ACCEPTED = "accepted"  # the collector's acknowledgement: delete from the queue
+    NOT_A_COLLECTOR = "not_a_collector"  # a 2xx without the collector's JSON: keep, shout
     TOO_LARGE = "too_large"  # 413: split and resend
     BAD_BATCH = "bad_batch"  # 400: bisect to find the poison events
     THROTTLED = "throttled"  # 429/503: wait Retry-After
     UNAUTHORIZED = "unauthorized"  # 401/403: keep the data, back off, shout
+    WRONG_ENDPOINT = "wrong_endpoint"  # 404/405: the URL is not the batch route; keep, shout
     RETRY = "retry"  # other status or a network failure: back off and resend
+
+    @property
+    def is_configuration_error(self) -> bool:
+        """Retrying soon cannot help: someone has to fix the endpoint or the token."""
+        return self in (Outcome.NOT_A_COLLECTOR, Outcome.UNAUTHORIZED, Outcome.WRONG_ENDPOINT)
+
+
+#: Bytes of a response body quoted in log messages (enough to recognise an HTML page).
+BODY_PREVIEW_BYTES = 80
 
 
 @dataclass(frozen=True)
 class SendResult:
     """Facts about one attempt: status (None when no response), parsed JSON body,
-    Retry-After in seconds, and an error description for network failures."""
+    Retry-After in seconds, an error description for network failures, the start
+    of the raw body and the URL that answered (both for messages)."""
 
     status: int | None
     body: Mapping[str, Any] | None = None
     retry_after: float | None = None
     error: str | None = None
+    preview: bytes = b""
+    url: str = ""
 
-    @property
-    def outcome(self) -> Outcome:
+    def outcome(self, events: int) -> Outcome:
+        """What this answer means for a batch of ``events`` events.
+
+        A 2xx counts as accepted only when the body is the collector's own
+        acknowledgement for exactly that many events: a proxy's welcome page or
+        an empty 200 must never delete anything from the queue."""
         status = self.status
         if status is None:
             return Outcome.RETRY
         if 200 <= status < 300:
-            return Outcome.ACCEPTED
+            return Outcome.ACCEPTED if self.acknowledges(events) else Outcome.NOT_A_COLLECTOR
         if status == 413:
             return Outcome.TOO_LARGE
         if status in (400, 422):
@@ -57,13 +76,46 @@ class SendResult:
             return Outcome.THROTTLED
         if status in (401, 403):
             return Outcome.UNAUTHORIZED
+        if status in (404, 405):
+            return Outcome.WRONG_ENDPOINT
         return Outcome.RETRY
+
+    def acknowledges(self, events: int) -> bool:
+        """Whether the body is ``{"accepted", "duplicates", "rejected": [...]}`` with
+        counts that add up to the ``events`` sent (the wire format's acknowledgement)."""
+        body = self.body
+        if body is None:
+            return False
+        accepted, duplicates, rejected = (
+            body.get("accepted"),
+            body.get("duplicates"),
+            body.get("rejected"),
+        )
+        if not (_is_count(accepted) and _is_count(duplicates) and isinstance(rejected, list)):
+            return False
+        if not all(isinstance(item, Mapping) for item in rejected):
+            return False
+        return accepted + duplicates + len(rejected) == events
 
     def describe(self) -> str:
         if self.status is None:
             return self.error or "no response"
         if 300 <= self.status < 400:
             return f"HTTP {self.status} redirect: set the endpoint to the final URL (not followed)"
+        endpoint = self.url or "the endpoint"
+        if 200 <= self.status < 300:
+            if not _looks_like_acknowledgement(self.body):
+                return (
+                    f"{endpoint} answered {self.status} but is not a spotify-events collector: "
+                    f"{self.preview!r}"
+                )
+            return f"{endpoint} answered {self.status} with counts that do not match the batch: {self.preview!r}"
+        if self.status in (404, 405):
+            path = urllib.parse.urlsplit(self.url).path if self.url else "?"
+            return (
+                f"HTTP {self.status} for path {path!r}: not a spotify-events batch route; "
+                "check the endpoint setting (the collector's is /v1/batches)"
+            )
         detail = self.body.get("error") if isinstance(self.body, Mapping) else None
         return f"HTTP {self.status}" + (f": {detail}" if detail else "")
 
@@ -126,6 +178,8 @@ class HttpTransport:
             response.status_code,
             parsed if isinstance(parsed, Mapping) else None,
             parse_retry_after(response.headers.get("Retry-After")),
+            preview=response.content[:BODY_PREVIEW_BYTES],
+            url=self.endpoint,
         )
 
     def reset_after_fork(self) -> None:
@@ -147,6 +201,14 @@ class MockTransport:
 
     def close(self) -> None:
         pass
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _looks_like_acknowledgement(body: Mapping[str, Any] | None) -> bool:
+    return body is not None and {"accepted", "duplicates", "rejected"} <= body.keys()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -12,6 +12,14 @@ The buffer is bounded in bytes. When the writer falls behind, callers wait up
 to ``block_timeout`` for space (backpressure), then drop the event; a drop is
 counted per (type, reason) and later committed as a drop record that consumes
 sequence numbers, so the collector reports it instead of seeing a gap.
+
+``log()`` may be re-entered in one thread: a signal handler, a ``__del__`` run
+by the garbage collector, or a logging handler that logs an event can run while
+that very thread holds the buffer lock (or is inside a commit). Waiting for the
+lock there would wait forever, so such a call appends to a lock-free side list
+instead (a ``deque`` append is atomic), which the writer moves into the buffer
+at its next commit. The side list is bounded too; what does not fit is dropped
+and counted as ``reentrant_buffer_full``.
 """
 
 from __future__ import annotations
@@ -19,12 +27,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from threading import get_ident
 
 import backoff
 
 from .errors import ClientClosedError, QueueError
-from .queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingRow
+from .queue import (
+    DROP_BUFFER_FULL,
+    DROP_REENTERED,
+    DROP_WRITE_FAILED,
+    DurableQueue,
+    PendingRow,
+)
 
 logger = logging.getLogger("spotify_events.writer")
 
@@ -35,6 +53,15 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 EVENT_MEMORY_OVERHEAD = 160
 #: The least time close() gives the final commit of the buffer, whatever its timeout.
 FINAL_COMMIT_SECONDS = 2.0
+#: How long log() waits for a buffer lock that another thread seems to hold before
+#: taking the side list: this thread may hold it itself, interrupted between taking
+#: the lock and noting itself as its owner. Other threads hold it for microseconds.
+REENTRY_WAIT = 0.25
+#: The writer thread looks at the side list at least this often (a re-entered log()
+#: may not set an Event: the interrupted code may be inside that Event's own lock).
+REENTERED_POLL = 1.0
+#: How often the writer thread runs ``file_check`` (is the queue file still ours?).
+FILE_CHECK_INTERVAL = 2.0
 
 
 @dataclass
@@ -45,6 +72,7 @@ class WriterCounters:
     committed: int = 0
     commits: int = 0
     write_errors: int = 0
+    reentered: int = 0  # log() calls that re-entered this thread and took the side list
     dropped: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
 
@@ -68,13 +96,23 @@ class QueueWriter:
         self.block_timeout = block_timeout
         self.batch_events = batch_events
         self.on_commit = on_commit
+        #: Called from the writer thread every FILE_CHECK_INTERVAL seconds (the client
+        #: puts a deleted or replaced queue file back there); never raises into the loop.
+        self.file_check: Callable[[], None] | None = None
         self.counters = WriterCounters()
         self._init_state()
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
+        self._lock_owner = 0  # thread ident while a thread holds _lock, else 0
         self._space = threading.Condition(self._lock)
-        self._commit_lock = threading.Lock()
+        # Re-entrant: a signal handler can run right after this thread took the lock and
+        # before it noted itself in _commit_owner; its log() then commits on its own.
+        self._commit_lock = threading.RLock()
+        self._commit_owner = 0  # thread ident while a thread commits, else 0
+        self._reentered: deque[PendingRow] = deque()
+        self._reentered_bytes = 0
+        self._reentered_drops: deque[str] = deque()  # event types dropped from the side list
         self._committed = threading.Condition(threading.Lock())
         self._wake = threading.Event()
         self._hurry = threading.Event()
@@ -85,6 +123,7 @@ class QueueWriter:
         self._ticket = 0
         self._committed_ticket = 0
         self._failing = False
+        self._file_check_failing = False
         self._dropping = False
         self._thread: threading.Thread | None = None
 
@@ -97,7 +136,14 @@ class QueueWriter:
         if not _INT64_MIN <= event[2] <= _INT64_MAX:
             raise ValueError(f"{event[0]}: timestamp {event[2]} does not fit a 64-bit integer")
         size = len(event[3]) + EVENT_MEMORY_OVERHEAD
-        with self._lock:
+        me = get_ident()
+        lock = self._lock
+        if not lock.acquire(False) and (
+            self._lock_owner == me or not lock.acquire(timeout=REENTRY_WAIT)
+        ):
+            return self._submit_reentered(event, size)
+        self._lock_owner = me
+        try:
             if self._stopping:  # the final commit may already have run: refuse, loudly
                 raise ClientClosedError("the client is closing; the event was not logged")
             self.counters.logged += 1
@@ -120,6 +166,9 @@ class QueueWriter:
                 elif n == self.batch_events:
                     self._hurry.set()
                 return self._ticket
+        finally:
+            self._lock_owner = 0
+            lock.release()
         if first_drop:  # once per episode, not once per event
             logger.warning(
                 "spotify-events buffer full (%d bytes): dropping %s events (counted and reported); "
@@ -140,14 +189,67 @@ class QueueWriter:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stopping:
                 return False
+            self._lock_owner = 0  # released while waiting
             self._space.wait(remaining)
+            self._lock_owner = get_ident()
         return True
+
+    def _submit_reentered(self, event: PendingRow, size: int) -> int:
+        """Buffer an event from a log() that re-entered a thread holding the buffer lock.
+
+        Takes no lock and sets no Event (the interrupted code may hold either);
+        the writer picks the event up at its next commit, so it gets no ticket and
+        a ``commit``-level caller does not wait for it."""
+        if self._stopping:
+            raise ClientClosedError("the client is closing; the event was not logged")
+        if self._reentered_bytes + size > self.max_buffer_bytes:
+            self._reentered_drops.append(event[0])  # counted and reported at the next commit
+            return 0
+        self._reentered_bytes += size
+        self._reentered.append(event)
+        return 0
+
+    def _take_reentered(self) -> int:
+        """Move side-list events into the buffer (caller holds ``_lock``); returns drops."""
+        while self._reentered:
+            event = self._reentered.popleft()
+            size = len(event[3]) + EVENT_MEMORY_OVERHEAD
+            self._reentered_bytes -= size
+            self._pending.append(event)
+            self._pending_bytes += size
+            self._ticket += 1
+            self.counters.logged += 1
+            self.counters.reentered += 1
+        dropped = 0
+        while self._reentered_drops:
+            key = (self._reentered_drops.popleft(), DROP_REENTERED)
+            self._overflow[key] = self._overflow.get(key, 0) + 1
+            self.counters.logged += 1
+            self.counters.reentered += 1
+            dropped += 1
+        return dropped
+
+    @property
+    def _has_reentered(self) -> bool:
+        return bool(self._reentered or self._reentered_drops)
+
+    @contextmanager
+    def _holding_buffer(self) -> Iterator[None]:
+        """``_lock``, with this thread noted as its owner (see :meth:`submit`)."""
+        with self._lock:
+            self._lock_owner = get_ident()
+            try:
+                yield
+            finally:
+                self._lock_owner = 0
 
     def commit_through(self, ticket: int, timeout: float | None = None) -> bool:
         """Return once the event with ``ticket`` is committed, committing it ourselves
         if no one else is (used by the ``commit``/``fsync`` levels and by flush)."""
-        if ticket <= self._committed_ticket and not self._overflow:
+        if ticket <= self._committed_ticket and not self._overflow and not self._has_reentered:
             return True
+        if self._commit_owner == get_ident():
+            return False  # re-entered from inside our own commit: the writer commits it later
         deadline = None if timeout is None else time.monotonic() + timeout
         first = True  # pending drop counts get one commit too: flush() must report them
         while first or ticket > self._committed_ticket:
@@ -156,8 +258,10 @@ class QueueWriter:
             if not self._commit_lock.acquire(timeout=wait):
                 return False
             try:
-                due = ticket > self._committed_ticket or self._overflow
-                if due and not self._commit_pending():
+                if self._commit_owner == get_ident():
+                    return False  # re-entered mid-commit: the writer commits it later
+                due = ticket > self._committed_ticket or self._overflow or self._has_reentered
+                if due and not self._commit_as_owner():
                     return False
             finally:
                 self._commit_lock.release()
@@ -172,7 +276,9 @@ class QueueWriter:
     @property
     def buffered(self) -> tuple[int, int]:
         """(events, bytes) waiting in memory."""
-        return len(self._pending), self._pending_bytes
+        return len(self._pending) + len(
+            self._reentered
+        ), self._pending_bytes + self._reentered_bytes
 
     # -- writer thread -------------------------------------------------------------
     def start(self) -> None:
@@ -185,14 +291,20 @@ class QueueWriter:
     def _run(self) -> None:
         delays = backoff.expo(base=2, factor=0.01, max_value=2.0)
         next(delays)  # the generator's first value is a priming None
+        next_check = time.monotonic() + FILE_CHECK_INTERVAL
         while True:
-            self._wake.wait()
+            woken = self._wake.wait(REENTERED_POLL)
+            if self.file_check is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + FILE_CHECK_INTERVAL
+                self._run_file_check()
+            if not woken and not self._has_reentered:
+                continue
             if not self._stopping:
                 self._hurry.wait(self.commit_interval)
             self._wake.clear()
             self._hurry.clear()
             with self._commit_lock:
-                ok = self._commit_pending()
+                ok = self._commit_as_owner()
             if self._stopping:
                 return
             if ok:
@@ -202,9 +314,31 @@ class QueueWriter:
                 self._wake.set()  # the events are still pending: come back after the pause
                 self._hurry.wait(backoff.full_jitter(next(delays)))
 
+    def _run_file_check(self) -> None:
+        assert self.file_check is not None
+        try:
+            self.file_check()
+        except Exception as exc:  # the writer thread must live on; commits report their own errors
+            self.counters.last_error = f"queue file check failed: {exc}"
+            if not self._file_check_failing:  # once per episode, not every few seconds
+                logger.error("spotify-events: checking the queue file failed: %s", exc)
+            self._file_check_failing = True
+        else:
+            self._file_check_failing = False
+
+    def _commit_as_owner(self) -> bool:
+        """:meth:`_commit_pending`, with this thread noted as the committer (the caller
+        holds ``_commit_lock``), so a log() re-entering it does not wait for itself."""
+        self._commit_owner = get_ident()
+        try:
+            return self._commit_pending()
+        finally:
+            self._commit_owner = 0
+
     def _commit_pending(self) -> bool:
         """Commit everything buffered (caller holds ``_commit_lock``); False on a write error."""
-        with self._lock:
+        with self._holding_buffer():
+            reentered_drops = self._take_reentered() if self._has_reentered else 0
             events, self._pending = self._pending, []
             # In-flight events stay counted in _pending_bytes until their commit
             # succeeds: releasing the space before the commit let callers refill the
@@ -213,13 +347,20 @@ class QueueWriter:
             inflight = self._pending_bytes
             overflow, self._overflow = self._overflow, {}
             upto = self._ticket
+        if reentered_drops:
+            logger.warning(
+                "spotify-events: %d event(s) logged re-entrantly (signal handler, __del__, logging "
+                "handler) did not fit the side buffer; dropped (counted and reported as %s)",
+                reentered_drops,
+                DROP_REENTERED,
+            )
         if not events and not overflow:
             self._committed_ticket = upto
             return True
         try:
             result = self.queue.append(events, overflow)
         except BaseException as exc:  # even KeyboardInterrupt: the events are not ours to lose
-            with self._lock:
+            with self._holding_buffer():
                 # put them back in front so order (and so sequence order) is kept;
                 # their bytes were never released
                 self._pending[:0] = events
@@ -240,7 +381,7 @@ class QueueWriter:
         if self._failing:
             logger.warning("spotify-events queue writes recovered")
             self._failing = False
-        with self._lock:
+        with self._holding_buffer():
             self._pending_bytes -= inflight
             self._space.notify_all()
             self._dropping = False
@@ -267,7 +408,7 @@ class QueueWriter:
         self._stopping = True
         self._wake.set()
         self._hurry.set()
-        with self._lock:
+        with self._holding_buffer():
             self._space.notify_all()
         thread = self._thread
         deadline = time.monotonic() + max(timeout, FINAL_COMMIT_SECONDS)

@@ -227,7 +227,9 @@ def test_configure_validates_now_creates_later_and_replaces(tmp_path: Path) -> N
 
 def test_configure_with_a_ready_client(tmp_path: Path) -> None:
     client = EventClient(
-        transport=MockTransport(lambda body, headers: SendResult(200, {"accepted": 0})),
+        transport=MockTransport(
+            lambda body, headers: SendResult(200, {"accepted": 0, "duplicates": 0, "rejected": []})
+        ),
         queue_path=str(tmp_path / "mine.db"),
         schemas=str(SCHEMAS),
     )

@@ -602,3 +602,61 @@ def test_disk_stays_bounded_while_a_full_queue_keeps_evicting(
         queue.append([ev(A)])
     assert _file_bytes(queue_path) - settled <= 8192
     assert_contiguous(accounted_seqs(queue_path), queue.next_seqs())
+
+
+def test_a_version_1_file_is_migrated_in_place_and_keeps_its_events(
+    make_queue: Callable[..., DurableQueue], queue_path: Path
+) -> None:
+    queue = make_queue()
+    queue.append([ev()])
+    producer = queue.producer_id
+    queue.close()
+    with sqlite3.connect(queue_path) as conn:  # as the first release left it
+        conn.execute("DROP TABLE holds")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    reopened = make_queue()
+    assert reopened.producer_id == producer
+    assert [e.seq for e in reopened.read_batch()] == [1]
+    assert reopened.holds() == []
+    with sqlite3.connect(queue_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 2
+    conn.close()
+
+
+def test_held_events_stay_queued_unread_until_their_next_try(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    queue.append([ev(A), ev(B), ev(A), ev(B)])
+    batch = queue.read_batch()
+    held = [e for e in batch if e.event_type == A]
+    queue.hold(held, "unknown schema fingerprint", lambda attempts: 3600.0)
+    assert queue.ack(batch[0].id, batch[-1].id, keep=[e.id for e in held]) == 2
+    assert queue.depth().events == 2
+    assert queue.read_batch() == []  # held, not due
+    (hold,) = queue.holds()
+    assert (hold.event_type, hold.events, hold.attempts) == (A, 2, 1)
+    queue.hold(held, "unknown schema fingerprint", lambda attempts: 0.0)  # renewed, due now
+    assert [(e.event_type, e.seq) for e in queue.read_batch()] == [(A, 1), (A, 2)]
+    assert queue.holds()[0].attempts == 2
+    assert queue.release_holds([(A, FP)]) == 1 and queue.holds() == []
+
+
+def test_a_copied_file_gets_a_new_producer_for_new_events(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    queue = make_queue()
+    queue.append([ev(A), ev(A)])
+    old = queue.producer_id
+    queue.close()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(queue_path.read_bytes())
+    clone = make_queue(copy)
+    assert clone.producer_id != old
+    clone.append([ev(A)])
+    first = clone.read_batch(max_events=10)  # stops where the copy began: one producer per batch
+    assert [(e.seq, clone.producer_for([e])[0]) for e in first] == [(1, old), (2, old)]
+    clone.ack(first[0].id, first[-1].id)
+    second = clone.read_batch()
+    assert [(e.seq, clone.producer_for(second)[0]) for e in second] == [(1, clone.producer_id)]
+    assert [i["kind"] for _, i in clone.unreported_incidents()] == ["queue_file_copied"]
+    assert make_queue().producer_id == old  # the original at home is untouched

@@ -48,7 +48,9 @@ def test_exactly_once_through_network_faults(
         found = bucket_ids(collector.data_dir)
         assert set(found) == {str(i) for i in range(logged)}
         assert max(found.values()) == 1, "an event is in the buckets twice"
-        (stream,) = stream_of(collector.report())
+        report = collector.report()
+        assert len(stream_of(report)) == 1, report
+        (stream,) = stream_of(report)
         assert stream["received"] == logged and stream["lost"] == 0 and stream["open_gaps"] == 0
         if fault in ("reset_after_reply", "all"):
             assert stream["duplicates"] > 0  # the collector saw the retry and deduped it

@@ -105,7 +105,11 @@ class Sink:
             for e in batch.envelopes:
                 reason = self.reject(e.payload) if self.reject else None
                 if reason:
-                    rejected.append({"event_type": e.event_type, "seq": e.seq, "reason": reason})
+                    # "code: details", like the collector's machine-readable code and reason
+                    code = reason.partition(":")[0]
+                    rejected.append(
+                        {"event_type": e.event_type, "seq": e.seq, "code": code, "reason": reason}
+                    )
                     continue
                 key = (batch.producer_id, e.event_type, e.seq)
                 if key in self.seen:

@@ -78,6 +78,25 @@ def test_stats_are_exported_after_real_deliveries(
     assert "spotify_events.client.events.dropped" not in points  # nothing dropped
 
 
+def test_events_held_for_a_missing_schema_are_exported_by_type(
+    sink: Sink, make_client: Callable[..., EventClient]
+) -> None:
+    sink.reject = lambda payload: "unknown_schema: not deployed" if b"new-track" in payload else None
+    reader = InMemoryMetricReader()
+    client = make_client(endpoint=sink.endpoint)
+    register_metrics(client, MeterProvider(metric_readers=[reader]))
+    for i in range(3):
+        client.log("EndSong", {**END_SONG, "track_id": f"new-track-{i}"})
+    client.log("EndSong", {**END_SONG, "track_id": "t1"})
+    assert wait_for(lambda: sum(client.stats().held.values()) == 3)
+
+    points = read(reader)
+    (etype,) = client.stats().held
+    held = "spotify_events.client.queue.held"
+    assert value(points, held, **{"spotify_events.event_type": etype}) == 3
+    assert "spotify_events.client.events.dead_lettered" not in points  # held, not rejected
+
+
 def test_drops_and_backlog_are_exported_while_nobody_answers(
     unstarted_sink: Sink, make_client: Callable[..., EventClient]
 ) -> None:
