@@ -12,10 +12,12 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 import click
 
 from ..errors import SpotifyEventsError
+from ..scaleout.cli import jetstream_options, run_ingest
 
 
 @click.command("collector")
@@ -29,9 +31,9 @@ from ..errors import SpotifyEventsError
 )
 @click.option(
     "--data-dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Where buckets and the ledger live.",
+    help="Where buckets and the ledger live (required unless --nats).",
 )
 @click.option(
     "--schemas",
@@ -87,6 +89,7 @@ from ..errors import SpotifyEventsError
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@jetstream_options
 def collector_command(
     host: str,
     port: int,
@@ -99,8 +102,27 @@ def collector_command(
     threads: int,
     close_interval: float,
     log_level: str,
+    nats_urls: str | None,
+    **jetstream: Any,
 ) -> None:
     """Run the reference collector in the foreground until SIGTERM/SIGINT."""
+    if nats_urls:
+        if data_dir is not None:
+            raise click.UsageError("--nats and --data-dir exclude each other")
+        run_ingest(
+            nats_urls=nats_urls,
+            host=host,
+            port=port,
+            schemas_dir=schemas_dir,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            threads=threads,
+            log_level=log_level,
+            **jetstream,
+        )
+        return
+    if data_dir is None:
+        raise click.UsageError("--data-dir is required (or --nats URL for the scaled-out shape)")
     from .server import CollectorConfig, serve
 
     logging.basicConfig(
