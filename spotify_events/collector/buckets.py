@@ -154,9 +154,9 @@ def truncate_to(path: str, length: int) -> int:
     return 0
 
 
-def write_marker(directory: str, content: dict[str, Any]) -> None:
+def write_marker(directory: str, content: dict[str, Any], name: str = CLOSED_MARKER) -> None:
     """Write ``_CLOSED.json`` atomically (temp file, fsync, rename, fsync dir)."""
-    final = os.path.join(directory, CLOSED_MARKER)
+    final = os.path.join(directory, name)
     tmp = final + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(content, fh, indent=2, sort_keys=True)
@@ -167,9 +167,9 @@ def write_marker(directory: str, content: dict[str, Any]) -> None:
     fsync_dir(directory)
 
 
-def read_marker(directory: str) -> dict[str, Any] | None:
+def read_marker(directory: str, name: str = CLOSED_MARKER) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(directory, CLOSED_MARKER), encoding="utf-8") as fh:
+        with open(os.path.join(directory, name), encoding="utf-8") as fh:
             data: dict[str, Any] = json.load(fh)
             return data
     except (FileNotFoundError, ValueError):

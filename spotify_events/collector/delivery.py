@@ -38,7 +38,6 @@ from ..schemas import SchemaRegistry
 from .accounting import account
 from .buckets import (
     BUCKET_CODECS,
-    CLOSED_MARKER,
     HOUR_MS,
     PartFile,
     bucket_dir,
@@ -46,7 +45,6 @@ from .buckets import (
     container_header,
     fsync_dir,
     makedirs_durable,
-    part_name,
     read_marker,
     truncate_to,
     write_marker,
@@ -61,6 +59,7 @@ from .ledger import (
     ProducerInBucket,
     StreamState,
 )
+from .partitions import SINGLE, BucketLayout
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +171,10 @@ class LocalDelivery:
         *,
         config: DeliveryConfig | None = None,
         clock: Callable[[], float] = time.time,
+        layout: BucketLayout = SINGLE,
     ) -> None:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self.layout = layout
         self.registry = registry
         self.config = config or DeliveryConfig()
         self.clock = clock
@@ -188,7 +189,7 @@ class LocalDelivery:
         self._next_close_at = float("inf")
         self._active: dict[tuple[str, int, str], PartState] = {}
         os.makedirs(self.data_dir, exist_ok=True)
-        self.ledger = Ledger(self.data_dir)
+        self.ledger = Ledger(os.path.join(self.data_dir, layout.ledger_dir))
         self.state = LedgerState()
         with self._lock:
             self._recover()
@@ -221,6 +222,26 @@ class LocalDelivery:
                     t.result = r
         assert ticket.result is not None
         return ticket.result
+
+    def deliver_all(
+        self, batches: list[IngestedBatch], fence: Callable[[], None] | None = None
+    ) -> list[DeliveryResult]:
+        """Make ``batches`` durable in one group commit (a stream consumer's fetch).
+
+        ``fence`` runs under the writer lock before anything is written; if it raises
+        (the caller no longer owns what it writes to), nothing is and every result is
+        UNAVAILABLE.
+        """
+        with self._lock:
+            if fence is not None:
+                try:
+                    fence()
+                except Exception as exc:
+                    message = f"not written: {exc}"
+                    return [DeliveryResult(DeliveryStatus.UNAVAILABLE, message=message)] * len(
+                        batches
+                    )
+            return self._deliver_group(batches)
 
     def close(self) -> None:
         """Flush and close part files and the ledger; idempotent."""
@@ -477,7 +498,7 @@ class LocalDelivery:
             old = self._files.pop(part.path, None)
             if old is not None:
                 old.close()
-        rel = os.path.join(bucket_dir(etype, hour), part_name(fp_hex, index))
+        rel = os.path.join(bucket_dir(etype, hour), self.layout.part_name(fp_hex, index))
         part = PartState(
             path=rel,
             event_type=etype,
@@ -525,7 +546,7 @@ class LocalDelivery:
             summary["closed"] = True
             summary["closed_at"] = now
             if os.path.isdir(directory):
-                write_marker(directory, summary)
+                write_marker(directory, summary, self.layout.marker)
             b.closed, b.closed_at, b.summary = True, now, summary
         if due:
             self.ledger.save(buckets=due)
@@ -573,7 +594,9 @@ class LocalDelivery:
         # A marker without a closed ledger row: we crashed between the two; trust the marker.
         for b in state.buckets.values():
             if not b.closed:
-                marker = read_marker(os.path.join(root, bucket_dir(b.event_type, b.hour)))
+                marker = read_marker(
+                    os.path.join(root, bucket_dir(b.event_type, b.hour)), self.layout.marker
+                )
                 if marker is not None:
                     b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
                     self.ledger.save(buckets=[b])
@@ -592,14 +615,12 @@ class LocalDelivery:
             type_dirs = [e.name for e in types if e.is_dir() and is_avro_full_name(e.name)]
         for etype in type_dirs:
             for dirpath, _dirs, files in os.walk(os.path.join(root, etype)):
-                if CLOSED_MARKER in files:
+                if self.layout.marker in files:
                     continue
                 for name in files:
                     rel = os.path.relpath(os.path.join(dirpath, name), root)
-                    if name.endswith(".tmp") or (
-                        name.startswith("part-")
-                        and name.endswith(".avro")
-                        and rel not in state.parts
+                    if (name.endswith(".tmp") and name.startswith(self.layout.marker)) or (
+                        self.layout.owns(name) and rel not in state.parts
                     ):
                         log.warning("removing uncommitted file %s", rel)
                         os.unlink(os.path.join(dirpath, name))
