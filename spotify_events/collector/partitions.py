@@ -22,10 +22,13 @@ events for it, and :func:`load_state` adds them up.
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from .buckets import CLOSED_MARKER, part_name
+from .buckets import CLOSED_MARKER, fsync_dir, part_name, read_marker
 from .ledger import LEDGER_FILE, BucketState, Ledger, LedgerState, ProducerInBucket, StreamState
 
 PARTITIONS_DIR = "_partitions"
@@ -147,3 +150,93 @@ def _merge_bucket(a: BucketState, b: BucketState) -> None:
             else 0,
             max_seq=max(mine.max_seq, pb.max_seq),
         )
+
+
+def finalize_hours(
+    data_dir: str | os.PathLike[str], *, now: float, lateness: float, settle: float
+) -> list[str]:
+    """Write ``_CLOSED.json`` in each hour directory every partition has closed.
+
+    An hour is closed for partition p when p wrote ``_CLOSED.<tag>.json`` there; a
+    partition without part files in the directory had nothing for that hour, and
+    after the hour's deadline (hour end + lateness) it never will: delivery puts
+    later arrivals in the current hour. ``settle`` covers a commit that began just
+    before the deadline. The marker is written under a unique temporary name and
+    linked into place, so two workers finishing the same hour never overwrite each
+    other. Returns the directories closed now.
+    """
+    root = os.fspath(data_dir)
+    closed = []
+    with os.scandir(root) as entries:
+        type_dirs = [e.path for e in entries if e.is_dir() and not e.name.startswith("_")]
+    for type_dir in type_dirs:
+        for day in _subdirs(type_dir):
+            for hour_dir in _subdirs(day):
+                if os.path.exists(os.path.join(hour_dir, CLOSED_MARKER)):
+                    continue
+                hour = _hour_of_dir(day, hour_dir)
+                if hour is None or now < (hour + 1) * 3600 + lateness + settle:
+                    continue
+                if _close_hour(hour_dir, now):
+                    closed.append(hour_dir)
+    return closed
+
+
+def _subdirs(path: str) -> list[str]:
+    with os.scandir(path) as entries:
+        return sorted(e.path for e in entries if e.is_dir())
+
+
+def _hour_of_dir(day_dir: str, hour_dir: str) -> int | None:
+    try:
+        when = datetime.strptime(
+            f"{os.path.basename(day_dir)} {os.path.basename(hour_dir)}", "%Y-%m-%d %H"
+        ).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(when.timestamp()) // 3600
+
+
+def _close_hour(hour_dir: str, now: float) -> bool:
+    names = os.listdir(hour_dir)
+    tags = {n.split("-")[1] for n in names if n.startswith("part-p") and n.endswith(".avro")}
+    summaries = []
+    for tag in sorted(tags):
+        summary = read_marker(hour_dir, f"_CLOSED.{tag}.json")
+        if summary is None:
+            return False  # that partition has not closed the hour yet
+        summaries.append(summary)
+    if not summaries:
+        return False
+    events = sum(s["events"] for s in summaries)
+    missing = sum(s["missing"] for s in summaries)
+    merged = {
+        "event_type": summaries[0]["event_type"],
+        "hour": summaries[0]["hour"],
+        "path": summaries[0]["path"],
+        "closed": True,
+        "closed_at": now,
+        "partitions": sorted(tags),
+        "events": events,
+        "skewed": sum(s["skewed"] for s in summaries),
+        "duplicates": sum(s["duplicates"] for s in summaries),
+        "missing": missing,
+        "completeness": round(events / (events + missing), 6) if events + missing else 1.0,
+        "parts": [p for s in summaries for p in s["parts"]],
+        "producers": [p for s in summaries for p in s["producers"]],
+    }
+    final = os.path.join(hour_dir, CLOSED_MARKER)
+    tmp = os.path.join(hour_dir, f".{CLOSED_MARKER}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(merged, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, final)  # fails if another worker closed the hour first
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(hour_dir)
+    return True

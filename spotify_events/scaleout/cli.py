@@ -122,3 +122,114 @@ def run_ingest(
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # nats-py's connection errors have no common base
         raise click.ClickException(f"cannot reach JetStream: {type(exc).__name__}: {exc}") from exc
+
+
+@click.command("deliver")
+@click.option("--nats", "nats_urls", required=True, help="NATS server URL(s), comma-separated.")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where buckets and the partition ledgers live (shared by all workers).",
+)
+@click.option(
+    "--schemas",
+    "schemas_dir",
+    required=True,
+    type=click.Path(exists=True),
+    help="Directory (or file) of .avsc event schemas (the collectors' set).",
+)
+@click.option("--stream", default="SPOTIFY_EVENTS", show_default=True, help="JetStream stream.")
+@click.option(
+    "--lateness",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after an hour ends before its bucket closes.",
+)
+@click.option(
+    "--grace-period",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a missing sequence number stays an open gap before it is lost.",
+)
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve /healthz and /metrics on this port (0 picks one).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address for --port.")
+@click.option(
+    "--lease-ttl",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.3),
+    help="Seconds a partition lease lasts unrenewed; a dead worker's partitions move "
+    "within 4/3 of it.",
+)
+@click.option(
+    "--ack-wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.3),
+    help="Seconds before JetStream redelivers a message fetched but not acknowledged.",
+)
+@click.option(
+    "--close-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between checks for buckets to close.",
+)
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def deliver_command(
+    nats_urls: str,
+    data_dir: str,
+    schemas_dir: str,
+    stream: str,
+    lateness: float,
+    grace_period: float,
+    port: int | None,
+    host: str,
+    lease_ttl: float,
+    ack_wait: float,
+    close_interval: float,
+    log_level: str,
+) -> None:
+    """Run a delivery worker: stream partitions -> dedupe ledger -> hourly buckets."""
+    from .connection import split_urls
+    from .worker import WorkerConfig, run_worker
+
+    _setup_logging(log_level)
+    try:
+        config = WorkerConfig(
+            urls=split_urls(nats_urls),
+            data_dir=data_dir,
+            schemas=schemas_dir,
+            stream=stream,
+            grace_period=grace_period,
+            lateness=lateness,
+            host=host,
+            port=port,
+            lease_ttl=lease_ttl,
+            ack_wait=ack_wait,
+            close_interval=close_interval,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    def ready(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    try:
+        run_worker(config, ready)
+    except (SpotifyEventsError, OSError, TimeoutError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

@@ -88,13 +88,23 @@ async def connect(urls: list[str], *, name: str, connect_timeout: float = 2.0) -
     return client
 
 
-async def close(client: Any, *, drain: bool = False) -> None:
-    """Close (or drain, then close) a client from :func:`connect` without a warning."""
+async def close(client: Any, *, flush_timeout: float = 2.0) -> None:
+    """Flush what is buffered (acks), then close a client from :func:`connect`, quietly.
+
+    Not ``drain()``: it waits for every subscription, including a pending pull
+    request, for up to 30 s; everything we need sent is already in the buffer.
+    """
     states = _states.get(client)
     if states is not None:
         states.closing = True
-    if not client.is_closed:
-        await (client.drain() if drain else client.close())
+    if client.is_closed:
+        return
+    try:
+        if client.is_connected:
+            await client.flush(timeout=flush_timeout)
+    except Exception as exc:  # unacknowledged messages are redelivered
+        log.info("flushing before close failed: %s", exc)
+    await client.close()
 
 
 class LoopThread:

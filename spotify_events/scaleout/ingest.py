@@ -102,7 +102,7 @@ class JetStreamDelivery:
 
         async def drain() -> None:
             if nc is not None:
-                await close(nc, drain=True)
+                await close(nc)
 
         self._thread.stop(drain, timeout=self.publish_timeout)
         self._nc = self._js = self._loop = None
