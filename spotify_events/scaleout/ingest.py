@@ -25,7 +25,7 @@ from ..collector.delivery import DeliveryResult, DeliveryStatus
 from ..collector.ingest import IngestedBatch
 from .connection import LoopThread, close, connect
 from .slices import Message, batch_messages, partition_of
-from .stream import StreamSettings, ensure_stream
+from .stream import StreamSettings, ensure_stream, retry_until
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,17 @@ async def prepare_stream(urls: list[str], settings: StreamSettings, timeout: flo
     Run before serving (and before forking workers), so a wrong ``--partitions`` or an
     unreachable cluster stops the process with a clear message instead of 503s.
     """
-    nc = await asyncio.wait_for(
-        connect(urls, name="spotify-events-setup", connect_timeout=min(timeout, 5.0)), timeout
+    nc = await retry_until(
+        lambda: connect(urls, name="spotify-events-setup", connect_timeout=min(timeout, 5.0)),
+        timeout=timeout,
+        what="connecting to NATS",
     )
     try:
-        js = nc.jetstream(timeout=timeout)
-        return await asyncio.wait_for(ensure_stream(js, settings), timeout)
+        js = nc.jetstream(timeout=min(timeout, 5.0))
+        return await retry_until(
+            lambda: ensure_stream(js, settings),
+            timeout=timeout,
+            what=f"creating or checking stream {settings.name}",
+        )
     finally:
         await close(nc)

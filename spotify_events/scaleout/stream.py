@@ -15,12 +15,18 @@ JetStream itself; later retries are deduplicated by the workers' ledgers.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import SpotifyEventsError
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_STREAM = "SPOTIFY_EVENTS"
 _DESCRIPTION = re.compile(r"spotify-events partitions=(\d+)")
 _STREAM_NAME_IN_USE = 10058  # JetStream API error code
@@ -91,7 +97,7 @@ async def ensure_stream(js: Any, settings: StreamSettings) -> int:
             await js.add_stream(config)
         except APIError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:  # else another process created it first
-                raise StreamConfigError(f"cannot create stream {settings.name}: {exc}") from exc
+                raise
         info = await js.stream_info(settings.name)
     found = partitions_of(info.config.description)
     if found is None:
@@ -106,6 +112,23 @@ async def ensure_stream(js: Any, settings: StreamSettings) -> int:
             "partition, so use the stream's count (or a new stream name)"
         )
     return found
+
+
+async def retry_until(attempt: Callable[[], Awaitable[T]], *, timeout: float, what: str) -> T:
+    """``attempt()`` until it succeeds or ``timeout`` passes; a :class:`StreamConfigError`
+    is final at once. A cluster that is still forming (no meta leader yet, no quorum)
+    answers with transient errors for a few seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await asyncio.wait_for(attempt(), max(deadline - time.monotonic(), 0.1))
+        except StreamConfigError:
+            raise
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise StreamConfigError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            log.info("%s: %s; retrying", what, exc)
+            await asyncio.sleep(0.5)
 
 
 async def stream_partitions(js: Any, name: str) -> int:

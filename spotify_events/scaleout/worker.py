@@ -43,7 +43,7 @@ from ..schemas import SchemaRegistry
 from .connection import close, connect
 from .leases import LeaseLost, LeaseTable, lease_bucket
 from .slices import SliceDecodeError, decode_message
-from .stream import StreamSettings, stream_partitions
+from .stream import StreamSettings, retry_until, stream_partitions
 
 log = logging.getLogger(__name__)
 PREFIX = "spotify_events_deliver"
@@ -251,19 +251,31 @@ class Worker:
         loop = asyncio.get_running_loop()
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, self.stop_event.set)
-        self.nc = await asyncio.wait_for(
-            connect(self.config.urls, name=f"spotify-events-deliver-{self.worker_id}"),
-            self.config.startup_timeout,
+        timeout = self.config.startup_timeout
+        self.nc = await retry_until(
+            lambda: connect(self.config.urls, name=f"spotify-events-deliver-{self.worker_id}"),
+            timeout=timeout,
+            what="connecting to NATS",
         )
         try:
             self.js = self.nc.jetstream(timeout=5.0)
-            self.partitions = await self._wait_for_stream()
-            if not self.partitions:
-                return
+            # collectors create the stream; a worker waits for it
+            self.partitions = await retry_until(
+                lambda: stream_partitions(self.js, self.config.stream),
+                timeout=timeout,
+                what=f"reading stream {self.config.stream}",
+            )
             info = await self.js.stream_info(self.config.stream)
             bucket = f"{self.config.stream}_leases"
-            kv = await lease_bucket(
-                self.js, bucket, replicas=info.config.num_replicas or 1, ttl=self.config.lease_ttl
+            kv = await retry_until(
+                lambda: lease_bucket(
+                    self.js,
+                    bucket,
+                    replicas=info.config.num_replicas or 1,
+                    ttl=self.config.lease_ttl,
+                ),
+                timeout=timeout,
+                what=f"opening the lease bucket {bucket}",
             )
             self.leases = LeaseTable(
                 self.js, bucket, kv, self.worker_id, self.partitions, ttl=self.config.lease_ttl
@@ -277,20 +289,6 @@ class Worker:
             await self._keep_leases()
         finally:
             await self._shutdown()
-
-    async def _wait_for_stream(self) -> int:
-        """The stream's partition count; collectors create the stream, workers wait for it."""
-        from nats.js.errors import NotFoundError
-
-        deadline = time.monotonic() + self.config.startup_timeout
-        while not self.stop_event.is_set():
-            try:
-                return await stream_partitions(self.js, self.config.stream)
-            except NotFoundError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-        return 0
 
     async def _keep_leases(self) -> None:
         tick = self.config.lease_ttl / 3

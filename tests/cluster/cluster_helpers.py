@@ -1,0 +1,187 @@
+"""Helpers for the cluster suite: child processes of the scaled-out tier, producers
+logging numbered events, and reading buckets back.
+
+Every event is an EndSong whose ``track_id`` is unique (``<phase>-<producer>-<n>``);
+counting ids in the bucket files is how "exactly once" is checked, independently of
+the workers' ledgers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import fastavro
+from support import wait_for
+
+from spotify_events import EventClient
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "schemas"
+END_SONG = "spotify.events.playback.EndSong"
+
+
+@dataclass
+class Child:
+    """A ``spotify-events`` child process that prints a ready line on stdout."""
+
+    args: list[str]
+    ready_prefix: str
+    name: str = ""
+    proc: subprocess.Popen[str] | None = None
+    first_line: str = ""
+    stderr_lines: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 90.0) -> Child:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spotify_events", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        threading.Thread(target=_pump, args=(self.proc.stdout, lines.put), daemon=True).start()
+        threading.Thread(
+            target=_pump, args=(self.proc.stderr, self.stderr_lines.append), daemon=True
+        ).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise RuntimeError(f"{self.name} did not start: {self.stderr_tail()}") from None
+            if line.startswith(self.ready_prefix):
+                self.first_line = line.strip()
+                return self
+
+    def stderr_tail(self) -> str:
+        return "".join(self.stderr_lines[-30:])
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _pump(stream: IO[str], sink: Callable[[str], object]) -> None:
+    for line in stream:
+        sink(line)
+
+
+def numbered(uid: str) -> dict[str, Any]:
+    return {
+        "user_id": "u1",
+        "track_id": uid,
+        "ms_played": 31000,
+        "reason_start": "CLICKROW",
+        "reason_end": "TRACKDONE",
+        "platform": "ios",
+    }
+
+
+def bucket_ids(data_dir: Path, prefix: str) -> Counter[str]:
+    """track_id -> how many times it is in the EndSong bucket files, for ids with ``prefix``."""
+    found: Counter[str] = Counter()
+    for path in sorted((data_dir / END_SONG).rglob("part-*.avro")):
+        with open(path, "rb") as fh:
+            for record in fastavro.reader(fh):
+                if record["track_id"].startswith(prefix):
+                    found[record["track_id"]] += 1
+    return found
+
+
+class Producers:
+    """``count`` SDK clients logging numbered events from threads, spread over endpoints."""
+
+    def __init__(self, root: Path, phase: str, endpoints: list[str], count: int) -> None:
+        self.phase = phase
+        self.clients = [
+            EventClient(
+                endpoint=endpoints[i % len(endpoints)],
+                queue_path=str(root / f"{phase}-{i}.db"),
+                schemas=str(SCHEMAS),
+                backoff_max=0.5,
+                connect_timeout=1.0,
+                read_timeout=10.0,
+                batch_max_events=500,
+                linger=0.02,
+                heartbeat_interval=1.0,
+            )
+            for i in range(count)
+        ]
+        self.logged = [0] * count
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def producer_ids(self) -> set[str]:
+        return {c.producer_id for c in self.clients}
+
+    @property
+    def total(self) -> int:
+        return sum(self.logged)
+
+    def start(self, rate_per_producer: float) -> Producers:
+        for i in range(len(self.clients)):
+            t = threading.Thread(target=self._run, args=(i, rate_per_producer), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _run(self, i: int, rate: float) -> None:
+        client = self.clients[i]
+        period = 0.05
+        per_tick = max(1, round(rate * period))
+        while not self._stop.is_set():
+            for _ in range(per_tick):
+                client.log(END_SONG, numbered(f"{self.phase}-{i}-{self.logged[i]}"))
+                self.logged[i] += 1
+            self._stop.wait(period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def flush(self, timeout: float) -> bool:
+        return all(c.flush(timeout) for c in self.clients)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+def received_by(report: dict[str, Any], producers: set[str]) -> dict[str, int]:
+    out = {"received": 0, "duplicates": 0, "lost": 0, "open_gaps": 0, "dropped": 0}
+    for s in report["streams"]:
+        if s["producer_id"] in producers and s["event_type"] == END_SONG:
+            for key in out:
+                out[key] += s[key]
+    return out
+
+
+__all__ = ["Child", "Producers", "bucket_ids", "numbered", "received_by", "wait_for"]
