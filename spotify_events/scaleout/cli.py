@@ -21,6 +21,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 _STREAM_HELP = "JetStream stream name (created when absent)."
 
 
+def _require_nats() -> None:
+    try:
+        import nats  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(
+            "the scaled-out tier needs the NATS client: pip install 'spotify-events[nats]'"
+        ) from exc
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -96,6 +105,7 @@ def run_ingest(
     publish_timeout: float,
 ) -> None:
     """``collector --nats``: validate, publish, answer; no local state."""
+    _require_nats()
     from .connection import split_urls
     from .serve import IngestConfig, serve
     from .stream import StreamSettings
@@ -204,6 +214,7 @@ def deliver_command(
     log_level: str,
 ) -> None:
     """Run a delivery worker: stream partitions -> dedupe ledger -> hourly buckets."""
+    _require_nats()
     from .connection import split_urls
     from .worker import WorkerConfig, run_worker
 

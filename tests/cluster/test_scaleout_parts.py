@@ -328,3 +328,50 @@ def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRe
 
 def test_free_port_helper_is_not_4222() -> None:
     assert free_port() != 4222
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_prefork_workers_serve_one_port_and_are_replaced(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    child = collector(node, "--stream", "PREFORK", "--partitions", "2", "--workers", "2").start()
+    assert child.proc is not None
+    url = child.first_line.split()[-1] + "/v1/batches"
+
+    def post(producer: str) -> int:
+        body = encode_batch(WireBatch(producer, envelopes(registry, [1, 2]), {END_SONG: 3}))
+        return requests.post(
+            url, data=body, headers={"Content-Type": CONTENT_TYPE}, timeout=30
+        ).status_code
+
+    try:
+        assert wait_for(lambda: len(children_of(child.proc.pid)) == 2, timeout=30)
+        assert all(post(f"pf-{i}") == 200 for i in range(20))
+        first = children_of(child.proc.pid)
+        victim = min(first)
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        assert wait_for(
+            lambda: (
+                len(children_of(child.proc.pid)) == 2 and victim not in children_of(child.proc.pid)
+            ),
+            timeout=30,
+        )
+        assert all(post(f"pf-again-{i}") == 200 for i in range(10))
+        kids = children_of(child.proc.pid)
+    finally:
+        code = child.stop()
+    assert code == 0
+    assert not any(Path(f"/proc/{k}").exists() for k in kids)  # stopped and reaped
