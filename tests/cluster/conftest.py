@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from cluster_helpers import SCHEMAS, Child
+from cluster_helpers import SCHEMAS
 from support import free_port, wait_for
 
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
@@ -27,6 +27,7 @@ pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-e
 from spotify_events.collector.report import load_report
 from spotify_events.scaleout.connection import close, connect
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
+from spotify_events.scaleout.processes import ServiceProcess
 
 STREAM = "SE_TEST"
 PARTITIONS = 4
@@ -38,17 +39,17 @@ class Tier:
     root: Path
     cluster: NatsCluster
     data_dir: Path
-    collectors: list[Child] = field(default_factory=list)
+    collectors: list[ServiceProcess] = field(default_factory=list)
     collector_ports: list[int] = field(default_factory=list)
-    workers: list[Child] = field(default_factory=list)
+    workers: list[ServiceProcess] = field(default_factory=list)
     fault_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def endpoints(self) -> list[str]:
         return [f"http://127.0.0.1:{p}/v1/batches" for p in self.collector_ports]
 
-    def collector(self, port: int) -> Child:
-        return Child(
+    def collector(self, port: int) -> ServiceProcess:
+        return ServiceProcess(
             [
                 "collector",
                 "--port",
@@ -72,8 +73,8 @@ class Tier:
             name=f"collector:{port}",
         ).start()
 
-    def worker(self) -> Child:
-        child = Child(
+    def worker(self) -> ServiceProcess:
+        child = ServiceProcess(
             [
                 "deliver",
                 "--nats",
@@ -101,9 +102,9 @@ class Tier:
         self.workers.append(child)
         return child
 
-    def health(self, worker: Child) -> dict[str, Any] | None:
+    def health(self, worker: ServiceProcess) -> dict[str, Any] | None:
         try:
-            response = requests.get(worker.first_line.split()[-1] + "/healthz", timeout=2)
+            response = requests.get(worker.ready_line.split()[-1] + "/healthz", timeout=2)
             data: dict[str, Any] = response.json()
             return data
         except (requests.RequestException, ValueError):

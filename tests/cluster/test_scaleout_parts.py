@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from cluster_helpers import END_SONG, SCHEMAS, Child, numbered
+from cluster_helpers import END_SONG, SCHEMAS, numbered
 from support import free_port, wait_for
 
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
@@ -36,6 +36,7 @@ from spotify_events.encoding import (
 from spotify_events.scaleout.connection import close, connect
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
+from spotify_events.scaleout.processes import ServiceProcess
 from spotify_events.scaleout.slices import batch_messages, decode_message, partition_of
 from spotify_events.schemas import SchemaRegistry
 
@@ -133,8 +134,8 @@ def test_partition_of_a_producer_is_the_same_in_every_process() -> None:
 
 
 # -- the collector on JetStream -------------------------------------------------------
-def collector(node: NatsCluster, *extra: str, port: int = 0) -> Child:
-    return Child(
+def collector(node: NatsCluster, *extra: str, port: int = 0) -> ServiceProcess:
+    return ServiceProcess(
         [
             "collector",
             "--port",
@@ -195,7 +196,7 @@ def test_collector_answers_503_with_retry_after_while_jetstream_is_down(
         pytest.skip(str(exc))
     own = NatsCluster(tmp_path / "nats", size=1).start()
     child = collector(own, "--stream", "DOWN", "--partitions", "2").start()
-    url = child.first_line.split()[-1] + "/v1/batches"
+    url = child.ready_line.split()[-1] + "/v1/batches"
 
     def post(seqs: list[int]) -> requests.Response:
         body = encode_batch(
@@ -349,7 +350,7 @@ def test_prefork_workers_serve_one_port_and_are_replaced(
 ) -> None:
     child = collector(node, "--stream", "PREFORK", "--partitions", "2", "--workers", "2").start()
     assert child.proc is not None
-    url = child.first_line.split()[-1] + "/v1/batches"
+    url = child.ready_line.split()[-1] + "/v1/batches"
 
     def post(producer: str) -> int:
         body = encode_batch(WireBatch(producer, envelopes(registry, [1, 2]), {END_SONG: 3}))
@@ -375,3 +376,30 @@ def test_prefork_workers_serve_one_port_and_are_replaced(
         code = child.stop()
     assert code == 0
     assert not any(Path(f"/proc/{k}").exists() for k in kids)  # stopped and reaped
+
+
+def test_demo_cluster_ends_with_a_report_with_nothing_lost(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spotify_events",
+            "demo",
+            "--cluster",
+            "-n",
+            "3000",
+            "--schemas",
+            str(SCHEMAS),
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "SIGKILLed the stream leader" in out.stdout
+    assert (
+        "total: received 3000, duplicates 0, dropped 0, rejected 0, open gaps 0, lost 0"
+        in out.stdout
+    )
