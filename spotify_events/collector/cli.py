@@ -107,8 +107,11 @@ def collector_command(
 ) -> None:
     """Run the reference collector in the foreground until SIGTERM/SIGINT."""
     if nats_urls:
-        if data_dir is not None:
-            raise click.UsageError("--nats and --data-dir exclude each other")
+        ctx = click.get_current_context()
+        for name in ("data_dir", "grace_period", "lateness", "close_interval"):
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} belongs to the delivery workers with --nats")
         run_ingest(
             nats_urls=nats_urls,
             host=host,

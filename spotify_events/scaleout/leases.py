@@ -126,7 +126,7 @@ class LeaseTable:
                 lease.valid_until = started + self.ttl * 2 / 3
             except KeyWrongLastSequenceError:
                 log.warning("lost the lease on partition %d to another worker", partition)
-                del self.owned[partition]
+                self.owned.pop(partition, None)
                 lost.append(partition)
             except Exception as exc:  # no quorum, no connection: the fence stops writes
                 log.debug("renewing partition %d failed: %s", partition, exc)

@@ -126,7 +126,8 @@ async def retry_until(attempt: Callable[[], Awaitable[T]], *, timeout: float, wh
             raise
         except Exception as exc:
             if time.monotonic() >= deadline:
-                raise StreamConfigError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                detail = str(exc) or f"no answer within {timeout:g}s"
+                raise StreamConfigError(f"{what}: {type(exc).__name__}: {detail}") from exc
             log.info("%s: %s; retrying", what, exc)
             await asyncio.sleep(0.5)
 

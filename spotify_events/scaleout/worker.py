@@ -292,30 +292,49 @@ class Worker:
             await self._shutdown()
 
     async def _keep_leases(self) -> None:
+        """Balance partitions and close buckets; renewals run in their own task, so a
+        slow step here (opening a partition's delivery recovers its files) never lets
+        an owned lease lapse."""
+        renewer = asyncio.create_task(self._renew_loop())
         tick = self.config.lease_ttl / 3
         next_close = 0.0
-        while not self.stop_event.is_set():
-            try:  # each KV call is bounded by the JetStream context's timeout; no outer
-                # bound: cancelling a round half-way could orphan a runner or a lease
-                await self._balance()
-            except Exception as exc:  # no quorum for a while: the fence stops writes
-                log.info("lease round failed: %s: %s", type(exc).__name__, exc)
-            for p, runner in list(self.runners.items()):
-                if runner.task.done():  # lease lost (or the runner failed): let it go
-                    await self._stop_runner(p, release=False)
-            if time.monotonic() >= next_close:
-                next_close = time.monotonic() + self.config.close_interval
-                await self._close_buckets()
-            self.metrics.owned.set(len(self.runners))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), tick)
+        try:
+            while not self.stop_event.is_set():
+                try:  # each KV call is bounded by the JetStream context's timeout; no outer
+                    # bound: cancelling a round half-way could orphan a runner or a lease
+                    await self._balance()
+                except Exception as exc:  # no quorum for a while: the fence stops writes
+                    log.info("lease round failed: %s: %s", type(exc).__name__, exc)
+                for p, runner in list(self.runners.items()):
+                    if runner.task.done():  # lease lost (or the runner failed): let it go
+                        await self._stop_runner(p, release=False)
+                if time.monotonic() >= next_close:
+                    next_close = time.monotonic() + self.config.close_interval
+                    await self._close_buckets()
+                self.metrics.owned.set(len(self.runners))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), tick)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_loop(self) -> None:
+        tick = self.config.lease_ttl / 3
+        while True:
+            try:
+                await self.leases.heartbeat()
+                for p in await self.leases.renew():
+                    self.metrics.lease_changes.labels("lost").inc()
+                    runner = self.runners.get(p)
+                    if runner is not None:  # the fence already refuses its writes
+                        runner.stopping = True
+            except Exception as exc:  # no quorum: the fence stops writes until it is back
+                log.info("renewing leases failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(tick)
 
     async def _balance(self) -> None:
         leases = self.leases
-        await leases.heartbeat()
-        for p in await leases.renew():
-            self.metrics.lease_changes.labels("lost").inc()
-            await self._stop_runner(p, release=False)
         target = leases.target(await leases.live_workers())
         for p in sorted(self.runners, reverse=True)[: max(0, len(self.runners) - target)]:
             await self._stop_runner(p, release=True)
