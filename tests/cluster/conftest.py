@@ -104,7 +104,7 @@ class Tier:
 
     def health(self, worker: ServiceProcess) -> dict[str, Any] | None:
         try:
-            response = requests.get(worker.ready_line.split()[-1] + "/healthz", timeout=2)
+            response = requests.get(worker.url + "/healthz", timeout=2)
             data: dict[str, Any] = response.json()
             return data
         except (requests.RequestException, ValueError):

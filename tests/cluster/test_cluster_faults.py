@@ -155,3 +155,27 @@ def test_rolling_restart_of_all_servers(tier: Tier) -> None:
         return "each node stopped (SIGINT) and restarted in turn"
 
     run_phase(tier, "rolling-restart", fault)
+
+
+def test_worker_sigterm_commits_releases_and_exits_0(tier: Tier) -> None:
+    codes: list[int | None] = []
+
+    def fault(p: Producers) -> str:
+        alive = tier.owned()
+        index = next(i for i, parts in alive.items() if parts)
+        metrics = requests.get(tier.workers[index].url + "/metrics", timeout=5).text
+        assert "spotify_events_deliver_partitions_owned" in metrics
+        codes.append(tier.workers[index].stop())
+        survivors = [i for i in alive if i != index]
+        assert wait_for(
+            lambda: (
+                sorted(q for i in survivors for q in tier.owned().get(i, []))
+                == list(range(PARTITIONS))
+            ),
+            timeout=60,
+        )
+        tier.worker()
+        return "worker stopped with SIGTERM: exit 0, leases released"
+
+    run_phase(tier, "worker-sigterm", fault)
+    assert codes == [0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,11 +34,16 @@ from spotify_events.encoding import (
     WireBatch,
     encode_batch,
 )
-from spotify_events.scaleout.connection import close, connect
+from spotify_events.scaleout.connection import LoopThread, close, connect
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
 from spotify_events.scaleout.processes import ServiceProcess
-from spotify_events.scaleout.slices import batch_messages, decode_message, partition_of
+from spotify_events.scaleout.slices import (
+    SliceDecodeError,
+    batch_messages,
+    decode_message,
+    partition_of,
+)
 from spotify_events.schemas import SchemaRegistry
 
 pytestmark = [pytest.mark.cluster]
@@ -89,6 +95,10 @@ def test_slices_stay_under_max_payload_and_round_trip(registry: SchemaRegistry) 
     assert all(len(m.data) <= 128 << 10 for m in messages)
     back = [e for m in event_messages for e in decode_message(m.data, received_at=0).events]
     assert back == events
+    with pytest.raises(SliceDecodeError):
+        decode_message(event_messages[0].data[:-1], received_at=0)  # a payload cut short
+    with pytest.raises(SliceDecodeError):
+        decode_message(b"not a slice", received_at=0)
     # contiguous slices are named by their range; a retry makes the same ids
     assert event_messages[0].msg_id == f"prod-1:{END_SONG}:1-{event_messages[0].events}"
     again = batch_messages(
@@ -403,3 +413,23 @@ def test_demo_cluster_ends_with_a_report_with_nothing_lost(tmp_path: Path) -> No
         "total: received 3000, duplicates 0, dropped 0, rejected 0, open gaps 0, lost 0"
         in out.stdout
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_the_publish_loop_starts_afresh_in_a_forked_child() -> None:
+    loop_thread = LoopThread("fork-test")
+
+    async def pid() -> int:
+        return os.getpid()
+
+    assert loop_thread.run(pid(), timeout=10) == os.getpid()  # the parent's loop is running
+    child = os.fork()
+    if child == 0:  # the inherited loop's thread does not exist here: a new one must start
+        try:
+            ok = loop_thread.run(pid(), timeout=10) == os.getpid()
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    loop_thread.stop()
