@@ -178,13 +178,16 @@ class PartitionRunner:
             try:
                 batches.append(decode_message(msg.data, received_at=time.time()))
                 good.append(msg)
-            except SliceDecodeError as exc:  # not ours to deliver: counted, logged, kept out
+            except SliceDecodeError as exc:  # not deliverable: moved aside, counted, logged
                 w.metrics.messages.labels("invalid").inc()
+                seq = msg.metadata.sequence.stream
+                path = await asyncio.to_thread(self._quarantine, seq, msg.data)
                 log.error(
-                    "partition %d: message %s is not a slice (%s); terminated",
+                    "partition %d: message %s is not a slice (%s); kept in %s",
                     self.partition,
-                    msg.metadata.sequence.stream,
+                    seq,
                     exc,
+                    path,
                 )
                 await _quietly(msg.term())
         if not batches:
@@ -214,6 +217,20 @@ class PartitionRunner:
             log.warning("partition %d: commit failed (%s); redelivering", self.partition, message)
             w.metrics.messages.labels("retried").inc(len(good))
             await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+
+
+    def _quarantine(self, stream_seq: int, data: bytes) -> str:
+        """Keep an undecodable message's bytes (fsynced) before it leaves the stream."""
+        directory = os.path.join(
+            self.worker.config.data_dir, partition_layout(self.partition).ledger_dir, "quarantine"
+        )
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{stream_seq}.msg")
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path
 
 
 async def _quietly(awaitable: Any) -> None:

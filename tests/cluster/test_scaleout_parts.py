@@ -35,6 +35,7 @@ from spotify_events.encoding import (
     encode_batch,
 )
 from spotify_events.scaleout.connection import LoopThread, close, connect
+from spotify_events.scaleout.ingest import prepare_stream
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
 from spotify_events.scaleout.processes import ServiceProcess
@@ -44,6 +45,7 @@ from spotify_events.scaleout.slices import (
     decode_message,
     partition_of,
 )
+from spotify_events.scaleout.stream import StreamSettings
 from spotify_events.schemas import SchemaRegistry
 
 pytestmark = [pytest.mark.cluster]
@@ -433,3 +435,46 @@ def test_the_publish_loop_starts_afresh_in_a_forked_child() -> None:
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     loop_thread.stop()
+
+
+def test_an_undecodable_stream_message_is_moved_aside_not_lost(
+    node: NatsCluster, tmp_path: Path
+) -> None:
+    settings = StreamSettings(name="POISON", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+
+    async def publish() -> None:
+        nc = await connect(node.urls.split(","), name="poison")
+        try:
+            await nc.jetstream(timeout=5).publish("POISON.p.0", b"not a slice")
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = ServiceProcess(
+        [
+            "deliver",
+            "--nats",
+            node.urls,
+            "--data-dir",
+            str(data),
+            "--schemas",
+            str(SCHEMAS),
+            "--stream",
+            "POISON",
+            "--port",
+            "0",
+            "--lease-ttl",
+            "1",
+        ],
+        name="worker",
+    ).start()
+    try:
+        kept = data / "_partitions" / "p0000" / "quarantine"
+        assert wait_for(lambda: kept.is_dir() and any(kept.iterdir()), timeout=60)
+        assert next(kept.iterdir()).read_bytes() == b"not a slice"
+        metrics = requests.get(worker.url + "/metrics", timeout=5).text
+        assert 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0' in metrics
+    finally:
+        assert worker.stop() == 0
