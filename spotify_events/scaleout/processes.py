@@ -27,6 +27,7 @@ class ServiceProcess:
     args: list[str]
     ready_prefix: str = "listening on"
     name: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
     proc: subprocess.Popen[str] | None = None
     ready_line: str = ""
     stderr_lines: list[str] = field(default_factory=list)
@@ -43,7 +44,7 @@ class ServiceProcess:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         lines: queue.Queue[str] = queue.Queue()
         assert self.proc.stdout is not None and self.proc.stderr is not None

@@ -218,7 +218,6 @@ class PartitionRunner:
             w.metrics.messages.labels("retried").inc(len(good))
             await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
 
-
     def _quarantine(self, stream_seq: int, data: bytes) -> str:
         """Keep an undecodable message's bytes (fsynced) before it leaves the stream."""
         directory = os.path.join(

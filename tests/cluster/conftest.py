@@ -22,8 +22,6 @@ import requests
 from cluster_helpers import SCHEMAS
 from support import free_port, wait_for
 
-pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
-
 from spotify_events.collector.report import load_report
 from spotify_events.scaleout.connection import close, connect
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
@@ -73,7 +71,7 @@ class Tier:
             name=f"collector:{port}",
         ).start()
 
-    def worker(self) -> ServiceProcess:
+    def worker(self, env: dict[str, str] | None = None) -> ServiceProcess:
         child = ServiceProcess(
             [
                 "deliver",
@@ -98,6 +96,7 @@ class Tier:
             ],
             ready_prefix="listening on",
             name="worker",
+            env=env or {},
         ).start()
         self.workers.append(child)
         return child

@@ -18,6 +18,11 @@ from cluster_helpers import Producers, bucket_ids, received_by
 from conftest import LEASE_TTL, PARTITIONS, Tier
 from support import wait_for
 
+from spotify_events.collector.delivery import FAILPOINT_ENV
+from spotify_events.scaleout.processes import ServiceProcess
+
+pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
+
 pytestmark = [pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(300)]
 
 
@@ -179,3 +184,36 @@ def test_worker_sigterm_commits_releases_and_exits_0(tier: Tier) -> None:
 
     run_phase(tier, "worker-sigterm", fault)
     assert codes == [0]
+
+
+@pytest.mark.parametrize("failpoint", ["crash-after-commit:3", "crash-after-write:3"])
+def test_worker_dies_between_its_commit_and_the_ack(tier: Tier, failpoint: str) -> None:
+    """The windows that make redelivery real. After the commit, before the ack: the
+    messages come back and the next owner's ledger counts them as duplicates. After
+    the bucket write, before the ledger commit: the next owner cuts the uncommitted
+    bytes and writes the redelivered events once (an ack sent before the commit
+    would lose them here)."""
+    crashing: list[ServiceProcess] = []
+
+    def fault(p: Producers) -> str:
+        alive = tier.owned()
+        index = next(i for i, parts in alive.items() if parts)
+        assert tier.workers[index].stop() == 0  # its partitions go to the crashing worker
+        crashing.append(tier.worker(env={FAILPOINT_ENV: failpoint}))
+        assert wait_for(
+            lambda: crashing[0].proc is not None and crashing[0].proc.poll() == 137, timeout=60
+        )
+        survivors = [i for i, w in enumerate(tier.workers) if w.alive()]
+        assert wait_for(
+            lambda: (
+                sorted(q for i in survivors for q in tier.owned().get(i, []))
+                == list(range(PARTITIONS))
+            ),
+            timeout=60,
+        )
+        tier.worker()
+        return f"worker died at {failpoint.split(':')[0]}"
+
+    row = run_phase(tier, failpoint.split(":")[0], fault)
+    if failpoint.startswith("crash-after-commit"):
+        assert row["report_duplicates_deduped"] > 0  # redelivered, counted, not written twice
