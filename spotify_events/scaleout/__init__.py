@@ -8,10 +8,13 @@
          --the collector's own delivery half, one ledger per partition--> DATA_DIR
 
 Modules, one job each: :mod:`.slices` (what one stream message holds),
-:mod:`.stream` (stream and lease-bucket configuration), :mod:`.publisher` (the
-asyncio loop in a thread that publishes for the WSGI threads), :mod:`.ingest`
-(the collector's :class:`~spotify_events.collector.delivery.Delivery` seam as a
-publish), :mod:`.leases` (partition ownership), :mod:`.worker` (``deliver``),
-:mod:`.natsserver` (a local nats-server or 3-node cluster for tests and the demo).
+:mod:`.stream` (stream settings, creation and the partition check),
+:mod:`.connection` (quiet nats-py connections, the event loop thread for WSGI
+threads), :mod:`.ingest` (the collector's
+:class:`~spotify_events.collector.delivery.Delivery` seam as a publish),
+:mod:`.serve` (``collector --nats``, pre-forked), :mod:`.leases` (partition
+ownership), :mod:`.worker` (``deliver``), :mod:`.cli` (their options),
+:mod:`.natsserver` and :mod:`.processes` (local servers and child processes for
+tests, benchmarks and :mod:`.demo`, ``demo --cluster``).
 Needs ``pip install 'spotify-events[nats]'``.
 """
