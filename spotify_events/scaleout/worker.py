@@ -409,15 +409,23 @@ class Worker:
                 log.info("every partition closed %s", directory)
 
     async def _shutdown(self) -> None:
+        """Every step runs even if an earlier one fails: what was committed is acked or
+        redelivered, and leases not released expire on their own."""
         for p in list(self.runners):
-            await self._stop_runner(p, release=True)
+            try:
+                await self._stop_runner(p, release=True)
+            except Exception:
+                log.exception("partition %d: stopping it failed", p)
         if self.leases is not None:
             await self.leases.leave()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
         if self.nc is not None:
-            await close(self.nc)
+            try:
+                await close(self.nc)
+            except Exception as exc:  # a connection already gone has nothing left to send
+                log.info("closing the NATS connection: %s", exc)
 
     # -- /healthz and /metrics ------------------------------------------------------
     def _start_http(self) -> str:

@@ -199,11 +199,12 @@ def test_worker_dies_between_its_commit_and_the_ack(tier: Tier, failpoint: str) 
     def fault(p: Producers) -> str:
         alive = tier.owned()
         index = next(i for i, parts in alive.items() if parts)
-        assert tier.workers[index].stop() == 0  # its partitions go to the crashing worker
+        stopped = tier.workers[index]
+        assert stopped.stop() == 0, stopped.stderr_tail()  # its partitions go to the crashing one
         crashing.append(tier.worker(env={FAILPOINT_ENV: failpoint}))
         assert wait_for(
             lambda: crashing[0].proc is not None and crashing[0].proc.poll() == 137, timeout=60
-        )
+        ), (tier.owned(), crashing[0].stderr_tail())
         survivors = [i for i, w in enumerate(tier.workers) if w.alive()]
         assert wait_for(
             lambda: (
