@@ -212,7 +212,7 @@ def test_worker_dies_between_its_commit_and_the_ack(tier: Tier, failpoint: str) 
                 == list(range(PARTITIONS))
             ),
             timeout=60,
-        )
+        ), (tier.owned(), [tier.workers[i].stderr_tail() for i in survivors])
         tier.worker()
         return f"worker died at {failpoint.split(':')[0]}"
 
