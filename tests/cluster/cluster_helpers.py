@@ -17,6 +17,7 @@ import fastavro
 from support import wait_for
 
 from spotify_events import EventClient
+from spotify_events.scaleout.slices import partition_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
@@ -46,12 +47,19 @@ def bucket_ids(data_dir: Path, prefix: str) -> Counter[str]:
 
 
 class Producers:
-    """``count`` SDK clients logging numbered events from threads, spread over endpoints."""
+    """SDK clients logging numbered events from threads, spread over endpoints: ``count``
+    of them, more if needed until every one of ``partitions`` has a producer (producer
+    ids are random; a fault aimed at one worker needs traffic on its partitions)."""
 
-    def __init__(self, root: Path, phase: str, endpoints: list[str], count: int) -> None:
+    def __init__(
+        self, root: Path, phase: str, endpoints: list[str], count: int, partitions: int = 0
+    ) -> None:
         self.phase = phase
-        self.clients = [
-            EventClient(
+        self.clients: list[EventClient] = []
+        covered: set[int] = set()
+        while len(self.clients) < count or (len(covered) < partitions and len(self.clients) < 64):
+            i = len(self.clients)
+            client = EventClient(
                 endpoint=endpoints[i % len(endpoints)],
                 queue_path=str(root / f"{phase}-{i}.db"),
                 schemas=str(SCHEMAS),
@@ -62,9 +70,10 @@ class Producers:
                 linger=0.02,
                 heartbeat_interval=1.0,
             )
-            for i in range(count)
-        ]
-        self.logged = [0] * count
+            self.clients.append(client)
+            if partitions:
+                covered.add(partition_of(client.producer_id, partitions))
+        self.logged = [0] * len(self.clients)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

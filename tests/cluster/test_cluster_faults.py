@@ -31,7 +31,7 @@ def run_phase(
 ) -> dict[str, Any]:
     """Producers log through ``fault``; then every event must be in the buckets once."""
     (tier.root / "queues").mkdir(exist_ok=True)
-    p = Producers(tier.root / "queues", phase, tier.endpoints, producers)
+    p = Producers(tier.root / "queues", phase, tier.endpoints, producers, PARTITIONS)
     p.start(rate_per_producer=150)
     try:
         assert wait_for(lambda: p.total >= 300, timeout=30)
