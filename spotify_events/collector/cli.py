@@ -12,10 +12,12 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 import click
 
 from ..errors import SpotifyEventsError
+from ..scaleout.cli import jetstream_options, run_ingest
 
 
 @click.command("collector")
@@ -29,9 +31,9 @@ from ..errors import SpotifyEventsError
 )
 @click.option(
     "--data-dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Where buckets and the ledger live.",
+    help="Where buckets and the ledger live (required unless --nats).",
 )
 @click.option(
     "--schemas",
@@ -144,6 +146,7 @@ from ..errors import SpotifyEventsError
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Least severe log level written to stderr.",
 )
+@jetstream_options
 def collector_command(
     host: str,
     port: int,
@@ -164,6 +167,8 @@ def collector_command(
     group_readable: bool,
     adopt_data_dir: bool,
     log_level: str,
+    nats_urls: str | None,
+    **jetstream: Any,
 ) -> None:
     """Run the reference collector in the foreground until SIGTERM/SIGINT."""
     from .process import require_collector_extra
@@ -172,6 +177,26 @@ def collector_command(
         require_collector_extra("collector")
     except SpotifyEventsError as exc:
         raise click.ClickException(str(exc)) from exc
+    if nats_urls:
+        ctx = click.get_current_context()
+        for name in ("data_dir", "grace_period", "lateness", "close_interval"):
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} belongs to the delivery workers with --nats")
+        run_ingest(
+            nats_urls=nats_urls,
+            host=host,
+            port=port,
+            schemas_dir=schemas_dir,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            threads=threads,
+            log_level=log_level,
+            **jetstream,
+        )
+        return
+    if data_dir is None:
+        raise click.UsageError("--data-dir is required (or --nats URL for the scaled-out shape)")
     from .server import CollectorConfig, serve
 
     logging.basicConfig(

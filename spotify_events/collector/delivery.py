@@ -45,7 +45,6 @@ from ..schemas import SchemaRegistry
 from .accounting import missing_count
 from .buckets import (
     BUCKET_CODECS,
-    CLOSED_MARKER,
     HOUR_MS,
     PartFile,
     bucket_dir,
@@ -53,7 +52,6 @@ from .buckets import (
     container_header,
     header_length,
     part_damage,
-    part_name,
     read_marker,
     write_marker,
 )
@@ -79,6 +77,7 @@ from .ledger import (
     ProducerInBucket,
     StreamState,
 )
+from .partitions import SINGLE, BucketLayout
 
 if TYPE_CHECKING:
     from .metrics import CompletenessGauges
@@ -258,8 +257,10 @@ class LocalDelivery:
         *,
         config: DeliveryConfig | None = None,
         clock: Callable[[], float] = time.time,
+        layout: BucketLayout = SINGLE,
     ) -> None:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self.layout = layout
         self.registry = registry
         self.config = config or DeliveryConfig()
         self.clock = clock
@@ -281,10 +282,14 @@ class LocalDelivery:
         self._incidents = 0
         modes = self.config.modes
         _prepare_data_dir(self.data_dir, modes)
+        # A partition's ledger and lock live in its own directory: workers share DATA_DIR.
+        ledger_dir = os.path.join(self.data_dir, layout.ledger_dir)
+        if layout.ledger_dir:
+            make_dirs(self.data_dir, layout.ledger_dir, modes)
         check_type_names(self.data_dir, self._types)
-        self._dir_lock = DataDirLock(self.data_dir, modes)
+        self._dir_lock = DataDirLock(ledger_dir, modes)
         try:
-            existing = _foreign_entries(self.data_dir)
+            existing = _foreign_entries(ledger_dir)
             refusal = ""
             if existing and not self.config.adopt_data_dir:
                 refusal = (
@@ -293,7 +298,7 @@ class LocalDelivery:
                     "ledger here anyway, pass --adopt-data-dir (bucket files the new ledger "
                     "does not know are moved to _quarantine, nothing is deleted)."
                 )
-            self.ledger = Ledger(self.data_dir, modes=modes, refuse_new=refusal)
+            self.ledger = Ledger(ledger_dir, modes=modes, refuse_new=refusal)
             self._quarantine = Quarantine(self.data_dir, modes)
             self.state = LedgerState()
             with self._lock:
@@ -330,6 +335,26 @@ class LocalDelivery:
                     t.result = r
         assert ticket.result is not None
         return ticket.result
+
+    def deliver_all(
+        self, batches: list[IngestedBatch], fence: Callable[[], None] | None = None
+    ) -> list[DeliveryResult]:
+        """Make ``batches`` durable in one group commit (a stream consumer's fetch).
+
+        ``fence`` runs under the writer lock before anything is written; if it raises
+        (the caller no longer owns what it writes to), nothing is and every result is
+        UNAVAILABLE.
+        """
+        with self._lock:
+            if fence is not None:
+                try:
+                    fence()
+                except Exception as exc:
+                    message = f"not written: {exc}"
+                    return [DeliveryResult(DeliveryStatus.UNAVAILABLE, message=message)] * len(
+                        batches
+                    )
+            return self._deliver_group(batches)
 
     def close(self) -> None:
         """Flush and close part files and the ledger, release the data dir; idempotent."""
@@ -659,7 +684,9 @@ class LocalDelivery:
         b = self.state.buckets.get(key)
         if b is None:
             b = self.state.buckets[key] = BucketState(etype, hour)
-            marker = read_marker(os.path.join(self.data_dir, bucket_dir(etype, hour)))
+            marker = read_marker(
+                os.path.join(self.data_dir, bucket_dir(etype, hour)), self.layout.marker
+            )
             if marker is not None:  # closed under a ledger that was lost: still immutable
                 b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
             else:
@@ -686,7 +713,7 @@ class LocalDelivery:
                 old.close()
         directory = bucket_dir(etype, hour)
         while True:  # a name no ledger row and no file has: O_EXCL will not fail
-            rel = os.path.join(directory, part_name(fp_hex, index))
+            rel = os.path.join(directory, self.layout.part_name(fp_hex, index))
             if rel not in self.state.parts and not os.path.lexists(
                 os.path.join(self.data_dir, rel)
             ):
@@ -761,7 +788,7 @@ class LocalDelivery:
             summary["closed"] = True
             summary["closed_at"] = now
             if os.path.isdir(directory):
-                write_marker(directory, summary, self.config.modes)
+                write_marker(directory, summary, self.config.modes, self.layout.marker)
             b.closed, b.closed_at, b.summary = True, now, summary
         if due:
             self.ledger.save(buckets=due)
@@ -805,7 +832,9 @@ class LocalDelivery:
         # A marker without a closed ledger row: we crashed between the two; trust the marker.
         for b in state.buckets.values():
             if not b.closed:
-                marker = read_marker(os.path.join(root, bucket_dir(b.event_type, b.hour)))
+                marker = read_marker(
+                    os.path.join(root, bucket_dir(b.event_type, b.hour)), self.layout.marker
+                )
                 if marker is not None:
                     b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
                     self.ledger.save(buckets=[b])
@@ -864,15 +893,14 @@ class LocalDelivery:
                 directory = stack.pop()
                 with os.scandir(directory) as it:
                     entries = list(it)
-                if any(e.name == CLOSED_MARKER for e in entries):
+                if any(e.name == self.layout.marker for e in entries):
                     continue
                 for e in entries:
                     if e.is_dir(follow_symlinks=False):
                         stack.append(e.path)
                     elif (
                         e.is_file(follow_symlinks=False)
-                        and e.name.startswith("part-")
-                        and e.name.endswith(".avro")
+                        and self.layout.owns(e.name)
                         and os.path.relpath(e.path, root) not in state.parts
                     ):
                         rel = os.path.relpath(e.path, root)

@@ -15,7 +15,8 @@ from typing import Any
 
 from .accounting import account
 from .buckets import bucket_dir, hour_label
-from .ledger import INCIDENT_PREFIX, BucketState, Ledger, LedgerState, PartState
+from .ledger import INCIDENT_PREFIX, BucketState, LedgerState, PartState
+from .partitions import load_state
 
 REPORT_VERSION = 1
 
@@ -205,12 +206,12 @@ def version_entries(producers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def load_report(
     data_dir: str | os.PathLike[str], *, now: float, grace: float | None = None
 ) -> dict[str, Any]:
-    """Read a (possibly stopped) collector's ledger and build the report."""
-    ledger = Ledger(data_dir, read_only=True)
-    try:
-        state = ledger.load()
-    finally:
-        ledger.close()
+    """Read a (possibly stopped) collector's ledger(s) and build the report.
+
+    A data directory written by partitioned delivery workers has one ledger per
+    partition; the report adds them up (:func:`~.partitions.load_state`).
+    """
+    state = load_state(data_dir)
     grace_value = grace if grace is not None else float(state.meta.get("grace_period", "300"))
     lateness = float(state.meta.get("lateness", "600"))
     return build_report(state, now=now, grace=grace_value, lateness=lateness)

@@ -1,0 +1,476 @@
+"""``spotify-events deliver``: a delivery worker, from the stream to the buckets.
+
+One asyncio loop in the main thread. Each owned partition has a
+:class:`PartitionRunner`: a durable pull consumer on the partition's subject
+feeding the collector's own delivery half (:class:`~spotify_events.collector.
+delivery.LocalDelivery`, one per partition, its ledger under
+``DATA_DIR/_partitions/``). Per fetch: decode the slices, check the lease (the
+fence), make them durable in one group commit (in a thread: it fsyncs), and only
+then acknowledge them to JetStream. A crash before the acks means redelivery, and
+the ledger counts the redelivered events as duplicates instead of writing them twice.
+
+The loop also keeps the leases (:mod:`.leases`), closes due buckets, writes
+``_CLOSED.json`` where every partition has closed an hour, and serves ``/healthz``
+and ``/metrics`` when given a port. SIGTERM/SIGINT: stop fetching, finish the
+commit in progress, acknowledge it, release the leases (so others take over at
+once) and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
+from ..collector.ingest import IngestedBatch
+from ..collector.partitions import finalize_hours, partition_layout
+from ..schemas import SchemaRegistry
+from .connection import check_server_version, close, connect
+from .leases import LeaseLost, LeaseTable, lease_bucket
+from .slices import SliceDecodeError, decode_message
+from .stream import StreamSettings, retry_until, stream_partitions
+
+log = logging.getLogger(__name__)
+PREFIX = "spotify_events_deliver"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything ``spotify-events deliver`` can be told; validated at construction."""
+
+    urls: list[str]
+    data_dir: str
+    schemas: str
+    stream: str = "SPOTIFY_EVENTS"
+    grace_period: float = 300.0
+    lateness: float = 600.0
+    host: str = "127.0.0.1"
+    port: int | None = None
+    lease_ttl: float = 10.0
+    ack_wait: float = 30.0
+    fetch_batch: int = 64
+    close_interval: float = 30.0
+    startup_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        StreamSettings(name=self.stream)  # validates the name
+        if self.lease_ttl < 0.3:
+            raise ValueError("lease_ttl must be >= 0.3 s")
+        if self.ack_wait < self.lease_ttl:
+            raise ValueError("ack_wait must be >= lease_ttl")
+        if not 1 <= self.fetch_batch <= 1000:
+            raise ValueError("fetch_batch must be 1..1000")
+        if self.close_interval <= 0:
+            raise ValueError("close_interval must be > 0")
+
+
+class WorkerMetrics:
+    """The worker's Prometheus metrics, in their own registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.messages = Counter(
+            f"{PREFIX}_messages",
+            "Stream messages by outcome (committed, retried, invalid).",
+            ["outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            f"{PREFIX}_events",
+            "Events by outcome (accepted, duplicate).",
+            ["outcome"],
+            registry=r,
+        )
+        self.owned = Gauge(f"{PREFIX}_partitions_owned", "Partitions this worker owns.", registry=r)
+        self.lease_changes = Counter(
+            f"{PREFIX}_lease_changes",
+            "Lease changes (acquired, released, lost).",
+            ["change"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            f"{PREFIX}_partition_pending_messages",
+            "Messages in a partition not yet delivered to this worker (consumer lag).",
+            ["partition"],
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            f"{PREFIX}_commit_seconds",
+            "Time of one group commit (write, fsync, ledger).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+
+class PartitionRunner:
+    """One owned partition: its consumer loop and its delivery."""
+
+    def __init__(self, worker: Worker, partition: int, delivery: LocalDelivery) -> None:
+        self.worker = worker
+        self.partition = partition
+        self.delivery = delivery
+        self.stopping = False
+        self.task: asyncio.Task[None] = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        w = self.worker
+        subject = f"{w.config.stream}.p.{self.partition}"
+        psub = None
+        last_error = ""
+        while not self.stopping:
+            try:
+                if psub is None:
+                    psub = await w.js.pull_subscribe(
+                        subject,
+                        durable=f"deliver_p{self.partition}",
+                        stream=w.config.stream,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=w.config.ack_wait,
+                            max_deliver=-1,
+                            max_ack_pending=20 * w.config.fetch_batch,
+                        ),
+                    )
+                msgs = await psub.fetch(w.config.fetch_batch, timeout=1.0)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # no connection, no leader: retry quietly
+                text = f"{type(exc).__name__}: {exc}"
+                if text != last_error:
+                    last_error = text
+                    log.warning("partition %d: fetching failed: %s", self.partition, text)
+                await asyncio.sleep(0.5)
+                continue
+            last_error = ""
+            await self._commit(msgs)
+            if msgs and msgs[-1].metadata.num_pending is not None:
+                w.metrics.pending.labels(str(self.partition)).set(msgs[-1].metadata.num_pending)
+        if psub is not None:
+            try:
+                await psub.unsubscribe()
+            except Exception as exc:  # the connection may be gone: nothing to undo
+                log.debug("unsubscribing partition %d: %s", self.partition, exc)
+
+    async def _commit(self, msgs: list[Any]) -> None:
+        w = self.worker
+        batches: list[IngestedBatch] = []
+        good: list[Any] = []
+        for msg in msgs:
+            try:
+                batches.append(decode_message(msg.data, received_at=time.time()))
+                good.append(msg)
+            except SliceDecodeError as exc:  # not deliverable: moved aside, counted, logged
+                w.metrics.messages.labels("invalid").inc()
+                seq = msg.metadata.sequence.stream
+                path = await asyncio.to_thread(self._quarantine, seq, msg.data)
+                log.error(
+                    "partition %d: message %s is not a slice (%s); kept in %s",
+                    self.partition,
+                    seq,
+                    exc,
+                    path,
+                )
+                await _quietly(msg.term())
+        if not batches:
+            return
+        try:
+            await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
+        except LeaseLost as exc:
+            log.warning("partition %d: %s; stopping it", self.partition, exc)
+            self.stopping = True
+            await asyncio.gather(*(_quietly(m.nak()) for m in good))
+            return
+        except Exception as exc:  # cannot prove ownership now: retry later, write nothing
+            log.debug("partition %d: lease check failed: %s", self.partition, exc)
+            await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+            return
+        started = time.perf_counter()
+        fence = functools.partial(w.leases.check_local, self.partition)
+        results = await asyncio.to_thread(self.delivery.deliver_all, batches, fence)
+        w.metrics.commit_seconds.observe(time.perf_counter() - started)
+        if all(r.status is DeliveryStatus.OK for r in results):
+            await asyncio.gather(*(_quietly(m.ack()) for m in good))
+            w.metrics.messages.labels("committed").inc(len(good))
+            w.metrics.events.labels("accepted").inc(sum(r.accepted for r in results))
+            w.metrics.events.labels("duplicate").inc(sum(r.duplicates for r in results))
+        else:
+            message = next(r.message for r in results if r.status is not DeliveryStatus.OK)
+            log.warning("partition %d: commit failed (%s); redelivering", self.partition, message)
+            w.metrics.messages.labels("retried").inc(len(good))
+            await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+
+    def _quarantine(self, stream_seq: int, data: bytes) -> str:
+        """Keep an undecodable message's bytes (fsynced) before it leaves the stream."""
+        directory = os.path.join(
+            self.worker.config.data_dir, partition_layout(self.partition).ledger_dir, "quarantine"
+        )
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{stream_seq}.msg")
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path
+
+
+async def _quietly(awaitable: Any) -> None:
+    """An ack/nak is a fire-and-forget publish; if it fails, JetStream redelivers."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("ack/nak failed (the message will be redelivered): %s", exc)
+
+
+class Worker:
+    """The whole worker: connection, leases, runners, closer, health endpoint."""
+
+    def __init__(self, config: WorkerConfig, *, worker_id: str | None = None) -> None:
+        self.config = config
+        self.worker_id = (
+            worker_id or f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.worker_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.worker_id)
+        self.registry = SchemaRegistry(config.schemas)
+        self.delivery_config = DeliveryConfig(
+            grace_period=config.grace_period, lateness=config.lateness
+        )
+        self.metrics = WorkerMetrics()
+        self.runners: dict[int, PartitionRunner] = {}
+        self.stop_event = asyncio.Event()
+        self.nc: Any = None
+        self.js: Any = None
+        self.leases: LeaseTable = None  # type: ignore[assignment]  # set in run()
+        self.partitions = 0
+        self._http: WSGIServer | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+    async def run(self, ready: Callable[[str], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, self.stop_event.set)
+        timeout = self.config.startup_timeout
+        self.nc = await retry_until(
+            lambda: connect(self.config.urls, name=f"spotify-events-deliver-{self.worker_id}"),
+            timeout=timeout,
+            what="connecting to NATS",
+        )
+        try:
+            check_server_version(self.nc)
+            self.js = self.nc.jetstream(timeout=5.0)
+            # collectors create the stream; a worker waits for it
+            self.partitions = await retry_until(
+                lambda: stream_partitions(self.js, self.config.stream),
+                timeout=timeout,
+                what=f"reading stream {self.config.stream}",
+            )
+            info = await self.js.stream_info(self.config.stream)
+            bucket = f"{self.config.stream}_leases"
+            kv = await retry_until(
+                lambda: lease_bucket(
+                    self.js,
+                    bucket,
+                    replicas=info.config.num_replicas or 1,
+                    ttl=self.config.lease_ttl,
+                ),
+                timeout=timeout,
+                what=f"opening the lease bucket {bucket}",
+            )
+            self.leases = LeaseTable(
+                self.js, bucket, kv, self.worker_id, self.partitions, ttl=self.config.lease_ttl
+            )
+            if self.config.port is not None:
+                url = self._start_http()
+                if ready is not None:
+                    ready(f"listening on {url}")
+            if ready is not None:
+                ready(f"worker {self.worker_id} delivering {self.config.stream}")
+            await self._keep_leases()
+        finally:
+            await self._shutdown()
+
+    async def _keep_leases(self) -> None:
+        """Balance partitions and close buckets; renewals run in their own task, so a
+        slow step here (opening a partition's delivery recovers its files) never lets
+        an owned lease lapse."""
+        renewer = asyncio.create_task(self._renew_loop())
+        tick = self.config.lease_ttl / 3
+        next_close = 0.0
+        try:
+            while not self.stop_event.is_set():
+                try:  # each KV call is bounded by the JetStream context's timeout; no outer
+                    # bound: cancelling a round half-way could orphan a runner or a lease
+                    await self._balance()
+                except Exception as exc:  # no quorum for a while: the fence stops writes
+                    log.info("lease round failed: %s: %s", type(exc).__name__, exc)
+                for p, runner in list(self.runners.items()):
+                    if runner.task.done():  # lease lost (or the runner failed): let it go
+                        await self._stop_runner(p, release=False)
+                if time.monotonic() >= next_close:
+                    next_close = time.monotonic() + self.config.close_interval
+                    await self._close_buckets()
+                self.metrics.owned.set(len(self.runners))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), tick)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_loop(self) -> None:
+        tick = self.config.lease_ttl / 3
+        while True:
+            try:
+                await self.leases.heartbeat()
+                for p in await self.leases.renew():
+                    self.metrics.lease_changes.labels("lost").inc()
+                    runner = self.runners.get(p)
+                    if runner is not None:  # the fence already refuses its writes
+                        runner.stopping = True
+            except Exception as exc:  # no quorum: the fence stops writes until it is back
+                log.info("renewing leases failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(tick)
+
+    async def _balance(self) -> None:
+        leases = self.leases
+        target = leases.target(await leases.live_workers())
+        for p in sorted(self.runners, reverse=True)[: max(0, len(self.runners) - target)]:
+            await self._stop_runner(p, release=True)
+        for p in leases.candidates():
+            if len(leases.owned) >= target or self.stop_event.is_set():
+                break
+            if await leases.try_acquire(p):
+                self.metrics.lease_changes.labels("acquired").inc()
+                try:
+                    delivery = await asyncio.to_thread(
+                        LocalDelivery,
+                        self.config.data_dir,
+                        self.registry,
+                        config=self.delivery_config,
+                        layout=partition_layout(p),
+                    )
+                except Exception:
+                    log.exception("partition %d: opening its delivery failed", p)
+                    await leases.release(p)
+                    continue
+                self.runners[p] = PartitionRunner(self, p, delivery)
+
+    async def _stop_runner(self, partition: int, *, release: bool) -> None:
+        runner = self.runners.pop(partition, None)
+        if runner is not None:
+            runner.stopping = True
+            try:
+                await runner.task  # finishes the commit in progress and its acks
+            except Exception:
+                log.exception("partition %d: its consumer loop failed", partition)
+            await asyncio.to_thread(runner.delivery.close)
+        if release:
+            await self.leases.release(partition)
+            self.metrics.lease_changes.labels("released").inc()
+        else:
+            self.leases.owned.pop(partition, None)
+
+    async def _close_buckets(self) -> None:
+        for runner in list(self.runners.values()):
+            try:
+                await asyncio.to_thread(runner.delivery.close_due_buckets)
+            except Exception:
+                log.exception("partition %d: closing due buckets failed", runner.partition)
+        try:
+            closed = await asyncio.to_thread(
+                finalize_hours,
+                self.config.data_dir,
+                now=time.time(),
+                lateness=self.config.lateness,
+                settle=self.config.lease_ttl,
+            )
+        except Exception:
+            log.exception("writing _CLOSED.json markers failed")
+        else:
+            for directory in closed:
+                log.info("every partition closed %s", directory)
+
+    async def _shutdown(self) -> None:
+        """Every step runs even if an earlier one fails: what was committed is acked or
+        redelivered, and leases not released expire on their own."""
+        for p in list(self.runners):
+            try:
+                await self._stop_runner(p, release=True)
+            except Exception:
+                log.exception("partition %d: stopping it failed", p)
+        if self.leases is not None:
+            await self.leases.leave()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self.nc is not None:
+            try:
+                await close(self.nc)
+            except Exception as exc:  # a connection already gone has nothing left to send
+                log.info("closing the NATS connection: %s", exc)
+
+    # -- /healthz and /metrics ------------------------------------------------------
+    def _start_http(self) -> str:
+        assert self.config.port is not None
+        server = make_server(
+            self.config.host, self.config.port, self._wsgi, handler_class=_QuietHandler
+        )
+        self._http = server
+        threading.Thread(
+            target=server.serve_forever, name="spotify-events-deliver-http", daemon=True
+        ).start()
+        return f"http://{self.config.host}:{server.server_port}"
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            connected = bool(self.nc is not None and self.nc.is_connected)
+            body = json.dumps(
+                {
+                    "status": "ok" if connected else "disconnected",
+                    "worker": self.worker_id,
+                    "partitions": sorted(self.runners),
+                    "partition_count": self.partitions,
+                }
+            ).encode()
+            status, ctype = (
+                ("200 OK" if connected else "503 Service Unavailable"),
+                "application/json",
+            )
+        elif path == "/metrics":
+            body = generate_latest(self.metrics.registry)
+            status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body, status, ctype = b'{"error":"not found"}', "404 Not Found", "application/json"
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+def run_worker(config: WorkerConfig, ready: Callable[[str], None] | None = None) -> None:
+    async def main() -> None:
+        await Worker(config).run(ready)
+
+    asyncio.run(main())

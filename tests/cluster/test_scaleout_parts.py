@@ -1,0 +1,483 @@
+"""The parts of the scaled-out tier, each on its own: slices, partitions, the stream
+check, 503 when JetStream is gone, lease compare-and-swap and fence, and closing an
+hour only when every partition has. Servers are real (one node on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cluster_helpers import END_SONG, SCHEMAS, numbered
+from support import free_port, wait_for
+
+pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
+
+from spotify_events.collector.delivery import LocalDelivery
+from spotify_events.collector.ingest import BatchFacts, IngestedBatch, Rejection
+from spotify_events.collector.partitions import finalize_hours, partition_layout
+from spotify_events.collector.report import load_report
+from spotify_events.encoding import (
+    CONTENT_TYPE,
+    DropNotice,
+    Envelope,
+    EventEncoder,
+    WireBatch,
+    encode_batch,
+)
+from spotify_events.scaleout.connection import LoopThread, close, connect
+from spotify_events.scaleout.ingest import prepare_stream
+from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
+from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
+from spotify_events.scaleout.processes import ServiceProcess
+from spotify_events.scaleout.slices import (
+    SliceDecodeError,
+    batch_messages,
+    decode_message,
+    partition_of,
+)
+from spotify_events.scaleout.stream import StreamSettings
+from spotify_events.schemas import SchemaRegistry
+
+pytestmark = [pytest.mark.cluster]
+
+#: 2025-11-14T22:13:20.123Z
+FIXED_TS = 1_763_158_400_123
+
+
+@pytest.fixture(scope="module")
+def registry() -> SchemaRegistry:
+    return SchemaRegistry(SCHEMAS)
+
+
+def envelopes(registry: SchemaRegistry, seqs: list[int], size: int = 0) -> list[Envelope]:
+    schema = registry.get(END_SONG)
+    enc = EventEncoder(schema)
+    return [
+        Envelope(
+            s, END_SONG, schema.fingerprint, FIXED_TS, enc.encode(numbered(f"e{s}" + "x" * size))
+        )
+        for s in seqs
+    ]
+
+
+def ingested(events: list[Envelope], **facts: Any) -> IngestedBatch:
+    base: dict[str, Any] = {"producer_id": "prod-1", "next_seq": {}, "drops": []}
+    return IngestedBatch(facts=BatchFacts(**{**base, **facts}), events=events)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    try:
+        find_server()
+    except NatsServerError as exc:
+        pytest.skip(f"no usable nats-server: {exc}")
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats1"), size=1).start()
+    yield cluster
+    cluster.stop()
+    cluster.kill()
+
+
+# -- slices -------------------------------------------------------------------------
+def test_slices_stay_under_max_payload_and_round_trip(registry: SchemaRegistry) -> None:
+    events = envelopes(registry, list(range(1, 401)), size=2000)
+    batch = ingested(events, next_seq={END_SONG: 401})
+    messages = batch_messages(batch, subject="S.p.0", max_bytes=128 << 10)
+    event_messages = [m for m in messages if m.events]
+    assert len(event_messages) > 5
+    assert all(len(m.data) <= 128 << 10 for m in messages)
+    back = [e for m in event_messages for e in decode_message(m.data, received_at=0).events]
+    assert back == events
+    with pytest.raises(SliceDecodeError):
+        decode_message(event_messages[0].data[:-1], received_at=0)  # a payload cut short
+    with pytest.raises(SliceDecodeError):
+        decode_message(b"not a slice", received_at=0)
+    # contiguous slices are named by their range; a retry makes the same ids
+    assert event_messages[0].msg_id == f"prod-1:{END_SONG}:1-{event_messages[0].events}"
+    again = batch_messages(
+        ingested(events, next_seq={END_SONG: 401}), subject="S.p.0", max_bytes=128 << 10
+    )
+    assert [m.msg_id for m in again] == [m.msg_id for m in messages]
+
+
+def test_slice_ids_name_exactly_one_set_of_events(registry: SchemaRegistry) -> None:
+    full = batch_messages(ingested(envelopes(registry, [1, 2, 3])), subject="s", max_bytes=1 << 20)
+    holey = batch_messages(ingested(envelopes(registry, [1, 3])), subject="s", max_bytes=1 << 20)
+    assert full[0].msg_id == f"prod-1:{END_SONG}:1-3"
+    assert holey[0].msg_id != full[0].msg_id  # same first-last, other events
+
+
+def test_control_facts_travel_apart_and_bare_heartbeats_publish_nothing(
+    registry: SchemaRegistry,
+) -> None:
+    drop = DropNotice(END_SONG, 5, 6, 2, "queue full")
+    batch = ingested(envelopes(registry, [1, 2]), next_seq={END_SONG: 7}, drops=[drop])
+    batch.rejections = [Rejection(event_type=END_SONG, seq=3, reason="bad payload")]
+    messages = batch_messages(batch, subject="s", max_bytes=1 << 20)
+    control = [m for m in messages if not m.events]
+    assert len(control) == 1
+    decoded = decode_message(control[0].data, received_at=1.0)
+    assert decoded.facts.next_seq == {END_SONG: 7}
+    assert decoded.facts.drops == [drop]
+    assert [(r.seq, r.reason) for r in decoded.rejections] == [(3, "bad payload")]
+    assert batch_messages(ingested([]), subject="s", max_bytes=1 << 20) == []
+
+
+def test_partition_of_a_producer_is_the_same_in_every_process() -> None:
+    ids = [f"producer-{i}" for i in range(50)]
+    mine = [partition_of(p, 8) for p in ids]
+    code = (
+        "from spotify_events.scaleout.slices import partition_of;"
+        f"print([partition_of(p, 8) for p in {ids!r}])"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(other.stdout) == mine
+    assert mine == [zlib.crc32(p.encode()) % 8 for p in ids]
+    assert len(set(mine)) > 4
+
+
+# -- the collector on JetStream -------------------------------------------------------
+def collector(node: NatsCluster, *extra: str, port: int = 0) -> ServiceProcess:
+    return ServiceProcess(
+        [
+            "collector",
+            "--port",
+            str(port),
+            "--schemas",
+            str(SCHEMAS),
+            "--nats",
+            node.urls,
+            "--replicas",
+            "1",
+            "--publish-timeout",
+            "1",
+            *extra,
+        ],
+        ready_prefix="listening on",
+        name="collector",
+    )
+
+
+def test_collector_refuses_a_stream_with_other_partitions(node: NatsCluster) -> None:
+    first = collector(node, "--stream", "MISMATCH", "--partitions", "4").start()
+    try:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "spotify_events",
+                "collector",
+                "--port",
+                "0",
+                "--schemas",
+                str(SCHEMAS),
+                "--nats",
+                node.urls,
+                "--replicas",
+                "1",
+                "--stream",
+                "MISMATCH",
+                "--partitions",
+                "8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        first.stop()
+    assert second.returncode != 0
+    assert "has 4 partitions" in second.stderr and "--partitions 8" in second.stderr
+
+
+def test_collector_answers_503_with_retry_after_while_jetstream_is_down(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    try:
+        find_server()
+    except NatsServerError as exc:
+        pytest.skip(str(exc))
+    own = NatsCluster(tmp_path / "nats", size=1).start()
+    child = collector(own, "--stream", "DOWN", "--partitions", "2").start()
+    url = child.ready_line.split()[-1] + "/v1/batches"
+
+    def post(seqs: list[int]) -> requests.Response:
+        body = encode_batch(
+            WireBatch("p-down", envelopes(registry, seqs), {END_SONG: seqs[-1] + 1})
+        )
+        return requests.post(url, data=body, headers={"Content-Type": CONTENT_TYPE}, timeout=30)
+
+    try:
+        ok = post([1, 2, 3])
+        assert ok.status_code == 200 and ok.json()["accepted"] == 3
+        again = post([1, 2, 3])  # a retry inside the dedupe window: JetStream says duplicate
+        assert again.status_code == 200 and again.json()["duplicates"] == 3
+        own.kill()
+        down = post([4, 5])
+        assert down.status_code == 503
+        assert down.headers["Retry-After"] == "1"
+        assert "JetStream unavailable" in down.json()["error"]
+        own.start()
+        assert wait_for(lambda: post([4, 5]).status_code == 200, timeout=60)
+    finally:
+        child.stop()
+        own.stop()
+        own.kill()
+    assert not any("Traceback" in line for line in child.stderr_lines), child.stderr_tail()
+
+
+# -- leases ----------------------------------------------------------------------------
+def test_leases_change_hands_only_by_compare_and_swap(node: NatsCluster) -> None:
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="lease-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            kv = await lease_bucket(js, "LEASETEST", replicas=1, ttl=1.0)
+            later = [0.0]
+            a = LeaseTable(js, "LEASETEST", kv, "a", 4, ttl=1.0)
+            b = LeaseTable(
+                js, "LEASETEST", kv, "b", 4, ttl=1.0, clock=lambda: time.time() + later[0]
+            )
+            assert await a.try_acquire(0)
+            assert not await b.try_acquire(0)  # held and not expired
+            await a.confirm(0)
+            later[0] = 5.0  # b's clock: a's lease has expired
+            c = LeaseTable(js, "LEASETEST", kv, "c", 4, ttl=1.0, clock=lambda: time.time() + 5.0)
+            won = await asyncio.gather(b.try_acquire(0), c.try_acquire(0))
+            assert sorted(won) == [False, True]  # one compare-and-swap wins the race
+            with pytest.raises(LeaseLost):
+                await a.confirm(0)  # the fence: a must not write any more
+            assert 0 not in a.owned
+            # a renewal with a stale revision fails the same way
+            assert await a.try_acquire(1)
+            assert await c.try_acquire(1)  # c's clock says a's lease on 1 expired
+            assert await a.renew() == [1]
+            assert 1 not in a.owned
+            # a lease not renewed in time stops writes locally, without a round trip
+            winner = b if 0 in b.owned else c
+            winner.owned[0].valid_until = time.monotonic() - 1
+            with pytest.raises(LeaseLost):
+                winner.check_local(0)
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
+# -- partitions in one data directory ---------------------------------------------------
+def test_an_hour_is_closed_only_when_every_partition_closed_it(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    now = [FIXED_TS / 1000]
+    data = tmp_path / "data"
+    deliveries = [
+        LocalDelivery(data, registry, layout=partition_layout(p), clock=lambda: now[0])
+        for p in (0, 1)
+    ]
+    for p, d in enumerate(deliveries):
+        batch = ingested(
+            envelopes(registry, [1, 2, 3]), producer_id=f"prod-{p}", next_seq={END_SONG: 4}
+        )
+        assert d.deliver_all([batch])[0].accepted == 3
+    hour_dir = next((data / END_SONG).glob("*/*"))
+    assert sorted(f.name.split("-")[1] for f in hour_dir.glob("part-*.avro")) == ["p0000", "p0001"]
+    # reopening one partition (its recovery) leaves the other partition's files alone
+    deliveries[1].close()
+    deliveries[1] = LocalDelivery(data, registry, layout=partition_layout(1), clock=lambda: now[0])
+    assert len(list(hour_dir.glob("part-*.avro"))) == 2
+    now[0] += 3 * 3600  # past the hour's end + lateness
+    deliveries[0].close_due_buckets()
+    assert finalize_hours(data, now=now[0], lateness=600, settle=1) == []
+    assert not (hour_dir / "_CLOSED.json").exists()  # partition 1 has not closed it
+    deliveries[1].close_due_buckets()
+    assert finalize_hours(data, now=now[0], lateness=600, settle=1) == [str(hour_dir)]
+    marker = json.loads((hour_dir / "_CLOSED.json").read_text())
+    assert marker["events"] == 6 and marker["partitions"] == ["p0000", "p0001"]
+    assert finalize_hours(data, now=now[0], lateness=600, settle=1) == []  # once
+    for d in deliveries:
+        d.close()
+    report = load_report(data, now=now[0])
+    assert report["totals"]["received"] == 6 and report["totals"]["lost"] == 0
+    assert [b["events"] for b in report["buckets"]] == [6]
+    assert {s["producer_id"] for s in report["streams"]} == {"prod-0", "prod-1"}
+
+
+def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRegistry) -> None:
+    data = tmp_path / "data"
+    for p in range(3):
+        d = LocalDelivery(data, registry, layout=partition_layout(p))
+        d.deliver_all(
+            [ingested(envelopes(registry, [1, 2]), producer_id=f"q{p}", next_seq={END_SONG: 3})]
+        )
+        d.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "spotify_events", "report", "--data-dir", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report["totals"]["received"] == 6
+    assert {k for s in report["streams"] for k in s} >= {
+        "producer_id",
+        "event_type",
+        "received",
+        "duplicates",
+        "dropped",
+        "rejected",
+        "open_gaps",
+        "lost",
+    }
+
+
+def test_free_port_helper_is_not_4222() -> None:
+    assert free_port() != 4222
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_prefork_workers_serve_one_port_and_are_replaced(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    child = collector(node, "--stream", "PREFORK", "--partitions", "2", "--workers", "2").start()
+    assert child.proc is not None
+    url = child.ready_line.split()[-1] + "/v1/batches"
+
+    def post(producer: str) -> int:
+        body = encode_batch(WireBatch(producer, envelopes(registry, [1, 2]), {END_SONG: 3}))
+        return requests.post(
+            url, data=body, headers={"Content-Type": CONTENT_TYPE}, timeout=30
+        ).status_code
+
+    try:
+        assert wait_for(lambda: len(children_of(child.proc.pid)) == 2, timeout=30)
+        assert all(post(f"pf-{i}") == 200 for i in range(20))
+        first = children_of(child.proc.pid)
+        victim = min(first)
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        assert wait_for(
+            lambda: (
+                len(children_of(child.proc.pid)) == 2 and victim not in children_of(child.proc.pid)
+            ),
+            timeout=30,
+        )
+        assert all(post(f"pf-again-{i}") == 200 for i in range(10))
+        kids = children_of(child.proc.pid)
+    finally:
+        code = child.stop()
+    assert code == 0
+    assert not any(Path(f"/proc/{k}").exists() for k in kids)  # stopped and reaped
+
+
+def test_demo_cluster_ends_with_a_report_with_nothing_lost(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spotify_events",
+            "demo",
+            "--cluster",
+            "-n",
+            "3000",
+            "--schemas",
+            str(SCHEMAS),
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "SIGKILLed the stream leader" in out.stdout
+    total = re.search(
+        r"total: received (\d+), duplicates \d+, dropped 0, rejected 0, "
+        r"open gaps 0, lost 0",
+        out.stdout,
+    )
+    assert total is not None and total.group(1) == "3000", out.stdout[-3000:]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_the_publish_loop_starts_afresh_in_a_forked_child() -> None:
+    loop_thread = LoopThread("fork-test")
+
+    async def pid() -> int:
+        return os.getpid()
+
+    assert loop_thread.run(pid(), timeout=10) == os.getpid()  # the parent's loop is running
+    child = os.fork()
+    if child == 0:  # the inherited loop's thread does not exist here: a new one must start
+        try:
+            ok = loop_thread.run(pid(), timeout=10) == os.getpid()
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    loop_thread.stop()
+
+
+def test_an_undecodable_stream_message_is_moved_aside_not_lost(
+    node: NatsCluster, tmp_path: Path
+) -> None:
+    settings = StreamSettings(name="POISON", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+
+    async def publish() -> None:
+        nc = await connect(node.urls.split(","), name="poison")
+        try:
+            await nc.jetstream(timeout=5).publish("POISON.p.0", b"not a slice")
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = ServiceProcess(
+        [
+            "deliver",
+            "--nats",
+            node.urls,
+            "--data-dir",
+            str(data),
+            "--schemas",
+            str(SCHEMAS),
+            "--stream",
+            "POISON",
+            "--port",
+            "0",
+            "--lease-ttl",
+            "1",
+        ],
+        name="worker",
+    ).start()
+    try:
+        kept = data / "_partitions" / "p0000" / "quarantine"
+        assert wait_for(lambda: kept.is_dir() and any(kept.iterdir()), timeout=60)
+        assert next(kept.iterdir()).read_bytes() == b"not a slice"
+        metrics = requests.get(worker.url + "/metrics", timeout=5).text
+        assert 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0' in metrics
+    finally:
+        assert worker.stop() == 0
