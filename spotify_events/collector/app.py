@@ -44,7 +44,7 @@ _REASONS = {
 
 #: Headers of the completeness page: it is built from producer-supplied strings, so
 #: beyond escaping them it runs no script and loads nothing, whatever they contain.
-_PAGE_HEADERS = [
+PAGE_HEADERS = [
     ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
     ("X-Content-Type-Options", "nosniff"),
     ("Cache-Control", "no-store"),
@@ -182,7 +182,7 @@ class CollectorApp:
         if self.report is None:
             return self._error(404, "no report source", "route")
         page = render_page(self.report()).encode()
-        return 200, page, "text/html; charset=utf-8", list(_PAGE_HEADERS)
+        return 200, page, "text/html; charset=utf-8", list(PAGE_HEADERS)
 
     # -- helpers --------------------------------------------------------------
     def _check_auth(
@@ -204,7 +204,7 @@ class CollectorApp:
             status, body, ctype, _ = self._error(401, "missing Authorization: Bearer token", "auth")
             return status, body, ctype, [("WWW-Authenticate", challenge)]
         scheme, _, presented = header.partition(" ")
-        given = _presented_token(scheme, presented.strip())
+        given = presented_token(scheme, presented.strip())
         matches = [hmac.compare_digest(given, t) for t in accepted]  # no early exit
         if not given or not any(matches):
             if challenge.startswith("Basic"):  # a wrong password: let the browser ask again
@@ -220,8 +220,9 @@ class CollectorApp:
         return status, json.dumps({"error": message}).encode(), "application/json", []
 
 
-def _presented_token(scheme: str, credentials: str) -> bytes:
-    """The token a request presents: a bearer token, or a basic-auth password."""
+def presented_token(scheme: str, credentials: str) -> bytes:
+    """The token a request presents: a bearer token, or a basic-auth password (how a
+    browser sends it to the completeness page)."""
     if scheme.lower() == "bearer":
         return credentials.encode("utf-8", "replace")
     if scheme.lower() == "basic":

@@ -168,9 +168,16 @@ def run_ingest(
     "--port",
     default=None,
     type=click.IntRange(0, 65535),
-    help="Serve /healthz and /metrics on this port (0 picks one).",
+    help="Serve /healthz, /metrics and the completeness page (/) on this port (0 picks one).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address for --port.")
+@click.option(
+    "--token",
+    envvar="SPOTIFY_EVENTS_TOKEN",
+    default=None,
+    help="Token / and /metrics need (bearer, or a browser's basic-auth password); "
+    "env SPOTIFY_EVENTS_TOKEN.",
+)
 @click.option(
     "--lease-ttl",
     default=10.0,
@@ -208,6 +215,7 @@ def deliver_command(
     grace_period: float,
     port: int | None,
     host: str,
+    token: str | None,
     lease_ttl: float,
     ack_wait: float,
     close_interval: float,
@@ -229,6 +237,7 @@ def deliver_command(
             lateness=lateness,
             host=host,
             port=port,
+            token=token or None,
             lease_ttl=lease_ttl,
             ack_wait=ack_wait,
             close_interval=close_interval,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import os
@@ -36,9 +37,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..collector.app import PAGE_HEADERS, presented_token
 from ..collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
 from ..collector.ingest import IngestedBatch
+from ..collector.page import render_page
 from ..collector.partitions import finalize_hours, partition_layout
+from ..collector.report import load_report
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
 from .leases import LeaseLost, LeaseTable, lease_bucket
@@ -66,6 +70,7 @@ class WorkerConfig:
     fetch_batch: int = 64
     close_interval: float = 30.0
     startup_timeout: float = 60.0
+    token: str | None = None  # needed by / and /metrics (not /healthz) when set
 
     def __post_init__(self) -> None:
         StreamSettings(name=self.stream)  # validates the name
@@ -441,6 +446,7 @@ class Worker:
 
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        headers: list[tuple[str, str]] = []
         if path == "/healthz":
             connected = bool(self.nc is not None and self.nc.is_connected)
             body = json.dumps(
@@ -455,13 +461,32 @@ class Worker:
                 ("200 OK" if connected else "503 Service Unavailable"),
                 "application/json",
             )
+        elif path not in ("/", "/metrics"):
+            body, status, ctype = b'{"error":"not found"}', "404 Not Found", "application/json"
+        elif not self._authorized(environ):
+            body, status, ctype = b'{"error":"token needed"}', "401 Unauthorized", "application/json"
+            headers.append(("WWW-Authenticate", 'Basic realm="spotify-events", charset="UTF-8"'))
         elif path == "/metrics":
             body = generate_latest(self.metrics.registry)
             status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
-        else:
-            body, status, ctype = b'{"error":"not found"}', "404 Not Found", "application/json"
-        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        else:  # the completeness page over every partition's ledger, as the collector serves it
+            report = load_report(
+                self.config.data_dir, now=time.time(), grace=self.config.grace_period
+            )
+            body = render_page(report).encode()
+            status, ctype = "200 OK", "text/html; charset=utf-8"
+            headers.extend(PAGE_HEADERS)
+        headers += [("Content-Type", ctype), ("Content-Length", str(len(body)))]
+        start_response(status, headers)
         return [body]
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        """The token as a bearer token or a basic-auth password, when one is configured."""
+        if not self.config.token:
+            return True
+        scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        given = presented_token(scheme, credentials.strip())
+        return bool(given) and hmac.compare_digest(given, self.config.token.encode())
 
 
 class _QuietHandler(WSGIRequestHandler):

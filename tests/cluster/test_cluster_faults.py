@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 from cluster_helpers import Producers, bucket_ids, received_by
-from conftest import LEASE_TTL, PARTITIONS, Tier
+from cluster_tier import LEASE_TTL, PARTITIONS, Tier
 from support import wait_for
 
 from spotify_events.collector.delivery import FAILPOINT_ENV

@@ -481,3 +481,48 @@ def test_an_undecodable_stream_message_is_moved_aside_not_lost(
         assert 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0' in metrics
     finally:
         assert worker.stop() == 0
+
+
+def test_worker_serves_the_completeness_page_behind_its_token(
+    node: NatsCluster, tmp_path: Path
+) -> None:
+    settings = StreamSettings(name="PAGE", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+    worker = ServiceProcess(
+        [
+            "deliver",
+            "--nats",
+            node.urls,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--schemas",
+            str(SCHEMAS),
+            "--stream",
+            "PAGE",
+            "--port",
+            "0",
+            "--lease-ttl",
+            "1",
+            "--token",
+            "s3cret",
+        ],
+        name="worker",
+    ).start()
+    try:
+        assert wait_for(lambda: (tmp_path / "data" / "_partitions" / "p0000").is_dir(), timeout=60)
+        assert requests.get(worker.url + "/healthz", timeout=5).status_code in (200, 503)
+        for path in ("/", "/metrics"):
+            refused = requests.get(worker.url + path, timeout=5)
+            assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
+            wrong = requests.get(worker.url + path, auth=("any", "wrong"), timeout=5)
+            assert wrong.status_code == 401
+        page = requests.get(worker.url + "/", auth=("any", "s3cret"), timeout=5)
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+        assert "<html" in page.text.lower()
+        metrics = requests.get(
+            worker.url + "/metrics", headers={"Authorization": "Bearer s3cret"}, timeout=5
+        )
+        assert metrics.status_code == 200 and "spotify_events_deliver" in metrics.text
+    finally:
+        assert worker.stop() == 0
