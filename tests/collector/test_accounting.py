@@ -1,0 +1,94 @@
+"""Loss accounting at its edges: the grace period ends at an exact instant.
+
+A missing number below the watermark is an open gap while the watermark that
+covered it is younger than the grace period, and lost from the instant it is
+exactly one grace period old. The clock is a plain float here and a fake clock
+through :class:`LocalDelivery`, so both sides of that instant are checked.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from collector_helpers import END_SONG, BatchMaker, stream
+
+from spotify_events.collector.accounting import account
+from spotify_events.collector.delivery import DeliveryConfig, LocalDelivery
+from spotify_events.collector.ingest import Ingest
+from spotify_events.collector.ledger import StreamState
+from spotify_events.collector.ranges import RangeSet
+from spotify_events.schemas import SchemaRegistry
+
+GRACE = 60.0
+#: When the watermark rose past the missing numbers (exact in binary floating point).
+ANNOUNCED = 1_767_261_600.0
+AT_DEADLINE = ANNOUNCED + GRACE
+JUST_BEFORE = math.nextafter(AT_DEADLINE, 0.0)  # one clock tick earlier
+
+
+def _stream_missing_3_and_6_7() -> StreamState:
+    st = StreamState("producer-a", END_SONG, received=RangeSet([(1, 2), (4, 5)]))
+    st.announce(8, ANNOUNCED, GRACE)
+    return st
+
+
+def test_a_gap_is_open_one_tick_before_the_grace_period_ends() -> None:
+    a = account(_stream_missing_3_and_6_7(), JUST_BEFORE, GRACE)
+    assert (a.received, a.open_gaps, a.lost) == (4, 3, 0)
+    assert a.gap_ranges == [[3, 3], [6, 7]]
+
+
+def test_a_gap_is_lost_exactly_one_grace_period_after_the_watermark() -> None:
+    a = account(_stream_missing_3_and_6_7(), AT_DEADLINE, GRACE)
+    assert (a.received, a.open_gaps, a.lost) == (4, 0, 3)
+    assert a.accounted == 7
+
+
+def test_each_watermark_step_starts_its_own_grace_period() -> None:
+    st = _stream_missing_3_and_6_7()
+    st.announce(10, ANNOUNCED + 30, GRACE)  # 8..9 announced half a grace period later
+    a = account(st, AT_DEADLINE, GRACE)
+    assert (a.open_gaps, a.lost) == (2, 3)
+    a = account(st, math.nextafter(AT_DEADLINE + 30, 0.0), GRACE)
+    assert (a.open_gaps, a.lost) == (2, 3)
+    a = account(st, AT_DEADLINE + 30, GRACE)
+    assert (a.open_gaps, a.lost) == (0, 5)
+
+
+def test_zero_grace_loses_a_gap_at_the_instant_it_is_announced() -> None:
+    st = StreamState("producer-a", END_SONG, received=RangeSet([(1, 1)]))
+    st.announce(3, ANNOUNCED, 0.0)
+    assert (account(st, ANNOUNCED, 0.0).lost, account(st, ANNOUNCED, 0.0).open_gaps) == (1, 0)
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_collector_report_turns_a_gap_lost_at_the_exact_deadline(
+    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker
+) -> None:
+    clock = _Clock(ANNOUNCED)
+    delivery = LocalDelivery(
+        tmp_path / "data",
+        collector_registry,
+        config=DeliveryConfig(grace_period=GRACE),
+        clock=clock,
+    )
+    try:
+        body = maker.body(maker.envelopes(END_SONG, [1, 2, 4]), next_seq={END_SONG: 5})
+        assert delivery.deliver(Ingest(collector_registry, clock=clock).parse(body)).accepted == 3
+        clock.now = JUST_BEFORE
+        s = stream(delivery.report(), "producer-a", END_SONG)
+        assert (s["open_gaps"], s["lost"], s["complete"]) == (1, 0, False)
+        assert delivery.lag_events() == {"producer-a": 1}
+        clock.now = AT_DEADLINE
+        s = stream(delivery.report(), "producer-a", END_SONG)
+        assert (s["open_gaps"], s["lost"], s["gap_ranges"]) == (0, 1, [[3, 3]])
+    finally:
+        delivery.close()
