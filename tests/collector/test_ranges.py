@@ -81,6 +81,8 @@ def test_queries_at_range_edges() -> None:
     assert r.clipped(6, 8).to_list() == []
     assert r.clipped(5, 5).to_list() == [[5, 5]]
     assert RangeSet.from_list(r.to_list()) == r == RangeSet.from_json(r.to_json())
+    assert r.to_json() == "[[3,5],[9,9]]"  # compact: the ledger stores one per stream
+    assert repr(r) == "RangeSet([(3, 5), (9, 9)])"
     assert r != RangeSet([(3, 5)]) and r != [(3, 5), (9, 9)]
 
 
