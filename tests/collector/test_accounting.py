@@ -92,3 +92,38 @@ def test_the_collector_report_turns_a_gap_lost_at_the_exact_deadline(
         assert (s["open_gaps"], s["lost"], s["gap_ranges"]) == (0, 1, [[3, 3]])
     finally:
         delivery.close()
+
+
+def test_a_single_number_range_is_counted() -> None:
+    """The first event missing (watermark 2) is one open gap, not an empty range."""
+    st = StreamState("producer-a", END_SONG)
+    st.announce(2, ANNOUNCED, GRACE)
+    a = account(st, ANNOUNCED, GRACE)
+    assert (a.open_gaps, a.gap_ranges, a.accounted) == (1, [[1, 1]], 1)
+    st.received.add(1)
+    a = account(st, ANNOUNCED, GRACE, low=1, high=1)
+    assert (a.received, a.open_gaps, a.accounted) == (1, 0, 1)
+
+
+def test_a_number_both_dropped_and_rejected_counts_once_as_rejected() -> None:
+    st = StreamState("producer-a", END_SONG, received=RangeSet([(1, 2)]))
+    st.mark("drop", "queue full").add_range(3, 5)
+    st.mark("reject", "rejected: schema mismatch").add(4)
+    st.announce(6, ANNOUNCED, GRACE)
+    a = account(st, ANNOUNCED, GRACE)
+    assert (a.received, a.dropped, a.rejected, a.open_gaps, a.lost) == (2, 2, 1, 0, 0)
+    assert a.dropped_reasons == {"queue full": 2}
+    assert a.rejected_reasons == {"rejected: schema mismatch": 1}
+    assert sum(a.dropped_reasons.values()) == a.dropped
+    assert sum(a.rejected_reasons.values()) == a.rejected
+
+
+def test_the_report_lists_at_most_20_gap_ranges() -> None:
+    """Gap ranges are listed for a reader, not for completeness: a stream with thousands
+    of holes must not make the report (or a ``_CLOSED.json``) grow with them."""
+    st = StreamState("producer-a", END_SONG, received=RangeSet((n, n) for n in range(1, 60, 2)))
+    st.announce(61, ANNOUNCED, GRACE)  # every even number up to 60 is missing: 30 gaps
+    a = account(st, ANNOUNCED, GRACE)
+    assert a.open_gaps == 30
+    assert a.gap_ranges == [[n, n] for n in range(2, 41, 2)]
+    assert account(st, ANNOUNCED, GRACE, max_gap_ranges=3).gap_ranges == [[2, 2], [4, 4], [6, 6]]
