@@ -59,7 +59,8 @@ def test_each_watermark_step_starts_its_own_grace_period() -> None:
 def test_zero_grace_loses_a_gap_at_the_instant_it_is_announced() -> None:
     st = StreamState("producer-a", END_SONG, received=RangeSet([(1, 1)]))
     st.announce(3, ANNOUNCED, 0.0)
-    assert (account(st, ANNOUNCED, 0.0).lost, account(st, ANNOUNCED, 0.0).open_gaps) == (1, 0)
+    a = account(st, ANNOUNCED, 0.0)
+    assert (a.lost, a.open_gaps) == (1, 0)
 
 
 class _Clock:
@@ -127,3 +128,27 @@ def test_the_report_lists_at_most_20_gap_ranges() -> None:
     assert a.open_gaps == 30
     assert a.gap_ranges == [[n, n] for n in range(2, 41, 2)]
     assert account(st, ANNOUNCED, GRACE, max_gap_ranges=3).gap_ranges == [[2, 2], [4, 4], [6, 6]]
+
+
+def test_a_gap_that_ends_on_a_watermark_step_is_judged_by_the_later_step() -> None:
+    st = StreamState("producer-a", END_SONG, received=RangeSet([(1, 2), (4, 5), (9, 9)]))
+    st.announce(8, ANNOUNCED, GRACE)  # 3, 6, 7 missing
+    st.announce(10, ANNOUNCED + 30, GRACE)  # 8 missing, announced later
+    a = account(st, AT_DEADLINE, GRACE)
+    assert (a.lost, a.open_gaps, a.gap_ranges) == (3, 1, [[3, 3], [6, 8]])
+    a = account(st, AT_DEADLINE + 30, GRACE)
+    assert (a.lost, a.open_gaps) == (4, 0)
+
+
+def test_numbers_above_the_watermark_are_never_lost() -> None:
+    """Asked about numbers no watermark has announced yet, accounting calls them open
+    gaps, however old the stream: only an announced number can be lost."""
+    st = StreamState("producer-a", END_SONG, received=RangeSet([(1, 2)]))
+    st.announce(5, ANNOUNCED, GRACE)  # 3, 4 missing and announced
+    far_future = ANNOUNCED + 100 * GRACE
+    a = account(st, far_future, GRACE)
+    assert (a.lost, a.open_gaps) == (2, 0)
+    a = account(st, far_future, GRACE, high=5)
+    assert (a.lost, a.open_gaps) == (2, 1)
+    a = account(st, ANNOUNCED, GRACE, high=7)  # 3, 4 open within grace; 5..7 unannounced
+    assert (a.lost, a.open_gaps, a.accounted) == (0, 5, 7)
