@@ -185,6 +185,8 @@ BAD_RECORDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "array-item-wrong-type": ("SearchQuery", {"result_types": ["track", 7]}, "result_types"),
     "enum-wrong-type": ("ServiceCall", {"outcome": 1}, "outcome"),
     "decimal-wrong-type": ("AdImpression", {"price_micros": "1.5"}, "price_micros"),
+    "list-for-map": ("PageView", {"viewport": ["width"]}, "viewport"),
+    "non-string-map-key": ("PageView", {"viewport": {1: 1280}}, "viewport"),
 }
 
 VALID: dict[str, dict[str, Any]] = {
@@ -258,6 +260,7 @@ SILENTLY_COERCED: dict[str, tuple[str, dict[str, Any], str]] = {
     "string-for-double": ("ServiceCall", {"duration_ms": "1.5"}, "duration_ms"),
     "bool-for-double": ("ServiceCall", {"duration_ms": True}, "duration_ms"),
     "string-for-array": ("SearchQuery", {"result_types": "abc"}, "result_types"),
+    "bool-for-nullable-int": ("SearchQuery", {"clicked_position": True}, "clicked_position"),
 }
 
 
@@ -270,6 +273,29 @@ def test_wrong_type_is_refused_not_coerced(
     with pytest.raises(EventValidationError) as err:
         EventEncoder(registry.get(event_type)).encode(_mutate(event_type, changes))
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"user_id": 5}, "user_id: expected string, got int 5"),  # refused by the writer
+        ({"ms_played": "x" * 58}, f"ms_played: expected int (64-bit), got str {'x' * 58!r}"),
+        ({"ms_played": "x" * 59}, f"ms_played: expected int (64-bit), got str '{'x' * 56}..."),
+    ],
+    ids=["writer-refusal", "value-shown-whole", "long-value-shortened"],
+)
+def test_error_message_says_what_was_expected_and_what_came(
+    registry: SchemaRegistry, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EventValidationError) as err:
+        EventEncoder(registry.get("EndSong")).encode(_mutate("EndSong", changes))
+    assert err.value.errors == [message]
+
+
+def test_a_map_key_that_is_not_a_string_is_named(registry: SchemaRegistry) -> None:
+    with pytest.raises(EventValidationError) as err:
+        EventEncoder(registry.get("PageView")).encode(_mutate("PageView", {"viewport": {7: 1}}))
+    assert err.value.errors == ["viewport[7]: map keys must be strings"]
 
 
 def test_not_a_mapping(registry: SchemaRegistry) -> None:

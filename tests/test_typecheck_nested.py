@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ def _line(sku: str, n: int) -> dict[str, Any]:
 
 VALID_ORDER: dict[str, Any] = {
     "id": "o1",
+    "placed_at": datetime(2025, 11, 14, 22, 13, 20, 123000, tzinfo=timezone.utc),
+    "qty": 3,
     "inner": {"n": 7, "d": 2.5, "exact": False},
     "lines": [_line("a", 1), _line("b", 2)],
     "by_sku": {"a": _line("a", 1)},
@@ -36,7 +39,7 @@ VALID_ORDER: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: each test compiles the check itself (mutmut maps code to tests)
 def encoder() -> EventEncoder:
     return EventEncoder(SchemaRegistry(NESTED_SCHEMAS).get(ORDER))
 
@@ -78,6 +81,9 @@ BAD_AT_DEPTH: dict[str, tuple[Callable[[dict[str, Any]], None], str, str]] = {
     ),
     "bool-for-int-in-nullable-record": (_set(("refund", "n"), True), "refund.n", "int (32-bit)"),
     "list-for-record-in-array": (_set(("lines", 0), ["a", 1]), "lines[0]", "record"),
+    "bool-for-timestamp": (_set(("placed_at",), True), "placed_at", "timestamp-millis"),
+    "float-for-timestamp": (_set(("placed_at",), 1.5), "placed_at", "timestamp-millis"),
+    "bool-for-int-spelled-as-object": (_set(("qty",), True), "qty", "int (32-bit)"),
 }
 
 
