@@ -36,6 +36,10 @@ VALID_ORDER: dict[str, Any] = {
     "lines": [_line("a", 1), _line("b", 2)],
     "by_sku": {"a": _line("a", 1)},
     "refund": {"n": 1, "d": 0.5, "exact": False},
+    "ratio": 0.5,
+    "code": b"SE",
+    "tags": {"a": "NEW", "b": "GIFT"},
+    "attrs": {"channel": "web"},
 }
 
 
@@ -49,6 +53,9 @@ def test_a_valid_nested_record_round_trips(encoder: EventEncoder) -> None:
     int_for_double = copy.deepcopy(VALID_ORDER)
     int_for_double["inner"]["d"] = 3  # an int is a valid double, as at the top level
     assert decode_event(encoder.schema, encoder.encode(int_for_double))["inner"]["d"] == 3.0
+    other_valid = {**VALID_ORDER, "refund": None, "placed_at": 1_763_158_400_123}
+    decoded = decode_event(encoder.schema, encoder.encode(other_valid))  # millis as an int
+    assert decoded["refund"] is None and decoded["placed_at"] == VALID_ORDER["placed_at"]
 
 
 def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -80,7 +87,30 @@ BAD_AT_DEPTH: dict[str, tuple[Callable[[dict[str, Any]], None], str, str]] = {
         "double",
     ),
     "bool-for-int-in-nullable-record": (_set(("refund", "n"), True), "refund.n", "int (32-bit)"),
-    "list-for-record-in-array": (_set(("lines", 0), ["a", 1]), "lines[0]", "record"),
+    "list-for-record-in-array": (
+        _set(("lines", 0), ["a", 1]),
+        "lines[0]",
+        "record tests.nested.Line, got list",
+    ),
+    "string-for-array-of-records": (
+        _set(("lines",), "abc"),
+        "lines",
+        "array of record tests.nested.Line",
+    ),
+    "list-for-map-of-records": (_set(("by_sku",), []), "by_sku", "map of tests.nested.Line"),
+    "list-for-nullable-record": (
+        _set(("refund",), [1]),
+        "refund",
+        "null or tests.nested.Amount",
+    ),
+    "bool-for-float": (_set(("ratio",), True), "ratio", "float"),
+    "wrong-size-fixed": (_set(("code",), b"SEK"), "code", "fixed tests.nested.Code"),
+    "unknown-symbol-in-map-of-enums": (
+        _set(("tags", "b"), "USED"),
+        "tags['b']",
+        "one of NEW, GIFT, got str 'USED'",
+    ),
+    "int-in-map-of-strings": (_set(("attrs", "channel"), 7), "attrs['channel']", "string"),
     "bool-for-timestamp": (_set(("placed_at",), True), "placed_at", "timestamp-millis"),
     "float-for-timestamp": (_set(("placed_at",), 1.5), "placed_at", "timestamp-millis"),
     "bool-for-int-spelled-as-object": (_set(("qty",), True), "qty", "int (32-bit)"),
