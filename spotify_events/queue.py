@@ -159,6 +159,7 @@ class DurableQueue:
         busy_timeout: float = 10.0,
         verify: bool = False,
         claim_home: bool = True,
+        clock: Callable[[], float] = time.time,  # wall-clock seconds; times the shipping lease
     ) -> None:
         if max_queue_bytes <= 0:
             raise ConfigError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
@@ -174,6 +175,7 @@ class DurableQueue:
         self.max_queue_bytes = max_queue_bytes
         self.fsync = fsync
         self.busy_timeout = busy_timeout
+        self.clock = clock
         self._lock = threading.RLock()
         self._cache: _AppendCache | None = None
         self._closed = False
@@ -820,7 +822,7 @@ class DurableQueue:
     # -- shipping lease --------------------------------------------------------
     def acquire_lease(self, holder: str, ttl: float) -> bool:
         """Take or renew the shipping lease; False while another live holder has it."""
-        now = time.time()
+        now = self.clock()
         with self.atomic() as conn:
             row = conn.execute(
                 "SELECT holder, expires_at FROM lease WHERE name = 'shipper'"
@@ -840,7 +842,7 @@ class DurableQueue:
 
     def lease_holder(self) -> str | None:
         rows = self._read(
-            "SELECT holder FROM lease WHERE name = 'shipper' AND expires_at > ?", (time.time(),)
+            "SELECT holder FROM lease WHERE name = 'shipper' AND expires_at > ?", (self.clock(),)
         )
         return str(rows[0][0]) if rows else None
 

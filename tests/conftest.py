@@ -6,6 +6,8 @@ subfolder (``tests/collector/conftest.py`` ...).
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,30 @@ SCHEMA_DIR = ROOT / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 #: A fixed event time (2025-11-14T22:13:20.123Z) so tests never depend on the clock.
 FIXED_TS = 1_763_158_400_123
+#: The local zone collector tests run in: India's UTC+05:30 (POSIX spelling, so no tz
+#: database is needed). Buckets are UTC hours; a local-time slip moves an event into
+#: another directory and a half-hour offset cannot hide behind a whole-hour one.
+COLLECTOR_TEST_TZ = "IST-05:30"
+
+
+@pytest.fixture(autouse=True)
+def _collector_tests_run_off_utc(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run every test under tests/collector/ with a non-UTC local zone (also inherited
+    by the collector processes they start), then restore the zone the suite had."""
+    if "collector" not in Path(str(request.node.path)).relative_to(ROOT).parts[:2]:
+        yield
+        return
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = COLLECTOR_TEST_TZ
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
 
 
 @pytest.fixture(name="wait_for", scope="session")

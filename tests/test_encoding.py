@@ -186,6 +186,8 @@ BAD_RECORDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "array-item-wrong-type": ("SearchQuery", {"result_types": ["track", 7]}, "result_types"),
     "enum-wrong-type": ("ServiceCall", {"outcome": 1}, "outcome"),
     "decimal-wrong-type": ("AdImpression", {"price_micros": "1.5"}, "price_micros"),
+    "list-for-map": ("PageView", {"viewport": ["width"]}, "viewport"),
+    "non-string-map-key": ("PageView", {"viewport": {1: 1280}}, "viewport"),
 }
 
 VALID: dict[str, dict[str, Any]] = {
@@ -221,9 +223,13 @@ def _mutate(event_type: str, changes: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-def test_valid_records_encode(registry: SchemaRegistry) -> None:
-    for name, record in VALID.items():
-        EventEncoder(registry.get(name)).encode(record)
+@pytest.mark.parametrize("name", VALID)
+def test_valid_records_encode(registry: SchemaRegistry, name: str) -> None:
+    schema = registry.get(name)
+    record = VALID[name]
+    decoded = decode_event(schema, EventEncoder(schema).encode(record))
+    assert decoded == _with_defaults(schema.parsed, record)
+    assert all(type(decoded[k]) is type(v) for k, v in record.items())  # True stays a bool
 
 
 @pytest.mark.parametrize(
@@ -255,6 +261,7 @@ SILENTLY_COERCED: dict[str, tuple[str, dict[str, Any], str]] = {
     "string-for-double": ("ServiceCall", {"duration_ms": "1.5"}, "duration_ms"),
     "bool-for-double": ("ServiceCall", {"duration_ms": True}, "duration_ms"),
     "string-for-array": ("SearchQuery", {"result_types": "abc"}, "result_types"),
+    "bool-for-nullable-int": ("SearchQuery", {"clicked_position": True}, "clicked_position"),
 }
 
 
@@ -267,6 +274,29 @@ def test_wrong_type_is_refused_not_coerced(
     with pytest.raises(EventValidationError) as err:
         EventEncoder(registry.get(event_type)).encode(_mutate(event_type, changes))
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"user_id": 5}, "user_id: expected string, got int 5"),  # refused by the writer
+        ({"ms_played": "x" * 58}, f"ms_played: expected int (64-bit), got str {'x' * 58!r}"),
+        ({"ms_played": "x" * 59}, f"ms_played: expected int (64-bit), got str '{'x' * 56}..."),
+    ],
+    ids=["writer-refusal", "value-shown-whole", "long-value-shortened"],
+)
+def test_error_message_says_what_was_expected_and_what_came(
+    registry: SchemaRegistry, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EventValidationError) as err:
+        EventEncoder(registry.get("EndSong")).encode(_mutate("EndSong", changes))
+    assert err.value.errors == [message]
+
+
+def test_a_map_key_that_is_not_a_string_is_named(registry: SchemaRegistry) -> None:
+    with pytest.raises(EventValidationError) as err:
+        EventEncoder(registry.get("PageView")).encode(_mutate("PageView", {"viewport": {7: 1}}))
+    assert err.value.errors == ["viewport[7]: map keys must be strings"]
 
 
 def test_not_a_mapping(registry: SchemaRegistry) -> None:
@@ -319,17 +349,25 @@ def test_timestamp_round_trip_is_exact() -> None:
     assert [e.timestamp for e in decode_batch(encode_batch(batch)).envelopes] == stamps
 
 
-@pytest.mark.parametrize(
-    "ts", [253_402_300_800_000, -62_135_596_800_001, 2**62, -(2**62), 2**63 - 1]
-)
-def test_every_encodable_timestamp_decodes_or_is_refused_up_front(ts: int) -> None:
+#: The first and last millisecond of years 1 and 9999: what a timestamp-millis decodes to.
+FIRST_MS, LAST_MS = -62_135_596_800_000, 253_402_300_799_999
+
+
+@pytest.mark.parametrize("ts", [FIRST_MS, LAST_MS, 0, -1])
+def test_timestamps_within_years_1_to_9999_round_trip(ts: int) -> None:
     good = Envelope(1, "a.B", b"\0" * 8, 1_763_158_400_000, b"")
     batch = WireBatch("p", [good, good._replace(seq=2, timestamp=ts)])
-    try:
-        body = encode_batch(batch)
-    except ValueError:
-        return  # refusing the envelope before it poisons a batch is fine too
-    assert decode_batch(body) == batch
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+@pytest.mark.parametrize("ts", [LAST_MS + 1, FIRST_MS - 1, 2**62, -(2**62), 2**63 - 1])
+def test_a_timestamp_no_reader_can_decode_is_refused_before_encoding(ts: int) -> None:
+    good = Envelope(1, "a.B", b"\0" * 8, 1_763_158_400_000, b"")
+    batch = WireBatch("p", [good, good._replace(seq=2, timestamp=ts)])
+    with pytest.raises(
+        ValueError, match=rf"^a\.B seq 2: timestamp {ts} ms is outside years 1-9999$"
+    ):
+        encode_batch(batch)
 
 
 def test_heartbeat_is_an_empty_batch() -> None:

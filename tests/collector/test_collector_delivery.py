@@ -371,3 +371,32 @@ def test_bucket_closer_thread_closes_quiet_hours(
         assert marker["events"] == 2
     finally:
         c.shutdown()
+
+
+def test_bucket_counts_each_event_once_when_a_batch_repeats_numbers(
+    open_delivery: Any,
+    collector_registry: SchemaRegistry,
+    maker: BatchMaker,
+    fake_clock: Clock,
+    tmp_path: Path,
+) -> None:
+    """Seqs 5-6, then 5-7 (a retry that grew): the bucket holds 5, 6, 7 once each, and
+    its count, its part files, the report and ``_CLOSED.json`` all say 3."""
+    d = open_delivery(lateness=0.0)
+    data = tmp_path / "data"
+    for seqs in ([5, 6], [5, 6, 7]):
+        body = maker.body(maker.envelopes(END_SONG, seqs, ms(T0 + 5)))
+        d.deliver(ingest(collector_registry, body, fake_clock))
+    assert read_uids(data) == expected_uids("producer-a", END_SONG, [5, 6, 7])
+    (bucket,) = d.report()["buckets"]
+    assert (bucket["events"], bucket["duplicates"]) == (3, 2)
+    assert [p["events"] for p in bucket["parts"]] == [3]
+    (producer,) = bucket["producers"]
+    assert (producer["events"], producer["duplicates"]) == (3, 2)
+    assert (producer["min_seq"], producer["max_seq"]) == (5, 7)
+    fake_clock.now = T0 + HOUR
+    assert d.close_due_buckets() == 1
+    (marker,) = closed_markers(data)
+    assert (marker["events"], marker["duplicates"]) == (3, 2)
+    assert [p["events"] for p in marker["parts"]] == [3]
+    assert marker["producers"][0]["events"] == 3

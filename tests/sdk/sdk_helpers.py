@@ -51,6 +51,8 @@ class Sink:
 
     port: int
     seen: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    #: (event type, seq) of every envelope a 200 answered for, in arrival order, repeats kept
+    received: list[tuple[str, int]] = field(default_factory=list)
     arrivals: list[Arrival] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)
     accepted: int = 0
@@ -76,9 +78,15 @@ class Sink:
         with self.lock:
             return sum(1 for k in self.seen if event_type is None or k[1] == event_type)
 
-    def seqs(self, event_type: str) -> list[int]:
+    def arrived(self, event_type: str) -> list[int]:
+        """Sequence numbers of ``event_type`` in the order they arrived, repeats included."""
         with self.lock:
-            return sorted(k[2] for k in self.seen if k[1] == event_type)
+            return [seq for etype, seq in self.received if etype == event_type]
+
+    def seqs(self, event_type: str) -> list[int]:
+        """The arrived numbers sorted, repeats included: equal to ``list(range(...))``
+        only when each number arrived exactly once."""
+        return sorted(self.arrived(event_type))
 
     def handle(self, body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self.lock:
@@ -117,6 +125,7 @@ class Sink:
                 else:
                     accepted += 1
                 self.seen[key] = self.seen.get(key, 0) + 1
+                self.received.append((e.event_type, e.seq))
             self.accepted += accepted
             self.duplicates += duplicates
             self.arrivals.append(Arrival(now, batch, 200))

@@ -29,6 +29,7 @@ def test_a_redirect_is_not_followed_and_deletes_nothing(
         client.log("EndSong", END_SONG)
     assert client.flush(timeout=10)
     assert sink.seqs(EndSong) == [1, 2, 3, 4, 5]
+    assert sink.duplicates == 0
     assert client.stats().retried >= 1
     assert "redirect" in (client.stats().last_error or "")
 
@@ -110,6 +111,7 @@ def test_multiprocessing_fork_child_commits_its_buffer_at_exit(
     assert worker.exitcode == 0
     assert client.flush(timeout=30)
     assert sink.seqs(EndSong) == list(range(1, 51))  # multiprocessing leaves via os._exit
+    assert sink.duplicates == 0
 
 
 def test_a_client_dropped_without_close_commits_its_buffer(sink: Sink, tmp_path: Path) -> None:
