@@ -122,14 +122,18 @@ def test_control_facts_travel_apart_and_bare_heartbeats_publish_nothing(
 ) -> None:
     drop = DropNotice(END_SONG, 5, 6, 2, "queue full")
     batch = ingested(envelopes(registry, [1, 2]), next_seq={END_SONG: 7}, drops=[drop])
-    batch.rejections = [Rejection(event_type=END_SONG, seq=3, reason="bad payload")]
+    batch.rejections = [
+        Rejection(event_type=END_SONG, seq=3, code="invalid_payload", reason="bad payload")
+    ]
     messages = batch_messages(batch, subject="s", max_bytes=1 << 20)
     control = [m for m in messages if not m.events]
     assert len(control) == 1
     decoded = decode_message(control[0].data, received_at=1.0)
     assert decoded.facts.next_seq == {END_SONG: 7}
     assert decoded.facts.drops == [drop]
-    assert [(r.seq, r.reason) for r in decoded.rejections] == [(3, "bad payload")]
+    assert [(r.seq, r.code, r.reason) for r in decoded.rejections] == [
+        (3, "invalid_payload", "bad payload")
+    ]
     assert batch_messages(ingested([]), subject="s", max_bytes=1 << 20) == []
 
 
@@ -413,7 +417,7 @@ def test_demo_cluster_ends_with_a_report_with_nothing_lost(tmp_path: Path) -> No
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "SIGKILLed the stream leader" in out.stdout
     total = re.search(
-        r"total: received (\d+), duplicates \d+, dropped 0, rejected 0, "
+        r"total: received (\d+), duplicates \d+, conflicts 0, dropped 0, rejected 0, "
         r"open gaps 0, lost 0",
         out.stdout,
     )
