@@ -346,3 +346,15 @@ def test_event_type_name_too_long_for_the_file_system_is_refused_at_startup(
     code, err = run_collector("--data-dir", str(tmp_path / "data"), "--schemas", str(schemas))
     assert code not in (None, 0), err
     assert f"{namespace}.Event" in err and "too long" in err and "Traceback" not in err, err
+
+
+def test_lock_file_deleted_under_a_running_collector_still_keeps_a_second_one_out(
+    data: Path,
+) -> None:
+    with CollectorProcess(data, SCHEMA_DIR) as first:
+        assert first.proc is not None
+        (data / "_lock").unlink()  # a tidy-up script, or an operator, removes it
+        code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMA_DIR))
+        assert code not in (None, 0), err
+        assert "in use by another collector" in err and "Traceback" not in err, err
+        assert first.alive()
