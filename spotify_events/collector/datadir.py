@@ -89,9 +89,7 @@ class DataDirLock:
                 ) from exc
             raise DataDirError(f"cannot lock {data_dir}: {exc.strerror}") from exc
         try:
-            fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, modes.file
-            )
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, modes.file)
         except OSError as exc:
             self.release()
             raise DataDirError(f"cannot open the lock file {self.path}: {exc.strerror}") from exc
