@@ -361,22 +361,23 @@ class LocalDelivery:
                 lateness=self.config.lateness,
             )
 
-    def completeness(self) -> CompletenessGauges:
+    def completeness(self) -> CompletenessGauges | None:
         """The ledger's loss and bucket gauges for ``/metrics`` (see :mod:`.metrics`).
 
         Walking every stream needs the delivery lock, so a scrape never waits for it and
         never takes it more often than every ``COMPLETENESS_MAX_AGE`` seconds: while the
         lock is busy (a group commit fsyncing) or the last walk is recent, the previous
         figures are served. Any number of scrapers therefore costs ingest at most one
-        walk per interval.
+        walk per interval. None before the first walk: no figure rather than zeros,
+        which an alert comparing with an earlier value would read as a change.
         """
-        from .metrics import CompletenessGauges, completeness_gauges
+        from .metrics import completeness_gauges
 
         now = self.clock()
         cached_at, cached = self._completeness
         fresh_enough = abs(now - cached_at) < COMPLETENESS_MAX_AGE  # abs: a clock step back
         if fresh_enough or not self._lock.acquire(blocking=False):
-            return cached or CompletenessGauges()
+            return cached
         try:
             fresh = completeness_gauges(
                 self.state,
@@ -384,9 +385,9 @@ class LocalDelivery:
                 grace=self.config.grace_period,
                 lateness=self.config.lateness,
             )
+            self._completeness = (now, fresh)  # before the lock goes: no second walk
         finally:
             self._lock.release()
-        self._completeness = (now, fresh)
         return fresh
 
     def missing_events(self) -> int:
