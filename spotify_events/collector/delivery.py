@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -162,6 +162,10 @@ MAX_GROUP_BATCHES = 32
 #: Who the collector's own incidents are attributed to in the report.
 COLLECTOR_SOURCE = "(collector)"
 
+#: Most queue incidents the ledger keeps per producer (up to 16 arrive per batch); later
+#: ones are logged, once per producer and process, and not kept.
+MAX_INCIDENTS_PER_PRODUCER = 100
+
 
 class RecentPayloads:
     """Checksums of the payloads of a stream's last ``size`` sequence numbers (memory only).
@@ -279,6 +283,8 @@ class LocalDelivery:
         self._missing_total = 0
         self._completeness: tuple[float, CompletenessGauges | None] = (float("-inf"), None)
         self._incidents = 0
+        self._incidents_kept: dict[str, int] = {}  # queue incidents in the ledger, by producer
+        self._incidents_refused: set[str] = set()
         modes = self.config.modes
         _prepare_data_dir(self.data_dir, modes)
         check_type_names(self.data_dir, self._types)
@@ -442,13 +448,26 @@ class LocalDelivery:
     def _record_incidents(self, producer: str, incidents: list[dict[str, Any]]) -> None:
         """Keep a producer's queue incidents (e.g. a damaged file moved aside) for the
         report; keyed by producer, kind and time, so a retried batch adds nothing."""
-        rows = [
-            (
-                f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}",
-                json.dumps({"producer_id": producer, **i}),
-            )
-            for i in incidents
-        ]
+        kept = self._incidents_kept.get(producer, 0)
+        rows = []
+        for i in incidents:
+            key = f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}"
+            if key in self.state.meta:
+                continue
+            if kept >= MAX_INCIDENTS_PER_PRODUCER:
+                if producer not in self._incidents_refused:
+                    self._incidents_refused.add(producer)
+                    log.warning(
+                        "producer %s has reported %d queue incidents; further ones are not kept",
+                        producer,
+                        kept,
+                    )
+                break
+            kept += 1
+            rows.append((key, json.dumps({"producer_id": producer, **i})))
+        self._incidents_kept[producer] = kept
+        if not rows:
+            return
         with self.ledger.atomic() as conn:
             conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", rows)
         for key, value in rows:
@@ -820,6 +839,11 @@ class LocalDelivery:
         self._missing.clear()
         self._missing_total = 0
         self._count_missing(state.streams.values())
+        self._incidents_kept = Counter(
+            str(json.loads(value).get("producer_id"))
+            for key, value in state.meta.items()
+            if key.startswith(INCIDENT_PREFIX) and not key.startswith(COLLECTOR_INCIDENT_PREFIX)
+        )
 
     def _move_tail_aside(self, part: PartState, state: LedgerState) -> None:
         """Bytes past the committed length: keep a readable copy, then cut the part back."""
