@@ -689,14 +689,18 @@ class LocalDelivery:
         return b
 
     def _part_for(self, etype: str, hour: int, fingerprint: bytes) -> PartState:
-        """The part file to append to, never one that is full, damaged or not ours."""
+        """The part file to append to, never one that is full, damaged, unwritable or not
+        ours."""
         fp_hex = fingerprint.hex()
         key = (etype, hour, fp_hex)
         part = self._active.get(key)
         if (
             part is not None
             and part.committed_len < self.config.max_part_bytes
-            and (part.path in self._files or not self._damaged(part, self.state))
+            and (
+                part.path in self._files
+                or not (self._damaged(part, self.state) or self._unwritable(part))
+            )
         ):
             return part
         index = part.index + 1 if part is not None else 0
@@ -755,6 +759,21 @@ class LocalDelivery:
             "damaged_part_file",
             f"{part.path} is {damage}; its {part.events} acknowledged events may be lost "
             f"or partly readable; moved to {where}; new events go to a new part file",
+        )
+        return True
+
+    def _unwritable(self, part: PartState) -> bool:
+        """Whether an intact part file cannot be appended to (made read-only or immutable
+        behind the collector's back). It is left as it is, intact and in the ledger, and
+        new events go to a new part: appending would fail every batch of its hour."""
+        full = os.path.join(self.data_dir, part.path)
+        if not part.committed_len or os.access(full, os.W_OK):
+            return False
+        self._collector_incident(
+            self.state,
+            "part_file_not_writable",
+            f"{part.path} cannot be written to; its {part.events} events stay in it "
+            "untouched; new events of its hour go to a new part file",
         )
         return True
 
