@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -309,8 +310,15 @@ def _incidents(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "at": i.get("at"),
         }
         for i in raw[:16]
-        if isinstance(i.get("at"), (int, float))
+        if _finite_number(i.get("at"))
     ]
+
+
+def _finite_number(value: object) -> bool:
+    """A number JSON can carry (no NaN or infinity, which the report could not print)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int)
 
 
 def _printable(name: str) -> str:

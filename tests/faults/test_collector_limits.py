@@ -189,6 +189,20 @@ def test_queue_incidents_kept_per_producer_are_bounded(app: Collector) -> None:
         again.shutdown()
 
 
+def test_report_stays_strict_json_whatever_incident_times_a_producer_sends(
+    app: Collector,
+) -> None:
+    told = [{"kind": "k", "detail": "d", "at": t} for t in (float("inf"), float("nan"), 5.0)]
+    assert post_app(app, encode_batch(WireBatch("odd-clock", [], {}, [], incidents=told)))[0] == 200
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    status, _, body = wsgi_call(app.app, "GET", "/v1/report")
+    report = json.loads(body, parse_constant=refuse)  # what a browser or jq accepts
+    assert status == 200 and [i["at"] for i in report["incidents"]] == [5.0]
+
+
 def _collector(data: Path, **config: Any) -> Collector:
     return Collector(CollectorConfig(data_dir=str(data), schemas=str(SCHEMA_DIR), **config))
 
