@@ -861,7 +861,7 @@ class LocalDelivery:
         self._incidents_kept = Counter(
             str(json.loads(value).get("producer_id"))
             for key, value in state.meta.items()
-            if key.startswith(INCIDENT_PREFIX) and not key.startswith(COLLECTOR_INCIDENT_PREFIX)
+            if key.startswith(INCIDENT_PREFIX)
         )
 
     def _move_tail_aside(self, part: PartState, state: LedgerState) -> None:
