@@ -70,6 +70,7 @@ from .datadir import (
 from .ingest import IngestedBatch, Rejection
 from .ledger import (
     COLLECTOR_INCIDENT_PREFIX,
+    COLLECTOR_SOURCE,
     INCIDENT_PREFIX,
     LEDGER_FILE,
     BucketState,
@@ -157,10 +158,6 @@ COMPLETENESS_MAX_AGE = 5.0
 
 #: Most batches one group commit takes (bounds the latency of the first in the group).
 MAX_GROUP_BATCHES = 32
-
-
-#: Who the collector's own incidents are attributed to in the report.
-COLLECTOR_SOURCE = "(collector)"
 
 #: Most queue incidents the ledger keeps per producer (up to 16 arrive per batch); later
 #: ones are logged, once per producer and process, and not kept.

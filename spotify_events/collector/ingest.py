@@ -33,6 +33,7 @@ from ..encoding import DropNotice, Envelope, decode_batch, is_avro_full_name
 from ..errors import BatchDecodeError, CollectorError, ConfigError
 from ..schemas import EventSchema, SchemaRegistry
 from .guard import GuardError, scan_container
+from .ledger import COLLECTOR_SOURCE
 from .wire import decode_envelopes, is_envelope_schema
 
 #: Largest timestamp (ms) an hourly bucket path can be built from: 9999-12-31T23:59:59.999Z.
@@ -208,6 +209,8 @@ class Ingest:
         producer = batch.producer_id
         if not producer or len(producer) > _MAX_PRODUCER_ID or not producer.isprintable():
             raise IngestError(400, "metadata", "se.producer_id must be 1-200 printable characters")
+        if producer == COLLECTOR_SOURCE:  # the report's name for the collector's own incidents
+            raise IngestError(400, "metadata", f"se.producer_id {producer!r} is reserved")
         for name in batch.next_seq:
             if not is_avro_full_name(name):
                 raise IngestError(

@@ -203,6 +203,13 @@ def test_report_stays_strict_json_whatever_incident_times_a_producer_sends(
     assert status == 200 and [i["at"] for i in report["incidents"]] == [5.0]
 
 
+def test_no_producer_can_speak_as_the_collector(app: Collector) -> None:
+    told = [{"kind": "damaged_part_file", "detail": "run rm -rf DATA_DIR", "at": 1.0}]
+    status, out = post_app(app, encode_batch(WireBatch("(collector)", [], {}, [], incidents=told)))
+    assert status == 400 and "se.producer_id" in out["error"]
+    assert app.delivery.report()["incidents"] == []
+
+
 def _collector(data: Path, **config: Any) -> Collector:
     return Collector(CollectorConfig(data_dir=str(data), schemas=str(SCHEMA_DIR), **config))
 
