@@ -101,6 +101,7 @@ class ClientConfig:
             )
         if not self.endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
+        check_token("token", self.token)
 
     def _check_types(self) -> None:
         """A wrong kind of value (``linger="50ms"``) fails here, naming the setting,
@@ -177,3 +178,15 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 }
 _PARSERS["verify"] = _parse_bool_or_path
 _FIELD_NAMES = frozenset(f.name for f in fields(ClientConfig))
+
+
+def check_token(name: str, token: str | None) -> None:
+    """Refuse a token an HTTP ``Authorization`` header cannot carry as it is: printable
+    ASCII without surrounding spaces (a secret file's trailing newline, a non-ASCII
+    character). Shared by the client and the collector, so both agree on what matches."""
+    if token is not None and not (
+        token.isascii() and token.isprintable() and token == token.strip()
+    ):
+        raise ConfigError(
+            f"{name} must be printable ASCII without leading or trailing spaces or newlines"
+        )

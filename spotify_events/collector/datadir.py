@@ -3,9 +3,10 @@
 Everything the collector does to the file system outside the ledger's SQLite
 file goes through here, so the rules hold in one place:
 
-* **one owner**: an exclusive ``flock`` on ``DATA_DIR/_lock`` for the process's
+* **one owner**: an exclusive ``flock`` on the data directory for the process's
   life (the kernel drops it when the process dies, even by SIGKILL); a second
-  collector on the same directory exits naming the holder's pid;
+  collector on the same directory exits naming the holder's pid (kept in
+  ``DATA_DIR/_lock``);
 * **no symlinks**: directories are created level by level and a level that is
   a symlink (or not a directory) is refused; part files are opened with
   ``O_NOFOLLOW``, and new ones with ``O_EXCL``, so an existing file is never
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - Windows has no flock
 #: Not on every platform (Windows has neither); there the protection is the lstat checks.
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
+O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 
 LOCK_FILE = "_lock"
 QUARANTINE_DIR = "_quarantine"
@@ -59,32 +61,54 @@ class FileModes:
 
 
 class DataDirLock:
-    """An exclusive ``flock`` on ``DATA_DIR/_lock``, held until :meth:`release` or exit."""
+    """An exclusive ``flock`` on the data directory itself, held until :meth:`release` or
+    exit; the holder's pid is written to ``DATA_DIR/_lock`` for the refusal message.
+
+    The directory is locked, not a file in it: a lock file can be deleted or replaced
+    while its collector runs (a tidy-up script, an operator), and the next collector
+    would then lock the new file and share the directory with the first.
+    """
 
     def __init__(self, data_dir: str, modes: FileModes) -> None:
         self.path = os.path.join(data_dir, LOCK_FILE)
-        try:
-            self._fd: int | None = os.open(
-                self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, modes.file
-            )
-        except OSError as exc:
-            raise DataDirError(f"cannot open the lock file {self.path}: {exc.strerror}") from exc
+        self._fd: int | None = None
         if fcntl is None:  # pragma: no cover
             return
         try:
+            self._fd = os.open(data_dir, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        except OSError as exc:
+            raise DataDirError(f"cannot open {data_dir} to lock it: {exc.strerror}") from exc
+        try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(self._fd)
-            self._fd = None
+            self.release()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise DataDirError(
-                    f"{data_dir} is in use by another collector (pid {holder}); stop it, "
-                    "or give this collector a data directory of its own"
+                    f"{data_dir} is in use by another collector (pid {self._holder()}); stop "
+                    "it, or give this collector a data directory of its own"
                 ) from exc
-            raise DataDirError(f"cannot lock {self.path}: {exc.strerror}") from exc
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+            raise DataDirError(f"cannot lock {data_dir}: {exc.strerror}") from exc
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, modes.file)
+        except OSError as exc:
+            self.release()
+            raise DataDirError(f"cannot open the lock file {self.path}: {exc.strerror}") from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        finally:
+            os.close(fd)
+
+    def _holder(self) -> str:
+        """The pid the holder wrote to the lock file, or ``unknown``."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        except OSError:
+            return "unknown"
+        try:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,6 +68,7 @@ from .datadir import (
 from .ingest import IngestedBatch, Rejection
 from .ledger import (
     COLLECTOR_INCIDENT_PREFIX,
+    COLLECTOR_SOURCE,
     INCIDENT_PREFIX,
     LEDGER_FILE,
     BucketState,
@@ -157,9 +158,9 @@ COMPLETENESS_MAX_AGE = 5.0
 #: Most batches one group commit takes (bounds the latency of the first in the group).
 MAX_GROUP_BATCHES = 32
 
-
-#: Who the collector's own incidents are attributed to in the report.
-COLLECTOR_SOURCE = "(collector)"
+#: Most queue incidents the ledger keeps per producer (up to 16 arrive per batch); later
+#: ones are logged, once per producer and process, and not kept.
+MAX_INCIDENTS_PER_PRODUCER = 100
 
 
 class RecentPayloads:
@@ -280,6 +281,8 @@ class LocalDelivery:
         self._missing_total = 0
         self._completeness: tuple[float, CompletenessGauges | None] = (float("-inf"), None)
         self._incidents = 0
+        self._incidents_kept: dict[str, int] = {}  # queue incidents in the ledger, by producer
+        self._incidents_refused: set[str] = set()
         modes = self.config.modes
         _prepare_data_dir(self.data_dir, modes)
         # A partition's ledger and lock live in its own directory: workers share DATA_DIR.
@@ -386,22 +389,23 @@ class LocalDelivery:
                 lateness=self.config.lateness,
             )
 
-    def completeness(self) -> CompletenessGauges:
+    def completeness(self) -> CompletenessGauges | None:
         """The ledger's loss and bucket gauges for ``/metrics`` (see :mod:`.metrics`).
 
         Walking every stream needs the delivery lock, so a scrape never waits for it and
         never takes it more often than every ``COMPLETENESS_MAX_AGE`` seconds: while the
         lock is busy (a group commit fsyncing) or the last walk is recent, the previous
         figures are served. Any number of scrapers therefore costs ingest at most one
-        walk per interval.
+        walk per interval. None before the first walk: no figure rather than zeros,
+        which an alert comparing with an earlier value would read as a change.
         """
-        from .metrics import CompletenessGauges, completeness_gauges
+        from .metrics import completeness_gauges
 
         now = self.clock()
         cached_at, cached = self._completeness
         fresh_enough = abs(now - cached_at) < COMPLETENESS_MAX_AGE  # abs: a clock step back
         if fresh_enough or not self._lock.acquire(blocking=False):
-            return cached or CompletenessGauges()
+            return cached
         try:
             fresh = completeness_gauges(
                 self.state,
@@ -409,9 +413,9 @@ class LocalDelivery:
                 grace=self.config.grace_period,
                 lateness=self.config.lateness,
             )
+            self._completeness = (now, fresh)  # before the lock goes: no second walk
         finally:
             self._lock.release()
-        self._completeness = (now, fresh)
         return fresh
 
     def missing_events(self) -> int:
@@ -466,13 +470,26 @@ class LocalDelivery:
     def _record_incidents(self, producer: str, incidents: list[dict[str, Any]]) -> None:
         """Keep a producer's queue incidents (e.g. a damaged file moved aside) for the
         report; keyed by producer, kind and time, so a retried batch adds nothing."""
-        rows = [
-            (
-                f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}",
-                json.dumps({"producer_id": producer, **i}),
-            )
-            for i in incidents
-        ]
+        kept = self._incidents_kept.get(producer, 0)
+        rows = []
+        for i in incidents:
+            key = f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}"
+            if key in self.state.meta:
+                continue
+            if kept >= MAX_INCIDENTS_PER_PRODUCER:
+                if producer not in self._incidents_refused:
+                    self._incidents_refused.add(producer)
+                    log.warning(
+                        "producer %s has reported %d queue incidents; further ones are not kept",
+                        producer,
+                        kept,
+                    )
+                break
+            kept += 1
+            rows.append((key, json.dumps({"producer_id": producer, **i})))
+        self._incidents_kept[producer] = kept
+        if not rows:
+            return
         with self.ledger.atomic() as conn:
             conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", rows)
         for key, value in rows:
@@ -696,14 +713,18 @@ class LocalDelivery:
         return b
 
     def _part_for(self, etype: str, hour: int, fingerprint: bytes) -> PartState:
-        """The part file to append to, never one that is full, damaged or not ours."""
+        """The part file to append to, never one that is full, damaged, unwritable or not
+        ours."""
         fp_hex = fingerprint.hex()
         key = (etype, hour, fp_hex)
         part = self._active.get(key)
         if (
             part is not None
             and part.committed_len < self.config.max_part_bytes
-            and (part.path in self._files or not self._damaged(part, self.state))
+            and (
+                part.path in self._files
+                or not (self._damaged(part, self.state) or self._unwritable(part))
+            )
         ):
             return part
         index = part.index + 1 if part is not None else 0
@@ -762,6 +783,21 @@ class LocalDelivery:
             "damaged_part_file",
             f"{part.path} is {damage}; its {part.events} acknowledged events may be lost "
             f"or partly readable; moved to {where}; new events go to a new part file",
+        )
+        return True
+
+    def _unwritable(self, part: PartState) -> bool:
+        """Whether an intact part file cannot be appended to (made read-only or immutable
+        behind the collector's back). It is left as it is, intact and in the ledger, and
+        new events go to a new part: appending would fail every batch of its hour."""
+        full = os.path.join(self.data_dir, part.path)
+        if not part.committed_len or os.access(full, os.W_OK):
+            return False
+        self._collector_incident(
+            self.state,
+            "part_file_not_writable",
+            f"{part.path} cannot be written to; its {part.events} events stay in it "
+            "untouched; new events of its hour go to a new part file",
         )
         return True
 
@@ -848,6 +884,11 @@ class LocalDelivery:
         self._missing.clear()
         self._missing_total = 0
         self._count_missing(state.streams.values())
+        self._incidents_kept = Counter(
+            str(json.loads(value).get("producer_id"))
+            for key, value in state.meta.items()
+            if key.startswith(INCIDENT_PREFIX)
+        )
 
     def _move_tail_aside(self, part: PartState, state: LedgerState) -> None:
         """Bytes past the committed length: keep a readable copy, then cut the part back."""

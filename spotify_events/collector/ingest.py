@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ..encoding import DropNotice, Envelope, decode_batch, is_avro_full_name
 from ..errors import BatchDecodeError, CollectorError, ConfigError
 from ..schemas import EventSchema, SchemaRegistry
 from .guard import GuardError, scan_container
+from .ledger import COLLECTOR_SOURCE
 from .wire import decode_envelopes, is_envelope_schema
 
 #: Largest timestamp (ms) an hourly bucket path can be built from: 9999-12-31T23:59:59.999Z.
@@ -207,6 +209,8 @@ class Ingest:
         producer = batch.producer_id
         if not producer or len(producer) > _MAX_PRODUCER_ID or not producer.isprintable():
             raise IngestError(400, "metadata", "se.producer_id must be 1-200 printable characters")
+        if producer == COLLECTOR_SOURCE:  # the report's name for the collector's own incidents
+            raise IngestError(400, "metadata", f"se.producer_id {producer!r} is reserved")
         for name in batch.next_seq:
             if not is_avro_full_name(name):
                 raise IngestError(
@@ -309,8 +313,15 @@ def _incidents(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "at": i.get("at"),
         }
         for i in raw[:16]
-        if isinstance(i.get("at"), (int, float))
+        if _finite_number(i.get("at"))
     ]
+
+
+def _finite_number(value: object) -> bool:
+    """A number JSON can carry (no NaN or infinity, which the report could not print)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int)
 
 
 def _printable(name: str) -> str:

@@ -50,6 +50,8 @@ OTHER_REASONS = "(other reasons)"
 #: and the collector's own (``incident:collector:...``, e.g. a damaged part file).
 INCIDENT_PREFIX = "incident:"
 COLLECTOR_INCIDENT_PREFIX = INCIDENT_PREFIX + "collector:"
+#: Who the collector's own incidents are attributed to in the report; no producer id.
+COLLECTOR_SOURCE = "(collector)"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -167,9 +167,12 @@ _DATA_DIR_SIZE = (f"{PREFIX}_data_dir_size_bytes", "Size of the data directory's
 
 
 class _CompletenessCollector(Collector):
-    """Completeness gauges from ``source`` and the data directory's free space."""
+    """Completeness gauges from ``source`` (none while it has no figures yet) and the data
+    directory's free space."""
 
-    def __init__(self, source: Callable[[], CompletenessGauges], data_dir: str | None) -> None:
+    def __init__(
+        self, source: Callable[[], CompletenessGauges | None], data_dir: str | None
+    ) -> None:
         self._source = source
         self._data_dir = data_dir
 
@@ -183,7 +186,7 @@ class _CompletenessCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         g = self._source()
-        for name, doc, field_name in _COMPLETENESS:
+        for name, doc, field_name in _COMPLETENESS if g is not None else ():
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=getattr(g, field_name))
         if self._data_dir is not None:
             try:
@@ -196,7 +199,7 @@ class _CompletenessCollector(Collector):
 
 def add_health(
     metrics: CollectorMetrics,
-    source: Callable[[], CompletenessGauges],
+    source: Callable[[], CompletenessGauges | None],
     *,
     data_dir: str | None = None,
 ) -> None:

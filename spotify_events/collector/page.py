@@ -19,6 +19,9 @@ Two parts:
   time minus the newest event time the producer delivered), incidents, and their
   gap ranges one tap away; then producers grouped by service and SDK version.
 
+Above both, when there are any, the incidents no producer row shows: what the
+collector found wrong in its own data directory (a damaged part file moved aside).
+
 Bounded: at most ``max_hours`` hour columns (the newest), ``max_types`` grid rows
 (types with buckets first: a client can name any type in a rejected event) and
 ``max_producers`` producer (and service and version) rows, :data:`MAX_LIST` lines per
@@ -84,6 +87,7 @@ def render_page(
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         _header(report, title, now, refresh_seconds),
+        _other_incidents(report),
         _grid(report, now, max_hours, max_types),
         _producers(report, now, max_producers),
         _versions(report, max_producers),
@@ -120,6 +124,32 @@ def _header(report: dict[str, Any], title: str, now: float, refresh: int) -> str
         f" · lateness {_duration(report['lateness'])}"
         f" · refreshes every {int(refresh)} s</p>"
         f'<p class="totals">{totals}</p></header>'
+    )
+
+
+def _other_incidents(report: dict[str, Any]) -> str:
+    """Incidents no producer row shows: what the collector found wrong in its own data
+    directory (a damaged part file moved aside), and producers with no stream; newest
+    first, :data:`MAX_LIST` of them."""
+    known = {p["producer_id"] for p in report.get("producers", [])}
+    others = [i for i in report.get("incidents", []) if i.get("producer_id") not in known]
+    if not others:
+        return ""
+    newest = sorted(others, key=_incident_time, reverse=True)[:MAX_LIST]
+    items = "".join(
+        f'<li data-kind="{_e(i.get("kind", ""))}"><b>{_e(i.get("producer_id", ""))}</b> '
+        f"{_e(_iso(_incident_time(i)))} {_e(i.get('kind', ''))}: {_e(i.get('detail', ''))}</li>"
+        for i in newest
+    )
+    more = (
+        f'<p class="meta">{len(others) - MAX_LIST:,} more (see /v1/report)</p>'
+        if len(others) > MAX_LIST
+        else ""
+    )
+    return (
+        '<section id="incidents"><h2 class="bad">Incidents</h2><p class="meta">found by the '
+        "collector in its data directory, or reported by producers not listed below; "
+        f'newest first</p><ul class="gaps">{items}</ul>{more}</section>'
     )
 
 
@@ -356,6 +386,11 @@ def _duration(seconds: float) -> str:
     if s < 172800:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
+
+
+def _incident_time(incident: dict[str, Any]) -> float:
+    at = incident.get("at")
+    return float(at) if isinstance(at, (int, float)) and 0 <= at < 253402300800 else 0.0
 
 
 def _iso(epoch: float) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..config import check_token
 from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .app import CollectorApp
@@ -79,6 +80,8 @@ class CollectorConfig:
         for name in ("close_interval", "channel_timeout", "max_future_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        check_token("token", self.token)
+        check_token("metrics_token", self.metrics_token)
 
 
 class Collector:

@@ -90,3 +90,30 @@ def test_completeness_gauges_follow_the_ledger(tmp_path: Path) -> None:
         assert gauge("data_dir_free_bytes") > 0
     finally:
         collector.shutdown()
+
+
+def test_a_scrape_while_delivery_is_busy_never_reports_zero_for_a_real_loss(
+    tmp_path: Path,
+) -> None:
+    """Before the first ledger walk there is no figure to serve: a scrape that finds the
+    delivery lock busy leaves the completeness gauges out rather than reporting 0, which
+    the loss alerts (``lost - lost offset 15m > 0``) would later read as new loss."""
+    clock = [FIXED_TS / 1000 + 1]
+    config = CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR))
+    first = Collector(config, clock=lambda: clock[0])
+    maker = BatchMaker(SchemaRegistry(SCHEMA_DIR), "producer-a")
+    body = maker.body(maker.envelopes(END_SONG, [1, 5]))
+    assert wsgi_call(first.app, "POST", "/v1/batches", body)[0] == 200
+    first.shutdown()
+    clock[0] += config.grace_period + 1  # numbers 2..4 are lost now
+    restarted = Collector(config, clock=lambda: clock[0])
+    try:
+        with restarted.delivery._lock:  # a group commit is fsyncing
+            busy = restarted.metrics.registry.get_sample_value(
+                "spotify_events_collector_lost_events"
+            )
+        assert busy is None
+        lost = restarted.metrics.registry.get_sample_value("spotify_events_collector_lost_events")
+        assert lost == 3
+    finally:
+        restarted.shutdown()

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collector_helpers import END_SONG, FIXED_TS, PAGE_VIEW, SCHEMA_DIR, BatchMaker, wsgi_call
+from collector_helpers import (
+    END_SONG,
+    FIXED_TS,
+    PAGE_VIEW,
+    SCHEMA_DIR,
+    BatchMaker,
+    part_files,
+    wsgi_call,
+)
 
 from spotify_events.collector.buckets import hour_label
 from spotify_events.collector.page import cell_state, render_page
@@ -279,3 +287,26 @@ def test_page_is_bounded_whatever_the_report_holds() -> None:
     assert len([a for t, a in doc.tags if t == "tr" and "data-sdk-version" in a]) == 200
     assert "2,800 more not shown" in text
     assert text.count("k: d") == 20  # one producer's drill-down
+
+
+def test_page_shows_what_the_collector_found_wrong_in_its_data_directory(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A part file damaged while the collector was stopped is moved aside and recorded as
+    the collector's own incident, which no producer row carries: the page lists it."""
+    config = CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR))
+    first = Collector(config, clock=clock)
+    maker = BatchMaker(first.registry, "producer-a")
+    send(first, maker, batch(maker, END_SONG, [1, 2, 3]))
+    first.shutdown()
+    (part,) = part_files(tmp_path / "data")
+    part.write_bytes(part.read_bytes()[:-7])  # cut while stopped
+    again = Collector(config, clock=clock)
+    try:
+        status, _, body = wsgi_call(again.app, "GET", "/")
+        doc = parse(body.decode())
+        listed = [a["data-kind"] for t, a in doc.tags if t == "li" and "data-kind" in a]
+        assert status == 200 and listed == ["damaged_part_file"]
+        assert "_quarantine" in "".join(doc.text)
+    finally:
+        again.shutdown()

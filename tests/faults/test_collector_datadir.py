@@ -346,3 +346,56 @@ def test_event_type_name_too_long_for_the_file_system_is_refused_at_startup(
     code, err = run_collector("--data-dir", str(tmp_path / "data"), "--schemas", str(schemas))
     assert code not in (None, 0), err
     assert f"{namespace}.Event" in err and "too long" in err and "Traceback" not in err, err
+
+
+def test_lock_file_deleted_under_a_running_collector_still_keeps_a_second_one_out(
+    data: Path,
+) -> None:
+    with CollectorProcess(data, SCHEMA_DIR) as first:
+        assert first.proc is not None
+        (data / "_lock").unlink()  # a tidy-up script, or an operator, removes it
+        code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMA_DIR))
+        assert code not in (None, 0), err
+        assert "in use by another collector" in err and "Traceback" not in err, err
+        assert first.alive()
+
+
+@pytest.fixture
+def read_only() -> Iterator[Any]:
+    """Make a file unwritable, as a non-root collector finds one an operator ran
+    ``chmod a-w`` on (as root, which chmod does not stop: ``chattr +i``); undone after."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() != 0:
+            path.chmod(0o400)
+        elif (
+            shutil.which("chattr") is None
+            or subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True, check=False
+            ).returncode
+        ):
+            pytest.skip("running as root without a working chattr: cannot make a file unwritable")
+        made.append(path)
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_unwritable_part_file_is_left_as_it_is_and_new_events_go_to_a_new_part(
+    data: Path, clock: Clock, opened: list[LocalDelivery], read_only: Any
+) -> None:
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 100)
+    d.close()
+    (part,) = part_files(data)
+    before = part.read_bytes()
+    read_only(part)
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 101, 200)  # the same hour: once a 503 until the hour closed
+    assert part.read_bytes() == before
+    assert read_uids(data) == expected(1, 200)
+    (incident,) = incidents(d)
+    assert incident["kind"] == "part_file_not_writable" and part.name in incident["detail"]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,49 @@ def test_made_up_types_in_heartbeats_and_drops_create_no_state(app: Collector) -
     assert app.delivery.report()["streams"] == []  # nothing kept for types nobody registered
     status, _ = post_app(app, heartbeat("real", {END_SONG: 3}, []))
     assert [s["event_type"] for s in app.delivery.report()["streams"]] == [END_SONG]
+
+
+def test_queue_incidents_kept_per_producer_are_bounded(app: Collector) -> None:
+    from spotify_events.collector.delivery import MAX_INCIDENTS_PER_PRODUCER
+
+    def incidents(producer: str, first: int) -> bytes:
+        told = [{"kind": "queue_damaged", "detail": "x" * 500, "at": first + i} for i in range(16)]
+        return encode_batch(WireBatch(producer, [], {}, [], incidents=told))
+
+    for n in range(MAX_INCIDENTS_PER_PRODUCER // 16 + 5):
+        assert post_app(app, incidents("chatty", n * 16))[0] == 200
+    assert post_app(app, incidents("quiet", 0))[0] == 200
+    kept = Counter(i["producer_id"] for i in app.delivery.report()["incidents"])
+    assert kept == {"chatty": MAX_INCIDENTS_PER_PRODUCER, "quiet": 16}
+    app.delivery.close()  # the bound holds across a restart too
+    again = Collector(app.config)
+    try:
+        assert post_app(again, incidents("chatty", 10_000))[0] == 200
+        kept = Counter(i["producer_id"] for i in again.delivery.report()["incidents"])
+        assert kept["chatty"] == MAX_INCIDENTS_PER_PRODUCER
+    finally:
+        again.shutdown()
+
+
+def test_report_stays_strict_json_whatever_incident_times_a_producer_sends(
+    app: Collector,
+) -> None:
+    told = [{"kind": "k", "detail": "d", "at": t} for t in (float("inf"), float("nan"), 5.0)]
+    assert post_app(app, encode_batch(WireBatch("odd-clock", [], {}, [], incidents=told)))[0] == 200
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    status, _, body = wsgi_call(app.app, "GET", "/v1/report")
+    report = json.loads(body, parse_constant=refuse)  # what a browser or jq accepts
+    assert status == 200 and [i["at"] for i in report["incidents"]] == [5.0]
+
+
+def test_no_producer_can_speak_as_the_collector(app: Collector) -> None:
+    told = [{"kind": "damaged_part_file", "detail": "run rm -rf DATA_DIR", "at": 1.0}]
+    status, out = post_app(app, encode_batch(WireBatch("(collector)", [], {}, [], incidents=told)))
+    assert status == 400 and "se.producer_id" in out["error"]
+    assert app.delivery.report()["incidents"] == []
 
 
 def _collector(data: Path, **config: Any) -> Collector:

@@ -136,3 +136,20 @@ def test_a_client_dropped_without_close_commits_its_buffer(sink: Sink, tmp_path:
         assert queue.depth().events + sink.count() == 10
     finally:
         queue.close()
+
+
+@pytest.mark.parametrize("token", ["токен", "s3cret\n", " s3cret"])
+def test_a_token_no_http_header_can_carry_is_refused_at_construction(
+    tmp_path: Path, token: str
+) -> None:
+    """Such a token fails every send (a traceback each time) and nothing ships, and the
+    collector never matches it; a secret file's trailing newline is the usual way in."""
+    from spotify_events.collector.server import CollectorConfig
+    from spotify_events.config import ClientConfig
+    from spotify_events.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="token"):
+        ClientConfig.build(environ={}, token=token)
+    for option in ("token", "metrics_token"):
+        with pytest.raises(ConfigError, match=option):
+            CollectorConfig(data_dir=str(tmp_path), schemas=str(tmp_path), **{option: token})
