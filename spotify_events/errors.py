@@ -18,6 +18,10 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   └── QueueVersionError              written by a newer spotify-events
     ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
     ├── DataDirError                       the collector's data directory is unsafe to use
+    ├── StreamConfigError                  the JetStream stream exists with other settings
+    ├── SliceDecodeError                   a stream message that is not a slice (quarantined)
+    ├── LeaseLost                          a delivery worker no longer owns its partition
+    ├── NatsServerError(RuntimeError)      no usable nats-server (tests, demo --cluster)
     └── CollectorError                     the collector refuses a whole body (answered 400/413)
         ├── GuardError(ValueError)         refused before decoding (collector/guard.py)
         └── IngestError                    refused while decoding it (collector/ingest.py)

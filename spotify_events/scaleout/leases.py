@@ -39,10 +39,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import SpotifyEventsError
+
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(Exception):
+class LeaseLost(SpotifyEventsError):
     """The worker no longer owns the partition (or cannot prove it does)."""
 
 

@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SpotifyEventsError
 from .connection import MIN_SERVER as MIN_SERVER_VERSION
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(SpotifyEventsError, RuntimeError):
     """No usable nats-server binary, or a node did not come up."""
 
 
