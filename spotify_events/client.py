@@ -22,11 +22,8 @@ lifecycle rules that keep the host service first:
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
-import multiprocessing.util
-import os
 import threading
 import time
 import weakref
@@ -35,14 +32,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
 from .errors import ClientClosedError, EventValidationError, QueueCorruptError, QueueError
+from .lifecycle import Lifecycle, ProcessHooks
 from .otel_metrics import register_if_available
 from .queue import DurableQueue, QueueDepth, quarantine
 from .schemas import SchemaRegistry
-from .shipper import Shipper, ShipperSettings
+from .settings import ClientSettings, QueueSettings
+from .shipper import Shipper
 from .transport import HttpTransport, Transport
 from .writer import QueueWriter
 
@@ -81,34 +79,30 @@ class EventClient:
     environment variables (see :class:`~spotify_events.config.ClientConfig`).
     """
 
-    def __init__(self, *, transport: Transport | None = None, **settings: Any) -> None:
+    def __init__(
+        self, *, transport: Transport | None = None, **settings: Unpack[ClientSettings]
+    ) -> None:
         self.config = ClientConfig.build(**settings)
         cfg = self.config
         self.registry = SchemaRegistry.coerce(cfg.schemas)
         self._encoders: dict[str, EventEncoder] = {}
         self._durable = cfg.durability is not Durability.BUFFERED
         self._own_transport = transport is None
-        self._transport: Transport = transport or HttpTransport(
-            cfg.endpoint,
-            token=cfg.token,
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
-            verify=cfg.verify,
-            user_agent=f"spotify-events/{__version__}",
-        )
+        self._transport: Transport = transport or HttpTransport(cfg.transport_settings())
         self._open()
         self._closed = False
         self._close_result: bool | None = None
         self._close_lock = threading.Lock()
-        self._fork_held = False
         self._final_depth: QueueDepth | None = None
         self._final_held: dict[str, int] = {}
-        self._pid = os.getpid()
-        _register_fork_hook(self)
-        # multiprocessing's forked children leave through os._exit(), skipping atexit,
-        # and clear its finalizer registry at start; its after-fork hooks run after that.
-        multiprocessing.util.register_after_fork(self, _close_at_multiprocessing_exit)
-        self._atexit = _register_atexit(self)
+        # Fork, exit and multiprocessing hooks, once, through weak references. Order: the
+        # queues quiesce SQLite first; the client's own reset comes last and rewires.
+        self._process_hooks = ProcessHooks(self._exit_hook)
+        for part in (self._writer_queue, self._shipper_queue, self._writer, self._shipper):
+            self._process_hooks.register(part)
+        if isinstance(self._transport, Lifecycle):
+            self._process_hooks.register(self._transport)
+        self._process_hooks.register(self)
         # A client dropped without close(): its threads hold the writer and shipper,
         # not the client, so commit the buffer when the client itself is collected.
         self._finalizer = weakref.finalize(self, _commit_on_collect, self._writer, self._shipper)
@@ -117,35 +111,11 @@ class EventClient:
 
     def _open(self) -> None:
         cfg = self.config
-        queue_args: dict[str, Any] = {
-            "max_queue_bytes": cfg.max_queue_bytes,
-            "drop_policy": cfg.drop_policy,
-            "fsync": cfg.durability is Durability.FSYNC,
-        }
-        self._writer_queue = self._open_or_quarantine(cfg.queue_path, queue_args)
-        self._shipper_queue = DurableQueue(cfg.queue_path, **queue_args)
-        self._writer = QueueWriter(
-            self._writer_queue,
-            commit_interval=cfg.commit_interval,
-            max_buffer_bytes=cfg.max_buffer_bytes,
-            block_timeout=cfg.block_timeout,
-        )
-        self._shipper = Shipper(
-            self._shipper_queue,
-            self._transport,
-            ShipperSettings(
-                max_events=cfg.batch_max_events,
-                max_bytes=cfg.batch_max_bytes,
-                linger=cfg.linger,
-                heartbeat_interval=cfg.heartbeat_interval,
-                lease_ttl=cfg.lease_ttl,
-                backoff_max=cfg.backoff_max,
-                hold_retry_max=cfg.hold_retry_max,
-                service=cfg.service,
-                host=cfg.host,
-                sdk_version=__version__,
-            ),
-        )
+        queue_settings = cfg.queue_settings()
+        self._writer_queue = self._open_or_quarantine(cfg.queue_path, queue_settings)
+        self._shipper_queue = DurableQueue(cfg.queue_path, queue_settings)
+        self._writer = QueueWriter(self._writer_queue, cfg.writer_settings())
+        self._shipper = Shipper(self._shipper_queue, self._transport, cfg.shipper_settings())
         self._writer.on_commit = self._shipper.committed
         self._writer.file_check = functools.partial(
             _restore_queue_file, self._writer_queue, self._shipper_queue
@@ -154,12 +124,12 @@ class EventClient:
         self._start_lock = threading.RLock()  # a signal handler may log during _start()
 
     @staticmethod
-    def _open_or_quarantine(path: str, queue_args: dict[str, Any]) -> DurableQueue:
+    def _open_or_quarantine(path: str, settings: QueueSettings) -> DurableQueue:
         """Open the queue; a damaged file is moved aside (never deleted), a fresh
         queue starts, and the incident travels to the collector with the next batch.
         Foreign or newer files raise: they are somebody's data, not ours to move."""
         try:
-            return DurableQueue(path, verify=True, **queue_args)
+            return DurableQueue(path, settings, verify=True)
         except QueueCorruptError as exc:
             moved = quarantine(path)
             logger.error(
@@ -169,7 +139,7 @@ class EventClient:
                 exc,
                 moved,
             )
-            queue = DurableQueue(path, **queue_args)
+            queue = DurableQueue(path, settings)
             queue.record_incident("queue_quarantined", f"{exc}; moved to {moved}")
             return queue
 
@@ -234,36 +204,26 @@ class EventClient:
                 self._shipper.start()
                 self._started = True
 
-    def _before_fork(self) -> None:
-        # Quiesce SQLite: no thread of ours inside it, no connection open, at the fork.
-        if not self._closed and self._pid == os.getpid():
-            self._writer_queue.hold_for_fork()
-            self._shipper_queue.hold_for_fork()
-            self._fork_held = True
+    # Lifecycle (see spotify_events.lifecycle): the queues, writer, shipper and transport
+    # handle their own state around a fork; the client's part runs after theirs.
+    def before_fork(self) -> None:
+        """Nothing of the client's own: its queues hold SQLite quiet through the fork."""
 
-    def _after_fork_in_parent(self) -> None:
-        if self._fork_held:
-            self._fork_held = False
-            self._shipper_queue.release_after_fork()
-            self._writer_queue.release_after_fork()
+    def after_fork_in_parent(self) -> None:
+        """The parent's client carries on as it was."""
 
-    def _after_fork_in_child(self) -> None:
-        # Runs in the child right after fork, before any other code: replace every
-        # primitive a parent thread could have held, forget the parent's buffer and
-        # counters. Connections and threads come lazily, on first use.
-        self._fork_held = False
-        self._pid = os.getpid()
-        self._writer_queue.reset_after_fork_in_child()
-        self._shipper_queue.reset_after_fork_in_child()
+    def after_fork_in_child(self) -> None:
+        """Runs in the child right after fork, after the parts reset: replace every lock a
+        parent thread could have held and rewire the fresh writer and shipper. Connections
+        and threads come lazily, on first use."""
         self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._close_lock = threading.Lock()
-        self._writer.reinit_after_fork()
-        self._shipper.reinit_after_fork()
         self._writer.on_commit = self._shipper.committed
         self._started = False
-        reset = getattr(self._transport, "reset_after_fork", None)
-        if reset is not None:
-            reset()
+
+    def stop(self, timeout: float) -> bool:
+        """:class:`~spotify_events.lifecycle.Lifecycle`'s stop: :meth:`close`."""
+        return self.close(timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every event logged before this call is acknowledged by the
@@ -306,6 +266,7 @@ class EventClient:
             with self._start_lock:
                 self._closed = True
                 started, self._started = self._started, False
+            self._process_hooks.stop_fork_handling()
             budget = self.config.close_timeout if timeout is None else timeout
             deadline = time.monotonic() + budget
             if started:
@@ -321,9 +282,7 @@ class EventClient:
                     delivered = self._flush(0.0)
             else:
                 delivered = not self._writer_queue.depth().events
-            if self._atexit is not None:
-                atexit.unregister(self._atexit)
-                self._atexit = None
+            self._process_hooks.unregister_exit()
             self._finalizer.detach()
             if self._own_transport:
                 self._transport.close()
@@ -456,45 +415,10 @@ def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:
         logger.exception("spotify-events: error committing a collected client's buffer")
 
 
-def _close_at_multiprocessing_exit(client: EventClient) -> None:
-    if not client._closed:
-        multiprocessing.util.Finalize(client, client._exit_hook, exitpriority=10)
-
-
-def _register_fork_hook(client: EventClient) -> None:
-    """Fork hooks through weak references: a client that was garbage collected is
-    skipped, and registering never keeps a client alive."""
-    refs = {
-        "before": weakref.WeakMethod(client._before_fork),
-        "after_in_parent": weakref.WeakMethod(client._after_fork_in_parent),
-        "after_in_child": weakref.WeakMethod(client._after_fork_in_child),
-    }
-
-    def hook(name: str) -> Callable[[], None]:
-        def call() -> None:
-            method = refs[name]()
-            if method is not None:
-                method()
-
-        return call
-
-    os.register_at_fork(**{name: hook(name) for name in refs})
-
-
-def _register_atexit(client: EventClient) -> Any:
-    ref = weakref.WeakMethod(client._exit_hook)
-
-    def hook() -> None:
-        method = ref()
-        if method is not None:
-            method()
-
-    atexit.register(hook)
-    return hook
-
-
-if TYPE_CHECKING:  # names used only in EventClient.track/timed annotations
+if TYPE_CHECKING:  # names used only in annotations
     from collections.abc import Callable
+
+    from typing_extensions import Unpack
 
     from .instrument import F as _F
     from .instrument import FieldsFn, Timed
