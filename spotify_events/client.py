@@ -1,8 +1,9 @@
 """EventClient: the public face a service holds for its whole life.
 
-It wires the one-way path together (encode in the caller's thread, buffer,
-group commit to the SQLite queue, ship in the background) and owns the
-lifecycle rules that keep the host service first:
+It encodes in the caller's thread and hands events to its
+:class:`~spotify_events.pipeline.Pipeline` (buffer, group commit to the SQLite
+queue, ship in the background), and keeps the rules that keep the host service
+first:
 
 * ``log()`` never touches the network and never raises for network or
   collector trouble; it raises only for the caller's own mistakes (unknown
@@ -22,7 +23,6 @@ lifecycle rules that keep the host service first:
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
-from .errors import ClientClosedError, EventValidationError, QueueCorruptError, QueueError
-from .lifecycle import Lifecycle, ProcessHooks
+from .errors import ClientClosedError, EventValidationError, QueueError
+from .lifecycle import ProcessHooks
 from .otel_metrics import register_if_available
-from .queue import DurableQueue, QueueDepth, quarantine
+from .pipeline import Pipeline
+from .queue import QueueDepth
 from .schemas import SchemaRegistry
-from .settings import ClientSettings, QueueSettings
+from .settings import ClientSettings
 from .shipper import Shipper
 from .transport import HttpTransport, Transport
 from .writer import QueueWriter
@@ -89,19 +90,21 @@ class EventClient:
         self._durable = cfg.durability is not Durability.BUFFERED
         self._own_transport = transport is None
         self._transport: Transport = transport or HttpTransport(cfg.transport_settings())
-        self._open()
+        self._pipeline = Pipeline(cfg, self._transport)
+        self._writer = self._pipeline.writer  # log()'s hot path: one attribute lookup
+        self._shipper = self._pipeline.shipper
+        self._started = False
+        self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._closed = False
         self._close_result: bool | None = None
         self._close_lock = threading.Lock()
         self._final_depth: QueueDepth | None = None
         self._final_held: dict[str, int] = {}
-        # Fork, exit and multiprocessing hooks, once, through weak references. Order: the
-        # queues quiesce SQLite first; the client's own reset comes last and rewires.
+        # Fork, exit and multiprocessing hooks, once, through weak references: the
+        # pipeline's parts in their order, then the client's own reset, which rewires.
         self._process_hooks = ProcessHooks(self._exit_hook)
-        for part in (self._writer_queue, self._shipper_queue, self._writer, self._shipper):
+        for part in self._pipeline.parts():
             self._process_hooks.register(part)
-        if isinstance(self._transport, Lifecycle):
-            self._process_hooks.register(self._transport)
         self._process_hooks.register(self)
         # A client dropped without close(): its threads hold the writer and shipper,
         # not the client, so commit the buffer when the client itself is collected.
@@ -109,43 +112,9 @@ class EventClient:
         self._finalizer.atexit = False  # at exit the atexit hook does the full close()
         register_if_available(self)  # OpenTelemetry metrics, when opentelemetry-api is installed
 
-    def _open(self) -> None:
-        cfg = self.config
-        queue_settings = cfg.queue_settings()
-        self._writer_queue = self._open_or_quarantine(cfg.queue_path, queue_settings)
-        self._shipper_queue = DurableQueue(cfg.queue_path, queue_settings)
-        self._writer = QueueWriter(self._writer_queue, cfg.writer_settings())
-        self._shipper = Shipper(self._shipper_queue, self._transport, cfg.shipper_settings())
-        self._writer.on_commit = self._shipper.committed
-        self._writer.file_check = functools.partial(
-            _restore_queue_file, self._writer_queue, self._shipper_queue
-        )
-        self._started = False
-        self._start_lock = threading.RLock()  # a signal handler may log during _start()
-
-    @staticmethod
-    def _open_or_quarantine(path: str, settings: QueueSettings) -> DurableQueue:
-        """Open the queue; a damaged file is moved aside (never deleted), a fresh
-        queue starts, and the incident travels to the collector with the next batch.
-        Foreign or newer files raise: they are somebody's data, not ours to move."""
-        try:
-            return DurableQueue(path, settings, verify=True)
-        except QueueCorruptError as exc:
-            moved = quarantine(path)
-            logger.error(
-                "spotify-events: queue file %s is damaged (%s); moved it to %s and started a fresh "
-                "queue. Events still in the old file are not shipped; the collector is told.",
-                path,
-                exc,
-                moved,
-            )
-            queue = DurableQueue(path, settings)
-            queue.record_incident("queue_quarantined", f"{exc}; moved to {moved}")
-            return queue
-
     @property
     def producer_id(self) -> str:
-        return self._writer_queue.producer_id
+        return self._pipeline.writer_queue.producer_id
 
     # -- the hot path ------------------------------------------------------------------
     def log(
@@ -200,8 +169,7 @@ class EventClient:
                     f"{self!r} is closed; create a new client to log more events"
                 )
             if not self._started:
-                self._writer.start()
-                self._shipper.start()
+                self._pipeline.start()
                 self._started = True
 
     # Lifecycle (see spotify_events.lifecycle): the queues, writer, shipper and transport
@@ -218,7 +186,7 @@ class EventClient:
         and threads come lazily, on first use."""
         self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._close_lock = threading.Lock()
-        self._writer.on_commit = self._shipper.committed
+        self._pipeline.wire()
         self._started = False
 
     def stop(self, timeout: float) -> bool:
@@ -233,20 +201,8 @@ class EventClient:
         return self._flush(timeout)
 
     def _flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         try:
-            if not self._writer.commit_through(self._writer.last_ticket, timeout):
-                return False
-            last_id = self._writer_queue.max_event_id()
-            last_drop_id = self._writer_queue.last_drop_id()
-
-            def delivered() -> bool:
-                if self._shipper_queue.has_events_through(last_id):
-                    return False
-                pending = self._shipper_queue.unreported_drops(1)
-                return not pending or pending[0][0] > last_drop_id
-
-            return self._shipper.wait_acked(delivered, max(0.0, deadline - time.monotonic()))
+            return self._pipeline.delivered_through(timeout)
         except QueueError as exc:  # closed under us, or the disk is failing: not delivered
             logger.debug("flush gave up: %s", exc)
             return False
@@ -281,21 +237,20 @@ class EventClient:
                     self._shipper.stop(max(0.1, deadline - time.monotonic()))
                     delivered = self._flush(0.0)
             else:
-                delivered = not self._writer_queue.depth().events
+                delivered = not self._pipeline.depth().events
             self._process_hooks.unregister_exit()
             self._finalizer.detach()
             if self._own_transport:
                 self._transport.close()
-            self._final_held = self._held()
-            self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
+            self._final_held = self._pipeline.held()
+            self._final_depth = self._pipeline.depth()  # stats() keeps answering after close
             if self._final_depth.events:
                 logger.warning(
                     "spotify-events: %d event(s) remain in %s; they ship on the next start",
                     self._final_depth.events,
                     self.config.queue_path,
                 )
-            self._writer_queue.close()
-            self._shipper_queue.close()
+            self._pipeline.close_queues()
             self._close_result = delivered
             return delivered
 
@@ -315,7 +270,7 @@ class EventClient:
     # -- introspection ---------------------------------------------------------------------
     def stats(self) -> ClientStats:
         w, s = self._writer.counters, self._shipper.counters
-        depth = self._final_depth if self._final_depth is not None else self._writer_queue.depth()
+        depth = self._final_depth if self._final_depth is not None else self._pipeline.depth()
         buffered, _ = self._writer.buffered
         dropped = dict(w.dropped)
         return ClientStats(
@@ -343,10 +298,7 @@ class EventClient:
     def _held(self) -> dict[str, int]:
         if self._final_depth is not None:  # closed: the queue file is no longer open
             return dict(self._final_held)
-        held: dict[str, int] = {}
-        for hold in self._writer_queue.holds():
-            held[hold.event_type] = held.get(hold.event_type, 0) + hold.events
-        return held
+        return self._pipeline.held()
 
     def __repr__(self) -> str:
         return f"<EventClient {self.config.endpoint} queue={self.config.queue_path} {self.config.durability.value}>"
@@ -390,20 +342,6 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
             field="timestamp",
         )
     return millis
-
-
-def _restore_queue_file(queue: DurableQueue, peer: DurableQueue) -> None:
-    """The writer thread's periodic check: a queue file deleted or replaced under a
-    running client is put back from the open connection, with everything in it."""
-    if queue.file_state() is None:
-        return
-    detail = queue.restore_file([peer])
-    if detail is not None:
-        logger.error(
-            "spotify-events: %s. No event was lost; delete or move a queue file only while "
-            "no process uses it.",
-            detail,
-        )
 
 
 def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:
