@@ -25,6 +25,8 @@ from spotify_events.encoding import decode_event
 from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.schemas import SchemaRegistry
 
+pytestmark = pytest.mark.faults
+
 CHILD = textwrap.dedent(
     """
     import sys
