@@ -4,6 +4,7 @@ and the collector's command line, config and parts agree on every default."""
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from spotify_events.collector.delivery import DeliveryConfig
 from spotify_events.collector.ingest import IngestLimits
 from spotify_events.config import ClientConfig
 from spotify_events.queue import DurableQueue
+from spotify_events.settings import ClientSettings
 from spotify_events.transport import HttpTransport
 from spotify_events.writer import QueueWriter
 
@@ -61,3 +63,8 @@ def test_collector_command_line_defaults_come_from_collector_config() -> None:
     assert config.max_open_files == DeliveryConfig.max_open_files
     assert config.max_body_bytes == IngestLimits.max_body_bytes
     assert config.max_future_seconds == IngestLimits.max_future_seconds
+
+
+def test_typed_keywords_name_every_client_setting() -> None:
+    """ClientSettings (what editors and mypy see) lists exactly ClientConfig's fields."""
+    assert set(ClientSettings.__annotations__) == {f.name for f in fields(ClientConfig)}
