@@ -15,12 +15,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
 
+from spotify_events.config import ClientConfig
 from spotify_events.encoding import Envelope, EventEncoder, WireBatch, decode_batch, encode_batch
 from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.schemas import EventSchema, SchemaRegistry
@@ -62,7 +64,8 @@ def queues(tmp_path: Path) -> Iterator[Callable[..., DurableQueue]]:
     made: list[DurableQueue] = []
 
     def _make(**options: Any) -> DurableQueue:
-        made.append(DurableQueue(tmp_path / "bench.db", **options))
+        settings = replace(ClientConfig().queue_settings(), **options)
+        made.append(DurableQueue(tmp_path / "bench.db", settings))
         return made[-1]
 
     yield _make
@@ -75,7 +78,7 @@ def writers() -> Iterator[Callable[..., QueueWriter]]:
     made: list[QueueWriter] = []
 
     def _make(queue: DurableQueue, **options: Any) -> QueueWriter:
-        made.append(QueueWriter(queue, **options))
+        made.append(QueueWriter(queue, replace(ClientConfig().writer_settings(), **options)))
         made[-1].start()
         return made[-1]
 

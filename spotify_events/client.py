@@ -1,8 +1,9 @@
 """EventClient: the public face a service holds for its whole life.
 
-It wires the one-way path together (encode in the caller's thread, buffer,
-group commit to the SQLite queue, ship in the background) and owns the
-lifecycle rules that keep the host service first:
+It encodes in the caller's thread and hands events to its
+:class:`~spotify_events.pipeline.Pipeline` (buffer, group commit to the SQLite
+queue, ship in the background), and keeps the rules that keep the host service
+first:
 
 * ``log()`` never touches the network and never raises for network or
   collector trouble; it raises only for the caller's own mistakes (unknown
@@ -22,11 +23,7 @@ lifecycle rules that keep the host service first:
 
 from __future__ import annotations
 
-import atexit
-import functools
 import logging
-import multiprocessing.util
-import os
 import threading
 import time
 import weakref
@@ -35,14 +32,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .config import ClientConfig, Durability
 from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
-from .errors import ClientClosedError, EventValidationError, QueueCorruptError, QueueError
+from .errors import ClientClosedError, EventValidationError, QueueError
+from .lifecycle import ProcessHooks
 from .otel_metrics import register_if_available
-from .queue import DurableQueue, QueueDepth, quarantine
+from .pipeline import Pipeline
+from .queue import QueueDepth
 from .schemas import SchemaRegistry
-from .shipper import Shipper, ShipperSettings
+from .settings import ClientSettings
+from .shipper import Shipper
 from .transport import HttpTransport, Transport
 from .writer import QueueWriter
 
@@ -81,101 +80,41 @@ class EventClient:
     environment variables (see :class:`~spotify_events.config.ClientConfig`).
     """
 
-    def __init__(self, *, transport: Transport | None = None, **settings: Any) -> None:
+    def __init__(
+        self, *, transport: Transport | None = None, **settings: Unpack[ClientSettings]
+    ) -> None:
         self.config = ClientConfig.build(**settings)
         cfg = self.config
         self.registry = SchemaRegistry.coerce(cfg.schemas)
         self._encoders: dict[str, EventEncoder] = {}
         self._durable = cfg.durability is not Durability.BUFFERED
         self._own_transport = transport is None
-        self._transport: Transport = transport or HttpTransport(
-            cfg.endpoint,
-            token=cfg.token,
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
-            verify=cfg.verify,
-            user_agent=f"spotify-events/{__version__}",
-        )
-        self._open()
+        self._transport: Transport = transport or HttpTransport(cfg.transport_settings())
+        self._pipeline = Pipeline(cfg, self._transport)
+        self._writer = self._pipeline.writer  # log()'s hot path: one attribute lookup
+        self._shipper = self._pipeline.shipper
+        self._started = False
+        self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._closed = False
         self._close_result: bool | None = None
         self._close_lock = threading.Lock()
-        self._fork_held = False
         self._final_depth: QueueDepth | None = None
         self._final_held: dict[str, int] = {}
-        self._pid = os.getpid()
-        _register_fork_hook(self)
-        # multiprocessing's forked children leave through os._exit(), skipping atexit,
-        # and clear its finalizer registry at start; its after-fork hooks run after that.
-        multiprocessing.util.register_after_fork(self, _close_at_multiprocessing_exit)
-        self._atexit = _register_atexit(self)
+        # Fork, exit and multiprocessing hooks, once, through weak references: the
+        # pipeline's parts in their order, then the client's own reset, which rewires.
+        self._process_hooks = ProcessHooks(self._exit_hook)
+        for part in self._pipeline.parts():
+            self._process_hooks.register(part)
+        self._process_hooks.register(self)
         # A client dropped without close(): its threads hold the writer and shipper,
         # not the client, so commit the buffer when the client itself is collected.
         self._finalizer = weakref.finalize(self, _commit_on_collect, self._writer, self._shipper)
         self._finalizer.atexit = False  # at exit the atexit hook does the full close()
         register_if_available(self)  # OpenTelemetry metrics, when opentelemetry-api is installed
 
-    def _open(self) -> None:
-        cfg = self.config
-        queue_args: dict[str, Any] = {
-            "max_queue_bytes": cfg.max_queue_bytes,
-            "drop_policy": cfg.drop_policy,
-            "fsync": cfg.durability is Durability.FSYNC,
-        }
-        self._writer_queue = self._open_or_quarantine(cfg.queue_path, queue_args)
-        self._shipper_queue = DurableQueue(cfg.queue_path, **queue_args)
-        self._writer = QueueWriter(
-            self._writer_queue,
-            commit_interval=cfg.commit_interval,
-            max_buffer_bytes=cfg.max_buffer_bytes,
-            block_timeout=cfg.block_timeout,
-        )
-        self._shipper = Shipper(
-            self._shipper_queue,
-            self._transport,
-            ShipperSettings(
-                max_events=cfg.batch_max_events,
-                max_bytes=cfg.batch_max_bytes,
-                linger=cfg.linger,
-                heartbeat_interval=cfg.heartbeat_interval,
-                lease_ttl=cfg.lease_ttl,
-                backoff_max=cfg.backoff_max,
-                hold_retry_max=cfg.hold_retry_max,
-                service=cfg.service,
-                host=cfg.host,
-                sdk_version=__version__,
-            ),
-        )
-        self._writer.on_commit = self._shipper.committed
-        self._writer.file_check = functools.partial(
-            _restore_queue_file, self._writer_queue, self._shipper_queue
-        )
-        self._started = False
-        self._start_lock = threading.RLock()  # a signal handler may log during _start()
-
-    @staticmethod
-    def _open_or_quarantine(path: str, queue_args: dict[str, Any]) -> DurableQueue:
-        """Open the queue; a damaged file is moved aside (never deleted), a fresh
-        queue starts, and the incident travels to the collector with the next batch.
-        Foreign or newer files raise: they are somebody's data, not ours to move."""
-        try:
-            return DurableQueue(path, verify=True, **queue_args)
-        except QueueCorruptError as exc:
-            moved = quarantine(path)
-            logger.error(
-                "spotify-events: queue file %s is damaged (%s); moved it to %s and started a fresh "
-                "queue. Events still in the old file are not shipped; the collector is told.",
-                path,
-                exc,
-                moved,
-            )
-            queue = DurableQueue(path, **queue_args)
-            queue.record_incident("queue_quarantined", f"{exc}; moved to {moved}")
-            return queue
-
     @property
     def producer_id(self) -> str:
-        return self._writer_queue.producer_id
+        return self._pipeline.writer_queue.producer_id
 
     # -- the hot path ------------------------------------------------------------------
     def log(
@@ -230,40 +169,29 @@ class EventClient:
                     f"{self!r} is closed; create a new client to log more events"
                 )
             if not self._started:
-                self._writer.start()
-                self._shipper.start()
+                self._pipeline.start()
                 self._started = True
 
-    def _before_fork(self) -> None:
-        # Quiesce SQLite: no thread of ours inside it, no connection open, at the fork.
-        if not self._closed and self._pid == os.getpid():
-            self._writer_queue.hold_for_fork()
-            self._shipper_queue.hold_for_fork()
-            self._fork_held = True
+    # Lifecycle (see spotify_events.lifecycle): the queues, writer, shipper and transport
+    # handle their own state around a fork; the client's part runs after theirs.
+    def before_fork(self) -> None:
+        """Nothing of the client's own: its queues hold SQLite quiet through the fork."""
 
-    def _after_fork_in_parent(self) -> None:
-        if self._fork_held:
-            self._fork_held = False
-            self._shipper_queue.release_after_fork()
-            self._writer_queue.release_after_fork()
+    def after_fork_in_parent(self) -> None:
+        """The parent's client carries on as it was."""
 
-    def _after_fork_in_child(self) -> None:
-        # Runs in the child right after fork, before any other code: replace every
-        # primitive a parent thread could have held, forget the parent's buffer and
-        # counters. Connections and threads come lazily, on first use.
-        self._fork_held = False
-        self._pid = os.getpid()
-        self._writer_queue.reset_after_fork_in_child()
-        self._shipper_queue.reset_after_fork_in_child()
+    def after_fork_in_child(self) -> None:
+        """Runs in the child right after fork, after the parts reset: replace every lock a
+        parent thread could have held and rewire the fresh writer and shipper. Connections
+        and threads come lazily, on first use."""
         self._start_lock = threading.RLock()  # a signal handler may log during _start()
         self._close_lock = threading.Lock()
-        self._writer.reinit_after_fork()
-        self._shipper.reinit_after_fork()
-        self._writer.on_commit = self._shipper.committed
+        self._pipeline.wire()
         self._started = False
-        reset = getattr(self._transport, "reset_after_fork", None)
-        if reset is not None:
-            reset()
+
+    def stop(self, timeout: float) -> bool:
+        """:class:`~spotify_events.lifecycle.Lifecycle`'s stop: :meth:`close`."""
+        return self.close(timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every event logged before this call is acknowledged by the
@@ -273,20 +201,8 @@ class EventClient:
         return self._flush(timeout)
 
     def _flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         try:
-            if not self._writer.commit_through(self._writer.last_ticket, timeout):
-                return False
-            last_id = self._writer_queue.max_event_id()
-            last_drop_id = self._writer_queue.last_drop_id()
-
-            def delivered() -> bool:
-                if self._shipper_queue.has_events_through(last_id):
-                    return False
-                pending = self._shipper_queue.unreported_drops(1)
-                return not pending or pending[0][0] > last_drop_id
-
-            return self._shipper.wait_acked(delivered, max(0.0, deadline - time.monotonic()))
+            return self._pipeline.delivered_through(timeout)
         except QueueError as exc:  # closed under us, or the disk is failing: not delivered
             logger.debug("flush gave up: %s", exc)
             return False
@@ -306,6 +222,7 @@ class EventClient:
             with self._start_lock:
                 self._closed = True
                 started, self._started = self._started, False
+            self._process_hooks.stop_fork_handling()
             budget = self.config.close_timeout if timeout is None else timeout
             deadline = time.monotonic() + budget
             if started:
@@ -320,23 +237,20 @@ class EventClient:
                     self._shipper.stop(max(0.1, deadline - time.monotonic()))
                     delivered = self._flush(0.0)
             else:
-                delivered = not self._writer_queue.depth().events
-            if self._atexit is not None:
-                atexit.unregister(self._atexit)
-                self._atexit = None
+                delivered = not self._pipeline.depth().events
+            self._process_hooks.unregister_exit()
             self._finalizer.detach()
             if self._own_transport:
                 self._transport.close()
-            self._final_held = self._held()
-            self._final_depth = self._writer_queue.depth()  # stats() keeps answering after close
+            self._final_held = self._pipeline.held()
+            self._final_depth = self._pipeline.depth()  # stats() keeps answering after close
             if self._final_depth.events:
                 logger.warning(
                     "spotify-events: %d event(s) remain in %s; they ship on the next start",
                     self._final_depth.events,
                     self.config.queue_path,
                 )
-            self._writer_queue.close()
-            self._shipper_queue.close()
+            self._pipeline.close_queues()
             self._close_result = delivered
             return delivered
 
@@ -356,7 +270,7 @@ class EventClient:
     # -- introspection ---------------------------------------------------------------------
     def stats(self) -> ClientStats:
         w, s = self._writer.counters, self._shipper.counters
-        depth = self._final_depth if self._final_depth is not None else self._writer_queue.depth()
+        depth = self._final_depth if self._final_depth is not None else self._pipeline.depth()
         buffered, _ = self._writer.buffered
         dropped = dict(w.dropped)
         return ClientStats(
@@ -384,10 +298,7 @@ class EventClient:
     def _held(self) -> dict[str, int]:
         if self._final_depth is not None:  # closed: the queue file is no longer open
             return dict(self._final_held)
-        held: dict[str, int] = {}
-        for hold in self._writer_queue.holds():
-            held[hold.event_type] = held.get(hold.event_type, 0) + hold.events
-        return held
+        return self._pipeline.held()
 
     def __repr__(self) -> str:
         return f"<EventClient {self.config.endpoint} queue={self.config.queue_path} {self.config.durability.value}>"
@@ -433,20 +344,6 @@ def _event_millis(encoder: EventEncoder, timestamp: float | datetime) -> int:
     return millis
 
 
-def _restore_queue_file(queue: DurableQueue, peer: DurableQueue) -> None:
-    """The writer thread's periodic check: a queue file deleted or replaced under a
-    running client is put back from the open connection, with everything in it."""
-    if queue.file_state() is None:
-        return
-    detail = queue.restore_file([peer])
-    if detail is not None:
-        logger.error(
-            "spotify-events: %s. No event was lost; delete or move a queue file only while "
-            "no process uses it.",
-            detail,
-        )
-
-
 def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:
     """A client was garbage collected without close(): keep its buffered events."""
     try:
@@ -456,45 +353,10 @@ def _commit_on_collect(writer: QueueWriter, shipper: Shipper) -> None:
         logger.exception("spotify-events: error committing a collected client's buffer")
 
 
-def _close_at_multiprocessing_exit(client: EventClient) -> None:
-    if not client._closed:
-        multiprocessing.util.Finalize(client, client._exit_hook, exitpriority=10)
-
-
-def _register_fork_hook(client: EventClient) -> None:
-    """Fork hooks through weak references: a client that was garbage collected is
-    skipped, and registering never keeps a client alive."""
-    refs = {
-        "before": weakref.WeakMethod(client._before_fork),
-        "after_in_parent": weakref.WeakMethod(client._after_fork_in_parent),
-        "after_in_child": weakref.WeakMethod(client._after_fork_in_child),
-    }
-
-    def hook(name: str) -> Callable[[], None]:
-        def call() -> None:
-            method = refs[name]()
-            if method is not None:
-                method()
-
-        return call
-
-    os.register_at_fork(**{name: hook(name) for name in refs})
-
-
-def _register_atexit(client: EventClient) -> Any:
-    ref = weakref.WeakMethod(client._exit_hook)
-
-    def hook() -> None:
-        method = ref()
-        if method is not None:
-            method()
-
-    atexit.register(hook)
-    return hook
-
-
-if TYPE_CHECKING:  # names used only in EventClient.track/timed annotations
+if TYPE_CHECKING:  # names used only in annotations
     from collections.abc import Callable
+
+    from typing_extensions import Unpack
 
     from .instrument import F as _F
     from .instrument import FieldsFn, Timed

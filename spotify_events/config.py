@@ -7,26 +7,31 @@ construction so nonsense fails loudly at startup instead of quietly at 3 a.m.
 
 from __future__ import annotations
 
-import enum
 import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .errors import ConfigError
-from .queue import DropPolicy
-from .writer import EVENT_MEMORY_OVERHEAD
+from .settings import (
+    EVENT_MEMORY_OVERHEAD,
+    ClientSettings,
+    DropPolicy,
+    Durability,
+    QueueSettings,
+    ShipperSettings,
+    TransportSettings,
+    WriterSettings,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 ENV_PREFIX = "SPOTIFY_EVENTS_"
 
-
-class Durability(str, enum.Enum):
-    """When ``log()`` returns, and so what an event survives (see README)."""
-
-    BUFFERED = "buffered"  # in memory; committed within commit_interval
-    COMMIT = "commit"  # its SQLite transaction committed: survives kill -9
-    FSYNC = "fsync"  # committed and fsynced: survives power loss
+__all__ = ["ENV_PREFIX", "ClientConfig", "DropPolicy", "Durability"]
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,51 @@ class ClientConfig:
     def host(self) -> str:
         return socket.gethostname()
 
+    # -- the settings each component takes: derived here, never defaulted there ----------
+    def queue_settings(self) -> QueueSettings:
+        return QueueSettings(
+            max_queue_bytes=self.max_queue_bytes,
+            drop_policy=self.drop_policy,
+            fsync=self.durability is Durability.FSYNC,
+        )
+
+    def writer_settings(self) -> WriterSettings:
+        return WriterSettings(
+            commit_interval=self.commit_interval,
+            max_buffer_bytes=self.max_buffer_bytes,
+            block_timeout=self.block_timeout,
+        )
+
+    def shipper_settings(self) -> ShipperSettings:
+        return ShipperSettings(
+            max_events=self.batch_max_events,
+            max_bytes=self.batch_max_bytes,
+            linger=self.linger,
+            heartbeat_interval=self.heartbeat_interval,
+            lease_ttl=self.lease_ttl,
+            backoff_max=self.backoff_max,
+            hold_retry_max=self.hold_retry_max,
+            service=self.service,
+            host=self.host,
+            sdk_version=__version__,
+        )
+
+    def transport_settings(self) -> TransportSettings:
+        return TransportSettings(
+            endpoint=self.endpoint,
+            token=self.token,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            verify=self.verify,
+            user_agent=f"spotify-events/{__version__}",
+        )
+
     @classmethod
-    def build(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
-        """Defaults, then ``SPOTIFY_EVENTS_<NAME>`` variables, then keyword arguments."""
+    def build(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Unpack[ClientSettings]
+    ) -> ClientConfig:
+        """The one place settings are merged: defaults, then ``SPOTIFY_EVENTS_<NAME>``
+        variables, then keyword arguments (``None`` counts as not given)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):

@@ -48,7 +48,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .client import EventClient
 from .config import ClientConfig
@@ -58,7 +58,11 @@ from .instrument import timed as _timed
 from .instrument import track as _track
 from .queue import check_queue_path
 from .schemas import SchemaRegistry
+from .settings import ClientSettings
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,13 +75,13 @@ class _DefaultClient:
         self._reset()
 
     def _reset(self) -> None:
-        self.settings: dict[str, Any] = {}
+        self.settings: ClientSettings = {}
         self.transport: Transport | None = None
         self.registry: SchemaRegistry | None = None
         self.client: EventClient | None = None
         self.closed = False
 
-    def reinit_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         # A thread of the parent may have held the lock at fork time.
         self._lock = threading.RLock()
 
@@ -103,7 +107,8 @@ class _DefaultClient:
                         "spotify_events.close() was called; call spotify_events.configure() "
                         "to log again"
                     )
-                settings = {**self.settings, "schemas": self.schema_registry()}
+                settings = self.settings.copy()
+                settings["schemas"] = self.schema_registry()
                 self.client = EventClient(transport=self.transport, **settings)
             return self.client
 
@@ -112,7 +117,7 @@ class _DefaultClient:
         self,
         client: EventClient | None,
         transport: Transport | None,
-        settings: Mapping[str, Any],
+        settings: ClientSettings,
     ) -> None:
         if client is not None:
             if settings or transport is not None:
@@ -124,7 +129,7 @@ class _DefaultClient:
             check_queue_path(config.queue_path)  # QueuePathError now; the file is made later
         with self._lock:
             previous = self.client
-            self.settings = dict(settings)
+            self.settings = ClientSettings(**settings)
             self.transport = transport
             self.registry = registry
             self.client = client
@@ -147,11 +152,14 @@ class _DefaultClient:
 
 
 _default = _DefaultClient()
-os.register_at_fork(after_in_child=_default.reinit_after_fork)
+os.register_at_fork(after_in_child=_default.after_fork_in_child)
 
 
 def configure(
-    *, client: EventClient | None = None, transport: Transport | None = None, **settings: Any
+    *,
+    client: EventClient | None = None,
+    transport: Transport | None = None,
+    **settings: Unpack[ClientSettings],
 ) -> None:
     """Set up (or replace) the default client; closes the previous one.
 

@@ -33,7 +33,6 @@ measurement on a 2-core machine while another thread logged in a loop).
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
@@ -50,15 +49,16 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
+from .config import ClientConfig
 from .encoding import DropNotice
 from .errors import (
-    ConfigError,
     QueueCorruptError,
     QueueError,
     QueueForeignFileError,
     QueuePathError,
     QueueVersionError,
 )
+from .settings import DropPolicy, QueueSettings
 
 logger = logging.getLogger("spotify_events.queue")
 
@@ -75,13 +75,6 @@ DROP_QUEUE_FULL = "queue_full"
 DROP_BUFFER_FULL = "buffer_full"
 DROP_WRITE_FAILED = "queue_write_failed"
 DROP_REENTERED = "reentrant_buffer_full"
-
-
-class DropPolicy(str, enum.Enum):
-    """What a full queue gives up: the oldest events (default) or the incoming ones."""
-
-    OLDEST = "oldest"
-    NEWEST = "newest"
 
 
 #: What the writer hands to :meth:`DurableQueue.append`: (event type, fingerprint,
@@ -152,29 +145,21 @@ class DurableQueue:
     def __init__(
         self,
         path: str | os.PathLike[str],
+        settings: QueueSettings | None = None,
         *,
-        max_queue_bytes: int = 256 << 20,
-        drop_policy: DropPolicy | str = DropPolicy.OLDEST,
-        fsync: bool = False,
-        busy_timeout: float = 10.0,
         verify: bool = False,
         claim_home: bool = True,
         clock: Callable[[], float] = time.time,  # wall-clock seconds; times the shipping lease
     ) -> None:
-        if max_queue_bytes <= 0:
-            raise ConfigError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
-        if busy_timeout <= 0:
-            raise ConfigError(f"busy_timeout must be positive, got {busy_timeout}")
-        try:
-            self.drop_policy = DropPolicy(drop_policy)
-        except ValueError:
-            raise ConfigError(
-                f"drop_policy must be 'oldest' or 'newest', got {drop_policy!r}"
-            ) from None
+        """``settings`` default to :class:`~spotify_events.config.ClientConfig`'s."""
+        if settings is None:
+            settings = ClientConfig().queue_settings()
+        self.settings = settings
+        self.drop_policy = settings.drop_policy
         self.path = Path(path)
-        self.max_queue_bytes = max_queue_bytes
-        self.fsync = fsync
-        self.busy_timeout = busy_timeout
+        self.max_queue_bytes = settings.max_queue_bytes
+        self.fsync = settings.fsync
+        self.busy_timeout = settings.busy_timeout
         self.clock = clock
         self._lock = threading.RLock()
         self._cache: _AppendCache | None = None
@@ -918,7 +903,7 @@ class DurableQueue:
             if self._conn is not None:
                 self._conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
 
-    def hold_for_fork(self) -> None:
+    def before_fork(self) -> None:
         """Called just before ``os.fork()``: wait until no thread of ours is inside
         SQLite, then close our connection until the fork is done.
 
@@ -937,16 +922,21 @@ class DurableQueue:
             with suppress(sqlite3.Error):
                 conn.close()
 
-    def release_after_fork(self) -> None:
+    def after_fork_in_parent(self) -> None:
         """In the parent after ``os.fork()``: carry on (the connection reopens on use)."""
         self._lock.release()
 
-    def reset_after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In the child: a fresh lock (the old one is held by the forking thread's
         copy); the connection reopens on first use."""
         self._lock = threading.RLock()
         self._cache = None
         self._conn = None
+
+    def stop(self, timeout: float) -> bool:
+        """:class:`~spotify_events.lifecycle.Lifecycle`'s stop: close the connection."""
+        self.close()
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__
 from .config import ClientConfig
 from .errors import SpotifyEventsError
 from .queue import DurableQueue
-from .shipper import Shipper, ShipperSettings
+from .shipper import Shipper
 from .transport import HttpTransport
 
 
@@ -155,30 +155,9 @@ def ship_command(path: str, endpoint: str | None, timeout: float) -> None:
     except SpotifyEventsError as exc:
         raise click.ClickException(str(exc)) from exc
     queue = _open(path, claim_home=True)
-    transport = HttpTransport(
-        config.endpoint,
-        token=config.token,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        verify=config.verify,
-        user_agent=f"spotify-events/{__version__}",
-    )
-    shipper = Shipper(
-        queue,
-        transport,
-        ShipperSettings(
-            max_events=config.batch_max_events,
-            max_bytes=config.batch_max_bytes,
-            linger=0.0,
-            heartbeat_interval=config.heartbeat_interval,
-            lease_ttl=config.lease_ttl,
-            backoff_max=config.backoff_max,
-            hold_retry_max=config.hold_retry_max,
-            service=config.service,
-            host=config.host,
-            sdk_version=__version__,
-        ),
-    )
+    transport = HttpTransport(config.transport_settings())
+    # a one-shot send has nothing to wait for: no linger
+    shipper = Shipper(queue, transport, replace(config.shipper_settings(), linger=0.0))
     last_id, last_drop = queue.max_event_id(), queue.last_drop_id()
 
     def drained() -> bool:

@@ -42,9 +42,11 @@ from typing import Any, NamedTuple
 
 import backoff
 
+from .decision import Action, decide, sort_rejections
 from .encoding import DropNotice, Envelope, WireBatch, encode_batch
 from .errors import QueueError
 from .queue import DurableQueue, QueuedEvent
+from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
 
 logger = logging.getLogger("spotify_events.shipper")
@@ -56,9 +58,6 @@ MAX_RETRY_AFTER = 600.0
 MIN_RETRY_DELAY = 0.05
 #: How often an idle lease holder looks for events committed by other processes.
 IDLE_POLL = 0.25
-#: The rejection code for a schema the collector does not know (yet): such events are
-#: held and retried, never dead-lettered (the event is fine; the collector is behind).
-UNKNOWN_SCHEMA = "unknown_schema"
 
 
 @dataclass
@@ -74,20 +73,6 @@ class ShipperCounters:
     dead_lettered: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_success: float | None = None
-
-
-@dataclass(frozen=True)
-class ShipperSettings:
-    max_events: int = 5000
-    max_bytes: int = 4 << 20
-    linger: float = 0.05
-    heartbeat_interval: float = 30.0
-    lease_ttl: float = 30.0
-    backoff_max: float = 30.0
-    hold_retry_max: float = 60.0
-    service: str = ""
-    host: str = ""
-    sdk_version: str = ""
 
 
 class Shipper:
@@ -164,7 +149,9 @@ class Shipper:
             self.hurry()
         return True
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread (cutting a backoff short) and give up the lease; False if the
+        thread was still running after ``timeout``."""
         self._stop.set()
         self._wake.set()
         self.committed.set()
@@ -178,8 +165,15 @@ class Shipper:
                 self.queue.release_lease(self.holder)
             except QueueError as exc:
                 logger.debug("could not release the shipping lease: %s", exc)
+        return thread is None or not thread.is_alive()
 
-    def reinit_after_fork(self) -> None:
+    def before_fork(self) -> None:
+        """Nothing to quiesce: the shipper's SQLite work goes through its queue, which holds."""
+
+    def after_fork_in_parent(self) -> None:
+        """The parent's shipper carries on as it was."""
+
+    def after_fork_in_child(self) -> None:
         """In a forked child: no thread, fresh primitives and counters, a holder id of its own."""
         self.committed = threading.Event()
         self.counters = ShipperCounters()
@@ -309,17 +303,20 @@ class Shipper:
             if result is None:
                 return  # stopping: the events stay queued for the next run
             outcome = result.outcome(len(part))
-            if outcome is Outcome.ACCEPTED:
+            decision = decide(outcome, len(part))
+            if decision.action is Action.PROBE:
+                decision = decide(outcome, len(part), self._collector_takes_heartbeats())
+            if decision.action is Action.ACKNOWLEDGE:
                 self._accept(part, drops, result)
                 self.queue.mark_incidents_reported([i for i, _ in incidents])
                 drops, incidents = [], []  # reported; later parts need not carry them again
-            elif len(part) > 1:
+            elif decision.action is Action.SPLIT:
                 # 413: too big, or 400: something inside is poison. Halve and resend,
                 # first half first so acks stay in queue order.
                 middle = len(part) // 2
                 parts.append(part[middle:])
                 parts.append(part[:middle])
-            elif part and self._collector_takes_heartbeats():
+            elif decision.action is Action.DEAD_LETTER:
                 # The collector takes an empty batch but not this one event: it is poison.
                 reason = _reason(result, "collector refused the event")
                 self._dead_letter(part, reason, notify_collector=True)
@@ -364,12 +361,13 @@ class Shipper:
             result = self.transport.send(body, headers)
             self._last_send = time.monotonic()
             outcome = result.outcome(len(part))
-            if outcome in (Outcome.ACCEPTED, Outcome.TOO_LARGE, Outcome.BAD_BATCH):
+            decision = decide(outcome, len(part))
+            if decision.action is not Action.BACK_OFF:  # an answer about the events
                 self._set_state("ok", "spotify-events collector reachable again; delivery resumed")
                 return result
             self.counters.retries += 1
             delay = backoff.full_jitter(next(delays))
-            if outcome.is_configuration_error:
+            if decision.slow:
                 # Retrying soon cannot help until someone fixes the setting: come back slowly.
                 delay = random.uniform(self.settings.backoff_max / 2, self.settings.backoff_max)
             if outcome is Outcome.THROTTLED:
@@ -431,23 +429,12 @@ class Shipper:
     def _accept(
         self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult
     ) -> None:
-        rejected = _rejections(result)
-        held: list[QueuedEvent] = []
-        if rejected:
-            by_reason: dict[str, list[QueuedEvent]] = {}
-            for event in part:
-                rejection = rejected.get((event.event_type, event.seq))
-                if rejection is None:
-                    continue
-                code, reason = rejection
-                if code == UNKNOWN_SCHEMA:
-                    held.append(event)
-                else:
-                    by_reason.setdefault(reason, []).append(event)
-            for reason, events in by_reason.items():
-                self._dead_letter(events, reason, notify_collector=False)
-            if held:
-                self._hold(held, rejected[(held[0].event_type, held[0].seq)][1])
+        rejections = sort_rejections(part, result.body)
+        held = rejections.held
+        for reason, events in rejections.dead_letters.items():
+            self._dead_letter(events, reason, notify_collector=False)
+        if held:
+            self._hold(held, rejections.hold_reason)
         # Counted before the queue forgets the events: flush() watches the queue, so a
         # caller that sees flush() return True also sees them in stats().
         body = result.body or {}
@@ -627,21 +614,6 @@ def _backoff_delays(cap: float) -> Iterator[float]:
     delays = backoff.expo(base=2, factor=0.1, max_value=cap)
     next(delays)  # the generator yields a priming None first
     return delays
-
-
-def _rejections(result: SendResult) -> dict[tuple[str, int], tuple[str, str]]:
-    """(event type, seq) -> (code, reason) of every event the collector's body rejects."""
-    body = result.body or {}
-    rejected = body.get("rejected") or []
-    out: dict[tuple[str, int], tuple[str, str]] = {}
-    if isinstance(rejected, list):
-        for item in rejected:
-            try:
-                key = (str(item["event_type"]), int(item["seq"]))
-                out[key] = (str(item.get("code") or ""), str(item.get("reason") or "rejected"))
-            except (KeyError, TypeError, ValueError):
-                continue
-    return out
 
 
 def _reason(result: SendResult, default: str) -> str:

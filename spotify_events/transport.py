@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeGuard
 import requests
 
 from .encoding import CONTENT_TYPE
+from .settings import TransportSettings
 
 
 class Outcome(enum.Enum):
@@ -131,21 +132,13 @@ class Transport(Protocol):
 class HttpTransport:
     """POSTs batches with a keep-alive ``requests.Session``."""
 
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        token: str | None = None,
-        connect_timeout: float = 3.05,
-        read_timeout: float = 30.0,
-        verify: bool | str = True,
-        user_agent: str = "spotify-events",
-    ) -> None:
-        self.endpoint = endpoint
-        self.timeout = (connect_timeout, read_timeout)
-        self._token = token
-        self._verify = verify
-        self._user_agent = user_agent
+    def __init__(self, settings: TransportSettings) -> None:
+        self.settings = settings
+        self.endpoint = settings.endpoint
+        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self._token = settings.token
+        self._verify = settings.verify
+        self._user_agent = settings.user_agent
         self._session = self._new_session()
 
     def _new_session(self) -> requests.Session:
@@ -182,9 +175,20 @@ class HttpTransport:
             url=self.endpoint,
         )
 
-    def reset_after_fork(self) -> None:
+    def before_fork(self) -> None:
+        """Nothing to quiesce: a socket is only used inside a send."""
+
+    def after_fork_in_parent(self) -> None:
+        """The parent keeps its pooled connections."""
+
+    def after_fork_in_child(self) -> None:
         """A child must not share the parent's pooled sockets."""
         self._session = self._new_session()
+
+    def stop(self, timeout: float) -> bool:
+        """:class:`~spotify_events.lifecycle.Lifecycle`'s stop: close the session."""
+        self.close()
+        return True
 
     def close(self) -> None:
         self._session.close()

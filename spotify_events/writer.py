@@ -35,6 +35,7 @@ from threading import get_ident
 
 import backoff
 
+from .config import ClientConfig
 from .errors import ClientClosedError, QueueError
 from .queue import (
     DROP_BUFFER_FULL,
@@ -43,14 +44,11 @@ from .queue import (
     DurableQueue,
     PendingRow,
 )
+from .settings import EVENT_MEMORY_OVERHEAD, WriterSettings
 
 logger = logging.getLogger("spotify_events.writer")
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-#: Bytes a buffered event costs beyond its payload (the PendingEvent tuple, the
-#: bytes and int objects, the list slot), measured with tracemalloc on CPython
-#: 3.11: counting it makes max_buffer_bytes a bound on memory, not on payloads.
-EVENT_MEMORY_OVERHEAD = 160
 #: The least time close() gives the final commit of the buffer, whatever its timeout.
 FINAL_COMMIT_SECONDS = 2.0
 #: How long log() waits for a buffer lock that another thread seems to hold before
@@ -83,18 +81,19 @@ class QueueWriter:
     def __init__(
         self,
         queue: DurableQueue,
+        settings: WriterSettings | None = None,
         *,
-        commit_interval: float = 0.005,
-        max_buffer_bytes: int = 8 << 20,
-        block_timeout: float = 0.1,
-        batch_events: int = 2000,
         on_commit: threading.Event | None = None,
     ) -> None:
+        """``settings`` default to :class:`~spotify_events.config.ClientConfig`'s."""
+        if settings is None:
+            settings = ClientConfig().writer_settings()
         self.queue = queue
-        self.commit_interval = commit_interval
-        self.max_buffer_bytes = max_buffer_bytes
-        self.block_timeout = block_timeout
-        self.batch_events = batch_events
+        self.settings = settings
+        self.commit_interval = settings.commit_interval
+        self.max_buffer_bytes = settings.max_buffer_bytes
+        self.block_timeout = settings.block_timeout
+        self.batch_events = settings.batch_events
         self.on_commit = on_commit
         #: Called from the writer thread every FILE_CHECK_INTERVAL seconds (the client
         #: puts a deleted or replaced queue file back there); never raises into the loop.
@@ -425,7 +424,13 @@ class QueueWriter:
             )  # fmt: skip
         return ok and not left and not self._overflow
 
-    def reinit_after_fork(self) -> None:
+    def before_fork(self) -> None:
+        """Nothing to quiesce: the writer's SQLite work goes through its queue, which holds."""
+
+    def after_fork_in_parent(self) -> None:
+        """The parent's writer carries on as it was."""
+
+    def after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's buffer (the parent commits it), its
         counters, and every lock a parent thread might have held at fork time."""
         self.counters = WriterCounters()

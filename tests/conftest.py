@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import wait_for
 
+from spotify_events.config import ClientConfig
 from spotify_events.encoding import EventEncoder
 from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.schemas import SchemaRegistry
@@ -128,7 +130,8 @@ def make_queue(queue_path: Path) -> Iterator[Callable[..., DurableQueue]]:
     opened: list[DurableQueue] = []
 
     def _make(path: Path | str | None = None, **options: Any) -> DurableQueue:
-        queue = DurableQueue(queue_path if path is None else path, **options)
+        settings = replace(ClientConfig().queue_settings(), **options)
+        queue = DurableQueue(queue_path if path is None else path, settings)
         opened.append(queue)
         return queue
 

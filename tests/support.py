@@ -1,11 +1,16 @@
-"""Plain helpers shared by every test folder (importable: ``tests/`` is on sys.path
-through the root conftest). Fixtures live in the conftest files."""
+"""Plain helpers and constants shared by every test folder (importable: ``tests/`` is
+on the path through pytest's ``pythonpath`` setting). Fixtures live in the conftest files."""
 
 from __future__ import annotations
 
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+#: The repository, and the example schemas every suite logs with.
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT / "schemas"
 
 
 def wait_for(

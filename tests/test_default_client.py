@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port
+from support import SCHEMAS, free_port
 
 import spotify_events
 from spotify_events import (
@@ -34,8 +34,6 @@ from spotify_events.encoding import decode_batch, decode_event
 from spotify_events.errors import ClientClosedError
 from spotify_events.transport import MockTransport, SendResult
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT / "schemas"
 SERVICE_CALL = "spotify.events.ops.ServiceCall"
 REGISTRY = SchemaRegistry(SCHEMAS)
 

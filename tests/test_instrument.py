@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import SCHEMAS
 
 from spotify_events import (
     EventClient,
@@ -37,7 +38,6 @@ from spotify_events.errors import ClientClosedError
 from spotify_events.instrument import exception_name, timed, track
 from spotify_events.transport import MockTransport, SendResult
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 SERVICE_CALL = "spotify.events.ops.ServiceCall"
 
 #: A schema whose automatic fields take the other shapes @track supports: a long

@@ -32,6 +32,7 @@ from spotify_events.queue import (
     DurableQueue,
     PendingEvent,
 )
+from spotify_events.settings import DropPolicy, QueueSettings
 
 A = "test.events.Alpha"
 B = "test.events.Beta"
@@ -338,12 +339,11 @@ def test_depth_and_accounting_stay_consistent(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.db"
-        queue = DurableQueue(path, max_queue_bytes=2000, drop_policy=policy)
+        settings = QueueSettings(max_queue_bytes=2000, drop_policy=DropPolicy(policy), fsync=False)
+        queue = DurableQueue(path, settings)
         # acks and dead letters through the shipper's own instance, as in the client, or
         # through the appending one (its append cache must notice its own deletes)
-        shipper = (
-            queue if same_instance else DurableQueue(path, max_queue_bytes=2000, drop_policy=policy)
-        )
+        shipper = queue if same_instance else DurableQueue(path, settings)
         acked: dict[str, list[int]] = {}
         try:
             for op in ops:
@@ -380,11 +380,13 @@ def test_depth_and_accounting_stay_consistent(
 APPENDER = textwrap.dedent(
     """
     import sys
+    from dataclasses import replace
+    from spotify_events.config import ClientConfig
     from spotify_events.queue import DurableQueue, PendingEvent
     path, tag, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     print("ready", flush=True)
     sys.stdin.readline()  # start together (opening included: the file may not exist yet)
-    queue = DurableQueue(path, busy_timeout=30)
+    queue = DurableQueue(path, replace(ClientConfig().queue_settings(), busy_timeout=30))
     for i in range(rounds):
         batch = [PendingEvent("test.events.Alpha" if (i + k) % 3 else "test.events.Beta",
                               b"\\0" * 8, i, f"{tag}:{i}:{k}".encode()) for k in range(1 + i % 7)]

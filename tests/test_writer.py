@@ -10,13 +10,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from spotify_events.config import ClientConfig
 from spotify_events.queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingEvent
-from spotify_events.writer import EVENT_MEMORY_OVERHEAD, QueueWriter
+from spotify_events.settings import EVENT_MEMORY_OVERHEAD
+from spotify_events.writer import QueueWriter
 
 A = "test.events.Alpha"
 B = "test.events.Beta"
@@ -43,8 +46,11 @@ def make_writer() -> Iterator[MakeWriter]:
     """``make_writer(queue, **options)``; every writer is stopped at teardown."""
     made: list[QueueWriter] = []
 
-    def _make(queue: DurableQueue, **options: Any) -> QueueWriter:
-        writer = QueueWriter(queue, **options)
+    def _make(
+        queue: DurableQueue, on_commit: threading.Event | None = None, **options: Any
+    ) -> QueueWriter:
+        settings = replace(ClientConfig().writer_settings(), **options)
+        writer = QueueWriter(queue, settings, on_commit=on_commit)
         made.append(writer)
         return writer
 
@@ -370,8 +376,8 @@ def test_forked_child_reinits_and_both_sides_keep_one_numbering(
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            writer.reinit_after_fork()
-            queue.reset_after_fork_in_child()
+            writer.after_fork_in_child()
+            queue.after_fork_in_child()
             writer.start()
             for n in range(1000, 1100):
                 ticket = writer.submit(ev(B if n % 2 else A, n))

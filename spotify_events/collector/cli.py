@@ -18,13 +18,16 @@ import click
 
 from ..errors import SpotifyEventsError
 from ..scaleout.cli import jetstream_options, run_ingest
+from .config import CollectorConfig, collector_default
 
 
 @click.command("collector")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host", default=collector_default("host"), show_default=True, help="Address to listen on."
+)
 @click.option(
     "--port",
-    default=8080,
+    default=collector_default("port"),
     show_default=True,
     type=click.IntRange(0, 65535),
     help="Port to listen on; 0 picks a free one.",
@@ -50,35 +53,35 @@ from ..scaleout.cli import jetstream_options, run_ingest
 )
 @click.option(
     "--grace-period",
-    default=300.0,
+    default=collector_default("grace_period"),
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds a missing sequence number stays an open gap before it is lost.",
 )
 @click.option(
     "--lateness",
-    default=600.0,
+    default=collector_default("lateness"),
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds after an hour ends before its bucket closes.",
 )
 @click.option(
     "--max-body-bytes",
-    default=16 << 20,
+    default=collector_default("max_body_bytes"),
     show_default=True,
     type=click.IntRange(min=1),
     help="Largest accepted request body (413 above).",
 )
 @click.option(
     "--threads",
-    default=8,
+    default=collector_default("threads"),
     show_default=True,
     type=click.IntRange(min=1),
     help="HTTP worker threads.",
 )
 @click.option(
     "--close-interval",
-    default=30.0,
+    default=collector_default("close_interval"),
     show_default=True,
     type=click.FloatRange(min=0.01),
     help="Seconds between checks for buckets to close.",
@@ -92,28 +95,28 @@ from ..scaleout.cli import jetstream_options, run_ingest
 )
 @click.option(
     "--connection-limit",
-    default=1000,
+    default=collector_default("connection_limit"),
     show_default=True,
     type=click.IntRange(min=1),
     help="Most simultaneous client connections (each SDK client keeps one open).",
 )
 @click.option(
     "--channel-timeout",
-    default=60.0,
+    default=collector_default("channel_timeout"),
     show_default=True,
     type=click.FloatRange(min=0.1),
     help="Seconds an idle connection is kept open.",
 )
 @click.option(
     "--max-open-files",
-    default=256,
+    default=collector_default("max_open_files"),
     show_default=True,
     type=click.IntRange(min=1),
     help="Part files kept open at once; the least recently used is closed.",
 )
 @click.option(
     "--max-hours-per-batch",
-    default=32,
+    default=collector_default("max_hours_per_batch"),
     show_default=True,
     type=click.IntRange(min=1),
     help="Hourly buckets one batch may write to; further events are rejected "
@@ -122,7 +125,7 @@ from ..scaleout.cli import jetstream_options, run_ingest
 @click.option(
     "--max-future",
     "max_future_seconds",
-    default=86_400.0,
+    default=collector_default("max_future_seconds"),
     show_default=True,
     type=click.FloatRange(min=1),
     help="Seconds an event time may be ahead of this clock; later ones are rejected "
@@ -197,7 +200,7 @@ def collector_command(
         return
     if data_dir is None:
         raise click.UsageError("--data-dir is required (or --nats URL for the scaled-out shape)")
-    from .server import CollectorConfig, serve
+    from .server import serve
 
     logging.basicConfig(
         level=log_level.upper(),

@@ -29,59 +29,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from ..config import check_token
-from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .app import CollectorApp
+from .config import CollectorConfig
 from .datadir import FileModes
 from .delivery import DeliveryConfig, LocalDelivery
 from .ingest import Ingest, IngestLimits
 from .metrics import CollectorMetrics, add_health
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CollectorConfig:
-    """Everything ``spotify-events collector`` can be told; validated at construction."""
-
-    data_dir: str
-    schemas: str
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: str | None = None
-    grace_period: float = 300.0
-    lateness: float = 600.0
-    max_body_bytes: int = 16 << 20
-    max_events: int = 100_000
-    max_decoded_bytes: int = 64 << 20
-    threads: int = 8
-    close_interval: float = 30.0
-    codec: str = "deflate"
-    metrics_token: str | None = None
-    connection_limit: int = 1000
-    channel_timeout: float = 60.0
-    max_open_files: int = 256
-    max_hours_per_batch: int = 32
-    max_future_seconds: float = 86_400.0
-    group_readable: bool = False
-    adopt_data_dir: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError("port must be 0..65535")
-        for name in ("threads", "connection_limit", "max_open_files", "max_hours_per_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        for name in ("close_interval", "channel_timeout", "max_future_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0")
-        check_token("token", self.token)
-        check_token("metrics_token", self.metrics_token)
 
 
 class Collector:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..collector.config import collector_default
 from ..errors import SpotifyEventsError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,14 +153,14 @@ def run_ingest(
 @click.option("--stream", default="SPOTIFY_EVENTS", show_default=True, help="JetStream stream.")
 @click.option(
     "--lateness",
-    default=600.0,
+    default=collector_default("lateness"),
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds after an hour ends before its bucket closes.",
 )
 @click.option(
     "--grace-period",
-    default=300.0,
+    default=collector_default("grace_period"),
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds a missing sequence number stays an open gap before it is lost.",
@@ -195,7 +196,7 @@ def run_ingest(
 )
 @click.option(
     "--close-interval",
-    default=30.0,
+    default=collector_default("close_interval"),
     show_default=True,
     type=click.FloatRange(min=0.01),
     help="Seconds between checks for buckets to close.",

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from support import wait_for
+from support import SCHEMAS, wait_for
 
 from spotify_events import EventClient
 from spotify_events.collector.buckets import hour_label
@@ -26,8 +26,6 @@ from spotify_events.collector.process import CollectorProcess
 from spotify_events.encoding import CONTENT_TYPE, Envelope, EventEncoder, WireBatch, encode_batch
 from spotify_events.schemas import SchemaRegistry
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT / "schemas"
 TOKEN = "browser-test-token"
 END_SONG = "spotify.events.playback.EndSong"
 PAGE_VIEW = "spotify.events.web.PageView"

@@ -7,26 +7,20 @@ not know; and (for the crash test) the committed prefix of each part is readable
 even while the collector is dead and has not yet truncated the torn tail.
 
 The builders and bucket readers of the collector tests are reused from
-``tests/collector/collector_helpers.py`` (importable from here because pytest's
-default import mode puts each test directory on ``sys.path``; this module adds
-the collector test directory for runs that collect ``tests/faults`` alone).
+``tests/collector/collector_helpers.py`` (importable from here: the ``pythonpath``
+setting in pyproject.toml puts ``tests/collector`` on the path, also for runs that
+collect ``tests/faults`` alone).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import fastavro
-
-_COLLECTOR_TESTS = str(Path(__file__).resolve().parents[1] / "collector")
-if _COLLECTOR_TESTS not in sys.path:
-    sys.path.append(_COLLECTOR_TESTS)
-
-from collector_helpers import (  # noqa: E402
+from collector_helpers import (
     END_SONG,
     FIXED_TS,
     PAGE_VIEW,
@@ -39,7 +33,7 @@ from collector_helpers import (  # noqa: E402
     wsgi_call,
 )
 
-from spotify_events.collector.ledger import Ledger, LedgerState  # noqa: E402
+from spotify_events.collector.ledger import Ledger, LedgerState
 
 __all__ = [
     "END_SONG",

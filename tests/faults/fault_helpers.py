@@ -17,9 +17,8 @@ from typing import Any
 
 import fastavro
 import support
+from support import ROOT, SCHEMAS  # noqa: F401  (re-exported to the fault tests)
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 
 

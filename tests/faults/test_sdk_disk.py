@@ -73,7 +73,7 @@ def test_full_disk_counts_and_reports_drops_and_recovers(
             if mounted:
                 filler = fill(disk, leave=64 << 10)
             else:  # fall back to SQLite's page limit on the writer's connection
-                conn = client._writer_queue._conn
+                conn = client._pipeline.writer_queue._conn
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {pages + 8}")
             logged = 1
@@ -88,7 +88,7 @@ def test_full_disk_counts_and_reports_drops_and_recovers(
             if mounted:
                 filler.unlink()
             else:
-                client._writer_queue._conn.execute("PRAGMA max_page_count = 1073741823")
+                client._pipeline.writer_queue._conn.execute("PRAGMA max_page_count = 1073741823")
             outage.close()
             collector.start()
             # the writer retries with a capped backoff; once a commit succeeds, logging is normal
@@ -136,7 +136,7 @@ def test_damaged_queue_file_is_moved_aside_and_a_fresh_queue_starts(
         client.log("EndSong", numbered("new:0"))
         assert client.flush(timeout=30)
         assert client.producer_id != old_producer  # a fresh queue is a new producer
-        assert client._writer_queue.unreported_incidents() == []  # the collector was told
+        assert client._pipeline.writer_queue.unreported_incidents() == []  # the collector was told
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("queue.db.corrupt-")]
     assert len(moved) == 1 and moved[0].read_bytes() == damaged  # never deleted, never altered
     assert bucket_ids(collector.data_dir)["new:0"] == 1

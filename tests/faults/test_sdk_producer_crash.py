@@ -22,7 +22,7 @@ from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of, wait_for
 from spotify_events import EventClient, SchemaRegistry
 from spotify_events.collector.process import CollectorProcess
 from spotify_events.encoding import EventEncoder
-from spotify_events.writer import EVENT_MEMORY_OVERHEAD
+from spotify_events.settings import EVENT_MEMORY_OVERHEAD
 
 pytestmark = [pytest.mark.faults, pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")]
 

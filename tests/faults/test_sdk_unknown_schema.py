@@ -94,5 +94,5 @@ def test_events_of_a_schema_the_collector_lacks_are_held_then_delivered_with_the
 
 
 def _hold_attempts(client: EventClient) -> int:
-    holds = client._shipper_queue.holds()
+    holds = client._pipeline.shipper_queue.holds()
     return holds[0].attempts if holds else 0

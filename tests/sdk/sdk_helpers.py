@@ -15,14 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import support
+from support import SCHEMAS  # noqa: F401  (re-exported to the SDK tests)
 
 from spotify_events.encoding import WireBatch, decode_batch
-
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 END_SONG = {
     "user_id": "u1",

@@ -21,10 +21,8 @@ from typing import Any
 
 import fastavro
 import requests
-from support import wait_for
+from support import ROOT, SCHEMAS, wait_for  # noqa: F401  (re-exported to the server tests)
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 SERVICE_CALL = "spotify.events.ops.ServiceCall"
 BIN = Path(sys.executable).parent

@@ -25,9 +25,13 @@ from spotify_events.encoding import decode_event
 from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.schemas import SchemaRegistry
 
+pytestmark = pytest.mark.faults
+
 CHILD = textwrap.dedent(
     """
     import sys
+    from dataclasses import replace
+    from spotify_events.config import ClientConfig
     from spotify_events.encoding import EventEncoder
     from spotify_events.queue import DurableQueue, PendingEvent
     from spotify_events.schemas import SchemaRegistry
@@ -36,7 +40,8 @@ CHILD = textwrap.dedent(
     path, schemas = sys.argv[1], sys.argv[2]
     schema = SchemaRegistry(schemas).get("EndSong")
     encoder = EventEncoder(schema)
-    writer = QueueWriter(DurableQueue(path), commit_interval=0.002)
+    settings = replace(ClientConfig().writer_settings(), commit_interval=0.002)
+    writer = QueueWriter(DurableQueue(path), settings)
     writer.start()  # the background writer races the caller for the commits, as in the client
     record = {"user_id": "u1", "track_id": "t1", "reason_start": "CLICKROW",
               "reason_end": "TRACKDONE", "platform": "linux"}
