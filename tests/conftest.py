@@ -125,13 +125,20 @@ def queue_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_queue(queue_path: Path) -> Iterator[Callable[..., DurableQueue]]:
-    """``make_queue(path=queue_path, **options) -> DurableQueue``; every queue made is
-    closed at teardown, so no test leaks a connection (or a WAL lock) into the next."""
+    """``make_queue(path=queue_path, clock=None, **settings) -> DurableQueue``; every queue
+    made is closed at teardown, so no test leaks a connection (or a WAL lock) into the next."""
     opened: list[DurableQueue] = []
 
-    def _make(path: Path | str | None = None, **options: Any) -> DurableQueue:
+    def _make(
+        path: Path | str | None = None, clock: Callable[[], float] | None = None, **options: Any
+    ) -> DurableQueue:
         settings = replace(ClientConfig().queue_settings(), **options)
-        queue = DurableQueue(queue_path if path is None else path, settings)
+        target = queue_path if path is None else path
+        queue = (
+            DurableQueue(target, settings)
+            if clock is None
+            else DurableQueue(target, settings, clock=clock)
+        )
         opened.append(queue)
         return queue
 
