@@ -14,7 +14,7 @@ threads), :mod:`.ingest` (the collector's
 :class:`~spotify_events.collector.delivery.Delivery` seam as a publish),
 :mod:`.serve` (``collector --nats``, pre-forked), :mod:`.leases` (partition
 ownership), :mod:`.worker` (``deliver``), :mod:`.cli` (their options),
-:mod:`.natsserver` and :mod:`.processes` (local servers and child processes for
-tests, benchmarks and :mod:`.demo`, ``demo --cluster``).
+:mod:`.natsserver` (local servers for tests, benchmarks and :mod:`.demo`,
+``demo --cluster``; child processes come from :mod:`spotify_events.collector.process`).
 Needs ``pip install 'spotify-events[nats]'``.
 """

@@ -19,11 +19,11 @@ from pathlib import Path
 import click
 
 from ..client import EventClient
+from ..collector.process import ServiceProcess
 from ..collector.report import format_table, load_report
 from ..demo import sample_events
 from .connection import close, connect
 from .natsserver import NatsCluster
-from .processes import ServiceProcess
 
 STREAM = "SPOTIFY_EVENTS_DEMO"
 PRODUCERS = 4

@@ -16,10 +16,10 @@ from typing import Any
 import requests
 from cluster_helpers import SCHEMAS
 
+from spotify_events.collector.process import ServiceProcess
 from spotify_events.collector.report import load_report
 from spotify_events.scaleout.connection import close, connect
 from spotify_events.scaleout.natsserver import NatsCluster
-from spotify_events.scaleout.processes import ServiceProcess
 
 STREAM = "SE_TEST"
 PARTITIONS = 4

@@ -19,7 +19,7 @@ from cluster_tier import LEASE_TTL, PARTITIONS, Tier
 from support import wait_for
 
 from spotify_events.collector.delivery import FAILPOINT_ENV
-from spotify_events.scaleout.processes import ServiceProcess
+from spotify_events.collector.process import ServiceProcess
 
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
 

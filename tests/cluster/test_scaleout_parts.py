@@ -26,6 +26,7 @@ pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-e
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import BatchFacts, IngestedBatch, Rejection
 from spotify_events.collector.partitions import finalize_hours, partition_layout
+from spotify_events.collector.process import ServiceProcess
 from spotify_events.collector.report import load_report
 from spotify_events.encoding import (
     CONTENT_TYPE,
@@ -39,7 +40,6 @@ from spotify_events.scaleout.connection import LoopThread, close, connect
 from spotify_events.scaleout.ingest import prepare_stream
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
-from spotify_events.scaleout.processes import ServiceProcess
 from spotify_events.scaleout.slices import (
     SliceDecodeError,
     batch_messages,
