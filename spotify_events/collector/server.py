@@ -138,16 +138,32 @@ def serve(config: CollectorConfig, *, ready: Callable[[str], None] | None = None
         collector.shutdown()
         raise
 
+    def started() -> None:
+        collector.start_closer()
+        host, port = server.effective_host, server.effective_port
+        if ready is not None:
+            ready(f"http://{'[' + host + ']' if ':' in str(host) else host}:{port}")
+
+    run_until_signalled(server, started=started, stopped=collector.shutdown)
+    log.info("collector stopped (pid %d)", os.getpid())
+
+
+def run_until_signalled(
+    server: Any, *, started: Callable[[], None], stopped: Callable[[], None]
+) -> None:
+    """Run a waitress server until SIGTERM/SIGINT, then close it and call ``stopped``.
+
+    The signal handlers are in place before ``started`` (which announces the URL), so
+    a supervisor that signals as soon as it reads the URL still gets a clean stop.
+    Raising SystemExit inside waitress's loop is how it stops its threads.
+    """
+
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)  # waitress's run() catches it and stops its threads
+        raise SystemExit(0)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        collector.start_closer()
-        host, port = server.effective_host, server.effective_port
-        url = f"http://{'[' + host + ']' if ':' in str(host) else host}:{port}"
-        if ready is not None:
-            ready(url)
+        started()
         server.run()
     except SystemExit:
         pass
@@ -157,8 +173,7 @@ def serve(config: CollectorConfig, *, ready: Callable[[str], None] | None = None
         try:
             server.close()
         finally:
-            collector.shutdown()
-        log.info("collector stopped (pid %d)", os.getpid())
+            stopped()
 
 
 def _raise_open_file_limit(needed: int) -> None:

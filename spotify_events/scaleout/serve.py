@@ -29,6 +29,7 @@ from typing import Any
 from ..collector.app import CollectorApp
 from ..collector.ingest import Ingest, IngestLimits
 from ..collector.metrics import CollectorMetrics
+from ..collector.server import run_until_signalled
 from ..schemas import SchemaRegistry
 from .ingest import JetStreamDelivery, prepare_stream
 from .stream import StreamSettings
@@ -102,21 +103,7 @@ def _serve_socket(config: IngestConfig, sock: socket.socket) -> None:
         clear_untrusted_proxy_headers=True,
     )
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.run()
-    except SystemExit:
-        pass
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        try:
-            server.close()
-        finally:
-            delivery.close()
+    run_until_signalled(server, started=lambda: None, stopped=delivery.close)
 
 
 def _supervise(
