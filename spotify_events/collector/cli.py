@@ -18,6 +18,7 @@ import click
 
 from ..errors import SpotifyEventsError
 from ..scaleout.cli import jetstream_options, run_ingest
+from .cli_options import delivery_options, log_level_option, schemas_option
 from .config import CollectorConfig, collector_default
 
 
@@ -38,32 +39,13 @@ from .config import CollectorConfig, collector_default
     type=click.Path(file_okay=False),
     help="Where buckets and the ledger live (required unless --nats).",
 )
-@click.option(
-    "--schemas",
-    "schemas_dir",
-    required=True,
-    type=click.Path(exists=True),
-    help="Directory (or file) of .avsc event schemas the collector accepts.",
-)
+@schemas_option("Directory (or file) of .avsc event schemas the collector accepts.")
+@delivery_options
 @click.option(
     "--token",
     envvar="SPOTIFY_EVENTS_TOKEN",
     default=None,
     help="Require 'Authorization: Bearer TOKEN' (env SPOTIFY_EVENTS_TOKEN).",
-)
-@click.option(
-    "--grace-period",
-    default=collector_default("grace_period"),
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds a missing sequence number stays an open gap before it is lost.",
-)
-@click.option(
-    "--lateness",
-    default=collector_default("lateness"),
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds after an hour ends before its bucket closes.",
 )
 @click.option(
     "--max-body-bytes",
@@ -78,13 +60,6 @@ from .config import CollectorConfig, collector_default
     show_default=True,
     type=click.IntRange(min=1),
     help="HTTP worker threads.",
-)
-@click.option(
-    "--close-interval",
-    default=collector_default("close_interval"),
-    show_default=True,
-    type=click.FloatRange(min=0.01),
-    help="Seconds between checks for buckets to close.",
 )
 @click.option(
     "--metrics-token",
@@ -142,13 +117,7 @@ from .config import CollectorConfig, collector_default
     help="Start a new ledger in a data directory that has files but no ledger; part files "
     "it does not know are moved to DATA_DIR/_quarantine (nothing is deleted).",
 )
-@click.option(
-    "--log-level",
-    default="warning",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    help="Least severe log level written to stderr.",
-)
+@log_level_option
 @jetstream_options
 def collector_command(
     host: str,

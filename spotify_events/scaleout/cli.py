@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..collector.config import collector_default
+from ..collector.cli_options import delivery_options, log_level_option, schemas_option
 from ..errors import SpotifyEventsError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -143,28 +143,9 @@ def run_ingest(
     type=click.Path(file_okay=False),
     help="Where buckets and the partition ledgers live (shared by all workers).",
 )
-@click.option(
-    "--schemas",
-    "schemas_dir",
-    required=True,
-    type=click.Path(exists=True),
-    help="Directory (or file) of .avsc event schemas (the collectors' set).",
-)
+@schemas_option("Directory (or file) of .avsc event schemas (the collectors' set).")
+@delivery_options
 @click.option("--stream", default="SPOTIFY_EVENTS", show_default=True, help="JetStream stream.")
-@click.option(
-    "--lateness",
-    default=collector_default("lateness"),
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds after an hour ends before its bucket closes.",
-)
-@click.option(
-    "--grace-period",
-    default=collector_default("grace_period"),
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds a missing sequence number stays an open gap before it is lost.",
-)
 @click.option(
     "--port",
     default=None,
@@ -194,19 +175,7 @@ def run_ingest(
     type=click.FloatRange(min=0.3),
     help="Seconds before JetStream redelivers a message fetched but not acknowledged.",
 )
-@click.option(
-    "--close-interval",
-    default=collector_default("close_interval"),
-    show_default=True,
-    type=click.FloatRange(min=0.01),
-    help="Seconds between checks for buckets to close.",
-)
-@click.option(
-    "--log-level",
-    default="WARNING",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@log_level_option
 def deliver_command(
     nats_urls: str,
     data_dir: str,
