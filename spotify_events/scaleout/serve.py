@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from ..collector.app import CollectorApp
+from ..collector.config import collector_default
 from ..collector.ingest import Ingest, IngestLimits
 from ..collector.metrics import CollectorMetrics
 from ..collector.server import run_until_signalled
@@ -101,6 +102,11 @@ def _serve_socket(config: IngestConfig, sock: socket.socket) -> None:
         max_request_body_size=config.max_body_bytes + (1 << 20),
         ident="spotify-events-collector",
         clear_untrusted_proxy_headers=True,
+        # the single-process collector's connection limits: a fleet of keep-alive SDK
+        # clients, and poll() rather than select() past 1,024 descriptors
+        asyncore_use_poll=True,
+        connection_limit=collector_default("connection_limit"),
+        channel_timeout=collector_default("channel_timeout"),
     )
 
     run_until_signalled(server, started=lambda: None, stopped=delivery.close)
