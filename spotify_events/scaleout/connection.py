@@ -186,3 +186,21 @@ class LoopThread:
                 log.warning("%s: closing the NATS connection: %s", self.name, exc)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
+
+
+def stream_leader(urls: str, stream: str, *, name: str = "spotify-events") -> str:
+    """The server name of ``stream``'s Raft leader, or "" while there is none (an
+    election) or it cannot be asked; for demos and tests that kill the leader."""
+
+    async def leader() -> str:
+        nc = await connect(split_urls(urls), name=name)
+        try:
+            info = await nc.jetstream(timeout=5).stream_info(stream)
+            return str(info.cluster.leader or "")
+        finally:
+            await close(nc)
+
+    try:
+        return asyncio.run(asyncio.wait_for(leader(), 10))
+    except Exception:  # no quorum, no connection: no leader to name
+        return ""

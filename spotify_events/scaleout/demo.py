@@ -9,10 +9,10 @@ partition: the way an operator first meets the scaled shape.
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
@@ -22,34 +22,17 @@ from ..client import EventClient
 from ..collector.process import ServiceProcess
 from ..collector.report import format_table, load_report
 from ..demo import sample_events
-from .connection import close, connect
+from .connection import stream_leader
 from .natsserver import NatsCluster
 
 STREAM = "SPOTIFY_EVENTS_DEMO"
 PRODUCERS = 4
 
 
-def stream_leader(urls: str) -> str:
-    """The stream leader's server name, or "" while there is none."""
-
-    async def leader() -> str:
-        nc = await connect(urls.split(","), name="spotify-events-demo")
-        try:
-            info = await nc.jetstream(timeout=5).stream_info(STREAM)
-            return str(info.cluster.leader or "")
-        finally:
-            await close(nc)
-
-    try:
-        return asyncio.run(asyncio.wait_for(leader(), 10))
-    except Exception:
-        return ""
-
-
-def _wait(predicate: object, timeout: float) -> bool:
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.1)
     return False
@@ -60,6 +43,10 @@ def run_cluster_demo(count: int, schemas: Path, root: Path) -> bool:
     data_dir = root / "data"
     cluster = NatsCluster(root / "nats", size=3).start()
     services: list[ServiceProcess] = []
+
+    def current_leader() -> str:
+        return stream_leader(cluster.urls, STREAM, name="spotify-events-demo")
+
     clients: list[EventClient] = []
     try:
         click.echo(f"JetStream: 3 nodes at {cluster.urls} (store in {root / 'nats'})")
@@ -112,16 +99,14 @@ def run_cluster_demo(count: int, schemas: Path, root: Path) -> bool:
         for t in threads:
             t.start()
         _wait(lambda: sum(logged) >= count // 3, 300)
-        leader = stream_leader(cluster.urls)
+        leader = current_leader()
         if leader:
             node = cluster.node_named(leader)
             node.kill()
             click.echo(f"SIGKILLed the stream leader {leader} after {sum(logged)} events")
             started = time.monotonic()
-            _wait(lambda: stream_leader(cluster.urls) not in ("", leader), 60)
-            click.echo(
-                f"new leader {stream_leader(cluster.urls)} after {time.monotonic() - started:.1f}s"
-            )
+            _wait(lambda: current_leader() not in ("", leader), 60)
+            click.echo(f"new leader {current_leader()} after {time.monotonic() - started:.1f}s")
         for t in threads:
             t.join()
         if leader:

@@ -7,7 +7,6 @@ Kept out of conftest.py so test modules import it by a name no other test folder
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from cluster_helpers import SCHEMAS
 
 from spotify_events.collector.process import ServiceProcess
 from spotify_events.collector.report import load_report
-from spotify_events.scaleout.connection import close, connect
+from spotify_events.scaleout.connection import stream_leader
 from spotify_events.scaleout.natsserver import NatsCluster
 
 STREAM = "SE_TEST"
@@ -117,16 +116,4 @@ class Tier:
 
     def stream_leader(self) -> str:
         """The stream leader's server name; "" while there is none (an election)."""
-
-        async def leader() -> str:
-            nc = await connect(self.cluster.urls.split(","), name="cluster-tests")
-            try:
-                info = await nc.jetstream(timeout=5).stream_info(STREAM)
-                return str(info.cluster.leader)
-            finally:
-                await close(nc)
-
-        try:
-            return asyncio.run(asyncio.wait_for(leader(), 10))
-        except Exception:
-            return ""
+        return stream_leader(self.cluster.urls, STREAM, name="cluster-tests")
