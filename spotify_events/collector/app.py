@@ -44,6 +44,9 @@ _REASONS = {
 
 #: Headers of the completeness page: it is built from producer-supplied strings, so
 #: beyond escaping them it runs no script and loads nothing, whatever they contain.
+#: What a 401 from the page asks of a browser: the token as the basic-auth password.
+PAGE_CHALLENGE = 'Basic realm="spotify-events", charset="UTF-8"'
+
 PAGE_HEADERS = [
     ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
     ("X-Content-Type-Options", "nosniff"),
@@ -176,7 +179,7 @@ class CollectorApp:
         return 200, json.dumps(self.report()).encode(), "application/json", []
 
     def _page(self, environ: Environ) -> tuple[int, bytes, str, list[tuple[str, str]]]:
-        denied = self._check_auth(environ, challenge='Basic realm="spotify-events", charset="UTF-8"')
+        denied = self._check_auth(environ, challenge=PAGE_CHALLENGE)
         if denied is not None:
             return denied
         if self.report is None:
@@ -203,10 +206,7 @@ class CollectorApp:
         if not header:
             status, body, ctype, _ = self._error(401, "missing Authorization: Bearer token", "auth")
             return status, body, ctype, [("WWW-Authenticate", challenge)]
-        scheme, _, presented = header.partition(" ")
-        given = presented_token(scheme, presented.strip())
-        matches = [hmac.compare_digest(given, t) for t in accepted]  # no early exit
-        if not given or not any(matches):
+        if not token_matches(header, accepted):
             if challenge.startswith("Basic"):  # a wrong password: let the browser ask again
                 status, body, ctype, _ = self._error(401, "invalid token", "auth")
                 return status, body, ctype, [("WWW-Authenticate", challenge)]
@@ -220,7 +220,17 @@ class CollectorApp:
         return status, json.dumps({"error": message}).encode(), "application/json", []
 
 
-def presented_token(scheme: str, credentials: str) -> bytes:
+def token_matches(header: str, accepted: list[bytes]) -> bool:
+    """Whether an ``Authorization`` header presents one of ``accepted``: as a bearer
+    token, or as the password of HTTP basic auth. Every token is compared (no early
+    exit), each in constant time."""
+    scheme, _, credentials = header.partition(" ")
+    given = _presented_token(scheme, credentials.strip())
+    matches = [hmac.compare_digest(given, t) for t in accepted]
+    return bool(given) and any(matches)
+
+
+def _presented_token(scheme: str, credentials: str) -> bytes:
     """The token a request presents: a bearer token, or a basic-auth password (how a
     browser sends it to the completeness page)."""
     if scheme.lower() == "bearer":

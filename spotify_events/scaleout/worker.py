@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..collector.app import PAGE_HEADERS, presented_token
+from ..collector.app import PAGE_CHALLENGE, PAGE_HEADERS, token_matches
 from ..collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
 from ..collector.ingest import IngestedBatch
 from ..collector.page import render_page
@@ -464,8 +463,12 @@ class Worker:
         elif path not in ("/", "/metrics"):
             body, status, ctype = b'{"error":"not found"}', "404 Not Found", "application/json"
         elif not self._authorized(environ):
-            body, status, ctype = b'{"error":"token needed"}', "401 Unauthorized", "application/json"
-            headers.append(("WWW-Authenticate", 'Basic realm="spotify-events", charset="UTF-8"'))
+            body, status, ctype = (
+                b'{"error":"token needed"}',
+                "401 Unauthorized",
+                "application/json",
+            )
+            headers.append(("WWW-Authenticate", PAGE_CHALLENGE))
         elif path == "/metrics":
             body = generate_latest(self.metrics.registry)
             status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
@@ -484,9 +487,7 @@ class Worker:
         """The token as a bearer token or a basic-auth password, when one is configured."""
         if not self.config.token:
             return True
-        scheme, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        given = presented_token(scheme, credentials.strip())
-        return bool(given) and hmac.compare_digest(given, self.config.token.encode())
+        return token_matches(environ.get("HTTP_AUTHORIZATION", ""), [self.config.token.encode()])
 
 
 class _QuietHandler(WSGIRequestHandler):
