@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from ..collector.app import CollectorApp
-from ..collector.config import collector_default
+from ..collector.config import CollectorConfig, collector_default
 from ..collector.ingest import Ingest, IngestLimits
 from ..collector.metrics import CollectorMetrics
 from ..collector.server import run_until_signalled
@@ -45,11 +45,11 @@ class IngestConfig:
     urls: list[str]
     schemas: str
     stream: StreamSettings
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = CollectorConfig.host
+    port: int = CollectorConfig.port
     token: str | None = None
-    max_body_bytes: int = 16 << 20
-    threads: int = 8
+    max_body_bytes: int = CollectorConfig.max_body_bytes
+    threads: int = CollectorConfig.threads
     workers: int = 1
     publish_timeout: float = 5.0
     startup_timeout: float = 30.0

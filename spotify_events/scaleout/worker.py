@@ -37,6 +37,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..collector.app import PAGE_CHALLENGE, PAGE_HEADERS, token_matches
+from ..collector.config import CollectorConfig
 from ..collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
 from ..collector.ingest import IngestedBatch
 from ..collector.page import render_page
@@ -60,14 +61,14 @@ class WorkerConfig:
     data_dir: str
     schemas: str
     stream: str = "SPOTIFY_EVENTS"
-    grace_period: float = 300.0
-    lateness: float = 600.0
+    grace_period: float = CollectorConfig.grace_period
+    lateness: float = CollectorConfig.lateness
     host: str = "127.0.0.1"
     port: int | None = None
     lease_ttl: float = 10.0
     ack_wait: float = 30.0
     fetch_batch: int = 64
-    close_interval: float = 30.0
+    close_interval: float = CollectorConfig.close_interval
     startup_timeout: float = 60.0
     token: str | None = None  # needed by / and /metrics (not /healthz) when set
 
