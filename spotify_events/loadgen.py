@@ -31,6 +31,7 @@ import click
 import requests
 
 from .encoding import CONTENT_TYPE, DropNotice, Envelope, EventEncoder, WireBatch, encode_batch
+from .errors import ConfigError
 from .schemas import SchemaRegistry
 
 EVENT_TYPE = "spotify.events.playback.EndSong"
@@ -54,11 +55,11 @@ class LoadSpec:
 
     def __post_init__(self) -> None:
         if self.producers < 1 or self.batch_events < 1:
-            raise ValueError("producers and batch_events must be >= 1")
+            raise ConfigError("producers and batch_events must be >= 1")
         if self.rate <= 0 or self.duration <= 0:
-            raise ValueError("rate and duration must be > 0")
+            raise ConfigError("rate and duration must be > 0")
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must be http(s)")
+            raise ConfigError("url must be http(s)")
 
     @property
     def endpoint(self) -> str:
@@ -179,7 +180,7 @@ def prepare(
             )
             total += len(body)
             if total > spec.max_prepared_bytes:
-                raise ValueError(
+                raise ConfigError(
                     f"the run needs more than {spec.max_prepared_bytes >> 20} MiB of prepared batches; "
                     "lower --rate or --duration, or raise --batch-events"
                 )

@@ -21,6 +21,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _states: weakref.WeakKeyDictionary[Any, _StateLog] = weakref.WeakKeyDictionary()
@@ -34,7 +36,7 @@ def split_urls(urls: str) -> list[str]:
         if url:
             out.append(url if "://" in url else f"nats://{url}")
     if not out:
-        raise ValueError("no NATS URL given")
+        raise ConfigError("no NATS URL given")
     return out
 
 

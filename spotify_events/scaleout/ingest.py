@@ -23,6 +23,7 @@ from typing import Any
 
 from ..collector.delivery import DeliveryResult, DeliveryStatus
 from ..collector.ingest import IngestedBatch
+from ..errors import ConfigError
 from .connection import LoopThread, check_server_version, close, connect
 from .slices import Message, batch_messages, partition_of
 from .stream import StreamSettings, ensure_stream, retry_until
@@ -46,9 +47,9 @@ class JetStreamDelivery:
         name: str = "spotify-events-collector",
     ) -> None:
         if publish_timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("timeouts must be > 0")
+            raise ConfigError("timeouts must be > 0")
         if max_in_flight < 1:
-            raise ValueError("max_in_flight must be >= 1")
+            raise ConfigError("max_in_flight must be >= 1")
         self.urls = urls
         self.settings = settings
         self.publish_timeout = publish_timeout

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SpotifyEventsError
+from ..errors import ConfigError, SpotifyEventsError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class LeaseTable:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl <= 0:
-            raise ValueError("ttl must be > 0")
+            raise ConfigError("ttl must be > 0")
         self.js = js
         self.bucket = bucket
         self.kv = kv

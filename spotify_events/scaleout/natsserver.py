@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpotifyEventsError
+from ..errors import ConfigError, SpotifyEventsError
 from .connection import MIN_SERVER as MIN_SERVER_VERSION
 
 
@@ -156,7 +156,7 @@ class NatsCluster:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise ValueError("size must be >= 1")
+            raise ConfigError("size must be >= 1")
         binary = find_server()
         cluster_ports = [_free_port() for _ in range(self.size)] if self.size > 1 else [0]
         self.nodes = [

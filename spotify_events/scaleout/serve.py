@@ -31,6 +31,7 @@ from ..collector.config import CollectorConfig, collector_default
 from ..collector.ingest import Ingest, IngestLimits
 from ..collector.metrics import CollectorMetrics
 from ..collector.server import run_until_signalled
+from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .ingest import JetStreamDelivery, prepare_stream
 from .stream import StreamSettings
@@ -56,9 +57,9 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError("port must be 0..65535")
+            raise ConfigError("port must be 0..65535")
         if self.threads < 1 or self.workers < 1:
-            raise ValueError("threads and workers must be >= 1")
+            raise ConfigError("threads and workers must be >= 1")
 
 
 def build_app(config: IngestConfig) -> tuple[CollectorApp, JetStreamDelivery]:

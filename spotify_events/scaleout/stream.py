@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import SpotifyEventsError
+from ..errors import ConfigError, SpotifyEventsError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,13 +50,13 @@ class StreamSettings:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError("stream name must be 1-64 of A-Z a-z 0-9 _ -")
+            raise ConfigError("stream name must be 1-64 of A-Z a-z 0-9 _ -")
         if not 1 <= self.partitions <= 1024:
-            raise ValueError("partitions must be 1..1024")
+            raise ConfigError("partitions must be 1..1024")
         if self.replicas not in (1, 3, 5):
-            raise ValueError("replicas must be 1, 3 or 5")
+            raise ConfigError("replicas must be 1, 3 or 5")
         if not 0 < self.duplicate_window <= self.max_age:
-            raise ValueError("duplicate_window must be > 0 and <= max_age")
+            raise ConfigError("duplicate_window must be > 0 and <= max_age")
 
     def subject(self, partition: int) -> str:
         return f"{self.name}.p.{partition}"

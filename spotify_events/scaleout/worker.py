@@ -43,6 +43,7 @@ from ..collector.ingest import IngestedBatch
 from ..collector.page import render_page
 from ..collector.partitions import finalize_hours, partition_layout
 from ..collector.report import load_report
+from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
 from .leases import LeaseLost, LeaseTable, lease_bucket
@@ -75,13 +76,13 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         StreamSettings(name=self.stream)  # validates the name
         if self.lease_ttl < 0.3:
-            raise ValueError("lease_ttl must be >= 0.3 s")
+            raise ConfigError("lease_ttl must be >= 0.3 s")
         if self.ack_wait < self.lease_ttl:
-            raise ValueError("ack_wait must be >= lease_ttl")
+            raise ConfigError("ack_wait must be >= lease_ttl")
         if not 1 <= self.fetch_batch <= 1000:
-            raise ValueError("fetch_batch must be 1..1000")
+            raise ConfigError("fetch_batch must be 1..1000")
         if self.close_interval <= 0:
-            raise ValueError("close_interval must be > 0")
+            raise ConfigError("close_interval must be > 0")
 
 
 class WorkerMetrics:
