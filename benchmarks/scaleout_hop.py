@@ -19,12 +19,13 @@ from pathlib import Path
 
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest
-from spotify_events.encoding import Envelope, EventEncoder, WireBatch, encode_batch
+from spotify_events.encoding import EventEncoder
 from spotify_events.scaleout.ingest import JetStreamDelivery, prepare_stream
 from spotify_events.scaleout.natsserver import NatsCluster
 from spotify_events.scaleout.slices import batch_messages, decode_message
 from spotify_events.scaleout.stream import StreamSettings
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import Envelope, WireBatch, encode_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = 300

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from spotify_events.collector.server import Collector, CollectorConfig
-from spotify_events.encoding import Envelope, EventEncoder, WireBatch, encode_batch
+from spotify_events.encoding import EventEncoder
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import Envelope, WireBatch, encode_batch
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 END_SONG = "spotify.events.playback.EndSong"

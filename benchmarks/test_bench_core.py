@@ -23,9 +23,10 @@ import fastavro
 import pytest
 
 from spotify_events.config import ClientConfig
-from spotify_events.encoding import Envelope, EventEncoder, WireBatch, decode_batch, encode_batch
+from spotify_events.encoding import EventEncoder
 from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.schemas import EventSchema, SchemaRegistry
+from spotify_events.wire import Envelope, WireBatch, decode_batch, encode_batch
 from spotify_events.writer import QueueWriter
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"

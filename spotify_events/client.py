@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .config import ClientConfig, Durability
-from .encoding import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS, EventEncoder
+from .encoding import EventEncoder
 from .errors import ClientClosedError, EventValidationError, QueueError
 from .lifecycle import ProcessHooks
 from .otel_metrics import register_if_available
@@ -43,6 +43,7 @@ from .schemas import SchemaRegistry
 from .settings import ClientSettings
 from .shipper import Shipper
 from .transport import HttpTransport, Transport
+from .wire import MAX_EVENT_MILLIS, MIN_EVENT_MILLIS
 from .writer import QueueWriter
 
 logger = logging.getLogger("spotify_events")

@@ -1,159 +1,26 @@
-"""Avro encoding: one event to bytes in the caller's thread, and the wire batch codec.
+"""Avro encoding of one event, in the caller's thread.
 
-Two jobs, both fixed by the wire contract (docs/architecture.md, "Wire format"):
-
-* :class:`EventEncoder` turns a record into Avro binary with a schema parsed
-  once at registration (re-parsing per call roughly doubles the cost), and turns
-  fastavro's terse errors into :class:`EventValidationError` naming the field.
-* :func:`encode_batch` / :func:`decode_batch` write and read one HTTP body: an
-  Avro object container of ``spotify_events.wire.Envelope`` records, zstandard
-  compressed, with batch facts (producer, watermarks, drop notices) in the
-  container metadata, so any Avro tool can open a captured batch.
+:class:`EventEncoder` turns a record into Avro binary with a schema parsed once at
+registration (re-parsing per call roughly doubles the cost), and turns fastavro's
+terse errors into :class:`EventValidationError` naming the field. What a batch of
+such payloads looks like on the wire is :mod:`spotify_events.wire`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
-import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
 import fastavro
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
-from .errors import BatchDecodeError, EventTooLargeError, EventValidationError
+from .errors import EventTooLargeError, EventValidationError
 from .schemas import EventSchema
 from .typecheck import compile_record_check, describe_mismatch
-
-ENVELOPE_SCHEMA = fastavro.parse_schema(
-    {
-        "type": "record",
-        "name": "Envelope",
-        "namespace": "spotify_events.wire",
-        "doc": "One event inside a wire batch.",
-        "fields": [
-            {
-                "name": "seq",
-                "type": "long",
-                "doc": "Sequence number within (producer, event_type), from 1.",
-            },
-            {"name": "event_type", "type": "string", "doc": "Full name of the event's schema."},
-            {
-                "name": "fingerprint",
-                "type": {"type": "fixed", "name": "Fingerprint", "size": 8},
-                "doc": "CRC-64-AVRO of the writer schema's canonical form, little-endian.",
-            },
-            {
-                "name": "timestamp",
-                "type": {"type": "long", "logicalType": "timestamp-millis"},
-                "doc": "Event time, milliseconds since the Unix epoch (UTC).",
-            },
-            {
-                "name": "payload",
-                "type": "bytes",
-                "doc": "Avro binary of the event, written with that schema.",
-            },
-        ],
-    }
-)
-
-#: Media type of a wire batch body.
-CONTENT_TYPE = "avro/binary"
-#: Codec used for the container blocks; deflate is accepted on decode too.
-WIRE_CODEC = "zstandard"
-DECODABLE_CODECS = frozenset({"null", "deflate", "zstandard"})
-
-META_PRODUCER = "se.producer_id"
-META_NEXT_SEQ = "se.next_seq"
-META_DROPS = "se.drops"
-META_SERVICE = "se.service"
-META_HOST = "se.host"
-META_SDK_VERSION = "se.sdk_version"
-#: Optional: JSON list of things that happened to the producer's queue itself
-#: (e.g. a damaged file moved aside), so the loss report can say why.
-META_INCIDENTS = "se.incidents"
-
-_AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-#: Event times (ms since the epoch) that Avro readers can turn back into a datetime:
-#: years 1 to 9999. Outside it fastavro's reader overflows and fails the whole batch.
-MIN_EVENT_MILLIS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
-MAX_EVENT_MILLIS = (
-    datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH
-) // timedelta(milliseconds=1)
-
-
-def is_avro_full_name(name: str) -> bool:
-    """True when ``name`` is a valid Avro full name (safe to use as a path component)."""
-    return len(name) <= 512 and _AVRO_FULL_NAME.match(name) is not None
-
-
-class Envelope(NamedTuple):
-    """One event as it travels: sequence, type, writer fingerprint, time, payload."""
-
-    seq: int
-    event_type: str
-    fingerprint: bytes
-    timestamp: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class DropNotice:
-    """A contiguous run of sequence numbers that was dropped on purpose, and why."""
-
-    event_type: str
-    first_seq: int
-    last_seq: int
-    count: int
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "event_type": self.event_type,
-            "first_seq": self.first_seq,
-            "last_seq": self.last_seq,
-            "count": self.count,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DropNotice:
-        event_type, reason = data["event_type"], data["reason"]
-        first, last, count = data["first_seq"], data["last_seq"], data["count"]
-        # Strict: the collector's loss report adds these counts up, so a string, a float,
-        # a JSON true or a count that disagrees with its range is a malformed notice.
-        if not isinstance(event_type, str) or not isinstance(reason, str):
-            raise ValueError("drop notice event_type and reason must be strings")
-        if not all(type(n) is int for n in (first, last, count)):
-            raise ValueError("drop notice first_seq, last_seq and count must be integers")
-        if first < 1 or last < first:
-            raise ValueError(f"drop notice with bad range {first}..{last}")
-        if count != last - first + 1:
-            raise ValueError(f"drop notice count {count} does not match its range {first}..{last}")
-        return cls(
-            event_type=event_type, first_seq=first, last_seq=last, count=count, reason=reason
-        )
-
-
-@dataclass
-class WireBatch:
-    """One POST body, decoded. An empty ``envelopes`` list is a heartbeat."""
-
-    producer_id: str
-    envelopes: list[Envelope] = field(default_factory=list)
-    next_seq: dict[str, int] = field(default_factory=dict)
-    drops: list[DropNotice] = field(default_factory=list)
-    service: str = ""
-    host: str = ""
-    sdk_version: str = ""
-    incidents: list[dict[str, Any]] = field(default_factory=list)
 
 
 class EventEncoder:
@@ -275,167 +142,6 @@ def decode_event(
     """Decode one payload written with ``schema`` (optionally resolved to ``reader_schema``)."""
     reader = reader_schema.parsed if reader_schema is not None else None
     return schemaless_reader(io.BytesIO(payload), schema.parsed, reader)
-
-
-def encode_batch(batch: WireBatch, codec: str = WIRE_CODEC, level: int | None = None) -> bytes:
-    """Write ``batch`` as an Avro object container (the HTTP body)."""
-    metadata = {
-        META_PRODUCER: batch.producer_id,
-        META_NEXT_SEQ: json.dumps(batch.next_seq, separators=(",", ":"), sort_keys=True),
-        META_DROPS: json.dumps([d.to_json() for d in batch.drops], separators=(",", ":")),
-        META_SERVICE: batch.service,
-        META_HOST: batch.host,
-        META_SDK_VERSION: batch.sdk_version,
-    }
-    if batch.incidents:
-        metadata[META_INCIDENTS] = json.dumps(batch.incidents, separators=(",", ":"))
-    out = io.BytesIO()
-    for e in batch.envelopes:
-        if not MIN_EVENT_MILLIS <= e[3] <= MAX_EVENT_MILLIS:
-            raise ValueError(f"{e[1]} seq {e[0]}: timestamp {e[3]} ms is outside years 1-9999")
-    records = (
-        {"seq": e[0], "event_type": e[1], "fingerprint": e[2], "timestamp": e[3], "payload": e[4]}
-        for e in batch.envelopes
-    )
-    fastavro.writer(
-        out,
-        ENVELOPE_SCHEMA,
-        records,
-        codec=codec,
-        metadata=metadata,
-        sync_interval=1 << 20,
-        codec_compression_level=level,
-    )
-    return out.getvalue()
-
-
-def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:
-    """Read a wire batch; any malformation becomes :class:`BatchDecodeError`.
-
-    ``max_events`` bounds how many envelopes are materialised, so a body that
-    claims millions of records cannot exhaust memory.
-    """
-    try:
-        reader = fastavro.reader(io.BytesIO(body), return_record_name=False)
-        codec = reader.codec
-        if codec not in DECODABLE_CODECS:
-            raise BatchDecodeError(f"unsupported codec {codec!r}")
-        if not _is_envelope_schema(reader):
-            raise BatchDecodeError("container does not hold spotify_events.wire.Envelope records")
-        meta = reader.metadata
-        envelopes: list[Envelope] = []
-        for record in reader:
-            envelopes.append(_envelope(record))  # type: ignore[arg-type]  # a record is a dict
-            if max_events is not None and len(envelopes) > max_events:
-                raise BatchDecodeError(f"batch holds more than {max_events} events")
-        return WireBatch(
-            producer_id=_meta(meta, META_PRODUCER),
-            envelopes=envelopes,
-            next_seq=_parse_next_seq(_meta(meta, META_NEXT_SEQ, "{}")),
-            drops=_parse_drops(_meta(meta, META_DROPS, "[]")),
-            service=_meta(meta, META_SERVICE, ""),
-            host=_meta(meta, META_HOST, ""),
-            sdk_version=_meta(meta, META_SDK_VERSION, ""),
-            incidents=_parse_incidents(_meta(meta, META_INCIDENTS, "[]")),
-        )
-    except BatchDecodeError:
-        raise
-    except Exception as exc:  # fastavro raises a zoo of types on corrupt input
-        raise BatchDecodeError(f"undecodable batch: {type(exc).__name__}: {exc}") from exc
-
-
-_ENVELOPE_PCF = fastavro.schema.to_parsing_canonical_form(ENVELOPE_SCHEMA)
-_envelope_verdicts: dict[str, bool] = {}
-
-
-def _is_envelope_schema(reader: Any) -> bool:
-    """Whether a container's writer schema is the envelope (same Parsing Canonical Form).
-
-    Checking the name alone let any schema called ``spotify_events.wire.Envelope``
-    through to the record reader; a recursive one (``{"name": "next", "type":
-    ["null", "Envelope"]}``) with 100 KB of nesting overflowed the C stack in
-    fastavro's reader and killed the collector with SIGSEGV
-    (tests/faults/test_hostile_input.py). Decided before any record is read;
-    cached per digest of the schema text (keyed by the text, 64 hostile 8 MB schemas
-    stayed in memory), a handful of spellings at most.
-    """
-    text = reader.metadata.get("avro.schema", "")
-    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).hexdigest()
-    verdict = _envelope_verdicts.get(key)
-    if verdict is None:
-        verdict = fastavro.schema.to_parsing_canonical_form(reader.writer_schema) == _ENVELOPE_PCF
-        if len(_envelope_verdicts) < 64:
-            _envelope_verdicts[key] = verdict
-    return verdict
-
-
-def _envelope(record: Mapping[str, Any]) -> Envelope:
-    """One record as an :class:`Envelope`, or BatchDecodeError for wrongly typed fields.
-
-    The canonical form ignores logical types, so a writer schema can still turn a field
-    into a ``datetime``, ``UUID`` or ``Decimal`` (``seq`` as ``timestamp-micros``).
-    Before these checks, a look-alike envelope with a string ``seq`` reached the
-    collector's ledger and failed there with a TypeError: a 503 for client input
-    (tests/faults/test_hostile_input.py).
-    """
-    seq, event_type, fingerprint = record["seq"], record["event_type"], record["fingerprint"]
-    timestamp, payload = record["timestamp"], record["payload"]
-    if not (
-        type(seq) is int
-        and isinstance(event_type, str)
-        and type(fingerprint) is bytes
-        and len(fingerprint) == 8
-        and (type(timestamp) is int or isinstance(timestamp, datetime))
-        and type(payload) is bytes
-    ):
-        raise BatchDecodeError("envelope fields do not have the spotify_events.wire.Envelope types")
-    return Envelope(seq, event_type, fingerprint, _timestamp_millis(timestamp), payload)
-
-
-def _timestamp_millis(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    # fastavro turns timestamp-millis into an aware datetime on read. Convert with
-    # integer arithmetic: int(value.timestamp() * 1000) goes through float seconds
-    # and came back 1 ms early for ~1% of timestamps (tests/test_encoding.py).
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return int((value - _EPOCH) // timedelta(milliseconds=1))
-    return int(value)
-
-
-def _meta(meta: Mapping[str, Any], key: str, default: str | None = None) -> str:
-    value = meta.get(key, default)
-    if value is None:
-        raise BatchDecodeError(f"container metadata lacks {key!r}")
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _parse_next_seq(text: str) -> dict[str, int]:
-    data = json.loads(text)
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 1 for k, v in data.items()
-    ):
-        raise BatchDecodeError(f"{META_NEXT_SEQ} must map event types to sequence numbers >= 1")
-    return data
-
-
-def _parse_incidents(text: str) -> list[dict[str, Any]]:
-    data = json.loads(text)
-    if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
-        raise BatchDecodeError(f"{META_INCIDENTS} must be a JSON list of objects")
-    return data
-
-
-def _parse_drops(text: str) -> list[DropNotice]:
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise BatchDecodeError(f"{META_DROPS} must be a JSON list")
-    try:
-        return [DropNotice.from_json(item) for item in data]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BatchDecodeError(f"bad drop notice in {META_DROPS}: {exc}") from exc
 
 
 def _strip_prefix(message: str, full_name: str) -> str:

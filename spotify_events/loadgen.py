@@ -30,9 +30,10 @@ from typing import Any
 import click
 import requests
 
-from .encoding import CONTENT_TYPE, DropNotice, Envelope, EventEncoder, WireBatch, encode_batch
+from .encoding import EventEncoder
 from .errors import ConfigError
 from .schemas import SchemaRegistry
+from .wire import CONTENT_TYPE, DropNotice, Envelope, WireBatch, encode_batch
 
 EVENT_TYPE = "spotify.events.playback.EndSong"
 DROP_REASON = "loadgen: simulated queue full"

@@ -50,7 +50,6 @@ from typing import Any, NamedTuple
 import sqlite_utils
 
 from .config import ClientConfig
-from .encoding import DropNotice
 from .errors import (
     QueueCorruptError,
     QueueError,
@@ -59,6 +58,7 @@ from .errors import (
     QueueVersionError,
 )
 from .settings import DropPolicy, QueueSettings
+from .wire import DropNotice
 
 logger = logging.getLogger("spotify_events.queue")
 

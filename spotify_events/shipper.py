@@ -43,11 +43,11 @@ from typing import Any, NamedTuple
 import backoff
 
 from .decision import Action, decide, sort_rejections
-from .encoding import DropNotice, Envelope, WireBatch, encode_batch
 from .errors import QueueError
 from .queue import DurableQueue, QueuedEvent
 from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
+from .wire import DropNotice, Envelope, WireBatch, encode_batch
 
 logger = logging.getLogger("spotify_events.shipper")
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol, TypeGuard
 
 import requests
 
-from .encoding import CONTENT_TYPE
 from .settings import TransportSettings
+from .wire import CONTENT_TYPE
 
 
 class Outcome(enum.Enum):

@@ -30,9 +30,10 @@ from spotify_events import (
     UnknownEventTypeError,
 )
 from spotify_events.default import _default
-from spotify_events.encoding import decode_batch, decode_event
+from spotify_events.encoding import decode_event
 from spotify_events.errors import ClientClosedError
 from spotify_events.transport import MockTransport, SendResult
+from spotify_events.wire import decode_batch
 
 SERVICE_CALL = "spotify.events.ops.ServiceCall"
 REGISTRY = SchemaRegistry(SCHEMAS)

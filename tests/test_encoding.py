@@ -15,19 +15,18 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spotify_events.encoding import (
+from spotify_events.encoding import EventEncoder, decode_event
+from spotify_events.errors import BatchDecodeError, EventTooLargeError, EventValidationError
+from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import (
     ENVELOPE_SCHEMA,
     DropNotice,
     Envelope,
-    EventEncoder,
     WireBatch,
     decode_batch,
-    decode_event,
     encode_batch,
     is_avro_full_name,
 )
-from spotify_events.errors import BatchDecodeError, EventTooLargeError, EventValidationError
-from spotify_events.schemas import SchemaRegistry
 
 EXAMPLE_SCHEMAS = ["EndSong", "PageView", "SearchQuery", "AdImpression", "ServiceCall"]
 HYPOTHESIS = settings(

@@ -33,10 +33,11 @@ from spotify_events import (
     UnknownEventTypeError,
     instrument,
 )
-from spotify_events.encoding import decode_batch, decode_event
+from spotify_events.encoding import decode_event
 from spotify_events.errors import ClientClosedError
 from spotify_events.instrument import exception_name, timed, track
 from spotify_events.transport import MockTransport, SendResult
+from spotify_events.wire import decode_batch
 
 SERVICE_CALL = "spotify.events.ops.ServiceCall"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spotify_events.encoding import DropNotice
 from spotify_events.queue import DurableQueue, PendingEvent
+from spotify_events.wire import DropNotice
 
 A = "test.events.Alpha"
 B = "test.events.Beta"

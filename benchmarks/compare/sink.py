@@ -144,8 +144,9 @@ class SpotifyParser:
     """Decode the Avro container and every payload with its writer schema."""
 
     def __init__(self, full: bool = True) -> None:
-        from spotify_events.encoding import decode_batch, decode_event
+        from spotify_events.encoding import decode_event
         from spotify_events.schemas import SchemaRegistry
+        from spotify_events.wire import decode_batch
 
         from .workload import SCHEMAS
 

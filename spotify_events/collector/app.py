@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..encoding import CONTENT_TYPE
+from ..wire import CONTENT_TYPE
 from .delivery import Delivery, DeliveryStatus
 from .ingest import Ingest, IngestError
 from .metrics import CollectorMetrics

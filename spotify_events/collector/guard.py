@@ -15,8 +15,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from ..encoding import DECODABLE_CODECS
 from ..errors import CollectorError
+from ..wire import DECODABLE_CODECS
 
 try:  # the same zstd binding fastavro uses for the "zstandard" codec
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]

@@ -29,12 +29,12 @@ import fastavro
 from fastavro import schemaless_reader
 from fastavro.read import LOGICAL_READERS
 
-from ..encoding import DropNotice, Envelope, decode_batch, is_avro_full_name
 from ..errors import BatchDecodeError, CollectorError, ConfigError
 from ..schemas import EventSchema, SchemaRegistry
+from ..wire import DropNotice, Envelope, decode_batch, is_avro_full_name, is_envelope_schema
+from .envelopes import decode_envelopes
 from .guard import GuardError, scan_container
 from .ledger import COLLECTOR_SOURCE
-from .wire import decode_envelopes, is_envelope_schema
 
 #: Largest timestamp (ms) an hourly bucket path can be built from: 9999-12-31T23:59:59.999Z.
 MAX_TIMESTAMP_MS = 253_402_300_799_999

@@ -34,8 +34,8 @@ from itertools import accumulate
 from typing import Any
 
 from ..collector.ingest import BatchFacts, IngestedBatch, Rejection
-from ..encoding import DropNotice, Envelope
 from ..errors import SpotifyEventsError
+from ..wire import DropNotice, Envelope
 
 MAGIC = b"SE1"
 _HEAD = struct.Struct(">I")

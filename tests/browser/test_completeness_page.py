@@ -23,8 +23,9 @@ from support import SCHEMAS, wait_for
 from spotify_events import EventClient
 from spotify_events.collector.buckets import hour_label
 from spotify_events.collector.process import CollectorProcess
-from spotify_events.encoding import CONTENT_TYPE, Envelope, EventEncoder, WireBatch, encode_batch
+from spotify_events.encoding import EventEncoder
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import CONTENT_TYPE, Envelope, WireBatch, encode_batch
 
 TOKEN = "browser-test-token"
 END_SONG = "spotify.events.playback.EndSong"

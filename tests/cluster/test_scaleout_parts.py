@@ -28,14 +28,7 @@ from spotify_events.collector.ingest import BatchFacts, IngestedBatch, Rejection
 from spotify_events.collector.partitions import finalize_hours, partition_layout
 from spotify_events.collector.process import ServiceProcess
 from spotify_events.collector.report import load_report
-from spotify_events.encoding import (
-    CONTENT_TYPE,
-    DropNotice,
-    Envelope,
-    EventEncoder,
-    WireBatch,
-    encode_batch,
-)
+from spotify_events.encoding import EventEncoder
 from spotify_events.scaleout.connection import LoopThread, close, connect
 from spotify_events.scaleout.ingest import prepare_stream
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
@@ -48,6 +41,7 @@ from spotify_events.scaleout.slices import (
 )
 from spotify_events.scaleout.stream import StreamSettings
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import CONTENT_TYPE, DropNotice, Envelope, WireBatch, encode_batch
 
 pytestmark = [pytest.mark.cluster]
 

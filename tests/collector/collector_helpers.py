@@ -1,6 +1,6 @@
 """Helpers for collector tests: records with unique ids, wire batches, bucket reading.
 
-Batches are built with :func:`spotify_events.encoding.encode_batch` directly (the
+Batches are built with :func:`spotify_events.wire.encode_batch` directly (the
 SDK client is tested elsewhere); every record carries ``<producer>:<seq>`` in a
 string field so reading the buckets back proves exactly-once delivery.
 """
@@ -18,15 +18,9 @@ from typing import Any
 import fastavro
 import requests
 
-from spotify_events.encoding import (
-    CONTENT_TYPE,
-    DropNotice,
-    Envelope,
-    EventEncoder,
-    WireBatch,
-    encode_batch,
-)
+from spotify_events.encoding import EventEncoder
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import CONTENT_TYPE, DropNotice, Envelope, WireBatch, encode_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "schemas"

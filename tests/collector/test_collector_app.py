@@ -22,7 +22,7 @@ from collector_helpers import (
 )
 
 from spotify_events.collector.server import Collector, CollectorConfig
-from spotify_events.encoding import ENVELOPE_SCHEMA, DropNotice, Envelope
+from spotify_events.wire import ENVELOPE_SCHEMA, DropNotice, Envelope
 
 TOKEN = "s3cret-token"
 

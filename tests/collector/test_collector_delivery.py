@@ -30,8 +30,8 @@ from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.collector.ranges import RangeSet
 from spotify_events.collector.report import load_report
 from spotify_events.collector.server import Collector, CollectorConfig
-from spotify_events.encoding import DropNotice
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import DropNotice
 
 HOUR = 3600
 #: 2026-01-01T10:00:00Z, the start of an hour

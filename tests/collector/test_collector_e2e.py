@@ -37,7 +37,7 @@ from collector_helpers import (
 
 from spotify_events.collector.delivery import FAILPOINT_ENV
 from spotify_events.collector.process import CollectorProcess
-from spotify_events.encoding import DropNotice
+from spotify_events.wire import DropNotice
 
 
 def now_ms() -> int:

@@ -26,7 +26,7 @@ from spotify_events.collector.buckets import hour_label
 from spotify_events.collector.page import cell_state, render_page
 from spotify_events.collector.report import format_table
 from spotify_events.collector.server import Collector, CollectorConfig
-from spotify_events.encoding import DropNotice, WireBatch, encode_batch
+from spotify_events.wire import DropNotice, WireBatch, encode_batch
 
 TOKEN = "page-token"
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'

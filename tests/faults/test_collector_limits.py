@@ -35,20 +35,21 @@ from collector_faults_helpers import (
     wsgi_call,
 )
 
-from spotify_events.collector import wire
+from spotify_events import wire
 from spotify_events.collector.buckets import avro_long
 from spotify_events.collector.ingest import Ingest
 from spotify_events.collector.process import CollectorProcess
 from spotify_events.collector.server import Collector, CollectorConfig
-from spotify_events.encoding import (
+from spotify_events.encoding import EventEncoder
+from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import (
     CONTENT_TYPE,
+    ENVELOPE_SCHEMA,
     DropNotice,
     Envelope,
-    EventEncoder,
     WireBatch,
     encode_batch,
 )
-from spotify_events.schemas import SchemaRegistry
 
 REGISTRY = SchemaRegistry(SCHEMA_DIR)
 HOUR_MS = 3_600_000
@@ -254,8 +255,6 @@ def test_a_scrape_token_opens_metrics_only(tmp_path: Path) -> None:
 
 # -- 10: schema-text caches bounded by bytes --------------------------------------------------
 def test_schema_verdict_caches_hold_digests_not_texts(app: Collector) -> None:
-    from spotify_events import encoding
-
     for i in range(70):  # distinct 30 KB schemas that are not the envelope
         fields = [{"name": f"f{i}_{j}", "type": "long"} for j in range(1000)]
         schema = {"type": "record", "name": "NotEnvelope", "fields": fields}
@@ -266,7 +265,7 @@ def test_schema_verdict_caches_hold_digests_not_texts(app: Collector) -> None:
         }
         status, _, _ = wsgi_call(app.app, "POST", "/v1/batches", _container(meta, []))
         assert status in (200, 400)
-    held = sum(len(k) for k in wire._verdicts) + sum(len(k) for k in encoding._envelope_verdicts)
+    held = sum(len(k) for k in wire._envelope_verdicts)
     assert held < 64 * 2 * 100, held
 
 
@@ -283,8 +282,6 @@ def _container(meta: dict[str, bytes], blocks: list[tuple[int, bytes]]) -> bytes
 
 
 def _envelope_meta(codec: bytes = b"null") -> dict[str, bytes]:
-    from spotify_events.encoding import ENVELOPE_SCHEMA
-
     return {
         "avro.schema": json.dumps(ENVELOPE_SCHEMA).encode(),
         "avro.codec": codec,

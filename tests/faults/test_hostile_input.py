@@ -11,7 +11,7 @@ type names, extreme sequence numbers and timestamps, wrong declared block counts
 sizes). They go through:
 
 * the SDK's ``decode_batch`` and the collector's own decode path (``guard`` ->
-  ``wire`` -> ``Ingest.parse``): only the documented errors may escape;
+  ``envelopes`` -> ``Ingest.parse``): only the documented errors may escape;
 * the collector's WSGI app, in process: only 200/400/413 come back, a good batch
   sent after each hostile one is still accepted, and afterwards every part file
   is exactly its ledger-committed length and reads completely.
@@ -65,21 +65,15 @@ from hypothesis import strategies as st
 
 from spotify_events.collector.app import CollectorApp, token_matches
 from spotify_events.collector.buckets import avro_long
+from spotify_events.collector.envelopes import decode_envelopes
 from spotify_events.collector.guard import GuardError, scan_container
 from spotify_events.collector.ingest import MAX_TIMESTAMP_MS, Ingest, IngestError, IngestLimits
 from spotify_events.collector.report import load_report
 from spotify_events.collector.server import Collector, CollectorConfig
-from spotify_events.collector.wire import decode_envelopes
-from spotify_events.encoding import (
-    DropNotice,
-    Envelope,
-    EventEncoder,
-    WireBatch,
-    decode_batch,
-    is_avro_full_name,
-)
+from spotify_events.encoding import EventEncoder
 from spotify_events.errors import BatchDecodeError
 from spotify_events.schemas import SchemaRegistry
+from spotify_events.wire import DropNotice, Envelope, WireBatch, decode_batch, is_avro_full_name
 
 try:
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]

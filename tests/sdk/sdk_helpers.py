@@ -20,7 +20,7 @@ from typing import Any
 import support
 from support import SCHEMAS  # noqa: F401  (re-exported to the SDK tests)
 
-from spotify_events.encoding import WireBatch, decode_batch
+from spotify_events.wire import WireBatch, decode_batch
 
 END_SONG = {
     "user_id": "u1",

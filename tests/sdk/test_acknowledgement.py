@@ -21,7 +21,7 @@ from sdk_helpers import END_SONG, wait_for
 from support import free_port
 
 from spotify_events import EventClient
-from spotify_events.encoding import decode_batch
+from spotify_events.wire import decode_batch
 
 NGINX_WELCOME = (
     b"<!DOCTYPE html>\n<html>\n<head>\n<title>Welcome to nginx!</title>\n</head>\n"

@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     """
     import signal, sys, threading
     from spotify_events import EventClient
-    from spotify_events.encoding import decode_batch
+    from spotify_events.wire import decode_batch
     from spotify_events.transport import MockTransport, SendResult
 
     mode, queue_path, schemas, durability = sys.argv[1:5]

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from sdk_helpers import END_SONG, Sink, wait_for
 
 from spotify_events import EventClient
-from spotify_events.encoding import DropNotice
 from spotify_events.queue import DurableQueue
+from spotify_events.wire import DropNotice
 
 EndSong = "spotify.events.playback.EndSong"
 MakeClient = Callable[..., EventClient]

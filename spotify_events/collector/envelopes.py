@@ -1,12 +1,12 @@
 """Fast envelope decoding for the collector's hot path.
 
-``decode_batch`` (encoding.py) reads ``timestamp`` through fastavro's
+``decode_batch`` (spotify_events/wire.py) reads ``timestamp`` through fastavro's
 ``timestamp-millis`` logical type, i.e. builds an aware ``datetime`` per event and
 converts it back to milliseconds, and decompresses every block a second time after
 the bomb guard already has: twice the cost of this path (benchmarks/RESULTS.md).
 So, when (and only when) a body's writer schema is the envelope
-schema (same Parsing Canonical Form, which ignores logical types, hence the same
-bytes on the wire), the collector reads the already-decompressed blocks with a
+schema (``wire.is_envelope_schema``: same Parsing Canonical Form, which ignores
+logical types, hence the same bytes on the wire), the collector reads the already-decompressed blocks with a
 copy of the envelope schema that has no logical type. The batch metadata still
 goes through ``decode_batch`` (on the header alone), so there is one definition
 of the ``se.*`` keys. Any other writer schema takes the plain ``decode_batch`` path.
@@ -14,17 +14,15 @@ of the ``se.*`` keys. Any other writer schema takes the plain ``decode_batch`` p
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from ..encoding import ENVELOPE_SCHEMA, Envelope
 from ..errors import BatchDecodeError
+from ..wire import ENVELOPE_SCHEMA, Envelope
 from .buckets import avro_long
 
 _RAW_ENVELOPE = fastavro.parse_schema(
@@ -42,34 +40,12 @@ _RAW_ENVELOPE = fastavro.parse_schema(
     },
     named_schemas={},
 )
-_ENVELOPE_PCF = to_parsing_canonical_form(ENVELOPE_SCHEMA)
-assert to_parsing_canonical_form(_RAW_ENVELOPE) == _ENVELOPE_PCF
+assert to_parsing_canonical_form(_RAW_ENVELOPE) == to_parsing_canonical_form(ENVELOPE_SCHEMA)
 
 _SYNC = b"spotify-events-c"  # 16 bytes; the container below never leaves this process
 _header = io.BytesIO()
 fastavro.writer(_header, _RAW_ENVELOPE, [], codec="null", sync_marker=_SYNC)
 _RAW_HEADER = _header.getvalue()
-
-#: Verdicts keyed by a 32-byte digest of the schema text, never the text itself: keyed
-#: by text, 64 hostile 8 MB schemas held half a gigabyte. So at most 64 * ~100 bytes.
-_verdicts: dict[bytes, bool] = {}
-
-
-def is_envelope_schema(schema_json: bytes | None) -> bool:
-    """Whether a container's ``avro.schema`` is the wire envelope (cached per digest)."""
-    if schema_json is None:
-        return False
-    key = hashlib.blake2b(schema_json, digest_size=32).digest()
-    verdict = _verdicts.get(key)
-    if verdict is None:
-        try:
-            parsed = fastavro.parse_schema(json.loads(schema_json), named_schemas={})
-            verdict = to_parsing_canonical_form(parsed) == _ENVELOPE_PCF
-        except Exception:  # not JSON, not a schema: not the envelope
-            verdict = False
-        if len(_verdicts) < 64:  # a handful of spellings exist; never grow unbounded
-            _verdicts[key] = verdict
-    return verdict
 
 
 def decode_envelopes(blocks: Sequence[tuple[int, bytes]]) -> list[Envelope]:
