@@ -1,0 +1,87 @@
+"""DurableQueue: the on-disk write-ahead queue between ``log()`` and the network.
+
+One SQLite file in WAL mode owns everything that must survive the process:
+
+* the producer id (a UUID minted once per file; the collector's ledger key) and
+  the file's home (host, path, inode) beside it: a file that finds itself
+  elsewhere (a copied image, a restored backup on a second host) mints a new
+  producer id for the events logged from then on, so two copies never number
+  different events alike; events queued before the copy keep the old id (both
+  copies hold the very same events, which the collector then dedupes), and an
+  incident tells the collector,
+* the next sequence number per event type (assigned inside the committing
+  transaction, so numbers are contiguous from 1 and never reused, across drains,
+  restarts and processes sharing the file),
+* the events themselves, in commit order,
+* drop records (sequence ranges dropped on purpose, with the reason, until the
+  collector has been told),
+* dead letters (events the collector rejected),
+* holds: (event type, schema fingerprint) pairs the collector does not know yet;
+  their events stay in ``events`` (same ids, same sequence numbers) but are
+  skipped by reads until the hold's ``next_try``, then offered again, and
+* the shipping lease (so only one process at a time sends from the file).
+
+The layout is fixed by ``FORMAT_VERSION`` (PRAGMA user_version) and
+``APPLICATION_ID``; the parts that read and write it:
+
+* :mod:`.store`: the connection, the file's identity and home, migration, transactions;
+* :mod:`.events`: append (writer thread), read and acknowledge (shipper thread);
+* :mod:`.outbox`: drops, incidents, dead letters, holds;
+* :mod:`.lease`: the shipping lease;
+* :mod:`.files` and :mod:`.restore`: the file as a file (path checks, quarantine,
+  restoring a deleted or replaced file from the open connection);
+* :mod:`.rows`: the row value types and the SQL the parts share.
+"""
+
+from __future__ import annotations
+
+from .events import QueueEvents
+from .files import check_queue_path, quarantine
+from .lease import QueueLease
+from .outbox import QueueOutbox
+from .restore import QueueRestore
+from .rows import (
+    DROP_BUFFER_FULL,
+    DROP_QUEUE_FULL,
+    DROP_REENTERED,
+    DROP_WRITE_FAILED,
+    INSERT_CHUNK,
+    ROW_OVERHEAD,
+    AppendResult,
+    Hold,
+    PendingEvent,
+    PendingRow,
+    QueueDepth,
+    QueuedEvent,
+)
+from .store import APPLICATION_ID, FORMAT_VERSION
+
+__all__ = [
+    "APPLICATION_ID",
+    "DROP_BUFFER_FULL",
+    "DROP_QUEUE_FULL",
+    "DROP_REENTERED",
+    "DROP_WRITE_FAILED",
+    "FORMAT_VERSION",
+    "INSERT_CHUNK",
+    "ROW_OVERHEAD",
+    "AppendResult",
+    "DurableQueue",
+    "Hold",
+    "PendingEvent",
+    "PendingRow",
+    "QueueDepth",
+    "QueuedEvent",
+    "check_queue_path",
+    "quarantine",
+]
+
+
+class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
+    """A bounded, multi-process-safe SQLite queue of encoded events.
+
+    One instance is one connection (:class:`~.store.QueueStore`) seen through the
+    queue's roles: the events (:mod:`.events`), the outbox of drops, incidents, dead
+    letters and holds (:mod:`.outbox`), the shipping lease (:mod:`.lease`) and
+    restoring the file under it (:mod:`.restore`).
+    """

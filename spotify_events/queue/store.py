@@ -1,0 +1,414 @@
+"""The queue file's connection and identity: opening, checking, migrating, claiming.
+
+One SQLite file in WAL mode, one connection per instance guarded by a lock,
+reopened lazily after a fork. The file carries the producer id and its home
+(host, path, inode): a file that finds itself elsewhere mints a new producer id
+for new events (events queued before keep the old one, see ``producer_for``).
+
+Format versions: 1 as first released; 2 adds the ``holds`` table (a version 1
+file is migrated in place when opened). Table creation and migration go through
+sqlite-utils.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlite_utils
+
+from ..config import ClientConfig
+from ..errors import QueueCorruptError, QueueError, QueueForeignFileError, QueueVersionError
+from ..settings import QueueSettings
+from .files import check_queue_path, file_identity
+from .rows import INSERT_CHUNK, insert_incident
+
+logger = logging.getLogger("spotify_events.queue")
+
+#: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
+FORMAT_VERSION = 2
+#: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
+APPLICATION_ID = 0x53455631  # "SEV1"
+
+
+class QueueStore:
+    """One connection to a queue file, the file's identity, and its transactions.
+
+    Each instance owns one connection guarded by a lock; a client gives its
+    writer and its shipper separate instances on the same file so appends and
+    reads do not serialise on a Python lock (WAL lets them proceed together).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: QueueSettings | None = None,
+        *,
+        verify: bool = False,
+        claim_home: bool = True,
+        clock: Callable[[], float] = time.time,  # wall-clock seconds; times the shipping lease
+    ) -> None:
+        """``settings`` default to :class:`~spotify_events.config.ClientConfig`'s."""
+        if settings is None:
+            settings = ClientConfig().queue_settings()
+        self.settings = settings
+        self.drop_policy = settings.drop_policy
+        self.path = Path(path)
+        self.max_queue_bytes = settings.max_queue_bytes
+        self.fsync = settings.fsync
+        self.busy_timeout = settings.busy_timeout
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._cache: AppendCache | None = None
+        self._closed = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
+        self._conn: sqlite3.Connection | None = self._connect(verify=verify)
+        self.host = socket.gethostname()
+        self._legacy: _Legacy | None = None
+        # Inspection tools look without claiming: a copy they open stays as it is.
+        self.producer_id = self._claim_home() if claim_home else self._read_meta("producer_id")
+
+    def _connect(self, verify: bool = False) -> sqlite3.Connection:
+        check_queue_path(self.path)
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout,
+                cached_statements=INSERT_CHUNK + 64,
+            )
+        except sqlite3.Error as exc:
+            raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
+        try:
+            self._check_identity(conn)
+            if verify:
+                self._quick_check(conn)
+            self._enable_wal(conn)
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            self._migrate(conn)
+        except sqlite3.OperationalError as exc:  # locked, I/O, permissions: not corruption
+            conn.close()
+            raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise QueueCorruptError(
+                f"{self.path}: not a usable spotify-events queue: {exc}"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._identity = file_identity(self.path)
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying while another process holds the file.
+
+        Leaving the rollback journal needs an exclusive lock and SQLite may answer
+        SQLITE_BUSY at once instead of calling the busy handler, so two gunicorn
+        workers opening a new queue file together failed with "database is locked"
+        (tests/test_queue.py, racing-to-create)."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _quick_check(self, conn: sqlite3.Connection) -> None:
+        """Find damage now rather than at the first unlucky read (``verify=True``).
+
+        ``PRAGMA quick_check`` reads every page once; on a queue of a million
+        events it takes a fraction of a second, paid once at startup."""
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise QueueCorruptError(f"{self.path}: queue file is damaged: {'; '.join(problems)}")
+
+    def _check_identity(self, conn: sqlite3.Connection) -> None:
+        """Refuse foreign and newer files before writing a byte to them."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+        if has_tables and app_id != APPLICATION_ID:
+            raise QueueForeignFileError(
+                f"{self.path}: is an SQLite database but not a spotify-events queue; refusing to modify it"
+            )
+        if version > FORMAT_VERSION:
+            raise QueueVersionError(
+                f"{self.path}: queue format version {version} was written by a newer spotify-events "
+                f"(this one reads up to {FORMAT_VERSION}); upgrade the package or point queue_path elsewhere"
+            )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == FORMAT_VERSION:
+            return
+        db = sqlite_utils.Database(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-check under the lock
+            if version == 0:
+                _create_v1(db)
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            if version < 2:
+                _create_v2(conn)
+            if version < FORMAT_VERSION:
+                conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection (caller holds ``_lock``); reopened lazily after a fork."""
+        conn = self._conn
+        if conn is None:
+            if self._closed:
+                raise QueueError(f"{self.path}: queue is closed")
+            conn = self._conn = self._connect()  # verified at first open; not again
+        return conn
+
+    def _home(self) -> str:
+        assert self._identity is not None
+        return json.dumps(
+            {"host": self.host, "path": os.path.realpath(self.path), "inode": self._identity[1]}
+        )
+
+    def _claim_home(self) -> str:
+        """The producer id for new events; mints a new one when the file was copied or moved."""
+        home = self._home()
+        with self.atomic() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            producer = str(meta["producer_id"])
+            recorded = meta.get("home")
+            if recorded is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('home', ?)", (home,))
+            elif recorded != home:
+                producer = self._reidentify(conn, producer, recorded, home)
+        self._legacy = self._load_legacy()
+        return producer
+
+    def _reidentify(self, conn: sqlite3.Connection, old: str, was: str, now: str) -> str:
+        new = str(uuid.uuid4())
+        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
+        legacy = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))],
+        )
+        insert_incident(
+            conn,
+            "queue_file_copied",
+            f"queue file found elsewhere (was {was}, now {now}): producer {old} continues "
+            f"as {new}; events queued before (ids up to {last_id}) keep {old}",
+        )
+        self._cache = None
+        logger.warning(
+            "spotify-events: queue file %s was copied or moved (it lived at %s); events logged "
+            "from now on use a new producer id %s, so the copies never clash at the collector",
+            self.path,
+            was,
+            new,
+        )
+        return new
+
+    def _load_legacy(self) -> _Legacy | None:
+        row = self._read("SELECT value FROM meta WHERE key = 'legacy'")
+        if not row:
+            return None
+        data = json.loads(row[0][0])
+        return _Legacy(str(data["producer_id"]), int(data["last_id"]), dict(data["next_seq"]))
+
+    def _read_meta(self, key: str) -> str:
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT value FROM meta WHERE key = ?", (key,))
+                .fetchone()
+            )
+        if row is None:
+            raise QueueCorruptError(f"{self.path}: queue metadata {key!r} is missing")
+        return str(row[0])
+
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken eagerly (BEGIN IMMEDIATE) so that two
+        processes serialise on SQLite's lock instead of failing on upgrade."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise translate(self.path, exc) from exc
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise translate(self.path, exc) from exc
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise translate(self.path, exc) from exc
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
+        self._read("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another process's lock from now on (close() cuts
+        it so a busy peer cannot stretch interpreter exit)."""
+        self.busy_timeout = seconds
+        with self._lock:
+            if self._conn is not None:
+                self._conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
+
+    def before_fork(self) -> None:
+        """Called just before ``os.fork()``: wait until no thread of ours is inside
+        SQLite, then close our connection until the fork is done.
+
+        Holding the lock keeps the child from inheriting one of SQLite's internal
+        mutexes locked by a thread that does not exist there (the child hung in
+        ``sqlite3.connect``). Closing matters too: SQLite tracks the POSIX locks a
+        process holds in memory, so a child that inherited an open connection
+        believed it already held the WAL's shared-memory lock and never took it;
+        once the parent let go, another process reset the WAL index under the
+        child and committed events vanished (in one test run: 34,500 committed,
+        10,414 left). With no connection open at fork, the child starts clean."""
+        self._lock.acquire()
+        conn, self._conn = self._conn, None
+        self._cache = None
+        if conn is not None:
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    def after_fork_in_parent(self) -> None:
+        """In the parent after ``os.fork()``: carry on (the connection reopens on use)."""
+        self._lock.release()
+
+    def after_fork_in_child(self) -> None:
+        """In the child: a fresh lock (the old one is held by the forking thread's
+        copy); the connection reopens on first use."""
+        self._lock = threading.RLock()
+        self._cache = None
+        self._conn = None
+
+    def stop(self, timeout: float) -> bool:
+        """:class:`~spotify_events.lifecycle.Lifecycle`'s stop: close the connection."""
+        self.close()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path} producer={self.producer_id}>"
+
+
+class _Legacy(NamedTuple):
+    """The producer a copied file had: its queued events still ship under it."""
+
+    producer_id: str
+    last_id: int
+    next_seq: dict[str, int]
+
+
+class AppendCache(NamedTuple):
+    """What the last append of this connection knew (see ``QueueEvents._valid_cache``);
+    dropped whenever the connection is closed or the file changes identity."""
+
+    data_version: int
+    next_seq: dict[str, int]
+    queue_bytes: int
+    total_changes: int  # this connection's row changes when the cache was made
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("meta").insert_all(
+        [
+            {"key": "producer_id", "value": str(uuid.uuid4())},
+            {"key": "created_at", "value": str(time.time())},
+        ]
+    )
+    db.table("counters").create({"name": str, "value": int}, pk="name")
+    db.table("counters").insert_all([{"name": "bytes", "value": 0}, {"name": "events", "value": 0}])
+    db.table("sequences").create({"event_type": str, "next_seq": int}, pk="event_type")
+    # AUTOINCREMENT: ids are never reused, even after eviction empties the table,
+    # so an ack for a batch read earlier can never delete newer, unsent events.
+    db.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
+        "seq INTEGER NOT NULL, fingerprint BLOB NOT NULL, timestamp INTEGER NOT NULL, "
+        "payload BLOB NOT NULL, size INTEGER NOT NULL)"
+    )
+    # AUTOINCREMENT: a drop id is never reused, so acknowledging a notice can never
+    # delete a newer record that took the id of one already forgotten.
+    db.execute(
+        "CREATE TABLE drops (id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
+        "first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, count INTEGER NOT NULL, "
+        "reason TEXT NOT NULL, created_at FLOAT)"
+    )
+    db.table("dead_letters").create(
+        {
+            "id": int,
+            "event_type": str,
+            "seq": int,
+            "fingerprint": bytes,
+            "timestamp": int,
+            "payload": bytes,
+            "reason": str,
+            "created_at": float,
+        },
+        pk="id",
+    )
+    db.table("lease").create({"name": str, "holder": str, "expires_at": float}, pk="name")
+    db.table("incidents").create(
+        {"id": int, "kind": str, "detail": str, "created_at": float}, pk="id"
+    )
+
+
+def _create_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS holds (event_type TEXT NOT NULL, fingerprint BLOB NOT NULL, "
+        "reason TEXT NOT NULL, since FLOAT NOT NULL, next_try FLOAT NOT NULL, "
+        "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))"
+    )
+
+
+def translate(path: Path, exc: sqlite3.DatabaseError) -> QueueError:
+    """Only SQLite's plain DatabaseError ("malformed", "not a database") means damage;
+    its subclasses are locks, full disks, closed connections and the like."""
+    if type(exc) is sqlite3.DatabaseError:
+        return QueueCorruptError(f"{path}: queue database error: {exc}")
+    return QueueError(f"{path}: {exc}")
