@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for
+from support import ROOT, SCHEMAS, wait_for
 
 from spotify_events.config import ClientConfig
 from spotify_events.encoding import EventEncoder
 from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.schemas import SchemaRegistry
-
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_DIR = ROOT / "schemas"
 
 END_SONG = "spotify.events.playback.EndSong"
 #: A fixed event time (2025-11-14T22:13:20.123Z) so tests never depend on the clock.
@@ -61,13 +58,13 @@ def wait_for_fixture() -> Callable[..., bool]:
 
 @pytest.fixture(scope="session")
 def schema_dir() -> Path:
-    return SCHEMA_DIR
+    return SCHEMAS
 
 
 @pytest.fixture(scope="session")
 def registry() -> SchemaRegistry:
     """The project's example schemas (schemas/*.avsc), loaded once."""
-    return SchemaRegistry(SCHEMA_DIR)
+    return SchemaRegistry(SCHEMAS)
 
 
 @pytest.fixture(scope="session")

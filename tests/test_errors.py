@@ -12,8 +12,8 @@ import pytest
 
 import spotify_events
 from spotify_events import errors
-from spotify_events.collector.delivery import DeliveryConfig
 from spotify_events.collector.ingest import IngestLimits
+from spotify_events.collector.seam import DeliveryConfig
 from spotify_events.collector.server import CollectorConfig
 
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from spotify_events.collector.process import CollectorProcess
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+from spotify_events.collector.process import CollectorProcess
 
 
 def test_loadgen_reports_what_the_collector_accepted(tmp_path: Path) -> None:

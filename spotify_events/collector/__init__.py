@@ -16,8 +16,9 @@ Installed with ``pip install 'spotify-events[collector]'``.
 
 from __future__ import annotations
 
-from .delivery import Delivery, DeliveryConfig, DeliveryResult, DeliveryStatus, LocalDelivery
+from .delivery import LocalDelivery
 from .ingest import BatchFacts, Ingest, IngestedBatch, IngestError, IngestLimits, Rejection
+from .seam import Delivery, DeliveryConfig, DeliveryResult, DeliveryStatus
 
 __all__ = [
     "BatchFacts",

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..wire import CONTENT_TYPE
-from .delivery import Delivery, DeliveryStatus
 from .ingest import Ingest, IngestError
 from .metrics import CollectorMetrics
 from .page import render_page
+from .seam import Delivery, DeliveryStatus
 
 log = logging.getLogger(__name__)
 

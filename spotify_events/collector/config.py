@@ -13,8 +13,8 @@ from typing import Any
 
 from ..config import check_token
 from ..errors import ConfigError
-from .delivery import DeliveryConfig
 from .ingest import IngestLimits
+from .seam import DeliveryConfig
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,11 @@ def _find(module: str) -> object:
 
 @dataclass
 class ServiceProcess:
-    """``python -m spotify_events ARGS``, ready once a stdout line starts with ``ready_prefix``."""
+    """``python -m spotify_events ARGS``, ready once a stdout line starts with ``ready_prefix``.
+
+    ``program`` is what runs ``ARGS``: the package's own command unless a caller
+    (the crash tests' failpoint launcher) swaps in another with the same interface.
+    """
 
     args: list[str]
     ready_prefix: str = "listening on"
@@ -58,6 +62,7 @@ class ServiceProcess:
     proc: subprocess.Popen[str] | None = None
     ready_line: str = ""
     stderr_lines: list[str] = field(default_factory=list)
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "spotify_events"])
 
     @property
     def url(self) -> str:
@@ -66,7 +71,7 @@ class ServiceProcess:
 
     def start(self, timeout: float = 90.0) -> ServiceProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spotify_events", *self.args],
+            [*self.program, *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -125,6 +130,7 @@ class CollectorProcess:
     host: str = "127.0.0.1"
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    program: list[str] | None = None  # ServiceProcess.program; None: the package's own
     child: ServiceProcess | None = None
 
     @property
@@ -147,7 +153,10 @@ class CollectorProcess:
     def start(self, timeout: float = 30.0) -> CollectorProcess:
         args = ["collector", "--host", self.host, "--port", str(self.port)]
         args += ["--data-dir", str(self.data_dir), "--schemas", str(self.schemas), *self.args]
-        self.child = ServiceProcess(args, name="collector", env=self.env).start(timeout)
+        child = ServiceProcess(args, name="collector", env=self.env)
+        if self.program is not None:
+            child.program = self.program
+        self.child = child.start(timeout)
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
 

@@ -36,9 +36,10 @@ from ..schemas import SchemaRegistry
 from .app import CollectorApp
 from .config import CollectorConfig
 from .datadir import FileModes
-from .delivery import DeliveryConfig, LocalDelivery
+from .delivery import LocalDelivery
 from .ingest import Ingest, IngestLimits
 from .metrics import CollectorMetrics, add_health
+from .seam import DeliveryConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import asyncio
 import logging
 from typing import Any
 
-from ..collector.delivery import DeliveryResult, DeliveryStatus
 from ..collector.ingest import IngestedBatch
+from ..collector.seam import DeliveryResult, DeliveryStatus
 from ..errors import ConfigError
 from .connection import LoopThread, check_server_version, close, connect
 from .slices import Message, batch_messages, partition_of

@@ -38,11 +38,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ..collector.app import PAGE_CHALLENGE, PAGE_HEADERS, token_matches
 from ..collector.config import CollectorConfig
-from ..collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
+from ..collector.delivery import LocalDelivery
 from ..collector.ingest import IngestedBatch
 from ..collector.page import render_page
 from ..collector.partitions import finalize_hours, partition_layout
 from ..collector.report import load_report
+from ..collector.seam import DeliveryConfig, DeliveryStatus
 from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from support import wait_for
+from support import SCHEMAS, wait_for
 
 from spotify_events import EventClient
 from spotify_events.scaleout.slices import partition_of
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from cluster_helpers import SCHEMAS
+from support import SCHEMAS
 
 from spotify_events.collector.process import ServiceProcess
 from spotify_events.collector.report import load_report
@@ -64,7 +64,7 @@ class Tier:
             name=f"collector:{port}",
         ).start()
 
-    def worker(self, env: dict[str, str] | None = None) -> ServiceProcess:
+    def worker(self, program: list[str] | None = None) -> ServiceProcess:
         child = ServiceProcess(
             [
                 "deliver",
@@ -89,8 +89,10 @@ class Tier:
             ],
             ready_prefix="listening on",
             name="worker",
-            env=env or {},
-        ).start()
+        )
+        if program is not None:
+            child.program = program
+        child.start()
         self.workers.append(child)
         return child
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 from cluster_helpers import Producers, bucket_ids, received_by
 from cluster_tier import LEASE_TTL, PARTITIONS, Tier
+from failpoints import failpoint_program
 from support import wait_for
 
-from spotify_events.collector.delivery import FAILPOINT_ENV
 from spotify_events.collector.process import ServiceProcess
 
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
@@ -201,7 +201,7 @@ def test_worker_dies_between_its_commit_and_the_ack(tier: Tier, failpoint: str) 
         index = next(i for i, parts in alive.items() if parts)
         stopped = tier.workers[index]
         assert stopped.stop() == 0, stopped.stderr_tail()  # its partitions go to the crashing one
-        crashing.append(tier.worker(env={FAILPOINT_ENV: failpoint}))
+        crashing.append(tier.worker(program=failpoint_program(failpoint)))
         assert wait_for(
             lambda: crashing[0].proc is not None and crashing[0].proc.poll() == 137, timeout=60
         ), (tier.owned(), crashing[0].stderr_tail())

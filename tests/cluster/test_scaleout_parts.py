@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import requests
-from cluster_helpers import END_SONG, SCHEMAS, numbered
-from support import free_port, wait_for
+from cluster_helpers import END_SONG, numbered
+from support import SCHEMAS, free_port, wait_for
 
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
 

@@ -22,9 +22,6 @@ from spotify_events.encoding import EventEncoder
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.wire import CONTENT_TYPE, DropNotice, Envelope, WireBatch, encode_batch
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_DIR = ROOT / "schemas"
-
 END_SONG = "spotify.events.playback.EndSong"
 PAGE_VIEW = "spotify.events.web.PageView"
 SEARCH = "spotify.events.search.SearchQuery"

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from collector_helpers import SCHEMA_DIR, BatchMaker
+from collector_helpers import BatchMaker
+from support import SCHEMAS
 
 from spotify_events.collector.process import CollectorProcess
 from spotify_events.schemas import SchemaRegistry
@@ -19,13 +20,18 @@ from spotify_events.schemas import SchemaRegistry
 
 @pytest.fixture
 def start_collector(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess]]:
-    """``start_collector(*extra_args, data_dir=tmp_path/'data')`` -> a running collector."""
+    """``start_collector(*extra_args, data_dir=tmp_path/'data')`` -> a running collector
+    (``program``: a launcher such as tests/failpoints.py instead of the package's own)."""
     started: list[CollectorProcess] = []
 
     def _start(
-        *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None
+        *args: str,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        program: list[str] | None = None,
     ) -> CollectorProcess:
-        cp = CollectorProcess(data_dir or tmp_path / "data", SCHEMA_DIR, list(args), env=env or {})
+        data = data_dir or tmp_path / "data"
+        cp = CollectorProcess(data, SCHEMAS, list(args), env=env or {}, program=program)
         started.append(cp)
         return cp.start()
 
@@ -39,7 +45,7 @@ def start_collector(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess]]
 
 @pytest.fixture(scope="session")
 def collector_registry() -> SchemaRegistry:
-    return SchemaRegistry(SCHEMA_DIR)
+    return SchemaRegistry(SCHEMAS)
 
 
 @pytest.fixture

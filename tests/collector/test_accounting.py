@@ -14,10 +14,11 @@ from pathlib import Path
 from collector_helpers import END_SONG, BatchMaker, stream
 
 from spotify_events.collector.accounting import account
-from spotify_events.collector.delivery import DeliveryConfig, LocalDelivery
+from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest
 from spotify_events.collector.ledger import StreamState
 from spotify_events.collector.ranges import RangeSet
+from spotify_events.collector.seam import DeliveryConfig
 from spotify_events.schemas import SchemaRegistry
 
 GRACE = 60.0

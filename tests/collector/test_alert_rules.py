@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from collector_helpers import END_SONG, FIXED_TS, SCHEMA_DIR, BatchMaker, wsgi_call
+from collector_helpers import END_SONG, FIXED_TS, BatchMaker, wsgi_call
 from prometheus_client.parser import text_string_to_metric_families
+from support import SCHEMAS
 
 from spotify_events.collector.delivery import COMPLETENESS_MAX_AGE
 from spotify_events.collector.server import Collector, CollectorConfig
@@ -39,9 +40,9 @@ def test_promtool_checks_and_unit_tests_pass() -> None:
 
 
 def test_rules_name_only_metrics_the_collector_exposes(tmp_path: Path) -> None:
-    collector = Collector(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR)))
+    collector = Collector(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS)))
     try:
-        maker = BatchMaker(SchemaRegistry(SCHEMA_DIR), "producer-a")
+        maker = BatchMaker(SchemaRegistry(SCHEMAS), "producer-a")
         status, _, _ = wsgi_call(
             collector.app, "POST", "/v1/batches", maker.body(maker.envelopes(END_SONG, [1, 3]))
         )
@@ -62,7 +63,7 @@ def test_completeness_gauges_follow_the_ledger(tmp_path: Path) -> None:
     clock = [FIXED_TS / 1000 + 1]
     collector = Collector(
         CollectorConfig(
-            data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR), grace_period=60, lateness=60
+            data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS), grace_period=60, lateness=60
         ),
         clock=lambda: clock[0],
     )
@@ -73,7 +74,7 @@ def test_completeness_gauges_follow_the_ledger(tmp_path: Path) -> None:
         return float(value)
 
     try:
-        maker = BatchMaker(SchemaRegistry(SCHEMA_DIR), "producer-a")
+        maker = BatchMaker(SchemaRegistry(SCHEMAS), "producer-a")
         body = maker.body(maker.envelopes(END_SONG, [1, 2, 5]))
         assert wsgi_call(collector.app, "POST", "/v1/batches", body)[0] == 200
         assert (gauge("open_gap_events"), gauge("lost_events")) == (2, 0)
@@ -99,9 +100,9 @@ def test_a_scrape_while_delivery_is_busy_never_reports_zero_for_a_real_loss(
     delivery lock busy leaves the completeness gauges out rather than reporting 0, which
     the loss alerts (``lost - lost offset 15m > 0``) would later read as new loss."""
     clock = [FIXED_TS / 1000 + 1]
-    config = CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR))
+    config = CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS))
     first = Collector(config, clock=lambda: clock[0])
-    maker = BatchMaker(SchemaRegistry(SCHEMA_DIR), "producer-a")
+    maker = BatchMaker(SchemaRegistry(SCHEMAS), "producer-a")
     body = maker.body(maker.envelopes(END_SONG, [1, 5]))
     assert wsgi_call(first.app, "POST", "/v1/batches", body)[0] == 200
     first.shutdown()

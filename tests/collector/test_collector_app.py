@@ -12,14 +12,8 @@ from typing import Any
 
 import fastavro
 import pytest
-from collector_helpers import (
-    END_SONG,
-    PAGE_VIEW,
-    SCHEMA_DIR,
-    BatchMaker,
-    part_files,
-    wsgi_call,
-)
+from collector_helpers import END_SONG, PAGE_VIEW, BatchMaker, part_files, wsgi_call
+from support import SCHEMAS
 
 from spotify_events.collector.server import Collector, CollectorConfig
 from spotify_events.wire import ENVELOPE_SCHEMA, DropNotice, Envelope
@@ -32,7 +26,7 @@ def collector(tmp_path: Path) -> Iterator[Collector]:
     c = Collector(
         CollectorConfig(
             data_dir=str(tmp_path / "data"),
-            schemas=str(SCHEMA_DIR),
+            schemas=str(SCHEMAS),
             max_body_bytes=200_000,
             max_events=5_000,
             max_decoded_bytes=1_000_000,
@@ -236,7 +230,7 @@ def test_bad_events_are_rejected_one_by_one(
 
 def test_auth(tmp_path: Path, maker: BatchMaker) -> None:
     c = Collector(
-        CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR), token=TOKEN)
+        CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS), token=TOKEN)
     )
     try:
         body = maker.body(maker.envelopes(END_SONG, [1]))

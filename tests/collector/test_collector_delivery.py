@@ -16,7 +16,6 @@ import pytest
 from collector_helpers import (
     END_SONG,
     PAGE_VIEW,
-    SCHEMA_DIR,
     BatchMaker,
     closed_markers,
     expected_uids,
@@ -24,11 +23,13 @@ from collector_helpers import (
     read_uids,
     stream,
 )
+from support import SCHEMAS
 
-from spotify_events.collector.delivery import DeliveryConfig, DeliveryStatus, LocalDelivery
+from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.collector.ranges import RangeSet
 from spotify_events.collector.report import load_report
+from spotify_events.collector.seam import DeliveryConfig, DeliveryStatus
 from spotify_events.collector.server import Collector, CollectorConfig
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.wire import DropNotice
@@ -353,7 +354,7 @@ def test_bucket_closer_thread_closes_quiet_hours(
     """The timer closes a bucket with no further traffic (real thread, fake clock)."""
     config = CollectorConfig(
         data_dir=str(tmp_path / "data"),
-        schemas=str(SCHEMA_DIR),
+        schemas=str(SCHEMAS),
         lateness=60.0,
         close_interval=0.01,
     )

@@ -34,8 +34,8 @@ from collector_helpers import (
     read_uids,
     stream,
 )
+from failpoints import failpoint_program
 
-from spotify_events.collector.delivery import FAILPOINT_ENV
 from spotify_events.collector.process import CollectorProcess
 from spotify_events.wire import DropNotice
 
@@ -243,7 +243,7 @@ def test_crash_between_bucket_write_and_ledger_commit(
 ) -> None:
     """The worst moment to die: bytes fsynced to the bucket, ledger not yet committed."""
     data = tmp_path / "data"
-    c = start_collector(data_dir=data, env={FAILPOINT_ENV: "crash-after-write:2"})
+    c = start_collector(data_dir=data, program=failpoint_program("crash-after-write:2"))
     ts = now_ms()
     first = maker.body(maker.envelopes(END_SONG, range(1, 501), ts))
     second = maker.body(

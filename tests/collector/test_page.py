@@ -12,15 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collector_helpers import (
-    END_SONG,
-    FIXED_TS,
-    PAGE_VIEW,
-    SCHEMA_DIR,
-    BatchMaker,
-    part_files,
-    wsgi_call,
-)
+from collector_helpers import END_SONG, FIXED_TS, PAGE_VIEW, BatchMaker, part_files, wsgi_call
+from support import SCHEMAS
 
 from spotify_events.collector.buckets import hour_label
 from spotify_events.collector.page import cell_state, render_page
@@ -49,7 +42,7 @@ def clock() -> Clock:
 def collector(tmp_path: Path, clock: Clock) -> Iterator[Collector]:
     c = Collector(
         CollectorConfig(
-            data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR), grace_period=60, lateness=60
+            data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS), grace_period=60, lateness=60
         ),
         clock=clock,
     )
@@ -185,7 +178,7 @@ def test_report_groups_producers_by_service_and_sdk_version(
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[Collector]:
     c = Collector(
-        CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR), token=TOKEN)
+        CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS), token=TOKEN)
     )
     yield c
     c.shutdown()
@@ -294,7 +287,7 @@ def test_page_shows_what_the_collector_found_wrong_in_its_data_directory(
 ) -> None:
     """A part file damaged while the collector was stopped is moved aside and recorded as
     the collector's own incident, which no producer row carries: the page lists it."""
-    config = CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR))
+    config = CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS))
     first = Collector(config, clock=clock)
     maker = BatchMaker(first.registry, "producer-a")
     send(first, maker, batch(maker, END_SONG, [1, 2, 3]))

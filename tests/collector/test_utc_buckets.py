@@ -16,8 +16,9 @@ import pytest
 from collector_helpers import END_SONG, BatchMaker, part_files
 
 from spotify_events.collector.buckets import HOUR_MS, bucket_dir, hour_label, hour_of
-from spotify_events.collector.delivery import DeliveryConfig, LocalDelivery
+from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest
+from spotify_events.collector.seam import DeliveryConfig
 from spotify_events.schemas import SchemaRegistry
 
 #: 2025-12-31T23:59:59.999Z: the last millisecond of a UTC day (and year).

@@ -17,7 +17,6 @@ from typing import Any
 
 import fastavro
 import support
-from support import ROOT, SCHEMAS  # noqa: F401  (re-exported to the fault tests)
 
 END_SONG = "spotify.events.playback.EndSong"
 

@@ -41,16 +41,16 @@ import pytest
 from collector_faults_helpers import (
     END_SONG,
     PAGE_VIEW,
-    SCHEMA_DIR,
     UID_FIELD,
     check_committed_prefixes,
     check_data_dir,
     read_uids,
     record_for,
 )
+from failpoints import failpoint_program
+from support import SCHEMAS
 
 from spotify_events import EventClient
-from spotify_events.collector.delivery import FAILPOINT_ENV
 from spotify_events.collector.process import CollectorProcess
 from spotify_events.collector.report import load_report
 
@@ -120,7 +120,7 @@ def crashing_collector(tmp_path: Path) -> Iterator[CollectorProcess]:
     """A collector (not yet started) on a fixed port and data dir; the test starts,
     kills and restarts it."""
     process = CollectorProcess(
-        tmp_path / "data", SCHEMA_DIR, ["--grace-period", "1"], port=_free_port()
+        tmp_path / "data", SCHEMAS, ["--grace-period", "1"], port=_free_port()
     )
     yield process
     try:
@@ -148,7 +148,7 @@ def test_collector_sigkill_mid_request_exactly_once(
         EventClient(
             endpoint=f"http://{cp.host}:{cp.port}/v1/batches",
             queue_path=str(tmp_path / f"queue-{n}.db"),
-            schemas=str(SCHEMA_DIR),
+            schemas=str(SCHEMAS),
             backoff_max=0.2,
             read_timeout=5.0,
             connect_timeout=1.0,
@@ -167,9 +167,9 @@ def test_collector_sigkill_mid_request_exactly_once(
             mode = rng.choice(MODES)
             modes[mode] += 1
             if mode == "sigkill":
-                cp.env = {}
+                cp.program = None
             else:
-                cp.env = {FAILPOINT_ENV: f"crash-{mode}:{rng.randint(1, 3)}"}
+                cp.program = failpoint_program(f"crash-{mode}:{rng.randint(1, 3)}")
             cp.start()
             if i == 0:
                 for lg in loggers:  # logging starts once the first collector is listening
@@ -192,7 +192,7 @@ def test_collector_sigkill_mid_request_exactly_once(
             if i % 5 == 4:  # dead collector, torn tails not yet truncated
                 check_committed_prefixes(cp.data_dir)
                 prefix_checks += 1
-        cp.env = {}
+        cp.program = None
         cp.start()
         for lg in loggers:
             lg.stop()

@@ -29,12 +29,12 @@ import fastavro
 import pytest
 from collector_faults_helpers import (
     END_SONG,
-    SCHEMA_DIR,
     UID_FIELD,
     BatchMaker,
     part_files,
     read_uids,
 )
+from support import SCHEMAS
 
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest
@@ -44,7 +44,7 @@ from spotify_events.schemas import SchemaRegistry
 
 #: 2026-01-01T10:00:00Z, so events of T0 + a few minutes share one hour.
 T0 = 1_767_261_600.0
-REGISTRY = SchemaRegistry(SCHEMA_DIR)
+REGISTRY = SchemaRegistry(SCHEMAS)
 
 
 class Clock:
@@ -78,7 +78,7 @@ def opened() -> Iterator[list[LocalDelivery]]:
 def open_delivery(
     data: Path, clock: Clock, opened: list[LocalDelivery], **config: Any
 ) -> LocalDelivery:
-    from spotify_events.collector.delivery import DeliveryConfig
+    from spotify_events.collector.seam import DeliveryConfig
 
     cfg = DeliveryConfig(**{"grace_period": 60.0, "lateness": 600.0, **config})
     d = LocalDelivery(data, REGISTRY, config=cfg, clock=clock)
@@ -130,9 +130,9 @@ def run_collector(*args: str, timeout: float = 20.0) -> tuple[int | None, str]:
 
 # -- 1: one data directory, one collector ---------------------------------------------------
 def test_second_collector_on_the_same_data_dir_exits_naming_the_holder(data: Path) -> None:
-    with CollectorProcess(data, SCHEMA_DIR) as first:
+    with CollectorProcess(data, SCHEMAS) as first:
         assert first.proc is not None
-        code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMA_DIR))
+        code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMAS))
         assert code not in (None, 0), err
         assert f"pid {first.proc.pid}" in err and "Traceback" not in err, err
         assert first.alive()
@@ -183,7 +183,7 @@ def test_lost_ledger_refuses_to_start_until_told_and_then_deletes_nothing(
 def test_garbage_ledger_is_a_clear_error_not_a_traceback(data: Path) -> None:
     data.mkdir()
     (data / "_ledger.db").write_bytes(b"this is not sqlite " * 100)
-    code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMA_DIR))
+    code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMAS))
     assert code not in (None, 0), err
     assert "Traceback" not in err and str(data / "_ledger.db") in err, err
     assert "not a usable collector ledger" in err and "backup" in err, err
@@ -351,10 +351,10 @@ def test_event_type_name_too_long_for_the_file_system_is_refused_at_startup(
 def test_lock_file_deleted_under_a_running_collector_still_keeps_a_second_one_out(
     data: Path,
 ) -> None:
-    with CollectorProcess(data, SCHEMA_DIR) as first:
+    with CollectorProcess(data, SCHEMAS) as first:
         assert first.proc is not None
         (data / "_lock").unlink()  # a tidy-up script, or an operator, removes it
-        code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMA_DIR))
+        code, err = run_collector("--data-dir", str(data), "--schemas", str(SCHEMAS))
         assert code not in (None, 0), err
         assert "in use by another collector" in err and "Traceback" not in err, err
         assert first.alive()

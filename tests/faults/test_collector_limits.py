@@ -27,13 +27,13 @@ import requests
 from collector_faults_helpers import (
     END_SONG,
     PAGE_VIEW,
-    SCHEMA_DIR,
     BatchMaker,
     part_files,
     read_uids,
     record_for,
     wsgi_call,
 )
+from support import SCHEMAS
 
 from spotify_events import wire
 from spotify_events.collector.buckets import avro_long
@@ -51,7 +51,7 @@ from spotify_events.wire import (
     encode_batch,
 )
 
-REGISTRY = SchemaRegistry(SCHEMA_DIR)
+REGISTRY = SchemaRegistry(SCHEMAS)
 HOUR_MS = 3_600_000
 
 
@@ -61,7 +61,7 @@ def now_ms() -> int:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Collector]:
-    c = Collector(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMA_DIR)))
+    c = Collector(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS)))
     yield c
     c.shutdown()
 
@@ -89,7 +89,7 @@ def test_batch_spread_over_a_thousand_future_hours_is_refused_per_event(tmp_path
     envs = [maker.envelope(PAGE_VIEW, k, base + k * HOUR_MS) for k in range(1, 1101)]
     body = maker.body(envs)
     assert len(body) < 64 << 10
-    with CollectorProcess(tmp_path / "data", SCHEMA_DIR) as c:
+    with CollectorProcess(tmp_path / "data", SCHEMAS) as c:
         assert c.proc is not None
         r = post_http(c.url, body)
         assert r.status_code == 200, r.text
@@ -104,7 +104,8 @@ def test_batch_spread_over_a_thousand_future_hours_is_refused_per_event(tmp_path
 
 
 def test_open_part_files_are_bounded_and_hours_per_batch_capped(tmp_path: Path) -> None:
-    from spotify_events.collector.delivery import DeliveryConfig, LocalDelivery
+    from spotify_events.collector.delivery import LocalDelivery
+    from spotify_events.collector.seam import DeliveryConfig
 
     clock_now = time.time()
     d = LocalDelivery(
@@ -138,7 +139,7 @@ def test_open_part_files_are_bounded_and_hours_per_batch_capped(tmp_path: Path) 
 # -- 8: a fleet of idle keep-alive clients ----------------------------------------------------
 def test_150_idle_connections_do_not_stop_service(tmp_path: Path) -> None:
     maker = BatchMaker(REGISTRY, "fleet")
-    with CollectorProcess(tmp_path / "data", SCHEMA_DIR) as c:
+    with CollectorProcess(tmp_path / "data", SCHEMAS) as c:
         host, port = c.url.rsplit("/", 1)[1].rsplit(":", 1)
         idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(150)]
         try:
@@ -169,7 +170,7 @@ def test_made_up_types_in_heartbeats_and_drops_create_no_state(app: Collector) -
 
 
 def test_queue_incidents_kept_per_producer_are_bounded(app: Collector) -> None:
-    from spotify_events.collector.delivery import MAX_INCIDENTS_PER_PRODUCER
+    from spotify_events.collector.dedupe import MAX_INCIDENTS_PER_PRODUCER
 
     def incidents(producer: str, first: int) -> bytes:
         told = [{"kind": "queue_damaged", "detail": "x" * 500, "at": first + i} for i in range(16)]
@@ -212,7 +213,7 @@ def test_no_producer_can_speak_as_the_collector(app: Collector) -> None:
 
 
 def _collector(data: Path, **config: Any) -> Collector:
-    return Collector(CollectorConfig(data_dir=str(data), schemas=str(SCHEMA_DIR), **config))
+    return Collector(CollectorConfig(data_dir=str(data), schemas=str(SCHEMAS), **config))
 
 
 def scrape(c: Collector, token: str | None) -> tuple[int, bytes]:
@@ -358,7 +359,7 @@ def test_unusable_data_dir_names_the_path(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "_ledger.db").mkdir(parents=True)  # the ledger's place is taken by a directory
     code, _, err = run_cli(
-        "collector", "--port", "0", "--data-dir", str(data), "--schemas", str(SCHEMA_DIR)
+        "collector", "--port", "0", "--data-dir", str(data), "--schemas", str(SCHEMAS)
     )
     assert code not in (None, 0) and "Traceback" not in err, err
     assert str(data / "_ledger.db") in err, err
@@ -377,7 +378,7 @@ def test_listening_on_all_interfaces_without_a_token_warns(tmp_path: Path) -> No
         "--data-dir",
         str(data),
         "--schemas",
-        str(SCHEMA_DIR),
+        str(SCHEMAS),
     )
     assert code not in (None, 0), err
     assert "without --token" in err, err
@@ -387,7 +388,7 @@ def test_listening_on_all_interfaces_without_a_token_warns(tmp_path: Path) -> No
 def test_commands_without_the_collector_extra_say_what_to_install(
     tmp_path: Path, command: str
 ) -> None:
-    args = ["--data-dir", str(tmp_path / "d"), "--schemas", str(SCHEMA_DIR)]
+    args = ["--data-dir", str(tmp_path / "d"), "--schemas", str(SCHEMAS)]
     code, _, err = run_cli(
         command,
         *(args if command == "collector" else ["-n", "1"]),

@@ -50,7 +50,6 @@ from collector_faults_helpers import (
     END_SONG,
     FIXED_TS,
     PAGE_VIEW,
-    SCHEMA_DIR,
     BatchMaker,
     check_data_dir,
     files_outside,
@@ -62,6 +61,7 @@ from collector_faults_helpers import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import SCHEMAS
 
 from spotify_events.collector.app import CollectorApp, token_matches
 from spotify_events.collector.buckets import avro_long
@@ -98,7 +98,7 @@ _FUZZ: dict[str, Any] = {
 DECODER = settings(max_examples=_examples(300), **_FUZZ)
 APP = settings(max_examples=_examples(200), **_FUZZ)
 
-REGISTRY = SchemaRegistry(SCHEMA_DIR)
+REGISTRY = SchemaRegistry(SCHEMAS)
 MAKER = BatchMaker(REGISTRY, "fuzz-producer")
 AD = "spotify.events.ads.AdImpression"
 REGISTERED = sorted(s.full_name for s in (REGISTRY.get(t) for t in REGISTRY.event_types))
@@ -470,7 +470,7 @@ def _make_collector(data: Path, **kw: Any) -> Collector:
     return Collector(
         CollectorConfig(
             data_dir=str(data),
-            schemas=str(SCHEMA_DIR),
+            schemas=str(SCHEMAS),
             max_body_bytes=LIMITS.max_body_bytes,
             max_events=LIMITS.max_events,
             max_decoded_bytes=LIMITS.max_decoded_bytes,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from fault_helpers import SCHEMAS, bucket_ids, stream_of, wait_for
-from support import free_port
+from fault_helpers import bucket_ids, stream_of, wait_for
+from support import SCHEMAS, free_port
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of, wait_for
-from support import free_port
+from fault_helpers import bucket_ids, numbered, stream_of, wait_for
+from support import SCHEMAS, free_port
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

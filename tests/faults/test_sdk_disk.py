@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, bucket_ids, numbered, port_held_closed, stream_of, wait_for
+from fault_helpers import bucket_ids, numbered, port_held_closed, stream_of, wait_for
+from support import SCHEMAS
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

@@ -11,8 +11,9 @@ import itertools
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of
+from fault_helpers import bucket_ids, numbered, stream_of
 from fault_proxy import FAULTS, FaultProxy
+from support import SCHEMAS
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

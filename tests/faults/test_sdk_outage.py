@@ -10,7 +10,8 @@ import traceback
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, numbered, port_held_closed, stream_of
+from fault_helpers import numbered, port_held_closed, stream_of
+from support import SCHEMAS
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of, wait_for
+from fault_helpers import bucket_ids, numbered, stream_of, wait_for
+from support import SCHEMAS
 
 from spotify_events import EventClient, SchemaRegistry
 from spotify_events.collector.process import CollectorProcess

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import END_SONG, SCHEMAS, bucket_ids, numbered, stream_of, wait_for
+from fault_helpers import END_SONG, bucket_ids, numbered, stream_of, wait_for
+from support import SCHEMAS
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

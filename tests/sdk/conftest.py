@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sdk_helpers import SCHEMAS, Sink
-from support import free_port
+from sdk_helpers import Sink
+from support import SCHEMAS, free_port
 
 from spotify_events import EventClient
 

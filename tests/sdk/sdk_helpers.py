@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import support
-from support import SCHEMAS  # noqa: F401  (re-exported to the SDK tests)
 
 from spotify_events.wire import WireBatch, decode_batch
 

@@ -93,7 +93,7 @@ def test_multiprocessing_fork_child_commits_its_buffer_at_exit(
 def test_a_client_dropped_without_close_commits_its_buffer(sink: Sink, tmp_path: Path) -> None:
     import gc
 
-    from sdk_helpers import SCHEMAS
+    from support import SCHEMAS
 
     from spotify_events.queue import DurableQueue
 

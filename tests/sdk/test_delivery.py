@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sdk_helpers import END_SONG, SCHEMAS, Sink, wait_for
+from sdk_helpers import END_SONG, Sink, wait_for
+from support import SCHEMAS
 
 from spotify_events import EventClient, EventValidationError, UnknownEventTypeError
 from spotify_events.errors import ClientClosedError

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sdk_helpers import END_SONG, SCHEMAS
-from support import free_port
+from sdk_helpers import END_SONG
+from support import SCHEMAS, free_port
 
 import spotify_events
 from spotify_events import ConfigError, EventClient, QueuePathError

@@ -13,7 +13,8 @@ from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from sdk_helpers import END_SONG, SCHEMAS, Sink, wait_for
+from sdk_helpers import END_SONG, Sink, wait_for
+from support import SCHEMAS
 
 from spotify_events import EventClient
 from spotify_events.otel_metrics import register_metrics

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sdk_helpers import END_SONG, SCHEMAS
-from support import free_port
+from sdk_helpers import END_SONG
+from support import SCHEMAS, free_port
 
 from spotify_events import EventClient
 from spotify_events.cli import main

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sdk_helpers import SCHEMAS
+from support import SCHEMAS
 
 CHILD = textwrap.dedent(
     """

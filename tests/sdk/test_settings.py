@@ -11,8 +11,8 @@ import click
 
 from spotify_events.collector.cli import collector_command
 from spotify_events.collector.config import CollectorConfig
-from spotify_events.collector.delivery import DeliveryConfig
 from spotify_events.collector.ingest import IngestLimits
+from spotify_events.collector.seam import DeliveryConfig
 from spotify_events.config import ClientConfig
 from spotify_events.queue import DurableQueue
 from spotify_events.settings import ClientSettings

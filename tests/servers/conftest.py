@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_helpers import SCHEMAS
+from support import SCHEMAS
 
 from spotify_events.collector.process import CollectorProcess
 

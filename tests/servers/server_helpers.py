@@ -21,7 +21,7 @@ from typing import Any
 
 import fastavro
 import requests
-from support import ROOT, SCHEMAS, wait_for  # noqa: F401  (re-exported to the server tests)
+from support import wait_for
 
 END_SONG = "spotify.events.playback.EndSong"
 SERVICE_CALL = "spotify.events.ops.ServiceCall"

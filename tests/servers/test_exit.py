@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from server_helpers import SCHEMAS, bucket_ids, end_song, port_held_closed
-from support import free_port, wait_for
+from server_helpers import bucket_ids, end_song, port_held_closed
+from support import SCHEMAS, free_port, wait_for
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

@@ -12,7 +12,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
-from server_helpers import SCHEMAS, SERVICE_CALL, bucket_records
+from server_helpers import SERVICE_CALL, bucket_records
+from support import SCHEMAS
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

@@ -15,7 +15,6 @@ import requests
 from server_helpers import (
     BIN,
     END_SONG,
-    SCHEMAS,
     SERVICE_CALL,
     Server,
     bucket_ids,
@@ -23,7 +22,7 @@ from server_helpers import (
     end_song,
     port_held_closed,
 )
-from support import free_port, wait_for
+from support import SCHEMAS, free_port, wait_for
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from server_helpers import SCHEMAS, bucket_ids, end_song, port_held_closed
-from support import free_port, wait_for
+from server_helpers import bucket_ids, end_song, port_held_closed
+from support import SCHEMAS, free_port, wait_for
 
 from spotify_events import EventClient
 from spotify_events.collector.process import CollectorProcess
