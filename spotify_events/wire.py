@@ -287,7 +287,7 @@ def _timestamp_millis(value: Any) -> int:
         return value
     # fastavro turns timestamp-millis into an aware datetime on read. Convert with
     # integer arithmetic: int(value.timestamp() * 1000) goes through float seconds
-    # and came back 1 ms early for ~1% of timestamps (tests/test_encoding.py).
+    # and came back 1 ms early for ~1% of timestamps (tests/sdk/test_encoding.py).
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)

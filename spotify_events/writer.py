@@ -342,7 +342,7 @@ class QueueWriter:
             # In-flight events stay counted in _pending_bytes until their commit
             # succeeds: releasing the space before the commit let callers refill the
             # buffer during every failed attempt, and each put-back then grew memory by
-            # another max_buffer_bytes (tests/test_writer.py, writes failing).
+            # another max_buffer_bytes (tests/sdk/test_writer.py, writes failing).
             inflight = self._pending_bytes
             overflow, self._overflow = self._overflow, {}
             upto = self._ticket

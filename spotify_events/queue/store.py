@@ -118,7 +118,7 @@ class QueueStore:
         Leaving the rollback journal needs an exclusive lock and SQLite may answer
         SQLITE_BUSY at once instead of calling the busy handler, so two gunicorn
         workers opening a new queue file together failed with "database is locked"
-        (tests/test_queue.py, racing-to-create)."""
+        (tests/sdk/test_queue.py, racing-to-create)."""
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:

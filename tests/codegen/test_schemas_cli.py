@@ -9,20 +9,20 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from support import SCHEMAS
 
 from spotify_events.cli import main as cli_main
 from spotify_events.codegen import diff_schema_dirs, schemas_group
 from spotify_events.errors import SpotifyEventsError
 from spotify_events.schemas import SchemaRegistry, check_compatibility
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 PAGE_VIEW = "spotify.events.web.PageView"
 
 
 def copy_examples(target: Path) -> Path:
     target.mkdir()
-    for src in EXAMPLES.glob("*.avsc"):
+    for src in SCHEMAS.glob("*.avsc"):
         (target / src.name).write_text(src.read_text())
     return target
 
@@ -146,7 +146,7 @@ def test_json_output(dirs: tuple[Path, Path]) -> None:
     report = json.loads(result.output)
     assert report["compatible"] is False and report["require"] == "full"
     by_type = {t["event_type"]: t for t in report["types"]}
-    assert set(by_type) == set(SchemaRegistry(EXAMPLES).event_types)
+    assert set(by_type) == set(SchemaRegistry(SCHEMAS).event_types)
     song = by_type[END_SONG]
     assert song["change"] == "changed" and song["ok"] is False
     assert song["backward"] is False and song["forward"] is True
@@ -173,7 +173,7 @@ def test_through_the_main_cli(dirs: tuple[Path, Path]) -> None:
 
 
 def test_diff_api_rejects_unknown_requirement() -> None:
-    registry = SchemaRegistry(EXAMPLES)
+    registry = SchemaRegistry(SCHEMAS)
     with pytest.raises(ValueError, match="require"):
         diff_schema_dirs(registry, registry, require="sideways")
 

@@ -10,12 +10,12 @@ from typing import Any
 import avro.schema
 import pytest
 from fastavro.schema import fingerprint as fastavro_fingerprint
+from support import SCHEMAS
 
 from spotify_events.encoding import EventEncoder, decode_event
 from spotify_events.errors import SchemaError, UnknownEventTypeError
 from spotify_events.schemas import SchemaRegistry, check_compatibility
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 END_SONG = "spotify.events.playback.EndSong"
 
 EXAMPLE_TYPES = {
@@ -54,20 +54,18 @@ def test_load_directory(registry: SchemaRegistry) -> None:
     assert set(registry.event_types) == EXAMPLE_TYPES
     assert len(registry) == 5
     for schema in registry.all_versions():
-        assert Path(schema.source).parent == SCHEMA_DIR
+        assert Path(schema.source).parent == SCHEMAS
 
 
 def test_load_single_file_list_and_dicts() -> None:
-    one = SchemaRegistry(SCHEMA_DIR / "EndSong.avsc")
+    one = SchemaRegistry(SCHEMAS / "EndSong.avsc")
     assert one.event_types == [END_SONG]
 
-    files = [SCHEMA_DIR / "EndSong.avsc", str(SCHEMA_DIR / "PageView.avsc")]
+    files = [SCHEMAS / "EndSong.avsc", str(SCHEMAS / "PageView.avsc")]
     listed = SchemaRegistry(files)
     assert listed.event_types == [END_SONG, "spotify.events.web.PageView"]
 
-    dicts = SchemaRegistry(
-        [_raw(SCHEMA_DIR / "EndSong.avsc"), _raw(SCHEMA_DIR / "SearchQuery.avsc")]
-    )
+    dicts = SchemaRegistry([_raw(SCHEMAS / "EndSong.avsc"), _raw(SCHEMAS / "SearchQuery.avsc")])
     assert dicts.event_types == [END_SONG, "spotify.events.search.SearchQuery"]
     # the same schema loaded from a file and from a dict is the same version
     assert dicts.get("EndSong").fingerprint == one.get("EndSong").fingerprint
@@ -75,7 +73,7 @@ def test_load_single_file_list_and_dicts() -> None:
 
 def test_coerce_keeps_a_registry_and_builds_one_from_a_path(registry: SchemaRegistry) -> None:
     assert SchemaRegistry.coerce(registry) is registry
-    assert SchemaRegistry.coerce(str(SCHEMA_DIR)).event_types == registry.event_types
+    assert SchemaRegistry.coerce(str(SCHEMAS)).event_types == registry.event_types
 
 
 # -- fingerprints ------------------------------------------------------------------
@@ -180,7 +178,7 @@ def _end_song_v2(registry: SchemaRegistry) -> dict[str, Any]:
 def test_newest_version_writes_old_stays_resolvable(
     registry: SchemaRegistry, end_song_record: dict[str, Any]
 ) -> None:
-    reg = SchemaRegistry(SCHEMA_DIR)
+    reg = SchemaRegistry(SCHEMAS)
     v1 = reg.get("EndSong")
     v2 = reg.register(_end_song_v2(registry))
     assert v2.fingerprint != v1.fingerprint
@@ -204,7 +202,7 @@ def test_newest_version_writes_old_stays_resolvable(
 
 def test_directory_versions_load_in_sorted_order(tmp_path: Path, registry: SchemaRegistry) -> None:
     (tmp_path / "EndSong.v2.avsc").write_text(json.dumps(_end_song_v2(registry)))
-    (tmp_path / "EndSong.v1.avsc").write_text((SCHEMA_DIR / "EndSong.avsc").read_text())
+    (tmp_path / "EndSong.v1.avsc").write_text((SCHEMAS / "EndSong.avsc").read_text())
     reg = SchemaRegistry(tmp_path)
     names = [f["name"] for f in reg.get("EndSong").raw["fields"]]
     assert names[-1] == "volume"
@@ -305,7 +303,7 @@ def test_bad_avsc_file_names_the_file(tmp_path: Path, content: str) -> None:
 
 
 def test_bad_file_in_a_directory_is_named(tmp_path: Path) -> None:
-    (tmp_path / "EndSong.avsc").write_text((SCHEMA_DIR / "EndSong.avsc").read_text())
+    (tmp_path / "EndSong.avsc").write_text((SCHEMAS / "EndSong.avsc").read_text())
     bad = tmp_path / "sub" / "Zed.avsc"
     bad.parent.mkdir()
     bad.write_text('{"type": "record", "name": "Zed", "fields": [{"name": "a"}]}')

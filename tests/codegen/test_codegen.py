@@ -29,13 +29,12 @@ from typing import Any
 import fastavro
 import pytest
 from click.testing import CliRunner
+from support import ROOT, SCHEMAS
 
 from spotify_events.cli import main as cli_main
 from spotify_events.codegen import codegen_command, generate_python
 from spotify_events.schemas import SchemaRegistry
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "schemas"
 UTC = dt.timezone.utc
 
 #: One schema using every construct the generator maps (see the module docstring of
@@ -160,7 +159,7 @@ def gen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     features_dir = out / "feature_schemas"
     features_dir.mkdir()
     (features_dir / "Features.avsc").write_text(json.dumps(FEATURES, indent=2))
-    for schemas, target in ((EXAMPLES, "events.py"), (features_dir, "features.py")):
+    for schemas, target in ((SCHEMAS, "events.py"), (features_dir, "features.py")):
         result = run_codegen(str(schemas), "-o", str(out / target))
         assert result.exit_code == 0, result.output
     return out
@@ -178,7 +177,7 @@ def features(gen_dir: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def registry() -> SchemaRegistry:
-    return SchemaRegistry(EXAMPLES)
+    return SchemaRegistry(SCHEMAS)
 
 
 def roundtrip(parsed_schema: Any, record: dict[str, Any]) -> Any:
@@ -528,23 +527,23 @@ def test_generated_code_is_ascii_and_compiles(gen_dir: Path) -> None:
 # -- determinism and --check ----------------------------------------------------------------
 def test_deterministic_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "pkg" / "events.py"
-    first = generate_python(EXAMPLES, out)
-    assert generate_python(EXAMPLES, out) == first
+    first = generate_python(SCHEMAS, out)
+    assert generate_python(SCHEMAS, out) == first
     # however the directory is spelled: the header is relative to the output file
     monkeypatch.chdir(ROOT)
     assert generate_python("schemas", out) == first
     assert generate_python("./schemas/", out) == first
-    result = run_codegen(str(EXAMPLES), "-o", str(out))
+    result = run_codegen(str(SCHEMAS), "-o", str(out))
     assert result.exit_code == 0
     assert out.read_bytes() == first.encode("ascii")
-    result = run_codegen(str(EXAMPLES), "-o", str(out))
+    result = run_codegen(str(SCHEMAS), "-o", str(out))
     assert out.read_bytes() == first.encode("ascii")
 
 
 def test_check_detects_stale_file(tmp_path: Path) -> None:
     schemas = tmp_path / "schemas"
     schemas.mkdir()
-    for src in EXAMPLES.glob("*.avsc"):
+    for src in SCHEMAS.glob("*.avsc"):
         (schemas / src.name).write_text(src.read_text())
     out = tmp_path / "events.py"
 
@@ -578,7 +577,7 @@ def test_generated_file_mode_follows_the_umask(tmp_path: Path, umask: int, mode:
     out = tmp_path / "pkg" / "events.py"
     previous = os.umask(umask)
     try:
-        assert run_codegen(str(EXAMPLES), "-o", str(out)).exit_code == 0
+        assert run_codegen(str(SCHEMAS), "-o", str(out)).exit_code == 0
     finally:
         os.umask(previous)
     assert stat.S_IMODE(out.stat().st_mode) == mode
@@ -587,7 +586,7 @@ def test_generated_file_mode_follows_the_umask(tmp_path: Path, umask: int, mode:
 
 def test_codegen_through_the_main_cli(tmp_path: Path) -> None:
     out = tmp_path / "events.py"
-    result = CliRunner().invoke(cli_main, ["codegen", str(EXAMPLES), "-o", str(out)])
+    result = CliRunner().invoke(cli_main, ["codegen", str(SCHEMAS), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists()
 
@@ -610,7 +609,7 @@ def test_codegen_through_the_main_cli(tmp_path: Path) -> None:
 def test_invalid_schema_dir_names_file_and_problem(tmp_path: Path, text: str, problem: str) -> None:
     schemas = tmp_path / "schemas"
     schemas.mkdir()
-    (schemas / "Good.avsc").write_text((EXAMPLES / "EndSong.avsc").read_text())
+    (schemas / "Good.avsc").write_text((SCHEMAS / "EndSong.avsc").read_text())
     (schemas / "Broken.avsc").write_text(text)
     out = tmp_path / "events.py"
     result = CliRunner().invoke(codegen_command, [str(schemas), "-o", str(out)])

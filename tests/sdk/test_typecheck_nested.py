@@ -3,7 +3,7 @@
 fastavro's writer would store ``True`` as 1 and ``1.5`` as 1 at any depth, so the
 compiled check must look there too, and say where: the error names the whole
 path (``lines[0].price.n``), the ``field`` attribute the top-level field. The
-schema is a test-only one (tests/schemas_nested/), not one of the examples.
+schema is a test-only one (tests/sdk/schemas_nested/), not one of the examples.
 """
 
 from __future__ import annotations
