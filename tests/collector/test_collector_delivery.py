@@ -25,7 +25,11 @@ from collector_helpers import (
 )
 from support import SCHEMAS
 
-from spotify_events.collector.delivery import LocalDelivery
+from spotify_events.collector.delivery import (
+    FAILPOINT_AFTER_COMMIT,
+    FAILPOINT_AFTER_WRITE,
+    LocalDelivery,
+)
 from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.collector.ranges import RangeSet
 from spotify_events.collector.report import load_report
@@ -115,6 +119,28 @@ def test_exactly_once_and_duplicates(
         reader = fastavro.reader(fh)
         assert reader.writer_schema["name"] == END_SONG
         assert sum(1 for _ in reader) == 500
+
+
+def test_failpoint_hook_is_called_after_the_fsync_and_after_the_ledger_commit(
+    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, fake_clock: Clock
+) -> None:
+    """Crash tests stop the process at these two points (tests/failpoints.py): the hook
+    is the only way in, called once per group commit at each, in this order."""
+    data = tmp_path / "data"
+    seen: list[tuple[str, int]] = []
+
+    def failpoint(name: str) -> None:
+        seen.append((name, sum(p.stat().st_size for p in part_files(data))))
+
+    d = LocalDelivery(data, collector_registry, clock=fake_clock, failpoint=failpoint)
+    try:
+        body = maker.body(maker.envelopes(END_SONG, range(1, 11), ms(T0 + 30)))
+        assert d.deliver(ingest(collector_registry, body, fake_clock)).accepted == 10
+    finally:
+        d.close()
+    (written, written_size), (committed, committed_size) = seen
+    assert (written, committed) == (FAILPOINT_AFTER_WRITE, FAILPOINT_AFTER_COMMIT)
+    assert written_size > 0 and committed_size == written_size  # bytes fsynced before either
 
 
 def test_drop_notice_is_dropped_not_lost(
