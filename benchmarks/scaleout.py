@@ -117,7 +117,7 @@ def loadgen(url: str, rate: float, duration: float) -> dict[str, object]:
     return summary
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+def start_process(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "spotify_events", *args], stdout=subprocess.PIPE, text=True
     )
@@ -130,7 +130,7 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
         cluster = NatsCluster(Path(tmp) / "nats", size=3).start()
         procs = []
         try:
-            col, line = _start(
+            col, line = start_process(
                 [
                     "collector",
                     "--port",
@@ -149,7 +149,7 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
             url = line.split()[-1]
             data = Path(tmp) / "data"
             for _ in range(2):
-                w, _ = _start(
+                w, _ = start_process(
                     [
                         "deliver",
                         "--nats",
@@ -201,7 +201,7 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
 
 def bench_single(rate: float, duration: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, line = _start(
+        proc, line = start_process(
             [
                 "collector",
                 "--port",

@@ -16,6 +16,7 @@ import click
 
 from ..collector.cli_options import delivery_options, log_level_option, schemas_option
 from ..errors import SpotifyEventsError
+from .worker_config import WorkerConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,7 +163,7 @@ def run_ingest(
 )
 @click.option(
     "--lease-ttl",
-    default=10.0,
+    default=WorkerConfig.lease_ttl,
     show_default=True,
     type=click.FloatRange(min=0.3),
     help="Seconds a partition lease lasts unrenewed; a dead worker's partitions move "
@@ -170,7 +171,7 @@ def run_ingest(
 )
 @click.option(
     "--ack-wait",
-    default=30.0,
+    default=WorkerConfig.ack_wait,
     show_default=True,
     type=click.FloatRange(min=0.3),
     help="Seconds before JetStream redelivers a message fetched but not acknowledged.",
@@ -194,7 +195,7 @@ def deliver_command(
     """Run a delivery worker: stream partitions -> dedupe ledger -> hourly buckets."""
     _require_nats()
     from .connection import split_urls
-    from .worker import WorkerConfig, run_worker
+    from .worker import run_worker
 
     _setup_logging(log_level)
     try:

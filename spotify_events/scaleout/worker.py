@@ -30,60 +30,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..collector.app import PAGE_CHALLENGE, PAGE_HEADERS, token_matches
-from ..collector.config import CollectorConfig
 from ..collector.delivery import LocalDelivery
 from ..collector.ingest import IngestedBatch
 from ..collector.page import render_page
 from ..collector.partitions import finalize_hours, partition_layout
 from ..collector.report import load_report
 from ..collector.seam import DeliveryConfig, DeliveryStatus
-from ..errors import ConfigError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
 from .leases import LeaseLost, LeaseTable, lease_bucket
 from .slices import SliceDecodeError, decode_message
-from .stream import StreamSettings, retry_until, stream_partitions
+from .stream import retry_until, stream_partitions
+from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 PREFIX = "spotify_events_deliver"
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything ``spotify-events deliver`` can be told; validated at construction."""
-
-    urls: list[str]
-    data_dir: str
-    schemas: str
-    stream: str = "SPOTIFY_EVENTS"
-    grace_period: float = CollectorConfig.grace_period
-    lateness: float = CollectorConfig.lateness
-    host: str = "127.0.0.1"
-    port: int | None = None
-    lease_ttl: float = 10.0
-    ack_wait: float = 30.0
-    fetch_batch: int = 64
-    close_interval: float = CollectorConfig.close_interval
-    startup_timeout: float = 60.0
-    token: str | None = None  # needed by / and /metrics (not /healthz) when set
-
-    def __post_init__(self) -> None:
-        StreamSettings(name=self.stream)  # validates the name
-        if self.lease_ttl < 0.3:
-            raise ConfigError("lease_ttl must be >= 0.3 s")
-        if self.ack_wait < self.lease_ttl:
-            raise ConfigError("ack_wait must be >= lease_ttl")
-        if not 1 <= self.fetch_batch <= 1000:
-            raise ConfigError("fetch_batch must be 1..1000")
-        if self.close_interval <= 0:
-            raise ConfigError("close_interval must be > 0")
 
 
 class WorkerMetrics:
