@@ -56,13 +56,14 @@ END_SONG = {
 
 
 @contextmanager
-def sink_process(use_collector: bool, workdir: Path) -> Iterator[str]:
-    """Run the reference collector or the comparison's sink; yield its base URL."""
+def sink_process(use_collector: bool, workdir: Path, parse: str = "full") -> Iterator[str]:
+    """Run the reference collector or the comparison's sink (decoding every event, or
+    with ``parse="ids"`` only what dedupe needs); yield its base URL."""
     if use_collector:
         with CollectorProcess(workdir / "data", SCHEMAS) as collector:
             yield collector.url
         return
-    cmd = [sys.executable, "-m", "benchmarks.compare.sink", "--port", "0"]
+    cmd = [sys.executable, "-m", "benchmarks.compare.sink", "--port", "0", "--parse", parse]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None
@@ -204,32 +205,41 @@ def main() -> None:
         help="ship from the logging process, from a spotify-events agent process, or both in turn",
     )
     parser.add_argument(
+        "--sink-parse",
+        choices=["full", "ids"],
+        default="full",
+        help="ids: the sink skips decoding payloads, so its time per batch weighs less",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_delivery.json"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds; each runs every mode in turn (so load changes hit all), medians shown",
     )
     args = parser.parse_args()
     modes = ["in-process", "agent"] if args.shipping == "both" else [args.shipping]
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        with sink_process(args.collector, workdir) as base:
-            endpoint = f"{base}/v1/batches"
-            for mode in modes:
-                before = None if args.collector else requests.get(f"{base}/stats", timeout=5).json()
-                tp = throughput(endpoint, workdir, args.events, mode)
-                if before is not None:
-                    sink = requests.get(f"{base}/stats", timeout=5).json()
-                    sent = sink["events"] - before["events"]
-                    tp["wire_bytes_per_event"] = (sink["bytes"] - before["bytes"]) / max(1, sent)
-                    tp["sink_duplicates"] = sink["duplicates"] - before["duplicates"]
-                lat = latency(endpoint, workdir, args.rate, args.seconds, mode)
-                runs[mode] = {"throughput": tp, "latency": lat}
+        with sink_process(args.collector, workdir, args.sink_parse) as base:
+            for round_ in range(args.repeat):
+                for mode in modes:
+                    runs[mode].append(one_run(args, base, workdir / f"{round_}", mode))
     target = "collector" if args.collector else "sink"
-    for mode, run in runs.items():
-        tp, lat = run["throughput"], run["latency"]
-        print(f"\nend-to-end delivery to the {target} (one process, one caller thread), {mode}")
+    print(f"\nend-to-end delivery to the {target} (one process, one caller thread)")
+    if args.repeat > 1:
+        print(f"  medians of {args.repeat} rounds; every value in the JSON")
+    for mode, results in runs.items():
+        tp = medians([r["throughput"] for r in results])
+        lat = medians([r["latency"] for r in results])
+        acked = all(r["throughput"]["all_acknowledged"] for r in results)
+        print(f"shipping={mode}")
         print(
-            f"  delivered events/s : {tp['delivered_rate']:>10,.0f}  ({tp['events']:,} events, "
-            f"all acknowledged: {tp['all_acknowledged']}, dropped: {tp['dropped']})"
+            f"  delivered events/s : {tp['delivered_rate']:>10,.0f}  ({args.events:,} events, "
+            f"all acknowledged: {acked}, dropped: {tp['dropped']:.0f})"
         )
         print(
             f"  log() calls/s      : {tp['log_rate']:>10,.0f}  (caller side, as fast as possible)"
@@ -241,13 +251,38 @@ def main() -> None:
         if "wire_bytes_per_event" in tp:
             print(f"  wire bytes/event   : {tp['wire_bytes_per_event']:>10.1f}")
         print(
-            f"  log() at {lat['offered_rate']:,}/s offered: p50 {lat['p50_us']:.1f} us, "
-            f"p99 {lat['p99_us']:.1f} us, p99.9 {lat['p999_us']:.1f} us, dropped {lat['dropped']}"
+            f"  log() at {args.rate:,}/s offered: p50 {lat['p50_us']:.1f} us, "
+            f"p99 {lat['p99_us']:.1f} us, p99.9 {lat['p999_us']:.1f} us, dropped {lat['dropped']:.0f}"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    only = runs[modes[0]] if len(modes) == 1 else {}
+    only = runs[modes[0]][0] if len(modes) == 1 and args.repeat == 1 else {}
     args.json.write_text(json.dumps({"target": target, **only, "runs": runs}, indent=2))
     print(f"  JSON: {args.json}")
+
+
+def one_run(args: argparse.Namespace, base: str, workdir: Path, mode: str) -> dict[str, Any]:
+    """Throughput then latency with one shipping mode; the sink's counts are per run."""
+    workdir.mkdir(exist_ok=True)
+    endpoint = f"{base}/v1/batches"
+    before = None if args.collector else requests.get(f"{base}/stats", timeout=5).json()
+    tp = throughput(endpoint, workdir, args.events, mode)
+    if before is not None:
+        sink = requests.get(f"{base}/stats", timeout=5).json()
+        sent = sink["events"] - before["events"]
+        tp["wire_bytes_per_event"] = (sink["bytes"] - before["bytes"]) / max(1, sent)
+        tp["sink_duplicates"] = sink["duplicates"] - before["duplicates"]
+    lat = latency(endpoint, workdir, args.rate, args.seconds, mode)
+    return {"throughput": tp, "latency": lat}
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the median across rounds of a number; other values from the first round."""
+    summary: dict[str, Any] = {}
+    for key, first in rows[0].items():
+        values = [row[key] for row in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        summary[key] = statistics.median(values) if numeric else first
+    return summary
 
 
 if __name__ == "__main__":
