@@ -52,6 +52,7 @@ class FileAgent:
         self._transport: HttpTransport | None = None
         self._state = ""
         self._open_error = ""
+        self._left_holder: str | None = None  # our lease holder id in a file we reopened
 
     def poll(self) -> None:
         """Open the file once it exists; log when this agent starts or stops holding its lease."""
@@ -67,6 +68,18 @@ class FileAgent:
                     logger.error("cannot open queue file %s yet: %s", self.path, exc)
                 return
         assert self.shipper is not None and self.queue is not None
+        moved = self.queue.file_state()
+        if moved is not None:
+            # The path no longer leads to the file we ship (a client puts a deleted queue
+            # file back from its open connection): leave the old one, open what is there.
+            logger.warning(
+                "queue file %s was %s while the agent shipped it; reopening", self.path, moved
+            )
+            self._state = ""
+            self._left_holder = self.shipper.holder
+            self.stop(time.monotonic() + self.config.read_timeout, drain=False)
+            self.queue = self.shipper = None
+            return
         if self.shipper.holds_lease():
             self._set_state(
                 "shipping",
@@ -86,17 +99,22 @@ class FileAgent:
     def open(self) -> None:
         """Open the queue and start shipping it."""
         self.queue = DurableQueue(self.path, self.config.queue_settings())
+        if self._left_holder is not None:
+            # A file put back from a copy still names the shipper we left as lease holder;
+            # it is ours and gone, so free the lease instead of standing by for its TTL.
+            self.queue.release_lease(self._left_holder)
+            self._left_holder = None
         self._transport = HttpTransport(self.config.transport_settings())
         self.shipper = Shipper(self.queue, self._transport, self.config.shipper_settings())
         self.shipper.start()
 
-    def stop(self, deadline: float) -> int:
-        """Ship what is queued until ``deadline`` (if this agent holds the lease), release
-        the lease and close; the number of events left in the file."""
+    def stop(self, deadline: float, *, drain: bool = True) -> int:
+        """Ship what is queued until ``deadline`` (with ``drain``, if this agent holds the
+        lease), stop the shipper, release the lease and close; the events left in the file."""
         shipper, queue = self.shipper, self.queue
         if shipper is None or queue is None:
             return 0
-        if shipper.holds_lease():
+        if drain and shipper.holds_lease():
             last_id = queue.max_event_id()
             shipper.wait_acked(
                 lambda: not queue.has_events_through(last_id),

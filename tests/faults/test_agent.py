@@ -200,3 +200,25 @@ def test_the_agent_refuses_nonsense_with_a_clear_error(
     result = CliRunner().invoke(agent_command, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_a_queue_file_deleted_and_put_back_by_the_service_keeps_shipping(
+    collector: CollectorProcess, tmp_path: Path, agents: list[ServiceProcess]
+) -> None:
+    queue_path = tmp_path / "queue.db"
+    client = service(queue_path, collector.endpoint)
+    client.log("EndSong", numbered("d:0"))
+    client.flush(timeout=0)
+    agent = start_agent(agents, queue_path, collector.endpoint)
+    assert client.flush(timeout=30)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{queue_path}{suffix}").unlink(missing_ok=True)
+    # the service's writer puts the file back from its open connection
+    assert wait_for(queue_path.exists, timeout=30)
+    assert wait_for(lambda: logged_by(agent, "reopening"), timeout=30), agent.stderr_tail()
+    for i in range(1, 1000):
+        client.log("EndSong", numbered(f"d:{i}"))
+    assert client.flush(timeout=30), agent.stderr_tail()
+    client.close()
+    found = bucket_ids(collector.data_dir)
+    assert len(found) == 1000 and max(found.values()) == 1
