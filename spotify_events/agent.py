@@ -88,12 +88,11 @@ class FileAgent:
                 self.queue.producer_id,
                 self.config.endpoint,
             )
-        else:
+            return
+        holder = self.queue.lease_holder()
+        if holder is not None and holder != self.shipper.holder:  # else: not decided yet
             self._set_state(
-                "standby",
-                "%s: shipping lease held by %s; standing by",
-                self.path,
-                self.queue.lease_holder() or "nobody yet",
+                "standby", "%s: shipping lease held by %s; standing by", self.path, holder
             )
 
     def open(self) -> None:

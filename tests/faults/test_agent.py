@@ -158,9 +158,18 @@ def test_without_an_agent_events_stay_queued_and_flush_says_so_in_time(
     assert queue.lease_holder() is None  # the service never took the lease
     queue.close()
     agent = start_agent(agents, queue_path, collector.endpoint)
-    assert wait_for(lambda: len(bucket_ids(collector.data_dir)) == 200, timeout=60), (
-        agent.stderr_tail()
-    )
+    assert wait_for(lambda: queue_depth(queue_path) == 0, timeout=60), agent.stderr_tail()
+    found = bucket_ids(collector.data_dir)  # acknowledged: the buckets are written
+    assert len(found) == 200 and max(found.values()) == 1
+    assert not logged_by(agent, "standing by")
+
+
+def queue_depth(queue_path: Path) -> int:
+    queue = DurableQueue(queue_path, claim_home=False)
+    try:
+        return queue.depth().events
+    finally:
+        queue.close()
 
 
 def test_the_shipping_setting_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
