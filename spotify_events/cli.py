@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "codegen": "spotify_events.codegen:codegen_command",
     "schemas": "spotify_events.codegen:schemas_group",
     "queue": "spotify_events.queue_tools:queue_group",
+    "agent": "spotify_events.agent:agent_command",
 }
 
 

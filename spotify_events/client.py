@@ -14,6 +14,8 @@ first:
   own threads lazily, and no lock is inherited in a held state.
 * ``close()`` and the ``atexit`` hook commit the buffer and give the shipper a
   bounded chance to send; what is left stays in the queue for the next start.
+  With ``shipping="agent"`` there is no shipper thread: ``close()`` commits and
+  leaves, ``flush()`` waits for the agent to drain what was logged.
   A process that does not hold the shipping lease (another live process sharing
   the queue file does) commits and returns at once: the holder ships its events.
 * Leftovers of an earlier process ship once this one starts its threads: at the
@@ -196,7 +198,9 @@ class EventClient:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every event logged before this call is acknowledged by the
-        collector (or dead-lettered); False if ``timeout`` passed first."""
+        collector (or dead-lettered); False if ``timeout`` passed first. With
+        ``shipping="agent"`` that is the agent process deleting them from the queue
+        file, which it does only on the collector's acknowledgement."""
         if not self._started:
             self._start()
         return self._flush(timeout)
@@ -228,7 +232,10 @@ class EventClient:
             deadline = time.monotonic() + budget
             if started:
                 self._writer.stop(budget)
-                if self._shipper.may_ship():
+                if not self._pipeline.ships:
+                    # An agent ships this file: commit, look once, leave (never take its lease).
+                    delivered = self._flush(0.0)
+                elif self._shipper.may_ship():
                     delivered = self._flush(max(0.0, deadline - time.monotonic()))
                     self._shipper.stop(max(0.1, deadline - time.monotonic()))
                 else:
@@ -274,11 +281,16 @@ class EventClient:
         depth = self._final_depth if self._final_depth is not None else self._pipeline.depth()
         buffered, _ = self._writer.buffered
         dropped = dict(w.dropped)
+        # An agent's acknowledgements reach its process, not this one: what this process
+        # can see is its committed events leaving the queue file (see README, stats()).
+        acknowledged = (
+            s.acknowledged if self._pipeline.ships else max(0, w.committed - depth.events)
+        )
         return ClientStats(
             logged=w.logged,
             committed=w.committed,
             sent=s.events_sent,
-            acknowledged=s.acknowledged,
+            acknowledged=acknowledged,
             retried=s.retries,
             heartbeats=s.heartbeats,
             dropped=dropped,

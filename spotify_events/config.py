@@ -22,6 +22,7 @@ from .settings import (
     Durability,
     QueueSettings,
     ShipperSettings,
+    Shipping,
     TransportSettings,
     WriterSettings,
 )
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "SPOTIFY_EVENTS_"
 
-__all__ = ["ENV_PREFIX", "ClientConfig", "DropPolicy", "Durability"]
+__all__ = ["ENV_PREFIX", "ClientConfig", "DropPolicy", "Durability", "Shipping"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ClientConfig:
     queue_path: str = "spotify-events.db"
     schemas: Any = "schemas"
     durability: Durability = Durability.BUFFERED
+    shipping: Shipping = Shipping.IN_PROCESS
     token: str | None = None
     service: str = ""
     # queue
@@ -194,6 +196,12 @@ class ClientConfig:
         except ValueError:
             raise ConfigError(
                 f"durability must be one of buffered, commit, fsync; got {values['durability']!r}"
+            ) from None
+        try:
+            values["shipping"] = Shipping(values.get("shipping", cls.shipping))
+        except ValueError:
+            raise ConfigError(
+                f"shipping must be in-process or agent; got {values['shipping']!r}"
             ) from None
         try:
             values["drop_policy"] = DropPolicy(values.get("drop_policy", cls.drop_policy))

@@ -20,7 +20,7 @@ from .config import ClientConfig
 from .errors import QueueCorruptError
 from .lifecycle import Lifecycle
 from .queue import DurableQueue, QueueDepth, quarantine
-from .settings import QueueSettings
+from .settings import QueueSettings, Shipping
 from .shipper import Shipper
 from .transport import Transport
 from .writer import QueueWriter
@@ -38,6 +38,9 @@ class Pipeline:
         self.writer = QueueWriter(self.writer_queue, config.writer_settings())
         self.shipper = Shipper(self.shipper_queue, transport, config.shipper_settings())
         self.transport = transport
+        # With shipping="agent" a `spotify-events agent` process holds the lease and sends;
+        # the shipper here never starts a thread and only watches the queue drain.
+        self.ships = config.shipping is Shipping.IN_PROCESS
         self.wire()
         self.writer.file_check = functools.partial(
             _restore_queue_file, self.writer_queue, self.shipper_queue
@@ -57,11 +60,14 @@ class Pipeline:
 
     def start(self) -> None:
         self.writer.start()
-        self.shipper.start()
+        if self.ships:
+            self.shipper.start()
 
     def delivered_through(self, timeout: float) -> bool:
         """Wait until every event submitted so far (and every drop noted so far) is
-        acknowledged by the collector or dead-lettered; False if ``timeout`` passed."""
+        acknowledged by the collector or dead-lettered; False if ``timeout`` passed.
+        With an agent shipping, "acknowledged" is seen as the events leaving the queue
+        file: the agent deletes them only on the collector's acknowledgement."""
         deadline = time.monotonic() + timeout
         if not self.writer.commit_through(self.writer.last_ticket, timeout):
             return False

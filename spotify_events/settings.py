@@ -41,6 +41,14 @@ class Durability(str, enum.Enum):
     FSYNC = "fsync"  # committed and fsynced: survives power loss
 
 
+class Shipping(str, enum.Enum):
+    """Who sends the queue file's events: a thread in this process (default), or a
+    ``spotify-events agent`` process on the host that holds the file's shipping lease."""
+
+    IN_PROCESS = "in-process"
+    AGENT = "agent"
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     """What a :class:`~spotify_events.queue.DurableQueue` is bounded by."""
@@ -112,6 +120,7 @@ class ClientSettings(TypedDict, total=False):
     queue_path: str | Any | None  # a str or os.PathLike
     schemas: Any
     durability: Durability | str | None
+    shipping: Shipping | str | None
     token: str | None
     service: str | None
     max_queue_bytes: int | None

@@ -135,6 +135,10 @@ class Shipper:
             return False
         return self._hold_lease()
 
+    def holds_lease(self) -> bool:
+        """Whether this shipper held the lease at its last renewal and it has not lapsed."""
+        return time.monotonic() < self._lease_until
+
     def wait_acked(self, done: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``done()`` holds, re-checking after every ack and at least
         every 50 ms (another process may hold the lease and be the one shipping)."""
