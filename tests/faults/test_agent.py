@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fault_helpers import SCHEMAS, bucket_ids, numbered, stream_of, wait_for
+from fault_helpers import bucket_ids, numbered, stream_of, wait_for
+from support import SCHEMAS
 
 from spotify_events import ConfigError, EventClient
 from spotify_events.agent import agent_command
