@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ from ..collector.page import render_page
 from ..collector.partitions import finalize_hours, partition_layout
 from ..collector.report import load_report
 from ..collector.seam import DeliveryConfig, DeliveryStatus
+from ..errors import SpotifyEventsError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
 from .leases import LeaseLost, LeaseTable, lease_bucket
@@ -443,12 +445,21 @@ class Worker:
             body = generate_latest(self.metrics.registry)
             status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
         else:  # the completeness page over every partition's ledger, as the collector serves it
-            report = load_report(
-                self.config.data_dir, now=time.time(), grace=self.config.grace_period
-            )
-            body = render_page(report).encode()
-            status, ctype = "200 OK", "text/html; charset=utf-8"
-            headers.extend(PAGE_HEADERS)
+            try:
+                report = load_report(
+                    self.config.data_dir, now=time.time(), grace=self.config.grace_period
+                )
+            except (OSError, sqlite3.Error, SpotifyEventsError) as exc:
+                # A partition's ledger being created by its first owner (or unreadable):
+                # say so and when to ask again, instead of a traceback and a bare 500.
+                log.info("completeness page: the ledgers cannot be read now: %s", exc)
+                body = json.dumps({"error": f"ledgers not readable yet: {exc}"}).encode()
+                status, ctype = "503 Service Unavailable", "application/json"
+                headers.append(("Retry-After", "1"))
+            else:
+                body = render_page(report).encode()
+                status, ctype = "200 OK", "text/html; charset=utf-8"
+                headers.extend(PAGE_HEADERS)
         headers += [("Content-Type", ctype), ("Content-Length", str(len(body)))]
         start_response(status, headers)
         return [body]

@@ -514,7 +514,16 @@ def test_worker_serves_the_completeness_page_behind_its_token(
             assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
             wrong = requests.get(worker.url + path, auth=("any", "wrong"), timeout=5)
             assert wrong.status_code == 401
-        page = requests.get(worker.url + "/", auth=("any", "s3cret"), timeout=5)
+        # 503 while the first owner creates the partition's ledger, then the page
+        pages: list[requests.Response] = []
+        assert wait_for(
+            lambda: (
+                pages.append(requests.get(worker.url + "/", auth=("any", "s3cret"), timeout=5))
+                or pages[-1].status_code != 503
+            ),
+            timeout=30,
+        )
+        page = pages[-1]
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
         assert "default-src 'none'" in page.headers["Content-Security-Policy"]
         assert "<html" in page.text.lower()
@@ -522,5 +531,12 @@ def test_worker_serves_the_completeness_page_behind_its_token(
             worker.url + "/metrics", headers={"Authorization": "Bearer s3cret"}, timeout=5
         )
         assert metrics.status_code == 200 and "spotify_events_deliver" in metrics.text
+        # a ledger that cannot be read (here: not a database) is a 503 that says so
+        stray = tmp_path / "data" / "_partitions" / "p0007"
+        stray.mkdir()
+        (stray / "_ledger.db").write_bytes(b"not a ledger")
+        unreadable = requests.get(worker.url + "/", auth=("any", "s3cret"), timeout=5)
+        assert unreadable.status_code == 503 and unreadable.headers["Retry-After"] == "1"
+        assert "ledgers not readable yet" in unreadable.json()["error"]
     finally:
         assert worker.stop() == 0
