@@ -33,10 +33,10 @@ def test_a_full_batch_ships_without_waiting_for_linger(sink: Sink, make_client: 
 def test_a_batch_that_is_not_full_waits_for_linger_then_ships_as_one(
     sink: Sink, make_client: MakeClient
 ) -> None:
-    client = make_client(endpoint=sink.endpoint, linger=0.3, commit_interval=0.01)
-    for i in range(5):  # five commits, each waking the shipper, which keeps gathering
+    client = make_client(endpoint=sink.endpoint, linger=2.0, commit_interval=0.01)
+    for i in range(1, 6):  # five commits, each waking the shipper, which keeps gathering
         client.log("EndSong", {**END_SONG, "ms_played": i})
-        assert wait_for(lambda: client.stats().committed == i + 1)
+        assert wait_for(lambda n=i: client.stats().committed == n)
     assert wait_for(lambda: sink.count() == 5, timeout=20)  # without flush(): linger ran out
     assert [len(a.batch.envelopes) for a in sink.arrivals] == [5]
 
