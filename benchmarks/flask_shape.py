@@ -10,6 +10,8 @@ threads, one keep-alive-less HTTP request after another, as gunicorn's sync
 workers close each connection) drives each variant for ``--seconds``, alternating
 the variants ``--repeat`` times, so background load hits both alike; throughput
 is completed requests per second, and the cost is the median's drop in percent.
+The server's CPU per request (gunicorn master and workers, ``psutil``) is the
+steadier figure on a busy machine: the SDK's share is the difference.
 
     python benchmarks/flask_shape.py                         # 3 x 2 x 10 s
     python benchmarks/flask_shape.py --seconds 5 --repeat 2  # a quick look
@@ -32,6 +34,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,7 +109,19 @@ def load(port: int, clients: int, seconds: float) -> int:
     return sum(done)
 
 
-def run_variant(with_sdk: bool, base_url: str, args: argparse.Namespace, work: Path) -> float:
+def server_cpu(server: psutil.Process) -> float:
+    """User+system seconds of gunicorn's master and workers so far."""
+    total = 0.0
+    for proc in [server, *server.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def run_variant(
+    with_sdk: bool, base_url: str, args: argparse.Namespace, work: Path
+) -> tuple[float, float]:
+    """(requests/s, server CPU ms per request) of one variant's measured run."""
     port = free_port()
     env = {
         **os.environ,
@@ -135,7 +151,10 @@ def run_variant(with_sdk: bool, base_url: str, args: argparse.Namespace, work: P
                     raise RuntimeError("gunicorn did not start") from None
                 time.sleep(0.1)
         load(port, args.clients, 1.0)  # warm-up: imports, first commit, first batch
-        return load(port, args.clients, args.seconds) / args.seconds
+        master = psutil.Process(server.pid)
+        before = server_cpu(master)
+        done = load(port, args.clients, args.seconds)
+        return done / args.seconds, 1e3 * (server_cpu(master) - before) / max(done, 1)
     finally:
         server.terminate()
         server.wait(60)
@@ -163,12 +182,17 @@ def main() -> None:
         flush=True,
     )
     results: dict[str, list[float]] = {"without": [], "with": []}
+    cpu: dict[str, list[float]] = {"without": [], "with": []}
     try:
         for _ in range(args.repeat):
             for variant in ("without", "with"):
-                rps = run_variant(variant == "with", base_url, args, work)
+                rps, cpu_ms = run_variant(variant == "with", base_url, args, work)
                 results[variant].append(rps)
-                print(f"  {variant:7} SDK: {rps:8.1f} requests/s", flush=True)
+                cpu[variant].append(cpu_ms)
+                print(
+                    f"  {variant:7} SDK: {rps:8.1f} requests/s, {cpu_ms:.3f} ms server CPU/request",
+                    flush=True,
+                )
         with urllib.request.urlopen(f"{base_url}/stats", timeout=10) as resp:
             stats: dict[str, Any] = json.loads(resp.read())
     finally:
@@ -176,15 +200,19 @@ def main() -> None:
         sink.wait(10)
     without, with_sdk = (statistics.median(results[v]) for v in ("without", "with"))
     cost = 100 * (without - with_sdk) / without
-    print("\n| variant | requests/s (median) | runs |")
-    print("|---|---|---|")
-    for name, values in (
-        ("without the SDK", results["without"]),
-        ("with the SDK", results["with"]),
-    ):
-        runs = ", ".join(f"{v:.0f}" for v in values)
-        print(f"| {name} | {statistics.median(values):.0f} | {runs} |")
-    print(f"\nthroughput cost of the SDK: {cost:.1f}%  (events at the sink: {stats['events']:,})")
+    extra = statistics.median(cpu["with"]) - statistics.median(cpu["without"])
+    print("\n| variant | requests/s (median) | runs | server CPU ms/request (median) |")
+    print("|---|---|---|---|")
+    for variant in ("without", "with"):
+        runs = ", ".join(f"{v:.0f}" for v in results[variant])
+        print(
+            f"| {variant} the SDK | {statistics.median(results[variant]):.0f} | {runs} | "
+            f"{statistics.median(cpu[variant]):.3f} |"
+        )
+    print(
+        f"\nthroughput cost of the SDK: {cost:.1f}%; server CPU per request: {extra:+.3f} ms "
+        f"(two events); events at the sink: {stats['events']:,}"
+    )
 
 
 if __name__ == "__main__":

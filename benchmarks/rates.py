@@ -54,12 +54,15 @@ WARMUP_EVENTS = 100
 #: The loop sleeps only when it is this far ahead of its schedule: at 10,000 events/s a
 #: sleep per event would cost more than most SDK calls (and oversleep anyway).
 SLEEP_AHEAD = 0.0005
+#: Seconds without a new event at the sink after which a run's missing events count as lost.
+SETTLE = 3.0
 FIGURES = (
     "cpu_us_per_event",
     "loop_cpu_us_per_event",
     "latency_p50_ms",
     "latency_p99_ms",
     "latency_max_ms",
+    "lost",
 )
 
 
@@ -147,6 +150,21 @@ def start_sink() -> tuple[subprocess.Popen[str], str]:
     return sink, line.split()[-1]
 
 
+def wait_for_delivery(base_url: str, expected: int) -> None:
+    """Until the sink holds ``expected`` events, or its count has not moved for
+    ``SETTLE`` seconds (an SDK that dropped events will never get there)."""
+    seen, moved = -1, time.monotonic()
+    while True:
+        now = _get(base_url + "/stats")["events"]
+        if now >= expected:
+            return
+        if now != seen:
+            seen, moved = now, time.monotonic()
+        elif time.monotonic() - moved > SETTLE:
+            return
+        time.sleep(0.01)
+
+
 def run_one(
     contestant: str, rate: float, seconds: float, idle_seconds: float = 0.0
 ) -> dict[str, Any]:
@@ -176,12 +194,7 @@ def run_one(
                 continue
             message = json.loads(line[2:])
             if message["event"] == "logged":
-                expected = WARMUP_EVENTS + count
-                deadline = time.monotonic() + 120
-                while _get(base_url + "/stats")["events"] < expected:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{contestant} at {rate:g}/s: events never arrived")
-                    time.sleep(0.01)
+                wait_for_delivery(base_url, WARMUP_EVENTS + count)
                 proc.stdin.write("delivered\n")
                 proc.stdin.flush()
             elif message["event"] == "result":
@@ -196,11 +209,12 @@ def run_one(
         sink.terminate()
         sink.wait(10)
     times = result["times"]
-    latencies = sorted(arrivals[i] - times[i] for i in range(count))
+    latencies = sorted(arrivals[i] - times[i] for i in range(count) if i in arrivals)
     return {
         "contestant": contestant,
         "rate": rate,
         "events": count,
+        "lost": count - len(latencies),
         "loop_cpu_us_per_event": 1e6 * result["loop_cpu"] / count,
         "cpu_us_per_event": 1e6 * (result["sdk_cpu"] - result["loop_cpu"]) / count,
         "latency_p50_ms": 1e3 * latencies[len(latencies) // 2],
@@ -225,7 +239,8 @@ def print_tables(rows: list[dict[str, Any]], idle: list[float], args: argparse.N
                 median[(c, rate)] = {k: statistics.median(r[k] for r in mine) for k in FIGURES}
     print(
         f"\nCPU per event beyond the pacing loop (µs of process CPU, first call to last "
-        f"acknowledgement; median of {args.repeat}); in brackets: ratio to spotify-events"
+        f"acknowledgement, per event logged; median of {args.repeat}); in brackets: ratio to "
+        "spotify-events; lost: never arrived (dropped by the SDK)"
     )
     print("| rate (events/s) | " + " | ".join(contestants) + " | loop alone |")
     print("|---" * (len(contestants) + 2) + "|")
@@ -240,7 +255,8 @@ def print_tables(rows: list[dict[str, Any]], idle: list[float], args: argparse.N
             ratio = (
                 f" ({m['cpu_us_per_event'] / ours:.1f}x)" if ours and c != "spotify-events" else ""
             )
-            cells.append(f"{m['cpu_us_per_event']:.1f}{ratio}")
+            lost = f", {m['lost']:,.0f} lost" if m["lost"] else ""
+            cells.append(f"{m['cpu_us_per_event']:.1f}{ratio}{lost}")
         loop = statistics.median(
             median[(c, rate)]["loop_cpu_us_per_event"] for c in contestants if (c, rate) in median
         )
@@ -301,7 +317,8 @@ def main() -> None:
                 print(
                     f"  {name:16} {rate:>8,.0f}/s: {row['cpu_us_per_event']:8.1f} µs/event "
                     f"(loop {row['loop_cpu_us_per_event']:.1f}), latency p50 "
-                    f"{row['latency_p50_ms']:.0f} p99 {row['latency_p99_ms']:.0f} ms",
+                    f"{row['latency_p50_ms']:.0f} p99 {row['latency_p99_ms']:.0f} ms, "
+                    f"lost {row['lost']}",
                     flush=True,
                 )
     idle = []

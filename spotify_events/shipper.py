@@ -22,9 +22,11 @@ ack and one wake-up serve every event of that span. The limits (5000 events,
 batch cut per-event CPU on both ends by amortising the HTTP round trip and the
 collector's fsync; past that, gains were within noise while the retry unit
 grew. The linger (0.5 s, as segment's flush interval; OpenTelemetry's batch
-processor waits 1 s) comes from the rate curve in benchmarks/RESULTS.md: a send
-costs about a millisecond of CPU in this process, so shipping every 50 ms cost
-~20 µs per event at 1,000 events/s and 0.5 s costs ~2.
+processor waits 1 s) comes from the rate curve in benchmarks/RESULTS.md: beyond
+its events, a send costs ~2 ms of CPU in this process (the HTTP request, the
+reads around it, the ack transaction), so shipping every 50 ms cost ~40 µs per
+event at 1,000 events/s, every 0.5 s ~4 and every 1 s ~2; 0.5 s keeps the p99
+delivery latency near 0.7 s.
 
 When idle it sends a heartbeat (an empty batch) carrying the per-type next
 sequence numbers and unreported drop notices, so the collector can tell
@@ -107,6 +109,7 @@ class Shipper:
         self._acked = threading.Condition(threading.Lock())
         self._lease_until = 0.0
         self._linger_until: float | None = None  # when the batch being gathered must go
+        self._linger_from = (0.0, 0)  # (when, queue depth) as that batch was first seen
         self._last_send = time.monotonic()
         self._state = "ok"
         self._thread: threading.Thread | None = None
@@ -145,14 +148,15 @@ class Shipper:
         """Wait until ``done()`` holds, re-checking after every ack and at least
         every 50 ms (another process may hold the lease and be the one shipping)."""
         deadline = time.monotonic() + timeout
-        self.hurry()
         while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            # Hurried only while something is left: a hurry outliving the flush would
+            # ship the next small batch without its linger.
+            self.hurry()
             with self._acked:
                 self._acked.wait(min(remaining, 0.05))
-            self.hurry()
         return True
 
     def stop(self, timeout: float) -> bool:
@@ -245,19 +249,32 @@ class Shipper:
 
     def _lingering(self, depth: QueueDepth) -> bool:
         """While a batch is not full, wait for more until ``linger`` has passed since
-        we first saw it; True if we waited (the caller re-checks). Each commit of our
-        writer wakes the wait, so a batch that fills ships at once; a small one waits
-        out the linger and shares one request, one ack and one wake-up among its events.
-        """
-        full = depth.events >= self.settings.max_events or depth.bytes >= self.settings.max_bytes
-        if full or self.settings.linger <= 0:
+        we first saw it; True if we waited (the caller re-checks).
+
+        A small batch waits out the linger and shares one request, one ack and one
+        wake-up among its events; a full one ships at once. Commits of our writer
+        wake the wait only while the rate seen since the linger began could fill
+        half a batch before it ends: at a few hundred events a second a commit
+        cannot make a batch full, and waking for each would cost more than the
+        events. After the first commit seen, a burst that starts late waits at most
+        the rest of the linger (its events are on disk meanwhile)."""
+        settings = self.settings
+        full = depth.events >= settings.max_events or depth.bytes >= settings.max_bytes
+        if full or settings.linger <= 0:
             return False
         now = time.monotonic()
         if self._linger_until is None:
-            self._linger_until = now + self.settings.linger
-        if now >= self._linger_until or self._stop.is_set():
+            self._linger_until = now + settings.linger
+            self._linger_from = (now, depth.events)
+        remaining = self._linger_until - now
+        if remaining <= 0 or self._stop.is_set():
             return False
-        self.committed.wait(min(self._linger_until - now, self.settings.lease_ttl / 3))
+        began, events_then = self._linger_from
+        rate = (depth.events - events_then) / (now - began) if now > began else 0.0
+        may_fill = rate == 0.0 or depth.events + rate * remaining >= settings.max_events / 2
+        # hurry() and stop() set both events; only commits are left out of _wake
+        wake = self.committed if may_fill else self._wake
+        wake.wait(min(remaining, settings.lease_ttl / 3))
         return True
 
     def _idle_wait(self, seconds: float) -> None:
