@@ -212,7 +212,9 @@ class Shipper:
         depth = self.queue.depth()
         urgent = self._urgent.is_set()
         if depth.events == 0:
+            # Nothing left to hurry: a flush that is still waiting hurries again.
             self._linger_until = None
+            self._urgent.clear()
             self._idle_step()
             return
         if not urgent and self._lingering(depth):

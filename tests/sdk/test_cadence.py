@@ -106,3 +106,16 @@ def test_an_idle_holder_renews_its_lease_as_time_passes(
     shipper = client._shipper
     writes = shipper.counters.lease_writes
     assert wait_for(lambda: shipper.counters.lease_writes >= writes + 2, timeout=20)
+
+
+def test_a_flush_leaves_no_hurry_behind_for_the_next_batch(
+    sink: Sink, make_client: MakeClient
+) -> None:
+    client = make_client(endpoint=sink.endpoint, linger=HOUR)
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=20)
+    client.log("EndSong", {**END_SONG, "ms_played": 2})
+    shipper = client._shipper
+    # the shipper has seen the new event and gathers company for it: it does not ship it
+    assert wait_for(lambda: shipper._linger_until is not None, timeout=20)
+    assert sink.count() == 1
