@@ -49,7 +49,7 @@ class ClientConfig:
     drop_policy: DropPolicy = DropPolicy.OLDEST
     max_event_bytes: int = 512 << 10
     # writer: at most 20 transactions a second whatever the rate (~76 us of CPU each,
-    # benchmarks/RESULTS.md "Rate curve"); what buffered may lose to a SIGKILL (README)
+    # benchmarks/RESULTS.md "The rate curve"); what buffered may lose to a SIGKILL (README)
     commit_interval: float = 0.05
     max_buffer_bytes: int = 16 << 20
     block_timeout: float = 0.5

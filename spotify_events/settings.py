@@ -24,7 +24,7 @@ EVENT_MEMORY_OVERHEAD = 160
 QUEUE_BUSY_TIMEOUT = 10.0
 #: A buffered group this big commits at once instead of waiting out ``commit_interval``.
 #: Past a few hundred rows a transaction's fixed cost (BEGIN, counters, COMMIT, the WAL
-#: frame) is spread thin (benchmarks/RESULTS.md, "Rate curve"), while a smaller group keeps
+#: frame) is spread thin (benchmarks/RESULTS.md, "The rate curve"), while a smaller group keeps
 #: what ``durability="buffered"`` can lose to a SIGKILL at high rates short.
 COMMIT_GROUP_EVENTS = 256
 
