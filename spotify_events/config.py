@@ -50,15 +50,16 @@ class ClientConfig:
     max_queue_bytes: int = 256 << 20
     drop_policy: DropPolicy = DropPolicy.OLDEST
     max_event_bytes: int = 512 << 10
-    # writer
-    commit_interval: float = 0.005
+    # writer: at most 20 transactions a second whatever the rate (~76 us of CPU each,
+    # benchmarks/RESULTS.md "The rate curve"); what buffered may lose to a SIGKILL (README)
+    commit_interval: float = 0.05
     max_buffer_bytes: int = 16 << 20
     block_timeout: float = 0.5
     commit_timeout: float = 5.0
     # shipper: batch limits picked from measurements, see shipper.py
     batch_max_events: int = 5000
     batch_max_bytes: int = 4 << 20
-    linger: float = 0.05
+    linger: float = 0.5  # a batch waits this long for company unless it fills (as segment's 0.5 s)
     heartbeat_interval: float = 30.0
     lease_ttl: float = 30.0
     backoff_max: float = 5.0

@@ -22,8 +22,11 @@ from .errors import ConfigError
 EVENT_MEMORY_OVERHEAD = 160
 #: How long a queue connection waits for another process's SQLite lock.
 QUEUE_BUSY_TIMEOUT = 10.0
-#: Most events the writer commits in one transaction.
-WRITER_BATCH_EVENTS = 2000
+#: A buffered group this big commits at once instead of waiting out ``commit_interval``.
+#: Past a few hundred rows a transaction's fixed cost (BEGIN, counters, COMMIT, the WAL
+#: frame) is spread thin (benchmarks/RESULTS.md, "The rate curve"), while a smaller group keeps
+#: what ``durability="buffered"`` can lose to a SIGKILL at high rates short.
+COMMIT_GROUP_EVENTS = 256
 
 
 class DropPolicy(str, enum.Enum):
@@ -36,7 +39,7 @@ class DropPolicy(str, enum.Enum):
 class Durability(str, enum.Enum):
     """When ``log()`` returns, and so what an event survives (see README)."""
 
-    BUFFERED = "buffered"  # in memory; committed within commit_interval
+    BUFFERED = "buffered"  # in memory; committed within commit_interval (sooner in big groups)
     COMMIT = "commit"  # its SQLite transaction committed: survives kill -9
     FSYNC = "fsync"  # committed and fsynced: survives power loss
 
@@ -78,7 +81,7 @@ class WriterSettings:
     commit_interval: float
     max_buffer_bytes: int
     block_timeout: float
-    batch_events: int = WRITER_BATCH_EVENTS
+    group_events: int = COMMIT_GROUP_EVENTS
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
 """QueueWriter: the bounded in-memory buffer and its group commit into the queue.
 
 ``log()`` must cost microseconds, so the caller only encodes and appends to a
-list here; a daemon thread commits what accumulated every ``commit_interval``
-in one SQLite transaction (group commit). At the ``commit`` and ``fsync``
+list here; a daemon thread commits what accumulated in one SQLite transaction
+(group commit). The cadence follows the work: the first event of a group wakes
+the thread, which commits once the group is ``commit_interval`` old or reaches
+``COMMIT_GROUP_EVENTS``, whichever comes first, and sleeps while nothing is
+buffered. At a few events per second that is one transaction per
+``commit_interval`` at most; at high rates groups fill and commit at once. At the ``commit`` and ``fsync``
 levels the caller instead waits for the commit that contains its event, and
 becomes the committer itself when no commit is running (leader/follower group
 commit: one thread alone pays one transaction per event with no thread
@@ -93,7 +97,7 @@ class QueueWriter:
         self.commit_interval = settings.commit_interval
         self.max_buffer_bytes = settings.max_buffer_bytes
         self.block_timeout = settings.block_timeout
-        self.batch_events = settings.batch_events
+        self.group_events = settings.group_events
         self.on_commit = on_commit
         #: Called from the writer thread every FILE_CHECK_INTERVAL seconds (the client
         #: puts a deleted or replaced queue file back there); never raises into the loop.
@@ -162,7 +166,7 @@ class QueueWriter:
                 n = len(self._pending)
                 if n == 1:
                     self._wake.set()
-                elif n == self.batch_events:
+                elif n == self.group_events:
                     self._hurry.set()
                 return self._ticket
         finally:

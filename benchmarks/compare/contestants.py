@@ -162,7 +162,40 @@ class Snowplow(Adapter):
         self.tracker.flush(is_async=False)  # loops until its buffer is empty: no timeout
 
 
+class OpenTelemetryLogs(Adapter):
+    """The OpenTelemetry Python logs SDK: a ``LoggerProvider`` with the default
+    ``BatchLogRecordProcessor`` and the OTLP/HTTP (protobuf) exporter; each event is
+    one ``Logger.emit`` whose event name and attributes are the record."""
+
+    name = "opentelemetry"
+    dist = "opentelemetry-sdk"
+    module = "opentelemetry.sdk._logs"
+
+    def start(self, base_url: str, workdir: Path) -> None:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        self.provider = LoggerProvider()
+        self.provider.add_log_record_processor(
+            BatchLogRecordProcessor(OTLPLogExporter(endpoint=f"{base_url}/v1/logs"))
+        )
+        emit = self.provider.get_logger("bench").emit
+        self.call = lambda record: emit(event_name=EVENT_NAME, attributes=record)
+
+    def flush(self, timeout: float) -> None:
+        self.provider.force_flush(timeout_millis=int(timeout * 1000))
+
+
 CONTESTANTS: dict[str, type[Adapter]] = {
-    cls.name: cls for cls in (SpotifyEvents, SpotifyEventsCollector, Segment, PostHog, Snowplow)
+    cls.name: cls
+    for cls in (
+        SpotifyEvents,
+        SpotifyEventsCollector,
+        Segment,
+        PostHog,
+        Snowplow,
+        OpenTelemetryLogs,
+    )
 }
 BASELINE = SpotifyEvents.name

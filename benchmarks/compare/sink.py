@@ -14,6 +14,8 @@ segment                ``POST /v1/batch`` JSON ``{"batch"}``    ``messageId``
 posthog                ``POST /batch/`` JSON ``{"batch"}``      ``uuid``
 snowplow               ``POST /com.snowplowanalytics.snowplow/  ``eid`` (``ue_px`` decoded)
                        tp2`` JSON ``{"data"}``
+opentelemetry          ``POST /v1/logs`` OTLP protobuf          (observed time, attributes)
+                       ``ExportLogsServiceRequest``
 =====================  =======================================  ===========================
 
 ``GET /stats`` returns the counts as JSON (``events`` unique, ``duplicates``,
@@ -21,6 +23,11 @@ snowplow               ``POST /com.snowplowanalytics.snowplow/  ``eid`` (``ue_px
 ``up_at`` / ``first_event_at`` / ``last_event_at``, other paths seen, parse
 errors and the sink's own CPU seconds). Any other path gets ``200 {}`` and is
 counted under ``other_paths`` so an SDK calling out for something else shows.
+
+``GET /marks`` returns, for every distinct event that arrived, its record's
+``ms_played`` and the wall-clock time its request arrived: the rate curve
+(benchmarks/rates.py) numbers its events through ``ms_played`` and times each from
+``log()`` to the sink's acknowledgement with it.
 
     python -m benchmarks.compare.sink --port 0   # prints "listening on http://127.0.0.1:PORT"
 
@@ -48,6 +55,10 @@ SPOTIFY_PATH = "/v1/batches"
 SEGMENT_PATH = "/v1/batch"
 POSTHOG_PATH = "/batch/"
 SNOWPLOW_PATH = "/com.snowplowanalytics.snowplow/tp2"
+OTLP_LOGS_PATH = "/v1/logs"
+
+#: What a parser makes of one body: (dedupe keys, each event's ms_played, reply body).
+Parsed = tuple[list[Any], list[int], bytes]
 
 
 class Counts:
@@ -67,10 +78,17 @@ class Counts:
         self.last_event_at: float | None = None
         self.other_paths: dict[str, int] = {}
         self.encodings: dict[str, int] = {}
+        self.marks: dict[int, float] = {}  # ms_played -> arrival of its first copy
 
-    def add(self, keys: list[Any], body_bytes: int, encoding: str) -> tuple[int, int]:
+    def add(
+        self, keys: list[Any], marks: list[int], body_bytes: int, encoding: str
+    ) -> tuple[int, int]:
+        arrived = time.time()
         with self.lock:
             before = len(self.seen)
+            for key, mark in zip(keys, marks, strict=True):
+                if key not in self.seen:
+                    self.marks.setdefault(mark, arrived)
             self.seen.update(keys)
             new = len(self.seen) - before
             self.duplicates += len(keys) - new
@@ -114,18 +132,51 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     raise ValueError(f"unsupported Content-Encoding {encoding!r}")
 
 
-# -- one parser per SDK: body -> (dedupe keys, response body) ---------------------------------
-def parse_segment(body: bytes) -> tuple[list[Any], bytes]:
+# -- one parser per SDK: body -> (dedupe keys, marks, response body) --------------------------
+def _mark(properties: Any) -> int:
+    mark = properties.get("ms_played") if isinstance(properties, dict) else None
+    return mark if isinstance(mark, int) else -1
+
+
+def parse_segment(body: bytes) -> Parsed:
     doc = json.loads(body)
-    return [("segment", m["messageId"]) for m in doc["batch"]], b'{"success": true}'
+    batch = doc["batch"]
+    keys = [("segment", m["messageId"]) for m in batch]
+    return keys, [_mark(m.get("properties")) for m in batch], b'{"success": true}'
 
 
-def parse_posthog(body: bytes) -> tuple[list[Any], bytes]:
+def parse_posthog(body: bytes) -> Parsed:
     doc = json.loads(body)
-    return [("posthog", e["uuid"]) for e in doc["batch"]], b'{"status": 1}'
+    batch = doc["batch"]
+    keys = [("posthog", e["uuid"]) for e in batch]
+    return keys, [_mark(e.get("properties")) for e in batch], b'{"status": 1}'
 
 
-def parse_snowplow(body: bytes, full: bool = True) -> tuple[list[Any], bytes]:
+def parse_otlp_logs(body: bytes) -> Parsed:
+    """An OTLP/HTTP ``ExportLogsServiceRequest``: every log record with its attributes.
+    OTLP gives a record no id, so the dedupe key is its observed time and attributes."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest,
+    )
+
+    request = ExportLogsServiceRequest()
+    request.ParseFromString(body)
+    keys, marks = [], []
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                attributes = {
+                    kv.key: getattr(kv.value, kv.value.WhichOneof("value") or "string_value")
+                    for kv in record.attributes
+                }
+                keys.append(
+                    ("otel", record.observed_time_unix_nano, tuple(sorted(attributes.items())))
+                )
+                marks.append(_mark(attributes))
+    return keys, marks, b""  # an empty ExportLogsServiceResponse: everything taken
+
+
+def parse_snowplow(body: bytes, full: bool = True) -> Parsed:
     doc = json.loads(body)
     keys = []
     for event in doc["data"]:
@@ -137,7 +188,7 @@ def parse_snowplow(body: bytes, full: bool = True) -> tuple[list[Any], bytes]:
         elif "ue_pr" in event:
             json.loads(event["ue_pr"])
         keys.append(("snowplow", event["eid"]))
-    return keys, b""
+    return keys, [-1] * len(keys), b""
 
 
 class SpotifyParser:
@@ -156,27 +207,31 @@ class SpotifyParser:
         self.drop_notices = 0
         self.full = full
 
-    def __call__(self, body: bytes) -> tuple[list[Any], bytes]:
+    def __call__(self, body: bytes) -> Parsed:
         batch = self.decode_batch(body)
         by_fp = self.registry.by_fingerprint
         decode = self.decode_event
-        keys = []
+        keys, marks = [], []
         full = self.full
         for env in batch.envelopes:
             if full:
-                decode(by_fp(env.fingerprint), env.payload)  # type: ignore[arg-type]
+                record = decode(by_fp(env.fingerprint), env.payload)  # type: ignore[arg-type]
+                marks.append(_mark(record))
+            else:
+                marks.append(-1)
             keys.append((batch.producer_id, env.event_type, env.seq))
         self.drop_notices += sum(d.count for d in batch.drops)
-        return keys, b""
+        return keys, marks, b""
 
 
 def make_handler(counts: Counts, full: bool = True) -> type[BaseHTTPRequestHandler]:
     spotify = SpotifyParser(full)
-    parsers: dict[str, Callable[[bytes], tuple[list[Any], bytes]]] = {
+    parsers: dict[str, Callable[[bytes], Parsed]] = {
         SPOTIFY_PATH: spotify,
         SEGMENT_PATH: parse_segment,
         POSTHOG_PATH: parse_posthog,
         SNOWPLOW_PATH: lambda body: parse_snowplow(body, full),
+        OTLP_LOGS_PATH: parse_otlp_logs,
     }
 
     class Handler(BaseHTTPRequestHandler):
@@ -187,6 +242,10 @@ def make_handler(counts: Counts, full: bool = True) -> type[BaseHTTPRequestHandl
                 snap = counts.snapshot()
                 snap["drop_notices"] = spotify.drop_notices
                 self._reply(200, json.dumps(snap).encode())
+            elif self.path.split("?", 1)[0] == "/marks":
+                with counts.lock:
+                    marks = list(counts.marks.items())
+                self._reply(200, json.dumps(marks).encode())
             else:
                 self._other()
 
@@ -199,14 +258,14 @@ def make_handler(counts: Counts, full: bool = True) -> type[BaseHTTPRequestHandl
                 return
             encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
             try:
-                keys, reply = parser(_decompress(raw, encoding))
+                keys, marks, reply = parser(_decompress(raw, encoding))
             except Exception as exc:  # an undecodable batch is a 400, as a collector would say
                 with counts.lock:
                     counts.errors += 1
                     counts.last_error = f"{path}: {exc!r}"[:300]
                 self._reply(400, b'{"error": "undecodable"}')
                 return
-            new, dup = counts.add(keys, len(raw), encoding or "identity")
+            new, dup = counts.add(keys, marks, len(raw), encoding or "identity")
             if path == SPOTIFY_PATH:
                 reply = json.dumps({"accepted": new, "duplicates": dup, "rejected": []}).encode()
             self._reply(200, reply)
