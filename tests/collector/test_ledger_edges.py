@@ -63,11 +63,15 @@ def test_announce_never_lowers_the_watermark_nor_records_a_repeat() -> None:
 def test_steps_past_the_grace_period_merge_into_the_newest_of_them() -> None:
     st = StreamState("p", END_SONG)
     st.announce(2, T0, GRACE)
-    st.announce(3, T0 + 10, GRACE)
-    st.announce(4, T0 + 20, GRACE)
-    # at T0 + 70 the first two steps are past grace (T0 + 10 exactly one grace old)
-    st.announce(5, T0 + 10 + GRACE, GRACE)
-    assert st.steps == [(3, T0 + 10), (4, T0 + 20), (5, T0 + 10 + GRACE)]
+    st.announce(3, T0 + 5, GRACE)
+    st.announce(4, T0 + 10, GRACE)
+    st.announce(5, T0 + 20, GRACE)
+    # at T0 + 70 the first three steps are past grace (T0 + 10 exactly one grace old):
+    # every number below them is lost whichever step judges it, so only the newest stays
+    st.announce(6, T0 + 10 + GRACE, GRACE)
+    assert st.steps == [(4, T0 + 10), (5, T0 + 20), (6, T0 + 10 + GRACE)]
+    st.announce(7, T0 + 20 + GRACE, GRACE)  # two steps past grace now: again only one stays
+    assert st.steps == [(5, T0 + 20), (6, T0 + 10 + GRACE), (7, T0 + 20 + GRACE)]
 
 
 def test_a_step_one_tick_younger_than_the_grace_period_is_kept() -> None:
@@ -213,6 +217,17 @@ def test_bucket_and_part_rows_survive_a_restart_field_for_field(tmp_path: Path) 
     assert state.parts == {part.path: part}
     assert state.meta == {"schema_version": str(SCHEMA_VERSION), "k": "v"}
     ledger.close()
+
+
+def test_rows_are_stored_without_whitespace() -> None:
+    """Every acknowledged batch rewrites its stream, bucket and part rows: they are
+    written as compact JSON (a stream row with many ranges would grow by a third)."""
+    st = StreamState("p", END_SONG, received=RangeSet([(1, 2), (4, 5)]))
+    st.mark("drop", "queue_full").add(3)
+    bucket = BucketState(END_SONG, 1, producers={"p": ProducerInBucket(1, 0, 0, 1, 1)})
+    part = PartState("a/b.avro", END_SONG, 1, "00", 1, "ff")
+    for row in (st.to_json(), bucket.to_json(), part.to_json()):
+        assert " " not in row, row
 
 
 def test_an_open_bucket_row_without_a_summary_loads_as_open(tmp_path: Path) -> None:
