@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +331,10 @@ def test_a_row_that_does_not_parse_is_a_data_dir_error(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / LEDGER_FILE) as conn:
         conn.execute("INSERT INTO streams VALUES ('p', ?, '{\"received\": []}')", (END_SONG,))
     ledger = Ledger(tmp_path)
-    with pytest.raises(DataDirError, match=r"a ledger row does not parse \(KeyError"):
+    with pytest.raises(
+        DataDirError,
+        match=r"a ledger row does not parse \(KeyError: .*\); restore the ledger from a backup$",
+    ):
         ledger.load()
     ledger.close()
 
@@ -338,4 +342,51 @@ def test_a_row_that_does_not_parse_is_a_data_dir_error(tmp_path: Path) -> None:
 def test_closing_twice_is_harmless(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     ledger.close()
+    ledger.close()
+
+
+def test_a_ledger_path_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The ledger is opened without following links: a link planted in the data dir
+    must not send the collector's promises to another file."""
+    elsewhere = tmp_path / "elsewhere.db"
+    elsewhere.write_bytes(b"")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / LEDGER_FILE).symlink_to(elsewhere)
+    with pytest.raises(DataDirError, match=r"^cannot open the ledger .*_ledger\.db: \w"):
+        Ledger(tmp_path / "data")
+    assert elsewhere.read_bytes() == b""
+
+
+def test_a_ledger_path_sqlite_cannot_open_is_a_data_dir_error(tmp_path: Path) -> None:
+    (tmp_path / LEDGER_FILE).mkdir()
+    with pytest.raises(DataDirError, match="is not a usable collector ledger"):
+        Ledger(tmp_path, read_only=True)
+
+
+def test_a_sqlite_file_without_the_ledger_tables_is_not_a_ledger(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / LEDGER_FILE) as conn:
+        conn.execute("CREATE TABLE other (x)")
+    ledger = Ledger(tmp_path, read_only=True)
+    with pytest.raises(DataDirError, match=r"_ledger\.db: not a collector ledger \(no such table"):
+        ledger.load()
+    ledger.close()
+
+
+def test_the_ledger_can_be_used_from_another_thread(tmp_path: Path) -> None:
+    """The bucket closer thread saves through the same ledger as the request threads
+    (one at a time: the caller serialises)."""
+    ledger = Ledger(tmp_path)
+    failures: list[BaseException] = []
+
+    def save_closed_bucket() -> None:
+        try:
+            ledger.save(buckets=[BucketState(END_SONG, 3, closed=True)])
+        except BaseException as exc:  # reported to the test thread
+            failures.append(exc)
+
+    closer = threading.Thread(target=save_closed_bucket)
+    closer.start()
+    closer.join(timeout=30)
+    assert not closer.is_alive() and failures == []
+    assert ledger.load().buckets[(END_SONG, 3)].closed
     ledger.close()
