@@ -322,7 +322,11 @@ def test_a_file_that_is_not_sqlite_is_refused_with_the_way_out(tmp_path: Path) -
     (tmp_path / LEDGER_FILE).write_bytes(b"this is not a database" * 100)
     with pytest.raises(DataDirError, match="not a usable collector ledger") as info:
         Ledger(tmp_path)
-    assert "--adopt-data-dir" in str(info.value)
+    assert str(info.value).endswith(
+        "Stop every collector on this data directory, move the file aside, and restore the "
+        "ledger from a backup; without one, start with --adopt-data-dir to begin a new ledger "
+        "(bucket files the new ledger does not know are moved to _quarantine)."
+    )
     assert isinstance(info.value.__cause__, sqlite3.Error)
 
 
