@@ -160,3 +160,10 @@ def test_a_local_timestamp_is_read_as_utc_milliseconds() -> None:
     schema = _envelope_schema(timestamp={"type": "long", "logicalType": "local-timestamp-millis"})
     body = _container([GOOD], schema, **{"se.producer_id": "p"})
     assert decode_batch(body).envelopes == [Envelope(1, "a.B", b"\1" * 8, TS, b"p")]
+
+
+def test_a_timestamp_declared_as_a_plain_long_is_read_as_milliseconds() -> None:
+    """The canonical form ignores logical types, so another writer may leave out
+    timestamp-millis; its timestamp is then read as an int, and means the same."""
+    body = _container([GOOD], _envelope_schema(timestamp="long"), **{"se.producer_id": "p"})
+    assert decode_batch(body).envelopes == [Envelope(1, "a.B", b"\1" * 8, TS, b"p")]
