@@ -167,3 +167,22 @@ def test_a_timestamp_declared_as_a_plain_long_is_read_as_milliseconds() -> None:
     timestamp-millis; its timestamp is then read as an int, and means the same."""
     body = _container([GOOD], _envelope_schema(timestamp="long"), **{"se.producer_id": "p"})
     assert decode_batch(body).envelopes == [Envelope(1, "a.B", b"\1" * 8, TS, b"p")]
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({}, r"^container metadata lacks 'se\.producer_id'$"),
+        (
+            {"se.next_seq": '{"a.B": 0}'},
+            r"^se\.next_seq must map event types to sequence numbers >= 1$",
+        ),
+        ({"se.drops": "{}"}, r"^se\.drops must be a JSON list$"),
+        ({"se.drops": "[{}]"}, r"^bad drop notice in se\.drops: 'event_type'$"),
+    ],
+)
+def test_a_refused_batch_says_which_fact_is_wrong(meta: dict[str, str], message: str) -> None:
+    """The collector answers 400 with this text: the producer's operator reads it."""
+    body = _container([], **({"se.producer_id": "p"} if meta else {}), **meta)
+    with pytest.raises(BatchDecodeError, match=message):
+        decode_batch(body)
