@@ -29,6 +29,7 @@ from spotify_events.encoding import (
 from spotify_events.errors import BatchDecodeError
 
 TS = 1_763_158_400_123
+DROP = {"event_type": "a.B", "first_seq": 1, "last_seq": 2, "count": 2, "reason": "queue_full"}
 GOOD = {"seq": 1, "event_type": "a.B", "fingerprint": b"\1" * 8, "timestamp": TS, "payload": b"p"}
 
 
@@ -179,6 +180,23 @@ def test_a_timestamp_declared_as_a_plain_long_is_read_as_milliseconds() -> None:
         ),
         ({"se.drops": "{}"}, r"^se\.drops must be a JSON list$"),
         ({"se.drops": "[{}]"}, r"^bad drop notice in se\.drops: 'event_type'$"),
+        (
+            {"se.drops": json.dumps([{**DROP, "reason": 7}])},
+            r"^bad drop notice in se\.drops: drop notice event_type and reason must be strings$",
+        ),
+        (
+            {"se.drops": json.dumps([{**DROP, "count": 2.0}])},
+            r"^bad drop notice in se\.drops: drop notice first_seq, last_seq and count must be "
+            r"integers$",
+        ),
+        (
+            {"se.drops": json.dumps([{**DROP, "first_seq": 3, "count": 0}])},
+            r"^bad drop notice in se\.drops: drop notice with bad range 3\.\.2$",
+        ),
+        (
+            {"se.drops": json.dumps([{**DROP, "count": 3}])},
+            r"^bad drop notice in se\.drops: drop notice count 3 does not match its range 1\.\.2$",
+        ),
     ],
 )
 def test_a_refused_batch_says_which_fact_is_wrong(meta: dict[str, str], message: str) -> None:
