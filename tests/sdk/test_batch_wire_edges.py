@@ -204,3 +204,26 @@ def test_a_refused_batch_says_which_fact_is_wrong(meta: dict[str, str], message:
     body = _container([], **({"se.producer_id": "p"} if meta else {}), **meta)
     with pytest.raises(BatchDecodeError, match=message):
         decode_batch(body)
+
+
+def test_a_container_of_other_records_is_refused_by_name() -> None:
+    other = {"type": "record", "name": "Other", "fields": [{"name": "a", "type": "int"}]}
+    body = _container([{"a": 1}], other, **{"se.producer_id": "p"})
+    with pytest.raises(
+        BatchDecodeError,
+        match=r"^container does not hold spotify_events\.wire\.Envelope records$",
+    ):
+        decode_batch(body)
+
+
+def test_a_batch_over_the_event_limit_is_refused_with_the_limit() -> None:
+    body = _container([GOOD, {**GOOD, "seq": 2}], **{"se.producer_id": "p"})
+    assert len(decode_batch(body, max_events=2).envelopes) == 2
+    with pytest.raises(BatchDecodeError, match=r"^batch holds more than 1 events$"):
+        decode_batch(body, max_events=1)
+
+
+def test_a_corrupt_body_is_refused_naming_what_broke() -> None:
+    body = _container([GOOD], **{"se.producer_id": "p"})
+    with pytest.raises(BatchDecodeError, match=r"^undecodable batch: \w+: "):
+        decode_batch(body[: len(body) - 20])
