@@ -225,5 +225,7 @@ def test_a_batch_over_the_event_limit_is_refused_with_the_limit() -> None:
 
 def test_a_corrupt_body_is_refused_naming_what_broke() -> None:
     body = _container([GOOD], **{"se.producer_id": "p"})
-    with pytest.raises(BatchDecodeError, match=r"^undecodable batch: \w+: "):
+    with pytest.raises(BatchDecodeError) as info:
         decode_batch(body[: len(body) - 20])
+    cause = info.value.__cause__
+    assert str(info.value) == f"undecodable batch: {type(cause).__name__}: {cause}"
