@@ -229,3 +229,12 @@ def test_a_corrupt_body_is_refused_naming_what_broke() -> None:
         decode_batch(body[: len(body) - 20])
     cause = info.value.__cause__
     assert str(info.value) == f"undecodable batch: {type(cause).__name__}: {cause}"
+
+
+def test_a_batch_is_one_compressed_block() -> None:
+    """One block is one zstandard frame over every event: payloads of one event type
+    compress against each other (small blocks lose most of that)."""
+    envelopes = [Envelope(i, "a.B", b"\1" * 8, TS, b"%08d" % i * 64) for i in range(1, 201)]
+    body = encode_batch(WireBatch("p", envelopes, {"a.B": 201}))
+    blocks = list(fastavro.block_reader(io.BytesIO(body)))
+    assert [b.num_records for b in blocks] == [200]
