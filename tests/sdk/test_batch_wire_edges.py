@@ -238,3 +238,12 @@ def test_a_batch_is_one_compressed_block() -> None:
     body = encode_batch(WireBatch("p", envelopes, {"a.B": 201}))
     blocks = list(fastavro.block_reader(io.BytesIO(body)))
     assert [b.num_records for b in blocks] == [200]
+
+
+def test_batch_facts_are_written_as_compact_json() -> None:
+    """Sent with every batch and heartbeat: no whitespace to pay for."""
+    drop = DropNotice("a.B", 2, 4, 3, "queue_full")
+    batch = WireBatch("p", [], {"a.B": 5, "c.D": 1}, [drop], incidents=[{"kind": "k"}])
+    meta = fastavro.reader(io.BytesIO(encode_batch(batch))).metadata
+    for key in ("se.next_seq", "se.drops", "se.incidents"):
+        assert " " not in meta[key], meta[key]
