@@ -123,6 +123,17 @@ def _percentiles(label: str, call: Callable[[], object], n: int) -> dict[str, fl
     return {"p50_us": round(p50, 2), "p99_us": round(p99, 2)}
 
 
+def _cpu_per_call(label: str, call: Callable[[], object], n: int) -> dict[str, float]:
+    """Process CPU time per call, all threads included: on a shared machine wall-clock
+    figures move with the neighbours' load, CPU time much less."""
+    start = time.process_time()
+    for _ in range(n):
+        call()
+    cpu = (time.process_time() - start) / n * 1e6
+    print(f"\n  {label}: {cpu:.1f} µs CPU per call over {n:,} calls")
+    return {"cpu_us": round(cpu, 2)}
+
+
 def test_submit_buffered(
     benchmark: Any,
     queues: Callable[..., DurableQueue],
@@ -153,6 +164,56 @@ def test_submit_and_commit_through(
     assert benchmark(log)
     level = "fsync" if fsync else "commit"
     benchmark.extra_info.update(_percentiles(f"submit + commit_through ({level})", log, 2_000))
+    benchmark.extra_info.update(_cpu_per_call(f"submit + commit_through ({level})", log, 5_000))
+
+
+def test_commit_level_layers(
+    queues: Callable[..., DurableQueue],
+    writers: Callable[..., QueueWriter],
+    event: PendingEvent,
+    tmp_path: Path,
+) -> None:
+    """Where a ``commit``-level event's time goes: CPU per event of a bare queue
+    transaction (``atomic()``: BEGIN IMMEDIATE, one INSERT, COMMIT), the same plus the queue's
+    per-commit bookkeeping statements, ``DurableQueue.append``, and the writer path
+    (submit + commit_through). Rounds interleave, medians printed."""
+    queue = queues()
+    writer = writers(queue)
+    row = (event.event_type, 1, event.fingerprint, TS, event.payload, 128)
+
+    def bare(bookkeeping: bool) -> None:
+        with queue.atomic() as conn:
+            if bookkeeping:
+                conn.execute("PRAGMA data_version").fetchone()
+            conn.execute(
+                "INSERT INTO events (event_type, seq, fingerprint, timestamp, payload, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            if bookkeeping:
+                conn.execute(
+                    "INSERT INTO sequences (event_type, next_seq) VALUES (?, ?) ON CONFLICT"
+                    "(event_type) DO UPDATE SET next_seq = excluded.next_seq",
+                    ("bench.Layers", 2),
+                )
+                conn.execute("UPDATE counters SET value = value + 0")
+
+    layers: dict[str, Callable[[], object]] = {
+        "bare transaction": lambda: bare(False),
+        "+ bookkeeping statements": lambda: bare(True),
+        "DurableQueue.append": lambda: queue.append([event]),
+        "submit + commit_through": lambda: writer.commit_through(writer.submit(event), 10),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(7):
+        for name, call in layers.items():
+            start = time.process_time()
+            for _ in range(1_000):
+                call()
+            samples[name].append((time.process_time() - start) / 1_000 * 1e6)
+    print("\n  commit level, CPU µs per event (median of 7 rounds of 1,000)")
+    for name, values in samples.items():
+        print(f"  {name:<26} {sorted(values)[3]:>7.1f}")
 
 
 def _rss_bytes() -> int:

@@ -32,8 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import get_ident
 
@@ -109,6 +108,8 @@ class QueueWriter:
         self._lock = threading.Lock()
         self._lock_owner = 0  # thread ident while a thread holds _lock, else 0
         self._space = threading.Condition(self._lock)
+        self._space_waiters = 0  # callers in _wait_for_space: a commit notifies only them
+        self._holding_buffer = _BufferLock(self)
         # Re-entrant: a signal handler can run right after this thread took the lock and
         # before it noted itself in _commit_owner; its log() then commits on its own.
         self._commit_lock = threading.RLock()
@@ -116,7 +117,6 @@ class QueueWriter:
         self._reentered: deque[PendingRow] = deque()
         self._reentered_bytes = 0
         self._reentered_drops: deque[str] = deque()  # event types dropped from the side list
-        self._committed = threading.Condition(threading.Lock())
         self._wake = threading.Event()
         self._hurry = threading.Event()
         self._stopping = False
@@ -164,7 +164,7 @@ class QueueWriter:
                 self._pending_bytes += size
                 self._ticket += 1
                 n = len(self._pending)
-                if n == 1:
+                if n == 1 and not self._wake.is_set():  # a set Event costs a notify_all
                     self._wake.set()
                 elif n == self.group_events:
                     self._hurry.set()
@@ -193,7 +193,11 @@ class QueueWriter:
             if remaining <= 0 or self._stopping:
                 return False
             self._lock_owner = 0  # released while waiting
-            self._space.wait(remaining)
+            self._space_waiters += 1
+            try:
+                self._space.wait(remaining)
+            finally:
+                self._space_waiters -= 1
             self._lock_owner = get_ident()
         return True
 
@@ -236,16 +240,6 @@ class QueueWriter:
     def _has_reentered(self) -> bool:
         return bool(self._reentered or self._reentered_drops)
 
-    @contextmanager
-    def _holding_buffer(self) -> Iterator[None]:
-        """``_lock``, with this thread noted as its owner (see :meth:`submit`)."""
-        with self._lock:
-            self._lock_owner = get_ident()
-            try:
-                yield
-            finally:
-                self._lock_owner = 0
-
     def commit_through(self, ticket: int, timeout: float | None = None) -> bool:
         """Return once the event with ``ticket`` is committed, committing it ourselves
         if no one else is (used by the ``commit``/``fsync`` levels and by flush)."""
@@ -257,9 +251,10 @@ class QueueWriter:
         first = True  # pending drop counts get one commit too: flush() must report them
         while first or ticket > self._committed_ticket:
             first = False
-            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._commit_lock.acquire(timeout=wait):
-                return False
+            if not self._commit_lock.acquire(False):  # a lone caller takes it at once
+                wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._commit_lock.acquire(timeout=wait):
+                    return False
             try:
                 if self._commit_owner == get_ident():
                     return False  # re-entered mid-commit: the writer commits it later
@@ -268,6 +263,8 @@ class QueueWriter:
                     return False
             finally:
                 self._commit_lock.release()
+            if ticket <= self._committed_ticket:
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return ticket <= self._committed_ticket
@@ -340,7 +337,7 @@ class QueueWriter:
 
     def _commit_pending(self) -> bool:
         """Commit everything buffered (caller holds ``_commit_lock``); False on a write error."""
-        with self._holding_buffer():
+        with self._holding_buffer:
             reentered_drops = self._take_reentered() if self._has_reentered else 0
             events, self._pending = self._pending, []
             # In-flight events stay counted in _pending_bytes until their commit
@@ -363,7 +360,7 @@ class QueueWriter:
         try:
             result = self.queue.append(events, overflow)
         except BaseException as exc:  # even KeyboardInterrupt: the events are not ours to lose
-            with self._holding_buffer():
+            with self._holding_buffer:
                 # put them back in front so order (and so sequence order) is kept;
                 # their bytes were never released
                 self._pending[:0] = events
@@ -384,9 +381,10 @@ class QueueWriter:
         if self._failing:
             logger.warning("spotify-events queue writes recovered")
             self._failing = False
-        with self._holding_buffer():
+        with self._holding_buffer:
             self._pending_bytes -= inflight
-            self._space.notify_all()
+            if self._space_waiters:
+                self._space.notify_all()
             self._dropping = False
             self.counters.committed += result.stored
             self.counters.commits += 1
@@ -394,8 +392,6 @@ class QueueWriter:
                 if reason != DROP_BUFFER_FULL and reason != DROP_WRITE_FAILED:
                     self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + n
         self._committed_ticket = upto
-        with self._committed:
-            self._committed.notify_all()
         if self.on_commit is not None:
             self.on_commit.set()
         return True
@@ -411,7 +407,7 @@ class QueueWriter:
         self._stopping = True
         self._wake.set()
         self._hurry.set()
-        with self._holding_buffer():
+        with self._holding_buffer:
             self._space.notify_all()
         thread = self._thread
         deadline = time.monotonic() + max(timeout, FINAL_COMMIT_SECONDS)
@@ -439,3 +435,25 @@ class QueueWriter:
         counters, and every lock a parent thread might have held at fork time."""
         self.counters = WriterCounters()
         self._init_state()
+
+
+class _BufferLock:
+    """``QueueWriter._lock`` with the holding thread noted in ``_lock_owner`` (see
+    :meth:`QueueWriter.submit`). A class rather than a generator context manager: a
+    ``commit``-level caller takes it twice per event, and the generator's frames
+    cost as much as the rest of that bookkeeping."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: QueueWriter) -> None:
+        self._writer = writer
+
+    def __enter__(self) -> None:
+        writer = self._writer
+        writer._lock.acquire()
+        writer._lock_owner = get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        writer = self._writer
+        writer._lock_owner = 0
+        writer._lock.release()

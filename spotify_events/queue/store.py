@@ -20,8 +20,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -247,28 +247,10 @@ class QueueStore:
             raise QueueCorruptError(f"{self.path}: queue metadata {key!r} is missing")
         return str(row[0])
 
-    @contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
+    def atomic(self) -> _Transaction:
         """One write transaction, taken eagerly (BEGIN IMMEDIATE) so that two
         processes serialise on SQLite's lock instead of failing on upgrade."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
-                raise translate(self.path, exc) from exc
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise translate(self.path, exc) from exc
+        return _Transaction(self)
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -334,6 +316,49 @@ class QueueStore:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} producer={self.producer_id}>"
+
+
+class _Transaction:
+    """:meth:`QueueStore.atomic`: the store's lock and one write transaction, committed
+    when the block ends normally and rolled back when it raises. A class rather than
+    a generator context manager: at the ``commit`` level every event opens one, and
+    the generator's frames cost a sizeable share of such a small transaction."""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        store._lock.acquire()
+        try:
+            conn = store._connection()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            store._lock.release()
+            raise translate(store.path, exc) from exc
+        except BaseException:
+            store._lock.release()
+            raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        conn = self._conn
+        try:
+            if exc_type is not None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise translate(self._store.path, exc) from exc
+        finally:
+            self._store._lock.release()
 
 
 class _Legacy(NamedTuple):
