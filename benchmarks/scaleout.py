@@ -125,42 +125,41 @@ def start_process(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
+def start_tier(
+    nats_urls: str, data: Path, collectors: int = 1, workers: int = 2
+) -> tuple[list[subprocess.Popen[str]], str]:
+    """``collector --nats`` (4 partitions, ``collectors`` processes) and ``workers``
+    delivery workers writing ``data``: the processes (collector first) and its URL."""
+    schemas = str(ROOT / "schemas")
+    col, line = start_process(
+        [
+            *("collector", "--port", "0", "--schemas", schemas, "--nats", nats_urls),
+            *("--partitions", "4", "--workers", str(collectors)),
+        ]
+    )
+    procs = [col]
+    for _ in range(workers):
+        worker, _ = start_process(
+            ["deliver", "--nats", nats_urls, "--data-dir", str(data), "--schemas", schemas]
+        )
+        procs.append(worker)
+    return procs, line.split()[-1]
+
+
+def stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every process, then wait for each (they drain in parallel)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(60)
+
+
 def bench_tier(rate: float, duration: float, collectors: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = NatsCluster(Path(tmp) / "nats", size=3).start()
-        procs = []
+        data = Path(tmp) / "data"
+        procs, url = start_tier(cluster.urls, data, collectors)
         try:
-            col, line = start_process(
-                [
-                    "collector",
-                    "--port",
-                    "0",
-                    "--schemas",
-                    str(ROOT / "schemas"),
-                    "--nats",
-                    cluster.urls,
-                    "--partitions",
-                    "4",
-                    "--workers",
-                    str(collectors),
-                ]
-            )
-            procs.append(col)
-            url = line.split()[-1]
-            data = Path(tmp) / "data"
-            for _ in range(2):
-                w, _ = start_process(
-                    [
-                        "deliver",
-                        "--nats",
-                        cluster.urls,
-                        "--data-dir",
-                        str(data),
-                        "--schemas",
-                        str(ROOT / "schemas"),
-                    ]
-                )
-                procs.append(w)
             summary = loadgen(url, rate, duration)
             started = time.monotonic()
             while True:  # delivery: until the ledgers hold every accepted event
@@ -178,10 +177,7 @@ def bench_tier(rate: float, duration: float, collectors: int) -> None:
                 "workers_cpu_s_per_M": round(sum(cpu_seconds(p.pid) for p in procs[1:]) * per_m, 2),
             }
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(60)
+            stop_all(procs)
             cluster.stop()
             cluster.kill()
         print(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import fastavro
 
-from benchmarks.scaleout import ROOT, start_process
+from benchmarks.scaleout import ROOT, start_process, start_tier, stop_all
 from spotify_events import EventClient
 from spotify_events.scaleout.natsserver import NatsCluster
 
@@ -185,41 +185,11 @@ def run_single(tmp: Path, args: argparse.Namespace) -> dict[str, object]:
 def run_tier(tmp: Path, args: argparse.Namespace) -> dict[str, object]:
     cluster = NatsCluster(tmp / "nats", size=3).start()
     data = tmp / "tier"
-    procs = []
+    procs, url = start_tier(cluster.urls, data)
     try:
-        col, line = start_process(
-            [
-                "collector",
-                "--port",
-                "0",
-                "--schemas",
-                str(ROOT / "schemas"),
-                "--nats",
-                cluster.urls,
-                "--partitions",
-                "4",
-            ]
-        )
-        procs.append(col)
-        for _ in range(2):
-            worker, _ = start_process(
-                [
-                    "deliver",
-                    "--nats",
-                    cluster.urls,
-                    "--data-dir",
-                    str(data),
-                    "--schemas",
-                    str(ROOT / "schemas"),
-                ]
-            )
-            procs.append(worker)
-        return measure(line.split()[-1] + "/v1/batches", data, args.rate, args.duration, args.poll)
+        return measure(url + "/v1/batches", data, args.rate, args.duration, args.poll)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(60)
+        stop_all(procs)
         cluster.stop()
         cluster.kill()
 
