@@ -30,7 +30,9 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass
-from itertools import accumulate
+from functools import partial
+from itertools import accumulate, repeat
+from operator import itemgetter
 from typing import Any
 
 from ..collector.ingest import BatchFacts, IngestedBatch, Rejection
@@ -42,6 +44,13 @@ _HEAD = struct.Struct(">I")
 _INDEX = struct.Struct(">qqI")
 #: Room kept for the header and NATS protocol framing below the server's max payload.
 HEADER_RESERVE = 16 << 10
+# Envelope fields by position, for map() over a slice's events (no Python loop per event)
+_SEQ = itemgetter(0)
+_TYPE_AND_FINGERPRINT = itemgetter(1, 2)
+_TIMESTAMP = itemgetter(3)
+_PAYLOAD = itemgetter(4)
+_INDEX_TS = itemgetter(1)  # of an index entry (seq, timestamp, length)
+_new_envelope = partial(tuple.__new__, Envelope)
 
 
 class SliceDecodeError(SpotifyEventsError):
@@ -77,9 +86,9 @@ def _producer_header(facts: BatchFacts) -> dict[str, Any]:
 
 def _body(header: dict[str, Any], events: list[Envelope]) -> bytes:
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    payloads = [e.payload for e in events]
+    payloads = list(map(_PAYLOAD, events))
     index = b"".join(
-        map(_INDEX.pack, [e.seq for e in events], [e.timestamp for e in events], map(len, payloads))
+        map(_INDEX.pack, map(_SEQ, events), map(_TIMESTAMP, events), map(len, payloads))
     )
     return b"".join((MAGIC, _HEAD.pack(len(head)), head, index, *payloads))
 
@@ -93,18 +102,27 @@ def _event_id(producer: str, event_type: str, seqs: list[int]) -> str:
     return f"{base}:n{len(seqs)}.{digest:08x}"
 
 
+def _by_type(events: list[Envelope]) -> dict[tuple[str, bytes], list[Envelope]]:
+    """Events grouped by (type, writer fingerprint), in order. A batch usually holds one
+    group: that case is found with C-level loops instead of a Python loop per event."""
+    keys = list(map(_TYPE_AND_FINGERPRINT, events))
+    if len(set(keys)) <= 1:
+        return {keys[0]: events} if keys else {}
+    groups: dict[tuple[str, bytes], list[Envelope]] = {}
+    for key, env in zip(keys, events, strict=True):
+        groups.setdefault(key, []).append(env)
+    return groups
+
+
 def batch_messages(batch: IngestedBatch, *, subject: str, max_bytes: int) -> list[Message]:
     """The messages one ingested batch becomes (none for a bare heartbeat)."""
     facts = batch.facts
     producer = facts.producer_id
     budget = max(max_bytes - HEADER_RESERVE, 1)
-    by_type: dict[tuple[str, bytes], list[Envelope]] = {}  # (type, writer fingerprint)
-    for env in batch.events:
-        by_type.setdefault((env.event_type, env.fingerprint), []).append(env)
     out: list[Message] = []
     base = _producer_header(facts)
-    for (event_type, _), events in by_type.items():
-        if sum(len(e.payload) for e in events) + _INDEX.size * len(events) <= budget:
+    for (event_type, _), events in _by_type(batch.events).items():
+        if sum(map(len, map(_PAYLOAD, events))) + _INDEX.size * len(events) <= budget:
             out.append(_event_message(base, producer, event_type, events, subject))
             continue
         chunk: list[Envelope] = []
@@ -131,7 +149,7 @@ def _event_message(
         "fingerprint": events[0].fingerprint.hex(),
         "count": len(events),
     }
-    msg_id = _event_id(producer, event_type, [e.seq for e in events])
+    msg_id = _event_id(producer, event_type, list(map(_SEQ, events)))
     return Message(subject, msg_id, _body(header, events), len(events), event_type)
 
 
@@ -206,8 +224,13 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     ends = list(accumulate((n for _, _, n in entries), initial=index_end))
     if ends[-1] != len(data):
         raise SliceDecodeError("slice payloads do not match the index")
-    events = [
-        Envelope(seq, event_type, fingerprint, ts, data[start:end])
-        for (seq, ts, _), start, end in zip(entries, ends[:-1], ends[1:], strict=True)
-    ]
+    payloads = map(data.__getitem__, map(slice, ends[:-1], ends[1:]))
+    fields = zip(
+        map(_SEQ, entries),
+        repeat(event_type),
+        repeat(fingerprint),
+        map(_INDEX_TS, entries),
+        payloads,
+    )
+    events = list(map(_new_envelope, fields))  # tuple.__new__: no Python frame per event
     return IngestedBatch(facts=facts, events=events, rejections=rejections)

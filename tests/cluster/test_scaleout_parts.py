@@ -104,6 +104,28 @@ def test_slices_stay_under_max_payload_and_round_trip(registry: SchemaRegistry) 
     assert [m.msg_id for m in again] == [m.msg_id for m in messages]
 
 
+def test_a_batch_of_several_types_becomes_one_slice_per_type_and_fingerprint(
+    registry: SchemaRegistry,
+) -> None:
+    songs = envelopes(registry, [1, 2, 3, 4])
+    other_writer = b"\x01" * 8  # the same type from another writer schema: a slice of its own
+    views = [
+        Envelope(s, "spotify.events.web.PageView", b"\x02" * 8, FIXED_TS, b"v") for s in (7, 8)
+    ]
+    mixed = [songs[0], views[0], songs[1], songs[2]._replace(fingerprint=other_writer), views[1]]
+    mixed.append(songs[3])
+    messages = [
+        m for m in batch_messages(ingested(mixed), subject="s", max_bytes=1 << 20) if m.events
+    ]
+    slices = [decode_message(m.data, received_at=0).events for m in messages]
+    assert slices == [
+        [songs[0], songs[1], songs[3]],
+        views,
+        [songs[2]._replace(fingerprint=other_writer)],
+    ]
+    assert [m.events for m in messages] == [3, 2, 1]
+
+
 def test_slice_ids_name_exactly_one_set_of_events(registry: SchemaRegistry) -> None:
     full = batch_messages(ingested(envelopes(registry, [1, 2, 3])), subject="s", max_bytes=1 << 20)
     holey = batch_messages(ingested(envelopes(registry, [1, 3])), subject="s", max_bytes=1 << 20)
