@@ -547,9 +547,18 @@ def test_after_a_commit_the_writer_waits_for_the_next_event(
 def test_close_ends_the_writer_thread_even_with_an_hour_long_commit_interval(
     make_queue: MakeQueue, make_writer: MakeWriter, queue_path: Path
 ) -> None:
+    waiting = threading.Event()
+
+    class NotedEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting.set()
+            return super().wait(timeout)
+
     writer = make_writer(make_queue(), commit_interval=HOUR)
+    writer._hurry = NotedEvent()
     writer.start()
     writer.submit(ev(0))
+    assert waiting.wait(10)  # the writer thread waits out the commit interval
     assert writer.stop(timeout=5)
     assert writer._thread is not None
     assert not writer._thread.is_alive()
