@@ -349,7 +349,7 @@ def test_a_side_list_drop_alone_is_reported(
 
 
 @pytest.mark.usefixtures("long_reentry_wait")
-def test_a_log_re_entered_after_close_began_is_refused(
+def test_a_log_after_close_began_is_refused_re_entered_or_not(
     make_queue: MakeQueue, make_writer: MakeWriter
 ) -> None:
     writer = make_writer(make_queue())
@@ -362,7 +362,13 @@ def test_a_log_re_entered_after_close_began_is_refused(
     call = Call(reentered)
     assert call.done()
     assert isinstance(call.error, ClientClosedError)
+    assert str(call.error) == "the client is closing; the event was not logged"
+    with pytest.raises(
+        ClientClosedError, match=r"^the client is closing; the event was not logged$"
+    ):
+        writer.submit(ev(1))  # and the same outside a re-entered call
     assert writer.buffered == (0, 0)
+    assert writer.counters.logged == 0
 
 
 @pytest.mark.usefixtures("long_reentry_wait")
@@ -503,7 +509,7 @@ def test_drops_during_failed_commits_are_committed_once_each_after_recovery(
             assert [writer.submit(ev(n)) for n in range(2)] == [1, 2]
             assert wait_for(lambda: writer.counters.write_errors >= 1)
             assert [writer.submit(ev(n)) for n in range(2, 5)] == [0, 0, 0]
-            errors = writer.counters.write_errors
+            errors, failure = writer.counters.write_errors, writer.counters.last_error
             # the drop counts go back into the buffer with each failed commit
             assert wait_for(lambda: writer.counters.write_errors >= errors + 2)
         finally:
@@ -514,9 +520,16 @@ def test_drops_during_failed_commits_are_committed_once_each_after_recovery(
     assert numbers(queue_path) == [0, 1]
     assert drops(queue_path) == [(A, 1, 3, 3, DROP_WRITE_FAILED), (A, 6, 6, 1, DROP_BUFFER_FULL)]
     assert writer.counters.dropped == {DROP_WRITE_FAILED: 3, DROP_BUFFER_FULL: 1}
-    assert len(messages(caplog, "cannot write to its queue")) == 1  # once per episode
-    assert len(messages(caplog, "queue writes recovered")) == 1
-    assert len(messages(caplog, "buffer full")) == 2  # one per episode of drops
+    assert messages(caplog, "cannot write to its queue") == [  # once per episode
+        f"spotify-events cannot write to its queue, keeping events in memory: {failure}"
+    ]
+    assert messages(caplog, "queue writes recovered") == ["spotify-events queue writes recovered"]
+    full = (
+        f"spotify-events buffer full ({2 * SIZE} bytes): dropping {A} events (counted and "
+        "reported); the queue writer is not keeping up"
+    )
+    # one per episode of drops, the first naming the write error behind it
+    assert messages(caplog, "buffer full") == [f"{full} ({failure})", full]
     assert messages(caplog, "re-entrantly") == []
 
 
