@@ -395,6 +395,37 @@ def test_a_log_inside_log_takes_the_side_list(
     assert writer.counters.reentered == 1
 
 
+@pytest.mark.usefixtures("long_reentry_wait")
+def test_a_log_inside_log_after_waiting_for_space_takes_the_side_list(
+    make_queue: MakeQueue, make_writer: MakeWriter, queue_path: Path
+) -> None:
+    """After waiting for space the caller holds the lock again, and is still known as
+    its holder: a log() re-entering it there does not wait for its own lock."""
+    inner: list[int] = []
+    armed = threading.Event()
+
+    class LoggingEvent(threading.Event):
+        def set(self) -> None:
+            if armed.is_set() and not inner:
+                inner.append(writer.submit(ev(2)))
+            super().set()
+
+    writer = make_writer(
+        make_queue(), commit_interval=HOUR, max_buffer_bytes=SIZE, block_timeout=60
+    )
+    writer._wake = LoggingEvent()
+    writer.start()
+    assert writer.submit(ev(0)) == 1
+    armed.set()
+    # waits for space; once the writer has committed event 0, event 1 is the first
+    # in the buffer and wakes the writer, which logs event 2 from inside log()
+    call = Call(lambda: writer.submit(ev(1)))
+    assert call.done(), "log() inside log() waited for its own lock"
+    assert (call.result, inner) == (2, [0])
+    assert writer.commit_through(writer.last_ticket, timeout=10)
+    assert numbers(queue_path) == [0, 1, 2]
+
+
 def test_a_lock_held_past_the_reentry_wait_sends_the_event_to_the_side_list(
     make_queue: MakeQueue,
     make_writer: MakeWriter,
