@@ -505,13 +505,19 @@ def test_commit_through_gives_up_at_its_timeout_while_another_thread_commits(
 ) -> None:
     writer = make_writer(make_queue(busy_timeout=60), commit_interval=0.001)
     writer.start()
+    committed = writer.submit(ev(0))
+    assert writer.commit_through(committed, timeout=10)
     lock = blocker()
-    ticket = writer.submit(ev(0))
+    ticket = writer.submit(ev(1))
     try:
         assert wait_for(lambda: writer.buffered[0] == 0)  # the writer thread is committing
         call = Call(lambda: writer.commit_through(ticket, timeout=0.2))
         assert call.done(), "commit_through outlived its timeout"
         assert call.result is False
+        # an event committed earlier needs no commit lock: it is answered at once
+        earlier = Call(lambda: writer.commit_through(committed, timeout=0.2))
+        assert earlier.done()
+        assert earlier.result is True
     finally:
         lock.release()
     assert writer.commit_through(ticket, timeout=10)
