@@ -332,6 +332,43 @@ def test_side_list_events_reach_the_queue_with_nothing_else_logged(
 
 
 @pytest.mark.usefixtures("long_reentry_wait")
+def test_side_list_events_in_flight_count_against_the_buffer_bound(
+    make_queue: MakeQueue,
+    make_writer: MakeWriter,
+    blocker: Callable[[], Blocker],
+    queue_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_module, "REENTERED_POLL", 0.001)
+    writer = make_writer(
+        make_queue(busy_timeout=60),
+        commit_interval=0.001,
+        max_buffer_bytes=2 * SIZE,
+        block_timeout=0,
+    )
+    writer.start()
+    lock = blocker()
+    try:
+
+        def reentered() -> list[int]:
+            with writer._holding_buffer:
+                return [writer.submit(ev(n)) for n in range(2)]
+
+        call = Call(reentered)
+        assert call.done()
+        assert call.result == [0, 0]
+        # the writer took both into its commit, which waits for the lock
+        assert wait_for(lambda: writer.buffered[0] == 0)
+        assert writer.buffered == (0, 2 * SIZE)  # in flight, still counted
+        assert writer.submit(ev(2)) == 0  # so the buffer is full
+    finally:
+        lock.release()
+    assert writer.commit_through(writer.last_ticket, timeout=10)
+    assert writer.buffered == (0, 0)
+    assert numbers(queue_path) == [0, 1]
+
+
+@pytest.mark.usefixtures("long_reentry_wait")
 def test_a_side_list_drop_alone_is_reported(
     make_queue: MakeQueue, make_writer: MakeWriter, queue_path: Path
 ) -> None:
