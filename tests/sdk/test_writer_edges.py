@@ -607,6 +607,31 @@ def test_drops_during_failed_commits_are_committed_once_each_after_recovery(
     assert messages(caplog, "re-entrantly") == []
 
 
+def test_a_failed_commit_puts_its_events_and_drop_counts_back_before_what_came_meanwhile(
+    make_queue: MakeQueue,
+    make_writer: MakeWriter,
+    blocker: Callable[[], Blocker],
+    queue_path: Path,
+) -> None:
+    writer = make_writer(make_queue(busy_timeout=2), max_buffer_bytes=2 * SIZE, block_timeout=0)
+    assert writer.submit(ev(0)) == 1
+    assert writer.submit(ev(10, payload=3 * SIZE)) == 0  # a drop count waiting to be committed
+    lock = blocker()
+    try:
+        committing = Call(lambda: writer.commit_through(1, timeout=30))
+        assert wait_for(lambda: writer.buffered[0] == 0 and not writer._overflow)  # taken
+        # while that commit waits for the lock (and fails): one more event, one more drop
+        assert writer.submit(ev(1)) == 2
+        assert writer.submit(ev(11, payload=3 * SIZE)) == 0
+        assert committing.done(30)
+        assert committing.result is False
+    finally:
+        lock.release()
+    assert writer.commit_through(2, timeout=10)
+    assert numbers(queue_path) == [0, 1]  # the failed commit's event first, none lost
+    assert sum(count for *_, count, _ in drops(queue_path)) == 2
+
+
 # -- the writer thread ------------------------------------------------------------------------
 
 
