@@ -282,30 +282,30 @@ def test_a_log_re_entering_the_thread_that_holds_the_buffer_takes_the_side_list(
 ) -> None:
     writer = make_writer(make_queue(), max_buffer_bytes=2 * SIZE)
 
-    def reentered(first: int) -> tuple[list[int], tuple[int, int]]:
+    def reentered(first: int, count: int) -> tuple[list[int], tuple[int, int]]:
         with writer._holding_buffer:  # as a signal handler would find it
-            tickets = [writer.submit(ev(n)) for n in range(first, first + 3)]
+            tickets = [writer.submit(ev(n)) for n in range(first, first + count)]
             return tickets, writer.buffered
 
-    call = Call(lambda: reentered(0))
+    call = Call(lambda: reentered(0, 4))
     assert call.done(), "a re-entered log() waited for the lock its own thread holds"
-    assert call.result == ([0, 0, 0], (2, 2 * SIZE))  # two fit the side list, the third does not
+    assert call.result == ([0, 0, 0, 0], (2, 2 * SIZE))  # two fit the side list, two do not
     with caplog.at_level(logging.WARNING, logger="spotify_events.writer"):
         assert writer.commit_through(writer.last_ticket, timeout=10)  # the side list is due
     assert numbers(queue_path) == [0, 1]
-    assert drops(queue_path) == [(A, 1, 1, 1, DROP_REENTERED)]  # numbered before the events
+    assert drops(queue_path) == [(A, 1, 2, 2, DROP_REENTERED)]  # numbered before the events
     assert messages(caplog, "re-entrantly") == [
-        "spotify-events: 1 event(s) logged re-entrantly (signal handler, __del__, logging "
+        "spotify-events: 2 event(s) logged re-entrantly (signal handler, __del__, logging "
         "handler) did not fit the side buffer; dropped (counted and reported as "
         "reentrant_buffer_full)"
     ]
     counters = writer.counters
-    assert (counters.logged, counters.reentered, counters.committed) == (3, 3, 2)
-    assert counters.dropped == {DROP_REENTERED: 1}
+    assert (counters.logged, counters.reentered, counters.committed) == (4, 4, 2)
+    assert counters.dropped == {DROP_REENTERED: 2}
     assert writer.buffered == (0, 0)
     assert writer.submit(ev(10)) == 3  # the side list's events took tickets 1 and 2
     # its bytes were given back: two fit again
-    again = Call(lambda: reentered(20))
+    again = Call(lambda: reentered(20, 3))
     assert again.done()
     assert again.result == ([0, 0, 0], (3, 3 * SIZE))
     assert writer.commit_through(writer.last_ticket, timeout=10)
