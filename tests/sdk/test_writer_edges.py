@@ -625,6 +625,7 @@ def test_a_failed_commit_puts_its_events_and_drop_counts_back_before_what_came_m
         assert writer.submit(ev(11, payload=3 * SIZE)) == 0
         assert committing.done(30)
         assert committing.result is False
+        assert writer.counters.write_errors == 1  # one failed commit, counted once
     finally:
         lock.release()
     assert writer.commit_through(2, timeout=10)
