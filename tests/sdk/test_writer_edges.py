@@ -508,6 +508,7 @@ def test_commit_through_a_committed_ticket_still_commits_a_pending_drop(
     assert writer.submit(ev(1, payload=2 * SIZE)) == 0
     assert writer.commit_through(ticket, timeout=10)  # flush(): the drop must be reported
     assert drops(queue_path) == [(A, 2, 2, 1, DROP_BUFFER_FULL)]
+    assert (writer.counters.commits, writer.counters.committed) == (2, 1)
 
 
 def test_a_commit_level_log_re_entered_from_its_own_commit_returns_at_once(
