@@ -1,17 +1,24 @@
-"""Fixtures for SDK tests: a scripted sink on loopback and a client factory that
-closes every client it made."""
+"""Fixtures for SDK tests: a scripted sink on loopback, a client factory that
+closes every client it made, and QueueWriters and a write-lock holder for the
+writer tests."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sdk_helpers import Sink
 from support import SCHEMAS, free_port
+from writer_helpers import Blocker, MakeWriter
 
 from spotify_events import EventClient
+from spotify_events.config import ClientConfig
+from spotify_events.queue import DurableQueue
+from spotify_events.writer import QueueWriter
 
 
 @pytest.fixture
@@ -45,3 +52,36 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., EventClient]]:
     yield make
     for client in clients:
         client.close(timeout=1.0)
+
+
+@pytest.fixture
+def make_writer() -> Iterator[MakeWriter]:
+    """``make_writer(queue, **options)``; every writer is stopped at teardown."""
+    made: list[QueueWriter] = []
+
+    def _make(
+        queue: DurableQueue, on_commit: threading.Event | None = None, **options: Any
+    ) -> QueueWriter:
+        settings = replace(ClientConfig().writer_settings(), **options)
+        made.append(QueueWriter(queue, settings, on_commit=on_commit))
+        return made[-1]
+
+    yield _make
+    for writer in made:
+        writer.stop(timeout=5)
+
+
+@pytest.fixture
+def blocker(queue_path: Path) -> Iterator[Callable[[], Blocker]]:
+    """``blocker()``: a :class:`Blocker` on the test's queue file, released and closed
+    at teardown."""
+    made: list[Blocker] = []
+
+    def _make() -> Blocker:
+        made.append(Blocker(queue_path))
+        return made[-1]
+
+    yield _make
+    for b in made:
+        b.release()
+        b.conn.close()

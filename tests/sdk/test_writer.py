@@ -9,27 +9,25 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from writer_helpers import (
+    FP,
+    PAYLOAD,
+    SIZE,
+    TS,
+    A,
+    Blocker,
+    MakeQueue,
+    MakeWriter,
+    drops,
+)
 
-from spotify_events.config import ClientConfig
-from spotify_events.queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, DurableQueue, PendingEvent
-from spotify_events.settings import EVENT_MEMORY_OVERHEAD
-from spotify_events.writer import QueueWriter
+from spotify_events.queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, PendingEvent
 
-A = "test.events.Alpha"
 B = "test.events.Beta"
-FP = b"\x22" * 8
-TS = 1_763_158_400_000
-PAYLOAD = 50  # payload bytes per event
-SIZE = PAYLOAD + EVENT_MEMORY_OVERHEAD  # what one buffered event counts against max_buffer_bytes
-
-MakeQueue = Callable[..., DurableQueue]
-MakeWriter = Callable[..., QueueWriter]
 WaitFor = Callable[..., bool]
 
 
@@ -41,67 +39,9 @@ def number(payload: bytes) -> int:
     return int(payload[:8])
 
 
-@pytest.fixture
-def make_writer() -> Iterator[MakeWriter]:
-    """``make_writer(queue, **options)``; every writer is stopped at teardown."""
-    made: list[QueueWriter] = []
-
-    def _make(
-        queue: DurableQueue, on_commit: threading.Event | None = None, **options: Any
-    ) -> QueueWriter:
-        settings = replace(ClientConfig().writer_settings(), **options)
-        writer = QueueWriter(queue, settings, on_commit=on_commit)
-        made.append(writer)
-        return writer
-
-    yield _make
-    for writer in made:
-        writer.stop(timeout=5)
-
-
-class Blocker:
-    """Holds SQLite's write lock from another connection (BEGIN IMMEDIATE), the way a
-    second process in a long transaction would: the writer's commits wait, then fail."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-
-    def __enter__(self) -> Blocker:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-
-
-@pytest.fixture
-def blocker(queue_path: Path) -> Iterator[Callable[[], Blocker]]:
-    made: list[Blocker] = []
-
-    def _make() -> Blocker:
-        made.append(Blocker(queue_path))
-        return made[-1]
-
-    yield _make
-    for b in made:
-        b.release()
-        b.conn.close()
-
-
 def rows(path: Path) -> list[tuple[str, int, bytes]]:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT event_type, seq, payload FROM events ORDER BY id").fetchall()
-
-
-def drops(path: Path) -> list[tuple[str, int, int, int, str]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT event_type, first_seq, last_seq, count, reason FROM drops ORDER BY id"
-        ).fetchall()
 
 
 def assert_contiguous(path: Path) -> dict[str, int]:

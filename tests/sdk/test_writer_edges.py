@@ -13,38 +13,37 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import wait_for
+from writer_helpers import (
+    FP,
+    PAYLOAD,
+    SIZE,
+    TS,
+    A,
+    Blocker,
+    MakeQueue,
+    MakeWriter,
+    drops,
+)
 
 from spotify_events import writer as writer_module
-from spotify_events.config import ClientConfig
 from spotify_events.errors import ClientClosedError
 from spotify_events.queue import (
     DROP_BUFFER_FULL,
     DROP_REENTERED,
     DROP_WRITE_FAILED,
-    DurableQueue,
     PendingEvent,
 )
 from spotify_events.settings import EVENT_MEMORY_OVERHEAD
-from spotify_events.writer import QueueWriter
 
-A = "test.events.Alpha"
-FP = b"\x22" * 8
-TS = 1_763_158_400_000
-PAYLOAD = 50
-SIZE = PAYLOAD + EVENT_MEMORY_OVERHEAD  # what one buffered event counts against the bound
 HOUR = 3600.0
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
-
-MakeQueue = Callable[..., DurableQueue]
-MakeWriter = Callable[..., QueueWriter]
 
 
 def ev(n: int = 0, payload: int = PAYLOAD, ts: int = TS) -> PendingEvent:
@@ -54,13 +53,6 @@ def ev(n: int = 0, payload: int = PAYLOAD, ts: int = TS) -> PendingEvent:
 def numbers(path: Path) -> list[int]:
     with sqlite3.connect(path) as conn:
         return [int(p[:8]) for (p,) in conn.execute("SELECT payload FROM events ORDER BY id")]
-
-
-def drops(path: Path) -> list[tuple[str, int, int, int, str]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT event_type, first_seq, last_seq, count, reason FROM drops ORDER BY id"
-        ).fetchall()
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -85,48 +77,6 @@ class Call:
     def done(self, timeout: float = 10.0) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
-
-
-class Blocker:
-    """Holds SQLite's write lock from another connection, like a second process would."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def release(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-
-
-@pytest.fixture
-def make_writer() -> Iterator[MakeWriter]:
-    made: list[QueueWriter] = []
-
-    def _make(
-        queue: DurableQueue, on_commit: threading.Event | None = None, **options: Any
-    ) -> QueueWriter:
-        settings = replace(ClientConfig().writer_settings(), **options)
-        made.append(QueueWriter(queue, settings, on_commit=on_commit))
-        return made[-1]
-
-    yield _make
-    for writer in made:
-        writer.stop(timeout=5)
-
-
-@pytest.fixture
-def blocker(queue_path: Path) -> Iterator[Callable[[], Blocker]]:
-    made: list[Blocker] = []
-
-    def _make() -> Blocker:
-        made.append(Blocker(queue_path))
-        return made[-1]
-
-    yield _make
-    for b in made:
-        b.release()
-        b.conn.close()
 
 
 @pytest.fixture
@@ -227,7 +177,7 @@ def test_every_caller_waiting_for_space_gets_in_after_the_commit(
         make_queue(busy_timeout=60), commit_interval=0.001, max_buffer_bytes=SIZE, block_timeout=60
     )
     writer.start()
-    lock = blocker()
+    lock = blocker().hold()
     assert writer.submit(ev(0)) == 1
     assert wait_for(lambda: writer.buffered[0] == 0)  # in flight, waiting for the lock
     callers = [Call(lambda n=n: writer.submit(ev(n))) for n in (1, 2)]
@@ -250,7 +200,7 @@ def test_close_ends_a_wait_for_space_with_a_counted_drop(
         make_queue(busy_timeout=60), commit_interval=0.001, max_buffer_bytes=SIZE, block_timeout=60
     )
     writer.start()
-    lock = blocker()
+    lock = blocker().hold()
     assert writer.submit(ev(0)) == 1
     assert wait_for(lambda: writer.buffered[0] == 0)
     waiting = Call(lambda: writer.submit(ev(1)))
@@ -347,7 +297,7 @@ def test_side_list_events_in_flight_count_against_the_buffer_bound(
         block_timeout=0,
     )
     writer.start()
-    lock = blocker()
+    lock = blocker().hold()
     try:
 
         def reentered() -> list[int]:
@@ -545,7 +495,7 @@ def test_commit_through_gives_up_at_its_timeout_while_another_thread_commits(
     writer.start()
     committed = writer.submit(ev(0))
     assert writer.commit_through(committed, timeout=10)
-    lock = blocker()
+    lock = blocker().hold()
     ticket = writer.submit(ev(1))
     try:
         assert wait_for(lambda: writer.buffered[0] == 0)  # the writer thread is committing
@@ -578,7 +528,7 @@ def test_drops_during_failed_commits_are_committed_once_each_after_recovery(
         block_timeout=0,
     )
     writer.start()
-    lock = blocker()
+    lock = blocker().hold()
     with caplog.at_level(logging.WARNING, logger="spotify_events.writer"):
         try:
             assert [writer.submit(ev(n)) for n in range(2)] == [1, 2]
@@ -618,7 +568,7 @@ def test_a_failed_commit_puts_its_events_and_drop_counts_back_before_what_came_m
     writer = make_writer(make_queue(busy_timeout=2), max_buffer_bytes=2 * SIZE, block_timeout=0)
     assert writer.submit(ev(0)) == 1
     assert writer.submit(ev(10, payload=3 * SIZE)) == 0  # a drop count waiting to be committed
-    lock = blocker()
+    lock = blocker().hold()
     try:
         committing = Call(lambda: writer.commit_through(1, timeout=30))
         assert wait_for(lambda: writer.buffered[0] == 0 and not writer._overflow)  # taken
@@ -690,7 +640,7 @@ def test_close_cuts_the_busy_wait_of_its_final_commit(
     busy timeout (an hour here): the final commit gets FINAL_COMMIT_SECONDS."""
     writer = make_writer(make_queue(busy_timeout=HOUR))
     writer.submit(ev(0))
-    lock = blocker()
+    lock = blocker().hold()
     try:
         with caplog.at_level(logging.ERROR, logger="spotify_events.writer"):
             closing = Call(lambda: writer.stop(timeout=0))
