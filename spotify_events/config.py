@@ -7,6 +7,7 @@ construction so nonsense fails loudly at startup instead of quietly at 3 a.m.
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -192,24 +193,12 @@ class ClientConfig:
                 raise ConfigError(f"unknown setting {name!r}")
             if value is not None:
                 values[name] = os.fspath(value) if isinstance(value, os.PathLike) else value
-        try:
-            values["durability"] = Durability(values.get("durability", cls.durability))
-        except ValueError:
-            raise ConfigError(
-                f"durability must be one of buffered, commit, fsync; got {values['durability']!r}"
-            ) from None
-        try:
-            values["shipping"] = Shipping(values.get("shipping", cls.shipping))
-        except ValueError:
-            raise ConfigError(
-                f"shipping must be in-process or agent; got {values['shipping']!r}"
-            ) from None
-        try:
-            values["drop_policy"] = DropPolicy(values.get("drop_policy", cls.drop_policy))
-        except ValueError:
-            raise ConfigError(
-                f"drop_policy must be oldest or newest; got {values['drop_policy']!r}"
-            ) from None
+        for name, choice in (
+            ("durability", Durability),
+            ("shipping", Shipping),
+            ("drop_policy", DropPolicy),
+        ):
+            values[name] = _choice(name, choice, values.get(name, getattr(cls, name)))
         return cls(**values)
 
 
@@ -220,6 +209,16 @@ def _parse_bool_or_path(raw: str) -> bool | str:
     if lowered in ("0", "false", "no", "off"):
         return False
     return raw  # a CA bundle path
+
+
+def _choice(name: str, choice: type[enum.Enum], value: Any) -> Any:
+    """``value`` as a member of the setting's enum, or a ConfigError listing the choices."""
+    try:
+        return choice(value)
+    except ValueError:
+        names = [str(member.value) for member in choice]
+        allowed = " or ".join(names) if len(names) == 2 else "one of " + ", ".join(names)
+        raise ConfigError(f"{name} must be {allowed}; got {value!r}") from None
 
 
 def _convert(name: str, raw: str, parser: Callable[[str], Any]) -> Any:
