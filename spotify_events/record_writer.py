@@ -26,6 +26,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .container import write_long
+
 RecordWriter = Callable[[dict[str, Any]], bytes]
 
 #: Logical types that fastavro writes as their underlying int or long when the
@@ -51,15 +53,6 @@ class Unsupported(Exception):
 
 class _Fallback(Exception):
     """Raised inside a generated writer: let the general path decide about this record."""
-
-
-def _write_long(out: bytearray, value: int) -> None:
-    """Avro's zigzag varint (the caller has checked the 64-bit range)."""
-    n = (value << 1) ^ (value >> 63)
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
 
 
 class _Generator:
@@ -162,7 +155,7 @@ class _Generator:
             return [
                 f"{indent}if type({var}) is not list: raise _Fallback",
                 f"{indent}if {var}:",
-                f"{indent}    _write_long(out, len({var}))",
+                f"{indent}    write_long(out, len({var}))",
                 f"{indent}    for {item} in {var}:",
                 *self.write(schema["items"], item, indent + "        "),
                 f"{indent}out.append(0)",
@@ -172,7 +165,7 @@ class _Generator:
             return [
                 f"{indent}if type({var}) is not dict: raise _Fallback",
                 f"{indent}if {var}:",
-                f"{indent}    _write_long(out, len({var}))",
+                f"{indent}    write_long(out, len({var}))",
                 f"{indent}    for {key}, {value} in {var}.items():",
                 *self.primitive("string", key, indent + "        "),
                 *self.write(schema["values"], value, indent + "        "),
@@ -208,7 +201,7 @@ class _Generator:
             low, high = _RANGES[kind]
             return [
                 f"{indent}if type({var}) is not int or not {low} <= {var} <= {high}: raise _Fallback",
-                f"{indent}_write_long(out, {var})",
+                f"{indent}write_long(out, {var})",
             ]
         if kind in ("float", "double"):
             pack = "_pack_float" if kind == "float" else "_pack_double"
@@ -223,7 +216,7 @@ class _Generator:
                 f"{indent}if type({var}) is not {'str' if kind == 'string' else 'bytes'}: raise _Fallback",
                 f"{indent}{data} = {encoded}",
                 f"{indent}if len({data}) < 64: out.append(len({data}) << 1)",
-                f"{indent}else: _write_long(out, len({data}))",
+                f"{indent}else: write_long(out, len({data}))",
                 f"{indent}out += {data}",
             ]
         raise Unsupported(f"type {kind!r}")
@@ -231,7 +224,7 @@ class _Generator:
 
 def _long_bytes(value: int) -> bytearray:
     out = bytearray()
-    _write_long(out, value)
+    write_long(out, value)
     return out
 
 
@@ -254,7 +247,7 @@ def compile_record_writer(
     namespace: dict[str, Any] = {
         "_MISSING": _MISSING,
         "_Fallback": _Fallback,
-        "_write_long": _write_long,
+        "write_long": write_long,
         "_pack_float": struct.Struct("<f").pack,
         "_pack_double": struct.Struct("<d").pack,
         **generator.constants,

@@ -22,11 +22,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
+from .container import container, write_bytes, write_long
 from .errors import BatchDecodeError
 
 ENVELOPE_SCHEMA = fastavro.parse_schema(
@@ -60,6 +61,18 @@ ENVELOPE_SCHEMA = fastavro.parse_schema(
         ],
     }
 )
+
+#: The schema as written into each container's header (fastavro's own keys left out).
+_ENVELOPE_SCHEMA_JSON = json.dumps(
+    {
+        k: v
+        for k, v in cast(dict[str, Any], ENVELOPE_SCHEMA).items()
+        if k not in ("__fastavro_parsed", "__named_schemas")
+    }
+)
+#: A block is closed once its encoded records reach this size (fastavro's sync_interval).
+_BLOCK_BYTES = 1 << 20
+_MIN_LONG, _MAX_LONG = -(2**63), 2**63 - 1  # what an Avro long holds
 
 #: Media type of a wire batch body.
 CONTENT_TYPE = "avro/binary"
@@ -166,23 +179,38 @@ def encode_batch(batch: WireBatch, codec: str = WIRE_CODEC) -> bytes:
     }
     if batch.incidents:
         metadata[META_INCIDENTS] = json.dumps(batch.incidents, separators=(",", ":"))
-    out = io.BytesIO()
-    for e in batch.envelopes:
-        if not MIN_EVENT_MILLIS <= e[3] <= MAX_EVENT_MILLIS:
-            raise ValueError(f"{e[1]} seq {e[0]}: timestamp {e[3]} ms is outside years 1-9999")
-    records = (
-        {"seq": e[0], "event_type": e[1], "fingerprint": e[2], "timestamp": e[3], "payload": e[4]}
-        for e in batch.envelopes
-    )
-    fastavro.writer(
-        out,
-        ENVELOPE_SCHEMA,
-        records,
-        codec=codec,
-        metadata=metadata,
-        sync_interval=1 << 20,
-    )
-    return out.getvalue()
+    blocks: list[tuple[int, bytes]] = []
+    block = bytearray()
+    count = 0
+    names: dict[str, bytes] = {}
+    for seq, event_type, fingerprint, timestamp, payload in batch.envelopes:
+        if not MIN_EVENT_MILLIS <= timestamp <= MAX_EVENT_MILLIS:
+            raise ValueError(
+                f"{event_type} seq {seq}: timestamp {timestamp} ms is outside years 1-9999"
+            )
+        if not _MIN_LONG <= seq <= _MAX_LONG or len(fingerprint) != 8:
+            raise ValueError(f"{event_type} seq {seq}: not a valid envelope")
+        name = names.get(event_type)
+        if name is None:
+            name = names[event_type] = _string_bytes(event_type)
+        write_long(block, seq)
+        block += name
+        block += fingerprint
+        write_long(block, timestamp)
+        write_bytes(block, payload)
+        count += 1
+        if len(block) >= _BLOCK_BYTES:
+            blocks.append((count, bytes(block)))
+            block, count = bytearray(), 0
+    if count:
+        blocks.append((count, bytes(block)))
+    return container(_ENVELOPE_SCHEMA_JSON, metadata, blocks, codec)
+
+
+def _string_bytes(text: str) -> bytes:
+    out = bytearray()
+    write_bytes(out, text.encode())
+    return bytes(out)
 
 
 def decode_batch(body: bytes, max_events: int | None = None) -> WireBatch:

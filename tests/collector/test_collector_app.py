@@ -83,7 +83,15 @@ def test_good_batch_and_routes(collector: Collector, maker: BatchMaker) -> None:
         ("garbage", lambda m: b"this is not avro at all", 400),
         ("empty body", lambda m: b"", 400),
         ("truncated", lambda m: m.body(m.envelopes(END_SONG, range(1, 50)))[:-40], 400),
-        ("bzip2 codec", lambda m: m.body(m.envelopes(END_SONG, [1]), codec="bzip2"), 400),
+        (
+            "bzip2 codec",
+            lambda m: raw_container(
+                [m.envelopes(END_SONG, [1])[0]._asdict()],
+                codec="bzip2",
+                metadata={"se.producer_id": "p"},
+            ),
+            400,
+        ),
         (
             "unknown codec name",
             lambda m: m.body(m.envelopes(END_SONG, [1]), codec="null").replace(

@@ -82,7 +82,9 @@ def test_stats_are_exported_after_real_deliveries(
 def test_events_held_for_a_missing_schema_are_exported_by_type(
     sink: Sink, make_client: Callable[..., EventClient]
 ) -> None:
-    sink.reject = lambda payload: "unknown_schema: not deployed" if b"new-track" in payload else None
+    sink.reject = lambda payload: (
+        "unknown_schema: not deployed" if b"new-track" in payload else None
+    )
     reader = InMemoryMetricReader()
     client = make_client(endpoint=sink.endpoint)
     register_metrics(client, MeterProvider(metric_readers=[reader]))
