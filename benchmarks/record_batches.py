@@ -1,6 +1,7 @@
 """Route (a) prototype: record batches in the queue, against the queue and shipper of today.
 
     python benchmarks/record_batches.py [--events 60000] [--rounds 5] [--groups 256,50]
+                                        [--batch 1000]
 
 Per event, CPU microseconds (``time.thread_time()``, one thread) of the part of the
 pipeline that storing commit groups as blocks would change, after ``log()``'s encode:
@@ -12,24 +13,28 @@ pipeline that storing commit groups as blocks would change, after ``log()``'s en
   file, as in a client.
 * **blocks**: a prototype (:class:`BlockQueue`, here only). A commit group becomes ONE
   row: the group's envelopes Avro-encoded back to back once their sequence numbers
-  are known (:func:`encode_envelope`, byte-identical to fastavro's; checked), with
-  its per-type sequence ranges. Shipping reads block rows, joins their bytes into
-  one Avro block and writes the container around it with fastavro's own
-  ``Writer.write_block`` (header, metadata, codec and sync marker as
-  ``encode_batch`` writes them; no record re-encoded). The ack deletes block rows.
-  Both keep the ``sequences`` and ``counters`` bookkeeping of format 2.
+  are known (:class:`EnvelopeWriter`), with its per-type sequence ranges. Shipping
+  reads whole block rows, joins their bytes into one Avro block and writes the
+  container around it with fastavro's own ``Writer.write_block`` (header, metadata,
+  codec and sync marker as ``encode_batch`` writes them; no record re-encoded). The
+  ack deletes block rows. Both keep the ``sequences`` and ``counters`` bookkeeping
+  of format 2.
+* **blocks_fastavro**: the same with fastavro's public ``schemaless_writer`` (a dict
+  per event) encoding the envelopes at commit.
 
-Both paths take the same pre-encoded events (EndSong, with one ServiceCall in 8), in
+All paths take the same pre-encoded events (EndSong, with one ServiceCall in 8), in
 commit groups of each ``--groups`` size, and ship batches of at most ``--batch``
 events (a block is never split, so with 256-event groups a blocks batch holds 768).
 Commits and shipping alternate as they do in a running client: commit groups until a
 batch's worth is queued, ship one batch, repeat. Each round runs every (group size,
-path) pair in turn on fresh files, so a change in the machine's load hits all;
-medians and ranges over the rounds are printed and every value is in the JSON.
+path) pair on fresh files, the paths' order reversed every other round, so a change
+in the machine's load hits all; medians and ranges over the rounds are printed and
+every value is in the JSON.
 
-Before timing, every container of both paths is decoded with the real
-``wire.decode_batch`` and the envelopes compared one by one (the run stops on any
-difference); the JSON records the check.
+Before timing, every container of every path is decoded with the real
+``wire.decode_batch`` and its envelopes compared one by one with the current path's
+and with the committed events, and its decompressed Avro block compared byte for
+byte with fastavro's encoding of those envelopes; any difference stops the run.
 """
 
 from __future__ import annotations
@@ -178,7 +183,7 @@ class BlockQueue:
     client would hold two (writer, shipper)."""
 
     def __init__(self, path: Path, producer_id: str, envelopes: str = "hand") -> None:
-        """``envelopes``: "hand" (:func:`encode_envelope`) or "fastavro" (its public
+        """``envelopes``: "hand" (:class:`EnvelopeWriter`) or "fastavro" (its public
         ``schemaless_writer``, a dict per event)."""
         self.producer_id = producer_id
         self.fastavro_envelopes = envelopes == "fastavro"
@@ -256,16 +261,13 @@ class BlockQueue:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return int(block_id)
+        assert block_id is not None
+        return block_id
 
-    def read_blocks(
-        self, max_events: int, max_bytes: int, after_id: int = 0
-    ) -> list[tuple[int, int, bytes]]:
+    def read_blocks(self, max_events: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
         """(id, events, body) of the oldest whole blocks within both limits (at least one)."""
         self.conn.execute("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (time.time(),))
-        cursor = self.conn.execute(
-            "SELECT id, events, size, body FROM blocks WHERE id > ? ORDER BY id", (after_id,)
-        )
+        cursor = self.conn.execute("SELECT id, events, size, body FROM blocks ORDER BY id")
         blocks: list[tuple[int, int, bytes]] = []
         events = size = 0
         for block_id, n, block_size, body in cursor:
@@ -321,7 +323,7 @@ class BlockQueue:
         self.conn.close()
 
 
-# -- the two paths -----------------------------------------------------------------------
+# -- the paths ---------------------------------------------------------------------------
 
 
 def shipper_for(queue: DurableQueue, batch: int) -> Shipper:
