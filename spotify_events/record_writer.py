@@ -12,11 +12,13 @@ The promise that makes it safe: **a generated writer accepts only records the
 general path accepts, and writes the same bytes.** Anything else — a missing
 field without a default, an unknown field, a value of another Python type (a
 subclass, a tuple for an array, a datetime for a timestamp), a float that does
-not fit 32 bits — raises, and the caller falls back to the general path, which
-encodes the record or explains what is wrong with it. Schemas with constructs
+not fit 32 bits — raises (TypeError for a value it does not take, whatever a
+library call raises otherwise), and the caller falls back to the general path,
+which encodes the record or explains what is wrong with it. Schemas with constructs
 whose fastavro encoding depends on more than the value's Python type (unions
 with more than one non-null branch, logical types other than the integer-based
-ones) get no generated writer at all. tests/sdk/test_record_writer.py compares
+ones) get no generated writer at all: the generator raises NotImplementedError
+for them internally. tests/sdk/test_record_writer.py compares
 both paths on random records of every example schema.
 """
 
@@ -45,14 +47,6 @@ _INTEGER_LOGICAL_TYPES = frozenset(
 )
 _RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _MISSING = object()
-
-
-class Unsupported(Exception):
-    """The schema uses a construct this module does not generate code for."""
-
-
-class _Fallback(Exception):
-    """Raised inside a generated writer: let the general path decide about this record."""
 
 
 class _Generator:
@@ -94,18 +88,18 @@ class _Generator:
         return "_write"
 
     def record_body(self, schema: Mapping[str, Any]) -> list[str]:
-        body = ["    if type(r) is not dict: raise _Fallback", "    get = r.get", "    n = 0"]
+        body = ["    if type(r) is not dict: raise TypeError", "    get = r.get", "    n = 0"]
         for field in schema["fields"]:
             body.append(f"    v = get({field['name']!r}, _MISSING)")
             encoded = self.encoded_default(field)
             if encoded is None:
-                body.append("    if v is _MISSING: raise _Fallback")
+                body.append("    if v is _MISSING: raise TypeError")
             else:
                 body.append(f"    if v is _MISSING: out += {self.constant(encoded)}")
             body.append("    else:")
             body.append("        n += 1")
             body.extend(self.write(field["type"], "v", "        "))
-        body.append("    if n != len(r): raise _Fallback  # an unknown field")
+        body.append("    if n != len(r): raise TypeError  # an unknown field")
         return body
 
     def encoded_default(self, field: Mapping[str, Any]) -> bytes | None:
@@ -130,7 +124,7 @@ class _Generator:
         logical = schema.get("logicalType")
         if logical is not None:
             if logical not in _INTEGER_LOGICAL_TYPES or kind not in ("int", "long"):
-                raise Unsupported(f"logical type {logical} on {kind}")
+                raise NotImplementedError(f"logical type {logical} on {kind}")
             return self.primitive(kind, var, indent)
         if kind == "enum":
             self.named[schema["name"]] = schema
@@ -138,14 +132,14 @@ class _Generator:
                 {s: bytes(_long_bytes(i)) for i, s in enumerate(schema["symbols"])}
             )
             return [
-                f"{indent}if type({var}) is not str: raise _Fallback",
+                f"{indent}if type({var}) is not str: raise TypeError",
                 f"{indent}out += {codes}[{var}]",
             ]
         if kind == "fixed":
             self.named[schema["name"]] = schema
             size = int(schema["size"])
             return [
-                f"{indent}if type({var}) is not bytes or len({var}) != {size}: raise _Fallback",
+                f"{indent}if type({var}) is not bytes or len({var}) != {size}: raise TypeError",
                 f"{indent}out += {var}",
             ]
         if kind in ("record", "error"):
@@ -153,7 +147,7 @@ class _Generator:
         if kind == "array":
             item = f"x{len(indent)}"
             return [
-                f"{indent}if type({var}) is not list: raise _Fallback",
+                f"{indent}if type({var}) is not list: raise TypeError",
                 f"{indent}if {var}:",
                 f"{indent}    write_long(out, len({var}))",
                 f"{indent}    for {item} in {var}:",
@@ -163,7 +157,7 @@ class _Generator:
         if kind == "map":
             key, value = f"k{len(indent)}", f"x{len(indent)}"
             return [
-                f"{indent}if type({var}) is not dict: raise _Fallback",
+                f"{indent}if type({var}) is not dict: raise TypeError",
                 f"{indent}if {var}:",
                 f"{indent}    write_long(out, len({var}))",
                 f"{indent}    for {key}, {value} in {var}.items():",
@@ -179,7 +173,7 @@ class _Generator:
         others = [i for i, b in enumerate(branches) if b != "null"]
         nulls = [i for i, b in enumerate(branches) if b == "null"]
         if len(others) != 1 or len(nulls) != 1:
-            raise Unsupported(f"union {branches!r}")
+            raise NotImplementedError(f"union {branches!r}")
         other = others[0]
         return [
             f"{indent}if {var} is None: out += {bytes(_long_bytes(nulls[0]))!r}",
@@ -190,36 +184,36 @@ class _Generator:
 
     def primitive(self, kind: str, var: str, indent: str) -> list[str]:
         if kind == "null":
-            return [f"{indent}if {var} is not None: raise _Fallback"]
+            return [f"{indent}if {var} is not None: raise TypeError"]
         if kind == "boolean":
             return [
                 f"{indent}if {var} is True: out.append(1)",
                 f"{indent}elif {var} is False: out.append(0)",
-                f"{indent}else: raise _Fallback",
+                f"{indent}else: raise TypeError",
             ]
         if kind in _RANGES:
             low, high = _RANGES[kind]
             return [
-                f"{indent}if type({var}) is not int or not {low} <= {var} <= {high}: raise _Fallback",
+                f"{indent}if type({var}) is not int or not {low} <= {var} <= {high}: raise TypeError",
                 f"{indent}write_long(out, {var})",
             ]
         if kind in ("float", "double"):
             pack = "_pack_float" if kind == "float" else "_pack_double"
             return [
-                f"{indent}if type({var}) is not float: raise _Fallback",
+                f"{indent}if type({var}) is not float: raise TypeError",
                 f"{indent}out += {pack}({var})",
             ]
         if kind in ("string", "bytes"):
             data = f"b{len(indent)}"
             encoded = f"{var}.encode()" if kind == "string" else var
             return [
-                f"{indent}if type({var}) is not {'str' if kind == 'string' else 'bytes'}: raise _Fallback",
+                f"{indent}if type({var}) is not {'str' if kind == 'string' else 'bytes'}: raise TypeError",
                 f"{indent}{data} = {encoded}",
                 f"{indent}if len({data}) < 64: out.append(len({data}) << 1)",
                 f"{indent}else: write_long(out, len({data}))",
                 f"{indent}out += {data}",
             ]
-        raise Unsupported(f"type {kind!r}")
+        raise NotImplementedError(f"type {kind!r}")
 
 
 def _long_bytes(value: int) -> bytearray:
@@ -242,11 +236,10 @@ def compile_record_writer(
     generator = _Generator(named, default_bytes)
     try:
         entry = generator.entry_function(parsed_schema)
-    except Unsupported:
+    except NotImplementedError:  # a construct left to fastavro
         return None
     namespace: dict[str, Any] = {
         "_MISSING": _MISSING,
-        "_Fallback": _Fallback,
         "write_long": write_long,
         "_pack_float": struct.Struct("<f").pack,
         "_pack_double": struct.Struct("<d").pack,
