@@ -129,7 +129,7 @@ def run_variant(
         "BENCH_SCHEMAS": str(ROOT / "schemas"),
         "SPOTIFY_EVENTS_ENDPOINT": f"{base_url}/v1/batches",
         "SPOTIFY_EVENTS_QUEUE_PATH": str(work / "events.db"),
-        "PYTHONPATH": str(work),
+        "PYTHONPATH": os.pathsep.join([str(work), str(ROOT)]),  # this tree's package
     }
     server = subprocess.Popen(
         [
