@@ -5,7 +5,8 @@ One asyncio loop in the main thread. Each owned partition has a
 feeding the collector's own delivery half (:class:`~spotify_events.collector.
 delivery.LocalDelivery`, one per partition, its ledger under
 ``DATA_DIR/_partitions/``). Per fetch: decode the slices, check the lease (the
-fence), make them durable in one group commit (in a thread: it fsyncs), and only
+fence: locally, and against the bucket when no renewal has confirmed it within a
+third of the TTL), make them durable in one group commit (in a thread: it fsyncs), and only
 then acknowledge them to JetStream. A crash before the acks means redelivery, and
 the ledger counts the redelivered events as duplicates instead of writing them twice.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -85,6 +87,10 @@ class WorkerMetrics:
             ["partition"],
             registry=r,
         )
+        # the children a commit touches, looked up once
+        self.committed = self.messages.labels("committed")
+        self.accepted = self.events.labels("accepted")
+        self.duplicates = self.events.labels("duplicate")
         self.commit_seconds = Histogram(
             f"{PREFIX}_commit_seconds",
             "Time of one group commit (write, fsync, ledger).",
@@ -169,30 +175,32 @@ class PartitionRunner:
         if not batches:
             return
         try:
-            await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
+            w.leases.check_local(self.partition)
+            if w.leases.revision_due(self.partition):  # else a renewal confirmed it lately
+                await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
         except LeaseLost as exc:
             log.warning("partition %d: %s; stopping it", self.partition, exc)
             self.stopping = True
-            await asyncio.gather(*(_quietly(m.nak()) for m in good))
+            await _answer_each(good, "nak")
             return
         except Exception as exc:  # cannot prove ownership now: retry later, write nothing
             log.debug("partition %d: lease check failed: %s", self.partition, exc)
-            await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+            await _answer_each(good, "nak", delay=1)
             return
         started = time.perf_counter()
         fence = functools.partial(w.leases.check_local, self.partition)
         results = await asyncio.to_thread(self.delivery.deliver_all, batches, fence)
         w.metrics.commit_seconds.observe(time.perf_counter() - started)
         if all(r.status is DeliveryStatus.OK for r in results):
-            await asyncio.gather(*(_quietly(m.ack()) for m in good))
-            w.metrics.messages.labels("committed").inc(len(good))
-            w.metrics.events.labels("accepted").inc(sum(r.accepted for r in results))
-            w.metrics.events.labels("duplicate").inc(sum(r.duplicates for r in results))
+            await _answer_each(good, "ack")
+            w.metrics.committed.inc(len(good))
+            w.metrics.accepted.inc(sum(r.accepted for r in results))
+            w.metrics.duplicates.inc(sum(r.duplicates for r in results))
         else:
             message = next(r.message for r in results if r.status is not DeliveryStatus.OK)
             log.warning("partition %d: commit failed (%s); redelivering", self.partition, message)
             w.metrics.messages.labels("retried").inc(len(good))
-            await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+            await _answer_each(good, "nak", delay=1)
 
     def _quarantine(self, stream_seq: int, data: bytes) -> str:
         """Keep an undecodable message's bytes (fsynced) before it leaves the stream."""
@@ -206,6 +214,16 @@ class PartitionRunner:
             fh.flush()
             os.fsync(fh.fileno())
         return path
+
+
+async def _answer_each(msgs: list[Any], answer: str, **kwargs: Any) -> None:
+    """Ack or nak each message, one after the other: each only appends to the
+    connection's buffer, so a task per message (``gather``) would cost more than it
+    overlaps. Acknowledgement is per message, never "all up to here" (``AckPolicy.ALL``):
+    a later commit would acknowledge an earlier message still waiting for its
+    redelivery (after a nak, or fetched by the partition's previous owner)."""
+    for msg in msgs:
+        await _quietly(getattr(msg, answer)(**kwargs))
 
 
 async def _quietly(awaitable: Any) -> None:
@@ -279,6 +297,10 @@ class Worker:
                     ready(f"listening on {url}")
             if ready is not None:
                 ready(f"worker {self.worker_id} delivering {self.config.stream}")
+            # What exists now (modules, schemas, the connection) lives as long as the
+            # worker: out of the collector's way. Each fetch then makes tens of thousands
+            # of short-lived event tuples, and a full collection walks only those.
+            gc.freeze()
             await self._keep_leases()
         finally:
             await self._shutdown()
