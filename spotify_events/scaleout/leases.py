@@ -211,6 +211,8 @@ class LeaseTable:
             await self.kv.update(self.key(partition), self._value(None), last=lease.revision)
         except Exception as exc:  # it expires on its own
             log.warning("releasing partition %d failed (it will expire): %s", partition, exc)
+        else:
+            log.info("worker %s released partition %d", self.worker_id, partition)
 
     async def leave(self) -> None:
         try:
