@@ -48,7 +48,7 @@ from ..collector.seam import DeliveryConfig, DeliveryStatus
 from ..errors import SpotifyEventsError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
-from .leases import LeaseLost, LeaseTable, lease_bucket
+from .leases import REBALANCE_POLL, LeaseLost, LeaseTable, lease_bucket
 from .slices import SliceDecodeError, decode_message
 from .stream import retry_until, stream_partitions
 from .worker_config import WorkerConfig
@@ -314,9 +314,10 @@ class Worker:
         next_close = 0.0
         try:
             while not self.stop_event.is_set():
+                release_due = False
                 try:  # each KV call is bounded by the JetStream context's timeout; no outer
                     # bound: cancelling a round half-way could orphan a runner or a lease
-                    await self._balance()
+                    release_due = await self._balance()
                 except Exception as exc:  # no quorum for a while: the fence stops writes
                     log.info("lease round failed: %s: %s", type(exc).__name__, exc)
                 for p, runner in list(self.runners.items()):
@@ -326,8 +327,9 @@ class Worker:
                     next_close = time.monotonic() + self.config.close_interval
                     await self._close_buckets()
                 self.metrics.owned.set(len(self.runners))
+                wait = min(tick, REBALANCE_POLL) if release_due else tick
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), tick)
+                    await asyncio.wait_for(self.stop_event.wait(), wait)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -347,11 +349,14 @@ class Worker:
                 log.info("renewing leases failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(tick)
 
-    async def _balance(self) -> None:
+    async def _balance(self) -> bool:
+        """One round of taking and giving back leases; True while a release by another
+        worker is due (:meth:`LeaseTable.release_due`): look again soon."""
         leases = self.leases
         target = leases.target(await leases.live_workers())
-        for p in sorted(self.runners, reverse=True)[: max(0, len(self.runners) - target)]:
-            await self._stop_runner(p, release=True)
+        extras = sorted(self.runners, reverse=True)[: max(0, len(self.runners) - target)]
+        # together: each waits for its runner's fetch in progress (up to a second)
+        await asyncio.gather(*(self._stop_runner(p, release=True) for p in extras))
         for p in leases.candidates():
             if len(leases.owned) >= target or self.stop_event.is_set():
                 break
@@ -370,6 +375,7 @@ class Worker:
                     await leases.release(p)
                     continue
                 self.runners[p] = PartitionRunner(self, p, delivery)
+        return leases.release_due(target)
 
     async def _stop_runner(self, partition: int, *, release: bool) -> None:
         runner = self.runners.pop(partition, None)

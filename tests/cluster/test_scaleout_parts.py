@@ -390,6 +390,34 @@ def test_a_commit_reads_the_lease_back_only_when_no_confirmation_is_recent(
     asyncio.run(scenario())
 
 
+def test_a_worker_short_of_its_share_knows_when_another_must_give_partitions_back(
+    node: NatsCluster,
+) -> None:
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="lease-share-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            kv = await lease_bucket(js, "LEASESHARE", replicas=1, ttl=3.0)
+            a = LeaseTable(js, "LEASESHARE", kv, "a", 4, ttl=3.0)
+            b = LeaseTable(js, "LEASESHARE", kv, "b", 4, ttl=3.0)
+            for p in (0, 1, 2):  # alone, a took more than its share of two
+                assert await a.try_acquire(p)
+            assert [await b.try_acquire(p) for p in range(4)] == [False, False, False, True]
+            assert b.held_by == {0: "a", 1: "a", 2: "a"}
+            assert b.release_due(2)  # a holds 3 > 2: it gives one back at its next round
+            assert not a.release_due(2)  # a is not short of its share
+            await a.release(2)
+            assert await b.try_acquire(2)
+            assert not b.release_due(2)  # b has its share
+            c = LeaseTable(js, "LEASESHARE", kv, "c", 4, ttl=3.0)
+            assert [await c.try_acquire(p) for p in range(4)] == [False] * 4
+            assert not c.release_due(2)  # short, but nobody holds more than two
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
 # -- partitions in one data directory ---------------------------------------------------
 def test_an_hour_is_closed_only_when_every_partition_closed_it(
     tmp_path: Path, registry: SchemaRegistry
