@@ -34,8 +34,8 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache, partial
-from itertools import accumulate, chain, repeat
+from functools import partial
+from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -97,17 +97,12 @@ def _producer_header(facts: BatchFacts) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=32)
-def _index_of(count: int) -> struct.Struct:
-    """The index of ``count`` events as one struct: packed in one call, not one per event."""
-    return struct.Struct(">" + "qqI" * count)
-
-
 def _body(header: dict[str, Any], events: list[Envelope]) -> bytes:
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     payloads = list(map(_PAYLOAD, events))
-    fields = zip(map(_SEQ, events), map(_TIMESTAMP, events), map(len, payloads), strict=True)
-    index = _index_of(len(events)).pack(*chain.from_iterable(fields))
+    index = b"".join(
+        map(_INDEX.pack, map(_SEQ, events), map(_TIMESTAMP, events), map(len, payloads))
+    )
     return b"".join((MAGIC, _HEAD.pack(len(head)), head, index, *payloads))
 
 
