@@ -82,7 +82,7 @@ def jetstream_options(command: F) -> F:
             default=5.0,
             show_default=True,
             type=click.FloatRange(min=0.1),
-            help="Seconds to wait for JetStream's ack of each publish before answering 503.",
+            help="Seconds to wait for JetStream's acks of a batch's messages before answering 503.",
         ),
     ]
     for option in reversed(options):

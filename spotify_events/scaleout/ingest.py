@@ -4,12 +4,16 @@
 the HTTP app and the ingest half (limits, decode, validation) are the very ones the
 single-process collector runs; only what happens to a validated batch differs. It
 becomes slice messages (:mod:`.slices`) on the producer's partition subject, all
-published concurrently (at most ``max_in_flight`` per process) and each with a
-bounded wait: the answer is OK only when JetStream acknowledged every one of them,
-and anything else (no connection, a timeout during a leader election, a full
+published in one hand-off to the loop thread as asynchronous publishes (nats-py's
+``publish_async``: no task or timer per message; at most ``max_in_flight`` awaiting
+their acknowledgements per process), with one bounded wait for all of their
+acknowledgements: the answer is OK only when JetStream acknowledged every one of
+them, and anything else (no connection, a timeout during a leader election, a full
 stream) is UNAVAILABLE, which the app answers 503 with ``Retry-After``. The SDK
 keeps the events and retries; ``Nats-Msg-Id`` makes the retry of what did land a
-JetStream duplicate, and the workers' ledgers dedupe whatever the window misses.
+JetStream duplicate, and the workers' ledgers dedupe whatever the window misses. A
+slice that carried the batch's control facts and was answered "duplicate" is
+followed by its :attr:`~.slices.Message.fallback`, the facts in a message of their own.
 
 Accepted and duplicate counts in the 200 are per message: events in a message
 JetStream reported as a duplicate count as duplicates, the rest as accepted.
@@ -62,7 +66,6 @@ class JetStreamDelivery:
         self._nc: Any = None
         self._js: Any = None
         self._connecting: asyncio.Lock | None = None
-        self._in_flight: asyncio.Semaphore | None = None
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._last_failure = ""
 
@@ -75,9 +78,10 @@ class JetStreamDelivery:
         result = DeliveryResult(DeliveryStatus.OK)
         if not messages:
             return result
-        # every publish is bounded; the outer bound covers connecting and queueing too
+        # the acknowledgements are bounded; the outer bound covers connecting, waiting
+        # for room among the publishes in flight, and the fallbacks
         rounds = -(-len(messages) // self.max_in_flight)
-        timeout = self.connect_timeout + self.publish_timeout * (rounds + 1)
+        timeout = self.connect_timeout + self.publish_timeout * (rounds + 2)
         try:
             duplicates = self._thread.run(self._publish_all(messages), timeout)
         except Exception as exc:
@@ -114,7 +118,6 @@ class JetStreamDelivery:
         if self._loop is not loop:
             self._loop, self._nc, self._js = loop, None, None
             self._connecting = asyncio.Lock()
-            self._in_flight = asyncio.Semaphore(self.max_in_flight)
         assert self._connecting is not None
         async with self._connecting:
             if self._nc is None or self._nc.is_closed:
@@ -122,34 +125,44 @@ class JetStreamDelivery:
                     connect(self.urls, name=self.name, connect_timeout=self.connect_timeout),
                     self.connect_timeout * max(2, len(self.urls)),
                 )
-                self._js = self._nc.jetstream(timeout=self.publish_timeout)
+                self._js = self._nc.jetstream(
+                    timeout=self.publish_timeout, publish_async_max_pending=self.max_in_flight
+                )
                 self._max_payload = int(self._nc.max_payload or DEFAULT_MAX_PAYLOAD)
         return self._js
 
     async def _publish_all(self, messages: list[Message]) -> list[bool]:
-        """Publish concurrently; True where JetStream answered "duplicate"."""
+        """Publish, then the fallbacks of slices answered "duplicate"; True where JetStream
+        answered "duplicate"."""
+        duplicates = await self._publish(messages)
+        fallbacks = [
+            m.fallback
+            for m, duplicate in zip(messages, duplicates, strict=True)
+            if duplicate and m.fallback is not None
+        ]
+        if fallbacks:
+            await self._publish(fallbacks)
+        return duplicates
+
+    async def _publish(self, messages: list[Message]) -> list[bool]:
         js = await self._client()
-        limit = self._in_flight
-        assert limit is not None
-
-        async def one(message: Message) -> bool:
-            async with limit:
-                ack = await asyncio.wait_for(
-                    js.publish(
-                        message.subject,
-                        message.data,
-                        timeout=self.publish_timeout,
-                        headers={"Nats-Msg-Id": message.msg_id},
-                    ),
-                    self.publish_timeout,
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            for m in messages:
+                pending.append(
+                    # no wait_stall: a bound here costs a task per message; waiting
+                    # for room is bounded by deliver()'s outer timeout, which cancels
+                    await js.publish_async(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
                 )
-            return bool(ack.duplicate)
-
-        results = await asyncio.gather(*(one(m) for m in messages), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return [bool(r) for r in results]
+            rounds = -(-len(messages) // self.max_in_flight)
+            acks = await asyncio.wait_for(asyncio.gather(*pending), self.publish_timeout * rounds)
+        except BaseException:
+            # An acknowledgement never answered keeps its place among the publishes in
+            # flight until it is cancelled: cancel them all (a no-op for the answered).
+            for future in pending:
+                future.cancel()
+            raise
+        return [bool(ack.duplicate) for ack in acks]
 
 
 async def prepare_stream(urls: list[str], settings: StreamSettings, timeout: float) -> int:

@@ -11,13 +11,18 @@ two workers can never both believe they took the same partition: one of the
 writes fails. A worker renews its leases every ``ttl / 3``; a lease whose
 ``expires`` has passed (or whose owner released it) may be taken by anyone.
 
-Fence: a worker writes a partition only while (a) the lease's revision in the
-bucket is still the one it wrote (checked before each commit) and (b) its own
-monotonic clock says the lease has at least ``ttl / 3`` left, counted from
-*before* the renewal was sent. A worker that stalls or loses its connection thus
-stops writing before the lease can expire, and another worker starts only after
-it has expired. Expiry compares unix times across hosts: keep clocks in sync
-(NTP) to well under ``ttl / 3``.
+Fence: a worker writes a partition only while (a) its own monotonic clock says the
+lease has at least ``ttl / 3`` left, counted from *before* the renewal was sent
+(checked right before each write, no round trip) and (b) the bucket confirmed the
+lease's revision as its own within the last ``ttl / 3``: every renewal and
+acquisition is such a confirmation (a compare-and-swap on that revision), and a
+commit that finds the last one older reads the lease back first. A worker that
+stalls or loses its connection thus stops writing before the lease can expire, and
+another worker starts only after it has expired. Expiry compares unix times across
+hosts: keep clocks in sync (NTP) to well under ``ttl / 3``; should they drift
+further and another worker take a lease early, (b) stops the old owner within
+``ttl / 3`` (a read per commit would narrow that to one commit, at a round trip
+per commit).
 
 Bound on a takeover: a dead worker's leases expire at most ``ttl`` after its last
 renewal, and the others look every ``ttl / 3``: its partitions are owned again
@@ -25,7 +30,11 @@ within ``ttl * 4 / 3`` (plus one round trip). Messages it had fetched but not
 acknowledged come back after the consumer's ack wait.
 
 Balance: each worker aims at ``ceil(partitions / live workers)`` leases, takes free
-ones up to that, and releases its highest-numbered extras when more workers join.
+ones up to that, and releases its highest-numbered extras when more workers join. A
+worker short of its share while another holds more than its share looks again every
+:data:`REBALANCE_POLL` seconds instead of every ``ttl / 3``, so a released partition
+is owned again within a fraction of a second instead of up to ``ttl / 3`` later (a
+partition without an owner is a pause in its delivery).
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ from typing import Any
 from ..errors import ConfigError, SpotifyEventsError
 
 log = logging.getLogger(__name__)
+#: How often a worker short of its share looks for released partitions while a
+#: release is due (see the module's "Balance").
+REBALANCE_POLL = 0.25
 
 
 class LeaseLost(SpotifyEventsError):
@@ -53,6 +65,7 @@ class Lease:
     partition: int
     revision: int
     valid_until: float  # local monotonic time after which we stop writing
+    confirmed_at: float  # local monotonic time the bucket last confirmed the revision
 
 
 class LeaseTable:
@@ -81,6 +94,8 @@ class LeaseTable:
         self.clock = clock
         self.monotonic = monotonic
         self.owned: dict[int, Lease] = {}
+        #: partition -> the other worker holding it, as the last try_acquire read it
+        self.held_by: dict[int, str] = {}
         self._worker_rev = 0
 
     # -- keys and values --------------------------------------------------------
@@ -100,18 +115,27 @@ class LeaseTable:
         if self.monotonic() >= lease.valid_until:
             raise LeaseLost(f"lease on partition {partition} not renewed in time")
 
+    def revision_due(self, partition: int) -> bool:
+        """Whether a commit must :meth:`confirm` first: the bucket last confirmed our
+        revision (acquisition, renewal or read) ``ttl / 3`` or more ago."""
+        lease = self.owned.get(partition)
+        return lease is None or self.monotonic() - lease.confirmed_at >= self.ttl / 3
+
     async def confirm(self, partition: int) -> None:
-        """The full fence before a commit: the bucket still holds our revision."""
+        """The full fence: the local check, and the bucket still holds our revision."""
         from nats.js.errors import KeyNotFoundError
 
         self.check_local(partition)
+        started = self.monotonic()
         try:
             entry = await self.kv.get(self.key(partition))
         except KeyNotFoundError as exc:
             raise LeaseLost(f"lease on partition {partition} is gone") from exc
-        if entry.revision != self.owned[partition].revision:
+        lease = self.owned.get(partition)
+        if lease is None or entry.revision != lease.revision:
             self.owned.pop(partition, None)
             raise LeaseLost(f"partition {partition} was taken over (revision {entry.revision})")
+        lease.confirmed_at = started
 
     # -- changes ----------------------------------------------------------------
     async def renew(self) -> list[int]:
@@ -126,6 +150,7 @@ class LeaseTable:
                     self.key(partition), self._value(self.worker_id), last=lease.revision
                 )
                 lease.valid_until = started + self.ttl * 2 / 3
+                lease.confirmed_at = started
             except KeyWrongLastSequenceError:
                 log.warning("lost the lease on partition %d to another worker", partition)
                 self.owned.pop(partition, None)
@@ -162,6 +187,15 @@ class LeaseTable:
     def target(self, live: int) -> int:
         return math.ceil(self.partitions / max(live, 1))
 
+    def release_due(self, target: int) -> bool:
+        """Whether this worker is short of ``target`` while another holds more than it
+        (as the last round of :meth:`try_acquire` read them): that one gives its extras
+        back at its next round, and whoever looks first takes them."""
+        if len(self.owned) >= target:
+            return False
+        held = [owner for p, owner in self.held_by.items() if p not in self.owned]
+        return any(held.count(owner) > target for owner in set(held))
+
     async def try_acquire(self, partition: int) -> bool:
         """Take a free or expired lease by compare-and-swap; True if it is now ours."""
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -176,13 +210,15 @@ class LeaseTable:
             else:
                 current = _decode(entry.value)
                 if current.get("owner") and _expires(entry.value) > self.clock():
+                    self.held_by[partition] = str(current["owner"])
                     return False
                 revision = await self.kv.update(
                     key, self._value(self.worker_id), last=entry.revision
                 )
         except KeyWrongLastSequenceError:
             return False  # someone else was faster
-        self.owned[partition] = Lease(partition, revision, started + self.ttl * 2 / 3)
+        self.held_by.pop(partition, None)
+        self.owned[partition] = Lease(partition, revision, started + self.ttl * 2 / 3, started)
         log.info("worker %s owns partition %d (revision %d)", self.worker_id, partition, revision)
         return True
 
@@ -195,6 +231,8 @@ class LeaseTable:
             await self.kv.update(self.key(partition), self._value(None), last=lease.revision)
         except Exception as exc:  # it expires on its own
             log.warning("releasing partition %d failed (it will expire): %s", partition, exc)
+        else:
+            log.info("worker %s released partition %d", self.worker_id, partition)
 
     async def leave(self) -> None:
         try:

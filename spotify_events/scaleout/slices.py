@@ -4,9 +4,13 @@ Ingest publishes one message per slice, not per event: nats-py manages a few
 hundred awaited publishes per second and tens of thousands with many in flight, so
 a message per event would cap the tier. A slice bigger than the server's max
 payload is split. Control facts (watermarks, drop notices, the collector's
-rejections, queue incidents) travel in their own message, so a retried batch whose
-events dedupe inside JetStream never takes a newer watermark or drop notice down
-with it.
+rejections, queue incidents) ride in the header of the batch's first slice when they
+are small (:data:`EMBED_CONTROL_MAX` bytes of JSON), which halves the messages of a
+usual one-type batch; the same facts as a message of their own are that slice's
+:attr:`Message.fallback`, published only when JetStream answers "duplicate" for the
+slice, so a retried batch whose events dedupe inside JetStream never takes a newer
+watermark or drop notice down with it. Larger control facts always travel in their
+own messages.
 
 Message ids (``Nats-Msg-Id``, JetStream's dedupe key inside its window):
 
@@ -17,7 +21,7 @@ Message ids (``Nats-Msg-Id``, JetStream's dedupe key inside its window):
 
 Layout of a message body (version 1): ``b"SE1"``, a 4-byte big-endian header length,
 the header as JSON (producer facts; for events the type, the writer fingerprint and
-the count; for control messages the facts), then an index of ``seq (int64)
+the count; the control facts, if the message carries them), then an index of ``seq (int64)
 timestamp (int64) payload length (uint32)`` per event, then the payloads back to
 back. Fixed-size index entries let both sides pack and unpack them in C
 (``struct.iter_unpack``) instead of a Python loop per field.
@@ -44,12 +48,16 @@ _HEAD = struct.Struct(">I")
 _INDEX = struct.Struct(">qqI")
 #: Room kept for the header and NATS protocol framing below the server's max payload.
 HEADER_RESERVE = 16 << 10
+#: Largest control facts (bytes of JSON) that ride in a slice's header: well inside
+#: :data:`HEADER_RESERVE`, so a slice that carries them still fits the max payload.
+EMBED_CONTROL_MAX = 4 << 10
 # Envelope fields by position, for map() over a slice's events (no Python loop per event)
 _SEQ = itemgetter(0)
 _TYPE_AND_FINGERPRINT = itemgetter(1, 2)
 _TIMESTAMP = itemgetter(3)
 _PAYLOAD = itemgetter(4)
 _INDEX_TS = itemgetter(1)  # of an index entry (seq, timestamp, length)
+_INDEX_LEN = itemgetter(2)
 _new_envelope = partial(tuple.__new__, Envelope)
 
 
@@ -59,13 +67,18 @@ class SliceDecodeError(SpotifyEventsError):
 
 @dataclass(frozen=True)
 class Message:
-    """One publish: its partition subject, dedupe id, body, and how many events it carries."""
+    """One publish: its partition subject, dedupe id, body, and how many events it carries.
+
+    ``fallback`` is set on a slice that carries the batch's control facts: the same
+    facts as a control message, to publish when JetStream answers "duplicate" for the
+    slice (the stored copy carries the facts of an earlier attempt, not these)."""
 
     subject: str
     msg_id: str
     data: bytes
     events: int
     event_type: str = ""  # of the events; "" for a control message
+    fallback: Message | None = None
 
 
 def partition_of(producer_id: str, partitions: int) -> int:
@@ -116,32 +129,41 @@ def _by_type(events: list[Envelope]) -> dict[tuple[str, bytes], list[Envelope]]:
 
 def batch_messages(batch: IngestedBatch, *, subject: str, max_bytes: int) -> list[Message]:
     """The messages one ingested batch becomes (none for a bare heartbeat)."""
-    facts = batch.facts
-    producer = facts.producer_id
     budget = max(max_bytes - HEADER_RESERVE, 1)
-    out: list[Message] = []
-    base = _producer_header(facts)
+    base = _producer_header(batch.facts)
+    slices: list[tuple[str, list[Envelope]]] = []
     for (event_type, _), events in _by_type(batch.events).items():
         if sum(map(len, map(_PAYLOAD, events))) + _INDEX.size * len(events) <= budget:
-            out.append(_event_message(base, producer, event_type, events, subject))
+            slices.append((event_type, events))
             continue
         chunk: list[Envelope] = []
         size = 0
         for env in events:
             cost = _INDEX.size + len(env.payload)
             if chunk and size + cost > budget:
-                out.append(_event_message(base, producer, event_type, chunk, subject))
+                slices.append((event_type, chunk))
                 chunk, size = [], 0
             chunk.append(env)
             size += cost
         if chunk:
-            out.append(_event_message(base, producer, event_type, chunk, subject))
-    out += _control_messages(batch, base, subject, budget)
+            slices.append((event_type, chunk))
+    control = _control_messages(batch, base, subject, budget)
+    if not slices:
+        return [c.message for c in control]
+    embed = control[0] if len(control) == 1 and control[0].small else None
+    out = [_event_message(base, subject, *slices[0], embed)]
+    out += [_event_message(base, subject, event_type, events) for event_type, events in slices[1:]]
+    if embed is None:
+        out += [c.message for c in control]
     return out
 
 
 def _event_message(
-    base: dict[str, Any], producer: str, event_type: str, events: list[Envelope], subject: str
+    base: dict[str, Any],
+    subject: str,
+    event_type: str,
+    events: list[Envelope],
+    control: _Control | None = None,
 ) -> Message:
     header = {
         **base,
@@ -149,13 +171,25 @@ def _event_message(
         "fingerprint": events[0].fingerprint.hex(),
         "count": len(events),
     }
-    msg_id = _event_id(producer, event_type, list(map(_SEQ, events)))
-    return Message(subject, msg_id, _body(header, events), len(events), event_type)
+    if control is not None:
+        header["control"] = control.facts
+    msg_id = _event_id(base["producer_id"], event_type, list(map(_SEQ, events)))
+    fallback = control.message if control is not None else None
+    return Message(subject, msg_id, _body(header, events), len(events), event_type, fallback)
+
+
+@dataclass(frozen=True)
+class _Control:
+    """One part of a batch's control facts and the control message that carries it alone."""
+
+    facts: dict[str, Any]
+    message: Message
+    small: bool  # small enough to ride in a slice's header (EMBED_CONTROL_MAX)
 
 
 def _control_messages(
     batch: IngestedBatch, base: dict[str, Any], subject: str, budget: int
-) -> list[Message]:
+) -> list[_Control]:
     facts = batch.facts
     rejections = [[r.event_type, r.seq, r.code, r.reason] for r in batch.rejections]
     control = {
@@ -175,13 +209,11 @@ def _control_messages(
     out = []
     for i, chunk in enumerate(chunks):
         facts_part = {**control, "rejections": chunk} if i == 0 else {"rejections": chunk}
-        digest = hashlib.sha256(
-            json.dumps(facts_part, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()[:32]
+        text = json.dumps(facts_part, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(text).hexdigest()[:32]
         header = {**base, "control": facts_part}
-        out.append(
-            Message(subject, f"{base['producer_id']}:control:{digest}", _body(header, []), 0)
-        )
+        message = Message(subject, f"{base['producer_id']}:control:{digest}", _body(header, []), 0)
+        out.append(_Control(facts_part, message, len(text) <= EMBED_CONTROL_MAX))
     return out
 
 
@@ -221,7 +253,7 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     if count < 0 or index_end > len(data):
         raise SliceDecodeError("truncated slice index")
     entries = list(_INDEX.iter_unpack(data[pos:index_end]))
-    ends = list(accumulate((n for _, _, n in entries), initial=index_end))
+    ends = list(accumulate(map(_INDEX_LEN, entries), initial=index_end))
     if ends[-1] != len(data):
         raise SliceDecodeError("slice payloads do not match the index")
     payloads = map(data.__getitem__, map(slice, ends[:-1], ends[1:]))

@@ -5,7 +5,8 @@ One asyncio loop in the main thread. Each owned partition has a
 feeding the collector's own delivery half (:class:`~spotify_events.collector.
 delivery.LocalDelivery`, one per partition, its ledger under
 ``DATA_DIR/_partitions/``). Per fetch: decode the slices, check the lease (the
-fence), make them durable in one group commit (in a thread: it fsyncs), and only
+fence: locally, and against the bucket when no renewal has confirmed it within a
+third of the TTL), make them durable in one group commit (in a thread: it fsyncs), and only
 then acknowledge them to JetStream. A crash before the acks means redelivery, and
 the ledger counts the redelivered events as duplicates instead of writing them twice.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -46,7 +48,7 @@ from ..collector.seam import DeliveryConfig, DeliveryStatus
 from ..errors import SpotifyEventsError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
-from .leases import LeaseLost, LeaseTable, lease_bucket
+from .leases import REBALANCE_POLL, LeaseLost, LeaseTable, lease_bucket
 from .slices import SliceDecodeError, decode_message
 from .stream import retry_until, stream_partitions
 from .worker_config import WorkerConfig
@@ -85,6 +87,10 @@ class WorkerMetrics:
             ["partition"],
             registry=r,
         )
+        # the children a commit touches, looked up once
+        self.committed = self.messages.labels("committed")
+        self.accepted = self.events.labels("accepted")
+        self.duplicates = self.events.labels("duplicate")
         self.commit_seconds = Histogram(
             f"{PREFIX}_commit_seconds",
             "Time of one group commit (write, fsync, ledger).",
@@ -169,30 +175,32 @@ class PartitionRunner:
         if not batches:
             return
         try:
-            await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
+            w.leases.check_local(self.partition)
+            if w.leases.revision_due(self.partition):  # else a renewal confirmed it lately
+                await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
         except LeaseLost as exc:
             log.warning("partition %d: %s; stopping it", self.partition, exc)
             self.stopping = True
-            await asyncio.gather(*(_quietly(m.nak()) for m in good))
+            await _answer_each(good, "nak")
             return
         except Exception as exc:  # cannot prove ownership now: retry later, write nothing
             log.debug("partition %d: lease check failed: %s", self.partition, exc)
-            await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+            await _answer_each(good, "nak", delay=1)
             return
         started = time.perf_counter()
         fence = functools.partial(w.leases.check_local, self.partition)
         results = await asyncio.to_thread(self.delivery.deliver_all, batches, fence)
         w.metrics.commit_seconds.observe(time.perf_counter() - started)
         if all(r.status is DeliveryStatus.OK for r in results):
-            await asyncio.gather(*(_quietly(m.ack()) for m in good))
-            w.metrics.messages.labels("committed").inc(len(good))
-            w.metrics.events.labels("accepted").inc(sum(r.accepted for r in results))
-            w.metrics.events.labels("duplicate").inc(sum(r.duplicates for r in results))
+            await _answer_each(good, "ack")
+            w.metrics.committed.inc(len(good))
+            w.metrics.accepted.inc(sum(r.accepted for r in results))
+            w.metrics.duplicates.inc(sum(r.duplicates for r in results))
         else:
             message = next(r.message for r in results if r.status is not DeliveryStatus.OK)
             log.warning("partition %d: commit failed (%s); redelivering", self.partition, message)
             w.metrics.messages.labels("retried").inc(len(good))
-            await asyncio.gather(*(_quietly(m.nak(delay=1)) for m in good))
+            await _answer_each(good, "nak", delay=1)
 
     def _quarantine(self, stream_seq: int, data: bytes) -> str:
         """Keep an undecodable message's bytes (fsynced) before it leaves the stream."""
@@ -206,6 +214,16 @@ class PartitionRunner:
             fh.flush()
             os.fsync(fh.fileno())
         return path
+
+
+async def _answer_each(msgs: list[Any], answer: str, **kwargs: Any) -> None:
+    """Ack or nak each message, one after the other: each only appends to the
+    connection's buffer, so a task per message (``gather``) would cost more than it
+    overlaps. Acknowledgement is per message, never "all up to here" (``AckPolicy.ALL``):
+    a later commit would acknowledge an earlier message still waiting for its
+    redelivery (after a nak, or fetched by the partition's previous owner)."""
+    for msg in msgs:
+        await _quietly(getattr(msg, answer)(**kwargs))
 
 
 async def _quietly(awaitable: Any) -> None:
@@ -279,6 +297,10 @@ class Worker:
                     ready(f"listening on {url}")
             if ready is not None:
                 ready(f"worker {self.worker_id} delivering {self.config.stream}")
+            # What exists now (modules, schemas, the connection) lives as long as the
+            # worker: out of the collector's way. Each fetch then makes tens of thousands
+            # of short-lived event tuples, and a full collection walks only those.
+            gc.freeze()
             await self._keep_leases()
         finally:
             await self._shutdown()
@@ -292,9 +314,10 @@ class Worker:
         next_close = 0.0
         try:
             while not self.stop_event.is_set():
+                release_due = False
                 try:  # each KV call is bounded by the JetStream context's timeout; no outer
                     # bound: cancelling a round half-way could orphan a runner or a lease
-                    await self._balance()
+                    release_due = await self._balance()
                 except Exception as exc:  # no quorum for a while: the fence stops writes
                     log.info("lease round failed: %s: %s", type(exc).__name__, exc)
                 for p, runner in list(self.runners.items()):
@@ -304,8 +327,9 @@ class Worker:
                     next_close = time.monotonic() + self.config.close_interval
                     await self._close_buckets()
                 self.metrics.owned.set(len(self.runners))
+                wait = min(tick, REBALANCE_POLL) if release_due else tick
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), tick)
+                    await asyncio.wait_for(self.stop_event.wait(), wait)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -325,11 +349,14 @@ class Worker:
                 log.info("renewing leases failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(tick)
 
-    async def _balance(self) -> None:
+    async def _balance(self) -> bool:
+        """One round of taking and giving back leases; True while a release by another
+        worker is due (:meth:`LeaseTable.release_due`): look again soon."""
         leases = self.leases
         target = leases.target(await leases.live_workers())
-        for p in sorted(self.runners, reverse=True)[: max(0, len(self.runners) - target)]:
-            await self._stop_runner(p, release=True)
+        extras = sorted(self.runners, reverse=True)[: max(0, len(self.runners) - target)]
+        # together: each waits for its runner's fetch in progress (up to a second)
+        await asyncio.gather(*(self._stop_runner(p, release=True) for p in extras))
         for p in leases.candidates():
             if len(leases.owned) >= target or self.stop_event.is_set():
                 break
@@ -348,6 +375,7 @@ class Worker:
                     await leases.release(p)
                     continue
                 self.runners[p] = PartitionRunner(self, p, delivery)
+        return leases.release_due(target)
 
     async def _stop_runner(self, partition: int, *, release: bool) -> None:
         runner = self.runners.pop(partition, None)

@@ -28,9 +28,10 @@ from spotify_events.collector.ingest import BatchFacts, IngestedBatch, Rejection
 from spotify_events.collector.partitions import finalize_hours, partition_layout
 from spotify_events.collector.process import ServiceProcess
 from spotify_events.collector.report import load_report
+from spotify_events.collector.seam import DeliveryStatus
 from spotify_events.encoding import EventEncoder
 from spotify_events.scaleout.connection import LoopThread, close, connect
-from spotify_events.scaleout.ingest import prepare_stream
+from spotify_events.scaleout.ingest import JetStreamDelivery, prepare_stream
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
 from spotify_events.scaleout.slices import (
@@ -133,7 +134,7 @@ def test_slice_ids_name_exactly_one_set_of_events(registry: SchemaRegistry) -> N
     assert holey[0].msg_id != full[0].msg_id  # same first-last, other events
 
 
-def test_control_facts_travel_apart_and_bare_heartbeats_publish_nothing(
+def test_small_control_facts_ride_in_the_first_slice_with_a_message_of_their_own_aside(
     registry: SchemaRegistry,
 ) -> None:
     drop = DropNotice(END_SONG, 5, 6, 2, "queue full")
@@ -142,14 +143,31 @@ def test_control_facts_travel_apart_and_bare_heartbeats_publish_nothing(
         Rejection(event_type=END_SONG, seq=3, code="invalid_payload", reason="bad payload")
     ]
     messages = batch_messages(batch, subject="s", max_bytes=1 << 20)
-    control = [m for m in messages if not m.events]
-    assert len(control) == 1
-    decoded = decode_message(control[0].data, received_at=1.0)
-    assert decoded.facts.next_seq == {END_SONG: 7}
-    assert decoded.facts.drops == [drop]
-    assert [(r.seq, r.code, r.reason) for r in decoded.rejections] == [
-        (3, "invalid_payload", "bad payload")
+    assert len(messages) == 1  # a usual batch is one publish: its slice carries the facts
+    (slice_,) = messages
+    assert slice_.fallback is not None  # published only if JetStream says "duplicate"
+    assert slice_.fallback.events == 0 and slice_.fallback.msg_id.startswith("prod-1:control:")
+    with_events = decode_message(slice_.data, received_at=1.0)
+    alone = decode_message(slice_.fallback.data, received_at=1.0)
+    assert [e.seq for e in with_events.events] == [1, 2] and alone.events == []
+    for decoded in (with_events, alone):
+        assert decoded.facts.next_seq == {END_SONG: 7}
+        assert decoded.facts.drops == [drop]
+        assert [(r.seq, r.code, r.reason) for r in decoded.rejections] == [
+            (3, "invalid_payload", "bad payload")
+        ]
+    # facts too large to ride along (a rejection per event) travel in messages of their own
+    large = ingested(envelopes(registry, [1]), next_seq={END_SONG: 300})
+    large.rejections = [
+        Rejection(event_type=END_SONG, seq=s, code="invalid_payload", reason="x" * 100)
+        for s in range(2, 300)
     ]
+    messages = batch_messages(large, subject="s", max_bytes=1 << 20)
+    assert [m.events for m in messages] == [1, 0] and messages[0].fallback is None
+    assert decode_message(messages[0].data, received_at=0).facts.next_seq == {}
+    # control facts alone: a control message; a bare heartbeat: nothing
+    only = batch_messages(ingested([], next_seq={END_SONG: 7}), subject="s", max_bytes=1 << 20)
+    assert [m.events for m in only] == [0]
     assert batch_messages(ingested([]), subject="s", max_bytes=1 << 20) == []
 
 
@@ -256,6 +274,44 @@ def test_collector_answers_503_with_retry_after_while_jetstream_is_down(
     assert not any("Traceback" in line for line in child.stderr_lines), child.stderr_tail()
 
 
+def test_a_retried_slice_answered_duplicate_still_lands_its_newer_control_facts(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    settings = StreamSettings(name="FALLBACK", partitions=1, replicas=1)
+    urls = node.urls.split(",")
+    asyncio.run(prepare_stream(urls, settings, 30))
+    publisher = JetStreamDelivery(urls, settings)
+    events = envelopes(registry, [1, 2, 3])
+    drop = DropNotice(END_SONG, 4, 4, 1, "queue full")
+    try:
+        first = publisher.deliver(ingested(events, next_seq={END_SONG: 4}))
+        assert first.status is DeliveryStatus.OK and first.accepted == 3
+        # the same events again (a retry), with a newer watermark and a drop notice
+        retry = publisher.deliver(ingested(events, next_seq={END_SONG: 5}, drops=[drop]))
+        assert retry.status is DeliveryStatus.OK
+        assert (retry.accepted, retry.duplicates) == (0, 3)
+    finally:
+        publisher.close()
+
+    async def stored() -> list[IngestedBatch]:
+        nc = await connect(urls, name="fallback-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            last = (await js.stream_info("FALLBACK")).state.last_seq
+            return [
+                decode_message((await js.get_msg("FALLBACK", seq)).data, received_at=0)
+                for seq in range(1, last + 1)
+            ]
+        finally:
+            await close(nc)
+
+    messages = asyncio.run(stored())
+    # the first attempt: one message, events and facts; the retry: its facts alone
+    assert [len(m.events) for m in messages] == [3, 0]
+    assert messages[0].facts.next_seq == {END_SONG: 4} and messages[0].facts.drops == []
+    assert messages[1].facts.next_seq == {END_SONG: 5} and messages[1].facts.drops == [drop]
+
+
 # -- leases ----------------------------------------------------------------------------
 def test_leases_change_hands_only_by_compare_and_swap(node: NatsCluster) -> None:
     async def scenario() -> None:
@@ -288,6 +344,74 @@ def test_leases_change_hands_only_by_compare_and_swap(node: NatsCluster) -> None
             winner.owned[0].valid_until = time.monotonic() - 1
             with pytest.raises(LeaseLost):
                 winner.check_local(0)
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
+def test_a_commit_reads_the_lease_back_only_when_no_confirmation_is_recent(
+    node: NatsCluster,
+) -> None:
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="lease-age-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            kv = await lease_bucket(js, "LEASEAGE", replicas=1, ttl=3.0)
+            later = [0.0]
+            a = LeaseTable(
+                js, "LEASEAGE", kv, "a", 2, ttl=3.0, monotonic=lambda: time.monotonic() + later[0]
+            )
+            assert await a.try_acquire(0)
+            assert not a.revision_due(0)  # the acquisition's compare-and-swap confirmed it
+            # another worker whose clock runs far ahead takes the lease early
+            b = LeaseTable(js, "LEASEAGE", kv, "b", 2, ttl=3.0, clock=lambda: time.time() + 10)
+            assert await b.try_acquire(0)
+            a.check_local(0)  # within a third of the TTL, a commit asks no one ...
+            later[0] = 1.1
+            assert a.revision_due(0)  # ... after it, it reads the lease back first
+            with pytest.raises(LeaseLost):
+                await a.confirm(0)
+            with pytest.raises(LeaseLost):
+                a.check_local(0)
+            # renewals and reads are confirmations too
+            assert await a.try_acquire(1)
+            later[0] = 2.2
+            assert a.revision_due(1)
+            assert await a.renew() == []
+            assert not a.revision_due(1)
+            later[0] = 3.3
+            assert a.revision_due(1)
+            await a.confirm(1)
+            assert not a.revision_due(1)
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_short_of_its_share_knows_when_another_must_give_partitions_back(
+    node: NatsCluster,
+) -> None:
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="lease-share-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            kv = await lease_bucket(js, "LEASESHARE", replicas=1, ttl=3.0)
+            a = LeaseTable(js, "LEASESHARE", kv, "a", 4, ttl=3.0)
+            b = LeaseTable(js, "LEASESHARE", kv, "b", 4, ttl=3.0)
+            for p in (0, 1, 2):  # alone, a took more than its share of two
+                assert await a.try_acquire(p)
+            assert [await b.try_acquire(p) for p in range(4)] == [False, False, False, True]
+            assert b.held_by == {0: "a", 1: "a", 2: "a"}
+            assert b.release_due(2)  # a holds 3 > 2: it gives one back at its next round
+            assert not a.release_due(2)  # a is not short of its share
+            await a.release(2)
+            assert await b.try_acquire(2)
+            assert not b.release_due(2)  # b has its share
+            c = LeaseTable(js, "LEASESHARE", kv, "c", 4, ttl=3.0)
+            assert [await c.try_acquire(p) for p in range(4)] == [False] * 4
+            assert not c.release_due(2)  # short, but nobody holds more than two
         finally:
             await close(nc)
 
