@@ -106,8 +106,8 @@ def test_an_append_after_an_append_of_the_same_types_reads_nothing_back(
         result = queue.append([ev(B), ev(A)])
     finally:
         queue._conn.set_trace_callback(None)
-    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "PRAGMA"))]
-    assert reads == ["PRAGMA data_version"]
+    said = [s.strip().upper() for s in statements]
+    assert [s for s in said if s.startswith(("SELECT", "PRAGMA"))] == ["PRAGMA DATA_VERSION"]
     assert result.stored == 2
     assert queue.next_seqs() == {A: 3, B: 3}
     assert queue.depth().bytes == 4 * (PAYLOAD + ROW_OVERHEAD)
