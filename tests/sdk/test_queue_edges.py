@@ -57,6 +57,17 @@ def test_an_ack_keeping_ids_deletes_around_them_and_counts_every_event_deleted(
     assert (depth.events, depth.bytes) == (len(left), len(left) * (PAYLOAD + ROW_OVERHEAD))
 
 
+@pytest.mark.parametrize("keep", [[4, 8], [8], [0, 4, 11]])
+def test_an_ack_never_deletes_beyond_its_range_whatever_it_is_asked_to_keep(
+    make_queue: MakeQueue, queue_path: Path, keep: list[int]
+) -> None:
+    queue = make_queue()
+    queue.append([ev() for _ in range(10)])
+    left = [1, *(i for i in range(2, 6) if i in keep), 6, 7, 8, 9, 10]
+    assert queue.ack(2, 5, keep=keep) == 10 - len(left)
+    assert [row[0] for row in stored(queue_path)] == left
+
+
 def test_an_append_refused_half_way_leaves_nothing_and_the_next_one_numbers_on(
     make_queue: MakeQueue, queue_path: Path
 ) -> None:
