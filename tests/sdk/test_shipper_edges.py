@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +53,7 @@ class Collector:
     def __init__(self) -> None:
         self.batches: list[list[tuple[str, int]]] = []
         self.drops: list[list[DropNotice]] = []
+        self.incidents: list[list[dict[str, Any]]] = []
         self.answer: Answer = ack
 
     def __call__(self, body: bytes, headers: Mapping[str, str]) -> SendResult:
@@ -59,6 +61,7 @@ class Collector:
         sent = [(e.event_type, e.seq) for e in batch.envelopes]
         self.batches.append(sent)
         self.drops.append(list(batch.drops))
+        self.incidents.append(list(batch.incidents))
         return self.answer(sent)
 
 
@@ -291,3 +294,117 @@ def test_a_refusal_reason_comes_from_the_body_or_the_default(
     body: dict[str, str] | None, reason: str
 ) -> None:
     assert _reason(SendResult(400, body), "the default") == reason
+
+
+def test_counts_add_up_over_several_answers(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]],
+    collector: Collector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shipper, queue = make_shipper()
+    caplog.set_level(logging.INFO, logger="spotify_events.shipper")
+    for duplicates in (1, 0, 2):
+        queue.append([ev(A), ev(A)])
+        collector.answer = lambda sent, d=duplicates: ack(sent, duplicates=d)
+        shipper._deliver(queue.read_batch(), [], [])
+    for _ in range(2):
+        queue.append([ev(B)])
+        collector.answer = lambda sent: ack(sent, [rejection(B, sent[0][1], "invalid", "bad")])
+        shipper._deliver(queue.read_batch(), [], [])
+    collector.answer = ack
+    shipper._deliver([], [], [])
+    shipper._deliver([], [], [])
+    counters = shipper.counters
+    assert (counters.acknowledged, counters.duplicates, counters.heartbeats) == (8, 3, 2)
+    assert counters.dead_lettered == {"bad": 2}
+    assert not [r for r in caplog.records if "now accepts" in r.getMessage()]  # nothing was held
+
+
+def test_incidents_ride_along_once_and_are_forgotten_when_acknowledged(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]], collector: Collector
+) -> None:
+    shipper, queue = make_shipper()
+    queue.record_incident("queue_quarantined", "moved aside")
+    queue.append([ev(A) for _ in range(3)])
+    collector.answer = lambda sent: SendResult(413) if len(sent) > 1 else ack(sent)
+    shipper._deliver(queue.read_batch(), [], queue.unreported_incidents())
+    assert [[i["kind"] for i in sent] for sent in collector.incidents] == [
+        ["queue_quarantined"],  # refused whole
+        ["queue_quarantined"],  # the first part carries them and is acknowledged
+        [],
+        [],
+        [],
+    ]
+    assert queue.unreported_incidents() == []
+
+
+def test_a_refusal_without_a_reason_dead_letters_under_the_default_reason(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]], collector: Collector
+) -> None:
+    shipper, queue = make_shipper()
+    queue.append([ev(A)])
+    collector.answer = lambda sent: SendResult(400) if sent else ack(sent)
+    shipper._deliver(queue.read_batch(), [], [])
+    assert queue.dead_letters() == [(A, 1, "HTTP 400: collector refused the event")]
+
+
+def test_a_collector_refusing_even_an_empty_batch_keeps_every_event(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]],
+    collector: Collector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shipper, queue = make_shipper()
+    queue.append([ev(A)])
+    collector.answer = lambda sent: SendResult(400, {"error": "nope"})
+    caplog.set_level(logging.WARNING, logger="spotify_events.shipper")
+    delivering = threading.Thread(target=shipper._deliver, args=(queue.read_batch(), [], []))
+    delivering.start()
+    delivering.join(timeout=10)  # it pauses for backoff_max (0.05 s), then gives the batch up
+    assert not delivering.is_alive()
+    assert collector.batches == [[(A, 1)], []]
+    assert queue.depth().events == 1 and queue.dead_letters() == []
+    assert shipper.counters.last_error == "collector refuses batches outright: HTTP 400: nope"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "spotify-events collector refuses even empty batches (HTTP 400: nope); "
+            "events are kept in the queue",
+        )
+    ]
+
+
+def test_a_prepared_body_is_sent_for_the_whole_batch_and_parts_are_encoded_afresh(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]], collector: Collector
+) -> None:
+    """The prefetcher hands ``_deliver`` the batch already encoded; after a split, each
+    part needs its own body."""
+    shipper, queue = make_shipper()
+    queue.append([ev(A) for _ in range(3)])
+    events = queue.read_batch()
+    notice = DropNotice(A, 100, 100, 1, "marker")  # only the prepared body carries it
+    body = shipper._encode(events, [notice], [])
+    collector.answer = lambda sent: SendResult(413) if len(sent) > 1 else ack(sent)
+    shipper._deliver(events, [], [], body=body)
+    assert [[s for _, s in b] for b in collector.batches] == [[1, 2, 3], [1], [2, 3], [2], [3]]
+    assert collector.drops == [[notice], [], [], [], []]
+
+
+def test_each_newly_held_schema_is_logged_with_its_event_count(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]],
+    collector: Collector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shipper, queue = make_shipper()
+    collector.answer = lambda sent: ack(
+        sent, [rejection(t, s, UNKNOWN_SCHEMA, "schema not deployed") for t, s in sent]
+    )
+    caplog.set_level(logging.ERROR, logger="spotify_events.shipper")
+    queue.append([ev(B, FP2), ev(B, FP2)])
+    shipper._deliver(queue.read_batch(), [], [])
+    make_due(queue.path)
+    queue.append([ev(A)])
+    shipper._deliver(queue.read_batch(), [], [])  # B again (logged already), and A
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2
+    assert f". 2 {B} event(s) so far are held" in said[0]
+    assert f"schema {A} (fingerprint {FP.hex()})" in said[1] and f". 1 {A} event(s)" in said[1]
