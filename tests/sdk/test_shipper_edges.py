@@ -357,7 +357,9 @@ def test_a_collector_refusing_even_an_empty_batch_keeps_every_event(
     queue.append([ev(A)])
     collector.answer = lambda sent: SendResult(400, {"error": "nope"})
     caplog.set_level(logging.WARNING, logger="spotify_events.shipper")
-    delivering = threading.Thread(target=shipper._deliver, args=(queue.read_batch(), [], []))
+    delivering = threading.Thread(
+        target=shipper._deliver, args=(queue.read_batch(), [], []), daemon=True
+    )
     delivering.start()
     delivering.join(timeout=10)  # it pauses for backoff_max (0.05 s), then gives the batch up
     assert not delivering.is_alive()
