@@ -234,12 +234,13 @@ class QueueEvents(QueueStore):
 
     def ack(self, first_id: int, last_id: int, *, keep: Sequence[int] = ()) -> int:
         """Delete the events with ids in ``[first_id, last_id]``: the collector has them.
-        ``keep`` names ids in that range that stay (held events)."""
+        ``keep`` names ids in that range that stay (held events); an id beyond the
+        range changes nothing (it must not stretch a deletion past ``last_id``)."""
         with self.atomic() as conn:
             if not keep:
                 return delete_range(conn, first_id, last_id)
             deleted, start = 0, first_id
-            for kept in sorted(keep):
+            for kept in sorted(k for k in keep if k <= last_id):
                 if kept > start:
                     deleted += delete_range(conn, start, kept - 1)
                 start = max(start, kept + 1)

@@ -1,0 +1,201 @@
+"""The queue's events at their edges, on real SQLite files: an ack that keeps held ids,
+an append that fails half-way (a trigger refusing a row, the write lock taken by
+another connection) and the numbering after it, what one append learns for the next,
+drop records and counters as stored, read_batch's defaults, reading on past the
+events of a copied file, and the inspection queries (depth per type, flush's check)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from writer_helpers import Blocker
+
+from spotify_events.errors import QueueError
+from spotify_events.queue import DROP_BUFFER_FULL, ROW_OVERHEAD, DurableQueue, PendingEvent
+
+A = "test.events.Alpha"
+B = "test.events.Beta"
+FP = b"\x11" * 8
+TS = 1_763_158_400_000
+PAYLOAD = 52  # with ROW_OVERHEAD, one event costs 100 bytes of queue budget
+
+MakeQueue = Callable[..., DurableQueue]
+
+
+def ev(event_type: str = A, ts: int = TS) -> PendingEvent:
+    return PendingEvent(event_type, FP, ts, b"x" * PAYLOAD)
+
+
+def stored(path: Path) -> list[tuple[int, str, int]]:
+    """(id, event type, seq) of every stored event, over a separate connection."""
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT id, event_type, seq FROM events ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("keep", "left"),
+    [
+        ([3, 6], [3, 6]),  # three stretches deleted around two kept ids
+        ([1, 10], [1, 10]),  # kept ids at both ends of the range
+        ([6, 3, 3], [3, 6]),  # unsorted, repeated
+        ([4, 5], [4, 5]),  # adjacent kept ids: nothing between them to delete
+    ],
+)
+def test_an_ack_keeping_ids_deletes_around_them_and_counts_every_event_deleted(
+    make_queue: MakeQueue, queue_path: Path, keep: list[int], left: list[int]
+) -> None:
+    queue = make_queue()
+    queue.append([ev() for _ in range(10)])
+    assert queue.ack(1, 10, keep=keep) == 10 - len(left)
+    assert [row[0] for row in stored(queue_path)] == left
+    depth = queue.depth()
+    assert (depth.events, depth.bytes) == (len(left), len(left) * (PAYLOAD + ROW_OVERHEAD))
+
+
+@pytest.mark.parametrize("keep", [[4, 8], [8], [0, 4, 11]])
+def test_an_ack_never_deletes_beyond_its_range_whatever_it_is_asked_to_keep(
+    make_queue: MakeQueue, queue_path: Path, keep: list[int]
+) -> None:
+    queue = make_queue()
+    queue.append([ev() for _ in range(10)])
+    left = [1, *(i for i in range(2, 6) if i in keep), 6, 7, 8, 9, 10]
+    assert queue.ack(2, 5, keep=keep) == 10 - len(left)
+    assert [row[0] for row in stored(queue_path)] == left
+
+
+def test_an_append_refused_half_way_leaves_nothing_and_the_next_one_numbers_on(
+    make_queue: MakeQueue, queue_path: Path
+) -> None:
+    queue = make_queue()
+    queue.append([ev(A)])
+    with sqlite3.connect(queue_path) as other:  # a trigger refuses Beta rows mid-insert
+        other.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_type = '{B}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+        )
+    with pytest.raises(QueueError) as caught:
+        queue.append([ev(A), ev(B)])
+    assert type(caught.value) is QueueError  # a refusal, not damage
+    assert str(caught.value) == f"{queue_path}: refused by trigger"
+    assert stored(queue_path) == [(1, A, 1)]
+    with sqlite3.connect(queue_path) as other:
+        other.execute("DROP TRIGGER refuse")
+    queue.append([ev(A), ev(B)])
+    assert [row[1:] for row in stored(queue_path)] == [(A, 1), (A, 2), (B, 1)]
+    assert queue.next_seqs() == {A: 3, B: 2}
+
+
+def test_an_append_that_cannot_get_the_write_lock_fails_and_the_next_one_numbers_on(
+    make_queue: MakeQueue, queue_path: Path, blocker: Callable[[], Blocker]
+) -> None:
+    queue = make_queue(busy_timeout=0.05)
+    queue.append([ev(A)])
+    lock = blocker().hold()
+    with pytest.raises(QueueError, match="locked"):
+        queue.append([ev(A)])
+    lock.release()
+    queue.append([ev(A)])
+    assert [row[1:] for row in stored(queue_path)] == [(A, 1), (A, 2)]
+
+
+def test_an_append_after_an_append_of_the_same_types_reads_nothing_back(
+    make_queue: MakeQueue,
+) -> None:
+    """The next numbers and the byte count learnt by one append serve the next one
+    while no other connection wrote: one PRAGMA instead of three reads per commit."""
+    queue = make_queue()
+    queue.append([ev(A), ev(B)])
+    statements: list[str] = []
+    assert queue._conn is not None
+    queue._conn.set_trace_callback(statements.append)
+    try:
+        result = queue.append([ev(B), ev(A)])
+    finally:
+        queue._conn.set_trace_callback(None)
+    said = [s.strip().upper() for s in statements]
+    assert [s for s in said if s.startswith(("SELECT", "PRAGMA"))] == ["PRAGMA DATA_VERSION"]
+    assert result.stored == 2
+    assert queue.next_seqs() == {A: 3, B: 3}
+    assert queue.depth().bytes == 4 * (PAYLOAD + ROW_OVERHEAD)
+
+
+def test_drop_records_say_when_they_were_made(make_queue: MakeQueue, queue_path: Path) -> None:
+    before = time.time()
+    oldest = make_queue(max_queue_bytes=300, drop_policy="oldest")
+    oldest.append([ev(A) for _ in range(4)], overflow={(A, DROP_BUFFER_FULL): 2})  # evicts A3
+    newest = make_queue(
+        queue_path.with_name("newest.db"), max_queue_bytes=300, drop_policy="newest"
+    )
+    newest.append([ev(B) for _ in range(4)])  # refuses B4
+    after = time.time()
+    for path in (queue_path, queue_path.with_name("newest.db")):
+        with sqlite3.connect(path) as conn:
+            made = conn.execute("SELECT reason, created_at FROM drops ORDER BY id").fetchall()
+        assert made, path
+        for reason, created_at in made:
+            assert before <= created_at <= after, (path, reason)
+
+
+def test_the_counters_stay_whole_numbers(make_queue: MakeQueue, queue_path: Path) -> None:
+    queue = make_queue()
+    result = queue.append([ev(), ev()])
+    assert type(result.stored) is int and result.stored == 2
+    with sqlite3.connect(queue_path) as conn:
+        kinds = conn.execute("SELECT name, typeof(value) FROM counters ORDER BY name").fetchall()
+    assert kinds == [("bytes", "integer"), ("events", "integer")]
+
+
+def test_read_batch_reads_at_most_1000_events_by_default(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    queue.append([ev() for _ in range(1001)])
+    batch = queue.read_batch()
+    assert [e.id for e in batch] == list(range(1, 1001))
+    assert [e.id for e in queue.read_batch(after_id=1000)] == [1001]
+
+
+def test_reading_on_past_a_copied_files_old_events_reads_the_new_producers(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """The shipper reads the next batch while the previous one is in flight: once
+    past the last event queued before the copy, it gets the new producer's events
+    although the old ones are still queued."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A)])
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.append([ev(A), ev(B)])
+    old = clone.read_batch()
+    assert [e.id for e in old] == [1, 2]
+    new = clone.read_batch(after_id=old[-1].id)
+    assert [(e.event_type, e.seq) for e in new] == [(A, 1), (B, 1)]
+    assert clone.producer_for(new)[0] == clone.producer_id != clone.producer_for(old)[0]
+
+
+def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
+    make_queue: MakeQueue,
+) -> None:
+    queue = make_queue()
+    assert queue.depth_by_type() == {}
+    queue.append([ev(A, TS + 5), ev(B, TS), ev(A, TS - 3)])
+    assert queue.depth_by_type() == {A: (2, TS - 3), B: (1, TS)}
+
+
+def test_has_events_through_is_true_while_any_event_up_to_the_id_is_queued(
+    make_queue: MakeQueue,
+) -> None:
+    queue = make_queue()
+    assert not queue.has_events_through(10)
+    queue.append([ev(), ev(), ev()])
+    assert queue.has_events_through(1)
+    queue.ack(1, 1)
+    assert not queue.has_events_through(1)
+    assert queue.has_events_through(2)
+    queue.ack(2, 3)
+    assert not queue.has_events_through(3)
