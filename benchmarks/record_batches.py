@@ -45,9 +45,10 @@ import json
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,18 +80,13 @@ from spotify_events.wire import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: import benchmarks.* like -m does
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.e2e_delivery import END_SONG  # noqa: E402
+
 SCHEMAS = ROOT / "schemas"
 STEPS = ("commit", "read", "ship", "ack")
-END_SONG = {
-    "user_id": "user-1234",
-    "track_id": "track-998877",
-    "ms_played": 31000,
-    "reason_start": "CLICKROW",
-    "reason_end": "TRACKDONE",
-    "platform": "ios",
-    "shuffle": False,
-    "offline": False,
-}
 SERVICE_CALL = {
     "service": "playlists",
     "operation": "GET /v1/playlists",
@@ -332,6 +328,50 @@ def shipper_for(queue: DurableQueue, batch: int) -> Shipper:
     return Shipper(queue, transport=None, settings=settings)  # type: ignore[arg-type]
 
 
+def drive(
+    groups: list[list[PendingRow]],
+    batch: int,
+    append: Callable[[list[PendingRow]], object],
+    read: Callable[[], Any],
+    encode: Callable[[Any], bytes],
+    ack: Callable[[Any], object],
+    count: Callable[[Any], int],
+) -> tuple[dict[str, float], list[bytes]]:
+    """Commit groups until a batch's worth is queued, ship one batch, and again, as a
+    client does; CPU seconds per step and the bodies sent. ``read`` returns what one
+    batch holds, which ``encode``, ``ack`` and ``count`` (its events) take."""
+    cpu = dict.fromkeys(STEPS, 0.0)
+    bodies: list[bytes] = []
+    clock = time.thread_time
+    queued = shipped = 0
+    total = sum(len(g) for g in groups)
+    pending = iter(groups)
+    while shipped < total:
+        while queued < batch:
+            group = next(pending, None)
+            if group is None:
+                break
+            t = clock()
+            append(group)
+            cpu["commit"] += clock() - t
+            queued += len(group)
+        t0 = clock()
+        part = read()
+        t1 = clock()
+        body = encode(part)
+        t2 = clock()
+        ack(part)
+        t3 = clock()
+        cpu["read"] += t1 - t0
+        cpu["ship"] += t2 - t1
+        cpu["ack"] += t3 - t2
+        bodies.append(body)
+        n = count(part)
+        queued -= n
+        shipped += n
+    return cpu, bodies
+
+
 def run_current(
     path: Path, groups: list[list[PendingRow]], batch: int
 ) -> tuple[dict[str, float], list[bytes]]:
@@ -340,39 +380,19 @@ def run_current(
     writer, reader = DurableQueue(path, settings), DurableQueue(path, settings)
     shipper = shipper_for(reader, batch)
     max_bytes = shipper.settings.max_bytes
-    cpu = dict.fromkeys(STEPS, 0.0)
-    bodies: list[bytes] = []
-    clock = time.thread_time
-    queued = shipped = 0
-    total = sum(len(g) for g in groups)
-    pending = iter(groups)
     try:
-        while shipped < total:
-            while queued < batch:
-                group = next(pending, None)
-                if group is None:
-                    break
-                t = clock()
-                writer.append(group)
-                cpu["commit"] += clock() - t
-                queued += len(group)
-            t0 = clock()
-            part = reader.read_batch(max_events=batch, max_bytes=max_bytes)
-            t1 = clock()
-            body = shipper._encode(part, [], [])
-            t2 = clock()
-            reader.ack(part[0].id, part[-1].id)
-            t3 = clock()
-            cpu["read"] += t1 - t0
-            cpu["ship"] += t2 - t1
-            cpu["ack"] += t3 - t2
-            bodies.append(body)
-            queued -= len(part)
-            shipped += len(part)
+        return drive(
+            groups,
+            batch,
+            writer.append,
+            lambda: reader.read_batch(max_events=batch, max_bytes=max_bytes),
+            lambda part: shipper._encode(part, [], []),
+            lambda part: reader.ack(part[0].id, part[-1].id),
+            len,
+        )
     finally:
         writer.close()
         reader.close()
-    return cpu, bodies
 
 
 def run_blocks(
@@ -386,41 +406,21 @@ def run_blocks(
     writer = BlockQueue(path, producer_id, envelopes)
     reader = BlockQueue(path, producer_id, envelopes)
     max_bytes = shipper.settings.max_bytes
-    cpu = dict.fromkeys(STEPS, 0.0)
-    bodies: list[bytes] = []
-    clock = time.thread_time
-    queued = shipped = 0
-    total = sum(len(g) for g in groups)
-    pending = iter(groups)
     try:
-        while shipped < total:
-            while queued < batch:
-                group = next(pending, None)
-                if group is None:
-                    break
-                t = clock()
-                writer.append(group)
-                cpu["commit"] += clock() - t
-                queued += len(group)
-            t0 = clock()
-            blocks = reader.read_blocks(batch, max_bytes)
-            t1 = clock()
-            body = reader.ship(blocks, shipper)
-            t2 = clock()
-            reader.ack(blocks[0][0], blocks[-1][0])
-            t3 = clock()
-            cpu["read"] += t1 - t0
-            cpu["ship"] += t2 - t1
-            cpu["ack"] += t3 - t2
-            bodies.append(body)
-            n = sum(b[1] for b in blocks)
-            queued -= n
-            shipped += n
+        cpu, bodies = drive(
+            groups,
+            batch,
+            writer.append,
+            lambda: reader.read_blocks(batch, max_bytes),
+            lambda blocks: reader.ship(blocks, shipper),
+            lambda blocks: reader.ack(blocks[0][0], blocks[-1][0]),
+            lambda blocks: sum(b[1] for b in blocks),
+        )
         cpu["encode_in_commit"] = writer.encode_seconds
+        return cpu, bodies
     finally:
         writer.close()
         reader.close()
-    return cpu, bodies
 
 
 def run_blocks_fastavro(

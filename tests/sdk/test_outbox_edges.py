@@ -10,23 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from queue_helpers import FP, FP2, PAYLOAD, TS, A, B, MakeQueue, ev
 from writer_helpers import Blocker
 
-from spotify_events.queue import DROP_BUFFER_FULL, ROW_OVERHEAD, DurableQueue, PendingEvent
+from spotify_events.queue import DROP_BUFFER_FULL, ROW_OVERHEAD
 from spotify_events.wire import DropNotice
-
-A = "test.events.Alpha"
-B = "test.events.Beta"
-FP = b"\x11" * 8
-FP2 = b"\x22" * 8
-TS = 1_763_158_400_000
-PAYLOAD = 52  # with ROW_OVERHEAD, one event costs 100 bytes of queue budget
-
-MakeQueue = Callable[..., DurableQueue]
-
-
-def ev(event_type: str = A, fingerprint: bytes = FP) -> PendingEvent:
-    return PendingEvent(event_type, fingerprint, TS, b"x" * PAYLOAD)
 
 
 def hold_rows(path: Path) -> list[tuple[str, bytes, str, float, float, int]]:

@@ -13,22 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from queue_helpers import PAYLOAD, TS, A, B, MakeQueue, ev
 from writer_helpers import Blocker
 
 from spotify_events.errors import QueueError
-from spotify_events.queue import DROP_BUFFER_FULL, ROW_OVERHEAD, DurableQueue, PendingEvent
-
-A = "test.events.Alpha"
-B = "test.events.Beta"
-FP = b"\x11" * 8
-TS = 1_763_158_400_000
-PAYLOAD = 52  # with ROW_OVERHEAD, one event costs 100 bytes of queue budget
-
-MakeQueue = Callable[..., DurableQueue]
-
-
-def ev(event_type: str = A, ts: int = TS) -> PendingEvent:
-    return PendingEvent(event_type, FP, ts, b"x" * PAYLOAD)
+from spotify_events.queue import DROP_BUFFER_FULL, ROW_OVERHEAD
 
 
 def stored(path: Path) -> list[tuple[int, str, int]]:
@@ -183,7 +172,7 @@ def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
 ) -> None:
     queue = make_queue()
     assert queue.depth_by_type() == {}
-    queue.append([ev(A, TS + 5), ev(B, TS), ev(A, TS - 3)])
+    queue.append([ev(A, ts=TS + 5), ev(B, ts=TS), ev(A, ts=TS - 3)])
     assert queue.depth_by_type() == {A: (2, TS - 3), B: (1, TS)}
 
 
