@@ -60,7 +60,6 @@ def container(
     metadata: Mapping[str, str],
     blocks: Iterable[tuple[int, bytes]],
     codec: str,
-    sync_marker: bytes | None = None,
 ) -> bytes:
     """A container of ``blocks`` — (record count, the records' encoded bytes) — with
     ``metadata`` ahead of ``avro.codec`` and ``avro.schema`` in the header, the order
@@ -68,7 +67,7 @@ def container(
     compress = COMPRESSORS.get(codec)
     if compress is None:
         raise ValueError(f"unrecognized codec: {codec}")
-    sync = os.urandom(SYNC_SIZE) if sync_marker is None else sync_marker
+    sync = os.urandom(SYNC_SIZE)
     meta = {**metadata, "avro.codec": codec, "avro.schema": schema_json}
     out = bytearray(MAGIC)
     write_long(out, len(meta))

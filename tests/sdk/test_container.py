@@ -52,6 +52,10 @@ batches = st.builds(
     ),
     service=st.text(max_size=20),
     host=st.text(max_size=20),
+    incidents=st.lists(
+        st.fixed_dictionaries({"kind": st.text(max_size=8), "count": st.integers(0, 9)}),
+        max_size=2,
+    ),
 )
 
 
@@ -129,6 +133,30 @@ def test_the_header_carries_the_envelope_schema_as_fastavro_writes_it() -> None:
 def test_an_envelope_fastavro_could_not_write_is_refused(envelope: Envelope, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         encode_batch(WireBatch("p", [envelope]))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, -1, 63, -64, 64, -65, 127, 128, 8191, -8192, 8192, 2**31, -(2**31), 2**63 - 1, -(2**63)],
+)
+def test_write_long_is_avros_long_at_every_varint_edge(value: int) -> None:
+    """Zigzag values 127/128 and 16383/16384 sit where a varint grows a byte."""
+    out = bytearray()
+    container_module.write_long(out, value)
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, "long", value)
+    assert bytes(out) == expected.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("seq", "timestamp"),
+    [(-(2**63), MIN_EVENT_MILLIS), (2**63 - 1, MAX_EVENT_MILLIS)],
+)
+def test_envelopes_at_the_limits_are_written(
+    seq: int, timestamp: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = WireBatch("p", [Envelope(seq, "a.B", b"\0" * 8, timestamp, b"")])
+    assert _encode(batch, "null", monkeypatch) == _fastavro_bytes(batch, "null", monkeypatch)
 
 
 def test_an_unknown_codec_is_refused() -> None:
