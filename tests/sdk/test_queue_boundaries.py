@@ -5,24 +5,12 @@ at an exact instant of an injected clock."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from queue_helpers import A, B, MakeQueue, ev
 
-from spotify_events.queue import DurableQueue, PendingEvent
 from spotify_events.wire import DropNotice
-
-A = "test.events.Alpha"
-B = "test.events.Beta"
-FP = b"\x11" * 8
-TS = 1_763_158_400_000
-
-MakeQueue = Callable[..., DurableQueue]
-
-
-def ev(event_type: str = A) -> PendingEvent:
-    return PendingEvent(event_type, FP, TS, b"x" * 52)
 
 
 def ids(path: Path) -> list[int]:
