@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .container import write_long
+from .typecheck import INTEGER_RANGES
 
 RecordWriter = Callable[[dict[str, Any]], bytes]
 
@@ -45,7 +46,6 @@ _INTEGER_LOGICAL_TYPES = frozenset(
         "local-timestamp-micros",
     }
 )
-_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _MISSING = object()
 
 
@@ -128,9 +128,7 @@ class _Generator:
             return self.primitive(kind, var, indent)
         if kind == "enum":
             self.named[schema["name"]] = schema
-            codes = self.constant(
-                {s: bytes(_long_bytes(i)) for i, s in enumerate(schema["symbols"])}
-            )
+            codes = self.constant({s: _long_bytes(i) for i, s in enumerate(schema["symbols"])})
             return [
                 f"{indent}if type({var}) is not str: raise TypeError",
                 f"{indent}out += {codes}[{var}]",
@@ -176,9 +174,9 @@ class _Generator:
             raise NotImplementedError(f"union {branches!r}")
         other = others[0]
         return [
-            f"{indent}if {var} is None: out += {bytes(_long_bytes(nulls[0]))!r}",
+            f"{indent}if {var} is None: out += {_long_bytes(nulls[0])!r}",
             f"{indent}else:",
-            f"{indent}    out += {bytes(_long_bytes(other))!r}",
+            f"{indent}    out += {_long_bytes(other)!r}",
             *self.write(branches[other], var, indent + "    "),
         ]
 
@@ -191,8 +189,8 @@ class _Generator:
                 f"{indent}elif {var} is False: out.append(0)",
                 f"{indent}else: raise TypeError",
             ]
-        if kind in _RANGES:
-            low, high = _RANGES[kind]
+        if kind in INTEGER_RANGES:
+            low, high = INTEGER_RANGES[kind]
             return [
                 f"{indent}if type({var}) is not int or not {low} <= {var} <= {high}: raise TypeError",
                 f"{indent}write_long(out, {var})",
@@ -216,10 +214,10 @@ class _Generator:
         raise NotImplementedError(f"type {kind!r}")
 
 
-def _long_bytes(value: int) -> bytearray:
+def _long_bytes(value: int) -> bytes:
     out = bytearray()
     write_long(out, value)
-    return out
+    return bytes(out)
 
 
 def compile_record_writer(

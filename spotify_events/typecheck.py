@@ -28,8 +28,8 @@ Problem = tuple[str, str]
 RecordCheck = Callable[[Mapping[str, Any]], "Problem | None"]
 
 _MISSING = object()
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
+#: What Avro's ``int`` and ``long`` hold (the generated writers check the same ranges).
+INTEGER_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 _LOGICAL_TYPES: dict[str, tuple[type, ...]] = {
     "timestamp-millis": (_dt.datetime,),
@@ -136,10 +136,9 @@ class _Compiler:
             return f"{var} is None"
         if kind == "boolean":
             return f"{var} is True or {var} is False"
-        if kind == "int":
-            return f"type({var}) is int and {_INT32[0]} <= {var} <= {_INT32[1]}"
-        if kind == "long":
-            return f"type({var}) is int and {_INT64[0]} <= {var} <= {_INT64[1]}"
+        if kind in INTEGER_RANGES:
+            low, high = INTEGER_RANGES[kind]
+            return f"type({var}) is int and {low} <= {var} <= {high}"
         if kind in ("float", "double"):
             return f"type({var}) is float or type({var}) is int"
         if kind == "string":

@@ -29,6 +29,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from .container import container, write_bytes, write_long
 from .errors import BatchDecodeError
+from .typecheck import INTEGER_RANGES
 
 ENVELOPE_SCHEMA = fastavro.parse_schema(
     {
@@ -72,7 +73,7 @@ _ENVELOPE_SCHEMA_JSON = json.dumps(
 )
 #: A block is closed once its encoded records reach this size (fastavro's sync_interval).
 _BLOCK_BYTES = 1 << 20
-_MIN_LONG, _MAX_LONG = -(2**63), 2**63 - 1  # what an Avro long holds
+_MIN_LONG, _MAX_LONG = INTEGER_RANGES["long"]
 
 #: Media type of a wire batch body.
 CONTENT_TYPE = "avro/binary"
