@@ -343,8 +343,10 @@ class Shipper:
         while parts and not self._stop.is_set():
             part = parts.pop()
             whole = part is events
-            if whole and part:
-                # While this batch is on the wire, read and encode the next one.
+            if whole and len(part) >= self.settings.max_events:
+                # While this full batch is on the wire, read and encode the next one. After
+                # a short batch the queue held no more: what arrives meanwhile makes
+                # another short batch, which the prefetcher would read only to drop.
                 self._prefetch.request(part[-1].id)
             result = self._send_until_answered(part, drops, incidents, body if whole else None)
             if result is None:
