@@ -242,9 +242,12 @@ class QueueWriter:
 
     def commit_through(self, ticket: int, timeout: float | None = None) -> bool:
         """Return once the event with ``ticket`` is committed, committing it ourselves
-        if no one else is (used by the ``commit``/``fsync`` levels and by flush)."""
+        if no one else is (used by the ``commit``/``fsync`` levels and by flush).
+        ``ticket`` is one :meth:`submit` returned (or :attr:`last_ticket`)."""
         if ticket <= self._committed_ticket and not self._overflow and not self._has_reentered:
             return True
+        if ticket > self._ticket:  # no commit would ever reach it: we would commit in a loop
+            raise ValueError(f"ticket {ticket} was never issued (the last is {self._ticket})")
         if self._commit_owner == get_ident():
             return False  # re-entered from inside our own commit: the writer commits it later
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -461,6 +461,18 @@ def test_commit_through_a_committed_ticket_still_commits_a_pending_drop(
     assert (writer.counters.commits, writer.counters.committed) == (2, 1)
 
 
+def test_commit_through_a_ticket_never_issued_is_refused_at_once(
+    make_queue: MakeQueue, make_writer: MakeWriter
+) -> None:
+    """No commit can ever reach such a ticket: without the check, a caller with no
+    timeout committed an empty buffer in a loop forever."""
+    writer = make_writer(make_queue())
+    ticket = writer.submit(ev(0))
+    with pytest.raises(ValueError, match=f"ticket {ticket + 1} was never issued"):
+        writer.commit_through(ticket + 1)
+    assert writer.commit_through(ticket, timeout=10)
+
+
 def test_a_commit_level_log_re_entered_from_its_own_commit_returns_at_once(
     make_queue: MakeQueue, make_writer: MakeWriter, queue_path: Path
 ) -> None:
