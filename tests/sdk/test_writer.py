@@ -13,17 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from writer_helpers import (
-    FP,
-    PAYLOAD,
-    SIZE,
-    TS,
-    A,
-    Blocker,
-    MakeQueue,
-    MakeWriter,
-    drops,
-)
+from queue_helpers import TS, A, MakeQueue
+from writer_helpers import FP, PAYLOAD, SIZE, Blocker, MakeWriter, drops
 
 from spotify_events.queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, PendingEvent
 

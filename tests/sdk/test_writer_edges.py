@@ -18,18 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from queue_helpers import TS, A, MakeQueue
 from support import wait_for
-from writer_helpers import (
-    FP,
-    PAYLOAD,
-    SIZE,
-    TS,
-    A,
-    Blocker,
-    MakeQueue,
-    MakeWriter,
-    drops,
-)
+from writer_helpers import FP, PAYLOAD, SIZE, Blocker, MakeWriter, drops
 
 from spotify_events import writer as writer_module
 from spotify_events.errors import ClientClosedError

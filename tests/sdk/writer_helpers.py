@@ -1,4 +1,5 @@
-"""What the QueueWriter tests share: the test event type and its sizes, and a second
+"""What the QueueWriter tests share: the test event's fingerprint and sizes (its type and
+timestamp are the queue tests', from queue_helpers), and a second
 connection holding SQLite's write lock (the ``make_writer`` and ``blocker`` fixtures
 are in this directory's conftest.py)."""
 
@@ -8,17 +9,13 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from spotify_events.queue import DurableQueue
 from spotify_events.settings import EVENT_MEMORY_OVERHEAD
 from spotify_events.writer import QueueWriter
 
-A = "test.events.Alpha"
 FP = b"\x22" * 8
-TS = 1_763_158_400_000
 PAYLOAD = 50  # payload bytes per event
 SIZE = PAYLOAD + EVENT_MEMORY_OVERHEAD  # what one buffered event counts against max_buffer_bytes
 
-MakeQueue = Callable[..., DurableQueue]
 MakeWriter = Callable[..., QueueWriter]
 
 
