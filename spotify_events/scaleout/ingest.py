@@ -80,8 +80,7 @@ class JetStreamDelivery:
             return result
         # the acknowledgements are bounded; the outer bound covers connecting, waiting
         # for room among the publishes in flight, and the fallbacks
-        rounds = -(-len(messages) // self.max_in_flight)
-        timeout = self.connect_timeout + self.publish_timeout * (rounds + 2)
+        timeout = self.connect_timeout + self.publish_timeout * (self._rounds(messages) + 2)
         try:
             duplicates = self._thread.run(self._publish_all(messages), timeout)
         except Exception as exc:
@@ -144,6 +143,11 @@ class JetStreamDelivery:
             await self._publish(fallbacks)
         return duplicates
 
+    def _rounds(self, messages: list[Message]) -> int:
+        """How many acknowledgement waits ``messages`` take, ``max_in_flight`` at a time:
+        what each bound on publishing them is a multiple of."""
+        return -(-len(messages) // self.max_in_flight)
+
     async def _publish(self, messages: list[Message]) -> list[bool]:
         js = await self._client()
         pending: list[asyncio.Future[Any]] = []
@@ -154,8 +158,9 @@ class JetStreamDelivery:
                     # for room is bounded by deliver()'s outer timeout, which cancels
                     await js.publish_async(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
                 )
-            rounds = -(-len(messages) // self.max_in_flight)
-            acks = await asyncio.wait_for(asyncio.gather(*pending), self.publish_timeout * rounds)
+            acks = await asyncio.wait_for(
+                asyncio.gather(*pending), self.publish_timeout * self._rounds(messages)
+            )
         except BaseException:
             # An acknowledgement never answered keeps its place among the publishes in
             # flight until it is cancelled: cancel them all (a no-op for the answered).
