@@ -114,10 +114,9 @@ class FileAgent:
         if shipper is None or queue is None:
             return 0
         if drain and shipper.holds_lease():
-            last_id = queue.max_event_id()
+            marks = queue.max_event_id(), queue.last_drop_id()
             shipper.wait_acked(
-                lambda: not queue.has_events_through(last_id),
-                max(0.0, deadline - time.monotonic()),
+                lambda: queue.shipped_through(*marks), max(0.0, deadline - time.monotonic())
             )
         shipper.stop(max(0.1, deadline - time.monotonic()))
         assert self._transport is not None

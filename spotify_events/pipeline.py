@@ -71,16 +71,11 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         if not self.writer.commit_through(self.writer.last_ticket, timeout):
             return False
-        last_id = self.writer_queue.max_event_id()
-        last_drop_id = self.writer_queue.last_drop_id()
-
-        def delivered() -> bool:
-            if self.shipper_queue.has_events_through(last_id):
-                return False
-            pending = self.shipper_queue.unreported_drops(1)
-            return not pending or pending[0][0] > last_drop_id
-
-        return self.shipper.wait_acked(delivered, max(0.0, deadline - time.monotonic()))
+        marks = self.writer_queue.max_event_id(), self.writer_queue.last_drop_id()
+        return self.shipper.wait_acked(
+            lambda: self.shipper_queue.shipped_through(*marks),
+            max(0.0, deadline - time.monotonic()),
+        )
 
     def depth(self) -> QueueDepth:
         return self.writer_queue.depth()

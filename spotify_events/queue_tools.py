@@ -158,17 +158,10 @@ def ship_command(path: str, endpoint: str | None, timeout: float) -> None:
     transport = HttpTransport(config.transport_settings())
     # a one-shot send has nothing to wait for: no linger
     shipper = Shipper(queue, transport, replace(config.shipper_settings(), linger=0.0))
-    last_id, last_drop = queue.max_event_id(), queue.last_drop_id()
-
-    def drained() -> bool:
-        if queue.has_events_through(last_id):
-            return False
-        pending = queue.unreported_drops(1)
-        return not pending or pending[0][0] > last_drop
-
+    marks = queue.max_event_id(), queue.last_drop_id()
     try:
         shipper.start()
-        done = shipper.wait_acked(drained, timeout)
+        done = shipper.wait_acked(lambda: queue.shipped_through(*marks), timeout)
     finally:
         shipper.stop(5.0)
         transport.close()

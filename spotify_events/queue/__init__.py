@@ -85,3 +85,12 @@ class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
     letters and holds (:mod:`.outbox`), the shipping lease (:mod:`.lease`) and
     restoring the file under it (:mod:`.restore`).
     """
+
+    def shipped_through(self, last_id: int, last_drop_id: int) -> bool:
+        """Whether every event up to ``last_id`` has left the queue (acknowledged or
+        dead-lettered) and every drop record up to ``last_drop_id`` reached the
+        collector: what ``flush()``, an agent's drain and ``queue ship`` wait for."""
+        if self.has_events_through(last_id):
+            return False
+        pending = self.unreported_drops(1)
+        return not pending or pending[0][0] > last_drop_id

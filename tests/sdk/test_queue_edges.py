@@ -188,3 +188,19 @@ def test_has_events_through_is_true_while_any_event_up_to_the_id_is_queued(
     assert queue.has_events_through(2)
     queue.ack(2, 3)
     assert not queue.has_events_through(3)
+
+
+def test_shipped_through_waits_for_the_events_and_the_drop_records_up_to_its_marks(
+    make_queue: MakeQueue,
+) -> None:
+    """What flush(), an agent's drain and ``queue ship`` wait for."""
+    queue = make_queue()
+    queue.append([ev(), ev()], overflow={(A, DROP_BUFFER_FULL): 1})
+    marks = queue.max_event_id(), queue.last_drop_id()
+    queue.append([ev()], overflow={(B, DROP_BUFFER_FULL): 1})  # after the marks: not waited for
+    assert not queue.shipped_through(*marks)
+    queue.ack(1, 2)
+    assert not queue.shipped_through(*marks)  # the drop record has not reached the collector
+    queue.mark_drops_reported(queue.unreported_drops(1))
+    assert queue.shipped_through(*marks)
+    assert not queue.shipped_through(queue.max_event_id(), marks[1])
