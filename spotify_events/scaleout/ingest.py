@@ -15,6 +15,11 @@ JetStream duplicate, and the workers' ledgers dedupe whatever the window misses.
 slice that carried the batch's control facts and was answered "duplicate" is
 followed by its :attr:`~.slices.Message.fallback`, the facts in a message of their own.
 
+While publishing fails, one request at a time tries again; the others are answered 503
+at once. Each try can wait for a connect and the acknowledgement timeouts, so with every
+request trying, an outage would hold all of waitress's threads and ``/metrics`` and
+``/healthz`` would queue behind them just when an operator looks.
+
 Accepted and duplicate counts in the 200 are per message: events in a message
 JetStream reported as a duplicate count as duplicates, the rest as accepted.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from ..collector.ingest import IngestedBatch
@@ -67,7 +73,8 @@ class JetStreamDelivery:
         self._js: Any = None
         self._connecting: asyncio.Lock | None = None
         self._max_payload = DEFAULT_MAX_PAYLOAD
-        self._last_failure = ""
+        self._last_failure = ""  # "" while publishing works
+        self._retrying = threading.Lock()  # held by the one request retrying a failing stream
 
     # -- the seam -------------------------------------------------------------
     def deliver(self, batch: IngestedBatch) -> DeliveryResult:
@@ -81,6 +88,9 @@ class JetStreamDelivery:
         # the acknowledgements are bounded; the outer bound covers connecting, waiting
         # for room among the publishes in flight, and the fallbacks
         timeout = self.connect_timeout + self.publish_timeout * (self._rounds(messages) + 2)
+        failing = self._last_failure
+        if failing and not self._retrying.acquire(blocking=False):
+            return _unavailable(failing)  # another request is finding out whether it is back
         try:
             duplicates = self._thread.run(self._publish_all(messages), timeout)
         except Exception as exc:
@@ -88,9 +98,12 @@ class JetStreamDelivery:
             if text != self._last_failure:  # once per kind of failure, not per request
                 self._last_failure = text
                 log.warning("publishing to JetStream failed (answering 503): %s", text)
-            return DeliveryResult(
-                DeliveryStatus.UNAVAILABLE, message=f"JetStream unavailable: {text}"[:300]
-            )
+            return _unavailable(text)
+        finally:
+            if failing:
+                self._retrying.release()
+        if self._last_failure:
+            log.info("publishing to JetStream works again")
         self._last_failure = ""
         for message, duplicate in zip(messages, duplicates, strict=True):
             if not message.events:
@@ -168,6 +181,12 @@ class JetStreamDelivery:
                 future.cancel()
             raise
         return [bool(ack.duplicate) for ack in acks]
+
+
+def _unavailable(failure: str) -> DeliveryResult:
+    return DeliveryResult(
+        DeliveryStatus.UNAVAILABLE, message=f"JetStream unavailable: {failure}"[:300]
+    )
 
 
 async def prepare_stream(urls: list[str], settings: StreamSettings, timeout: float) -> int:

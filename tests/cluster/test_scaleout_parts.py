@@ -274,6 +274,39 @@ def test_collector_answers_503_with_retry_after_while_jetstream_is_down(
     assert not any("Traceback" in line for line in child.stderr_lines), child.stderr_tail()
 
 
+def test_while_publishing_fails_one_request_retries_and_the_others_get_503_at_once(
+    registry: SchemaRegistry,
+) -> None:
+    """With every request waiting out its own connect and acknowledgement timeouts, an
+    outage held all of waitress's threads, and /metrics queued behind them."""
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never says INFO: connects hang
+    urls = [f"nats://127.0.0.1:{silent.getsockname()[1]}"]
+    publisher = JetStreamDelivery(
+        urls, StreamSettings(name="SILENT", partitions=1), connect_timeout=1, publish_timeout=1
+    )
+    batch = ingested(envelopes(registry, [1]))
+    try:
+        first = publisher.deliver(batch)  # waits out the connect: publishing now fails
+        assert first.status is DeliveryStatus.UNAVAILABLE
+        retrying: list[DeliveryStatus] = []
+        retry = threading.Thread(target=lambda: retrying.append(publisher.deliver(batch).status))
+        retry.start()
+        assert wait_for(publisher._retrying.locked, timeout=10)
+        other = publisher.deliver(batch)
+        assert retry.is_alive()  # answered while the retry still waits on its connect
+        assert other.status is DeliveryStatus.UNAVAILABLE
+        assert other.message == first.message
+        retry.join(30)
+        assert retrying == [DeliveryStatus.UNAVAILABLE]
+        assert not publisher._retrying.locked()
+    finally:
+        publisher.close()
+        silent.close()
+
+
 def test_a_retried_slice_answered_duplicate_still_lands_its_newer_control_facts(
     node: NatsCluster, registry: SchemaRegistry
 ) -> None:
@@ -621,8 +654,9 @@ def test_an_undecodable_stream_message_is_moved_aside_not_lost(
         kept = data / "_partitions" / "p0000" / "quarantine"
         assert wait_for(lambda: kept.is_dir() and any(kept.iterdir()), timeout=60)
         assert next(kept.iterdir()).read_bytes() == b"not a slice"
-        metrics = requests.get(worker.url + "/metrics", timeout=5).text
-        assert 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0' in metrics
+        # the message is counted after its bytes are kept: wait for the count as well
+        counted = 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0'
+        assert wait_for(lambda: counted in requests.get(worker.url + "/metrics", timeout=5).text)
     finally:
         assert worker.stop() == 0
 
