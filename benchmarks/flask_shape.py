@@ -1,20 +1,24 @@
-"""The Flask/gunicorn shape: what the SDK costs a web service in throughput.
+"""The Flask/gunicorn and FastAPI/uvicorn shapes: what the SDK costs a web service in
+throughput.
 
-A Flask app under gunicorn (``--workers 2``, sync workers), each view spending
-~1 ms of CPU and logging two events per request through the default client
-(``spotify_events.configure`` at import, the gunicorn hooks from
-``spotify_events.servers.gunicorn``), delivering to the loopback sink
+A Flask app under gunicorn (``--workers 2``, sync workers), or with ``--server
+fastapi`` a FastAPI app under uvicorn (``--workers 2``), each view spending ~1 ms of
+CPU and logging two events per request through the default client
+(``spotify_events.configure`` at import; the gunicorn hooks from
+``spotify_events.servers.gunicorn``, or the lifespan from
+``spotify_events.servers.lifespan``), delivering to the loopback sink
 (benchmarks/compare/sink.py). The same app without the SDK (the two ``log()``
 calls replaced by nothing) is the baseline. A load generator (``--clients``
 threads, one keep-alive-less HTTP request after another, as gunicorn's sync
 workers close each connection) drives each variant for ``--seconds``, alternating
 the variants ``--repeat`` times, so background load hits both alike; throughput
 is completed requests per second, and the cost is the median's drop in percent.
-The server's CPU per request (gunicorn master and workers, ``psutil``) is the
+The server's CPU per request (the server's master and workers, ``psutil``) is the
 steadier figure on a busy machine: the SDK's share is the difference.
 
     python benchmarks/flask_shape.py                         # 3 x 2 x 10 s
     python benchmarks/flask_shape.py --seconds 5 --repeat 2  # a quick look
+    python benchmarks/flask_shape.py --server fastapi        # FastAPI under uvicorn
 """
 
 from __future__ import annotations
@@ -75,6 +79,39 @@ APP = textwrap.dedent(
     '''
 )
 
+FASTAPI_APP = textwrap.dedent(
+    '''
+    """The measured ASGI app: the same view, the client started and closed by the lifespan."""
+    import os
+    import time
+
+    from fastapi import FastAPI
+
+    import spotify_events
+    from spotify_events.servers.lifespan import lifespan
+
+    WITH_SDK = os.environ["BENCH_WITH_SDK"] == "1"
+    if WITH_SDK:
+        spotify_events.configure(schemas=os.environ["BENCH_SCHEMAS"])
+    app = FastAPI(lifespan=lifespan if WITH_SDK else None)
+    RECORD = {
+        "user_id": "u000000001", "track_id": "spotify:track:4uLU6hMCjMI75M1A2tKUQC",
+        "ms_played": 1, "reason_start": "CLICKROW", "reason_end": "TRACKDONE",
+        "platform": "web", "shuffle": False, "offline": False,
+    }
+
+    @app.get("/play/{n}")
+    async def play(n: int):
+        until = time.process_time() + 0.001
+        while time.process_time() < until:  # the view's own work
+            pass
+        if WITH_SDK:
+            spotify_events.log("EndSong", {**RECORD, "ms_played": n})
+            spotify_events.log("EndSong", {**RECORD, "ms_played": n + 1})
+        return {"ok": n}
+    '''
+)
+
 CONF = textwrap.dedent(
     """
     import os
@@ -82,6 +119,9 @@ CONF = textwrap.dedent(
         from spotify_events.servers.gunicorn import post_worker_init, worker_exit
     """
 )
+
+
+SHAPES = {"flask": "Flask/gunicorn", "fastapi": "FastAPI/uvicorn"}
 
 
 def load(port: int, clients: int, seconds: float) -> int:
@@ -110,7 +150,7 @@ def load(port: int, clients: int, seconds: float) -> int:
 
 
 def server_cpu(server: psutil.Process) -> float:
-    """User+system seconds of gunicorn's master and workers so far."""
+    """User+system seconds of the server's master and workers so far."""
     total = 0.0
     for proc in [server, *server.children(recursive=True)]:
         times = proc.cpu_times()
@@ -131,11 +171,19 @@ def run_variant(
         "SPOTIFY_EVENTS_QUEUE_PATH": str(work / "events.db"),
         "PYTHONPATH": os.pathsep.join([str(work), str(ROOT)]),  # this tree's package
     }
-    server = subprocess.Popen(
-        [
+    if args.server == "flask":
+        command = [
             *(sys.executable, "-m", "gunicorn", "-c", str(work / "gunicorn_conf.py")),
             *("--workers", str(args.workers), "--bind", f"127.0.0.1:{port}", "bench_app:app"),
-        ],
+        ]
+    else:
+        command = [
+            *(sys.executable, "-m", "uvicorn", "--workers", str(args.workers)),
+            *("--port", str(port), "--no-access-log", "--log-level", "warning"),
+            "bench_asgi:app",
+        ]
+    server = subprocess.Popen(
+        command,
         cwd=work,
         env=env,
         stderr=subprocess.DEVNULL,
@@ -148,7 +196,7 @@ def run_variant(
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start") from None
+                    raise RuntimeError(f"{command[2]} did not start") from None
                 time.sleep(0.1)
         load(port, args.clients, 1.0)  # warm-up: imports, first commit, first batch
         master = psutil.Process(server.pid)
@@ -166,18 +214,25 @@ def main() -> None:
     )
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--server",
+        choices=["flask", "fastapi"],
+        default="flask",
+        help="Flask under gunicorn (sync workers) or FastAPI under uvicorn",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--clients", type=int, default=4, help="load generator threads")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flask-shape-"))
     (work / "bench_app.py").write_text(APP)
     (work / "gunicorn_conf.py").write_text(CONF)
+    (work / "bench_asgi.py").write_text(FASTAPI_APP)
     sink, base_url = start_sink()
     load_avg = os.getloadavg()
     print(
-        f"Flask/gunicorn shape {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: "
+        f"{SHAPES[args.server]} shape {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load "
-        f"{load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}; {args.workers} sync workers, "
+        f"{load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}; {args.workers} workers, "
         f"{args.clients} client threads, {args.seconds:g} s per run",
         flush=True,
     )
