@@ -345,8 +345,11 @@ def test_the_connection_syncs_as_configured_and_waits_its_busy_timeout(
     queue = make_queue(fsync=fsync, busy_timeout=2.5)
     assert queue._read("PRAGMA synchronous") == [(level,)]
     assert queue._read("PRAGMA busy_timeout") == [(2500,)]
+    assert queue.settings.fsync is fsync
     queue.set_busy_timeout(0.25)
     assert queue._read("PRAGMA busy_timeout") == [(250,)]
+    queue.set_busy_timeout(7.5)
+    assert queue._read("PRAGMA busy_timeout") == [(7500,)]
     queue.set_busy_timeout(0.0001)  # cut, never to 0 (which would mean: do not wait at all)
     assert queue._read("PRAGMA busy_timeout") == [(1,)]
     assert queue.busy_timeout == 0.0001
@@ -364,8 +367,12 @@ def test_a_closed_queue_says_so_and_stays_closed(make_queue: MakeQueue, queue_pa
 def test_after_a_fork_the_connection_reopens_on_first_use(make_queue: MakeQueue) -> None:
     queue = make_queue()
     queue.append([ev()])
+    before = queue._conn
+    assert before is not None
     queue.before_fork()
     assert queue._conn is None and queue._cache is None  # nothing open across the fork
+    with pytest.raises(sqlite3.ProgrammingError):
+        before.execute("SELECT 1")  # closed, not merely put aside
     queue.after_fork_in_parent()
     queue.append([ev()])
     assert [e.seq for e in queue.read_batch()] == [1, 2]
