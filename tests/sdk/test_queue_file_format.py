@@ -57,6 +57,37 @@ FORMAT_1_TABLES = [
     '"created_at" REAL)',
 ]
 
+#: What format 2 added: the ``holds`` table.
+FORMAT_2_TABLES = [
+    *FORMAT_1_TABLES,
+    "CREATE TABLE holds (event_type TEXT NOT NULL, fingerprint BLOB NOT NULL, "
+    "reason TEXT NOT NULL, since FLOAT NOT NULL, next_try FLOAT NOT NULL, "
+    "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))",
+]
+
+
+def layout(conn: sqlite3.Connection) -> dict[str, object]:
+    """Each table's columns (name, declared type, NOT NULL, place in the primary key)
+    and whether its ids autoincrement; names and types in one letter case, which
+    SQLite ignores."""
+    tables = [
+        (name, ddl)
+        for name, ddl in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+        if name != "sqlite_sequence"
+    ]
+    return {
+        name.lower(): (
+            [
+                (column.lower(), declared.upper(), notnull, pk)
+                for _, column, declared, notnull, _, pk in conn.execute(
+                    f'PRAGMA table_info("{name}")'
+                )
+            ],
+            "AUTOINCREMENT" in ddl.upper(),
+        )
+        for name, ddl in tables
+    }
+
 
 def write_format_1_file(
     path: Path,
@@ -200,6 +231,24 @@ def test_a_new_queue_file_is_marked_as_ours_at_the_current_format(
     }
     assert dict(sql(queue_path, "SELECT name, value FROM counters")) == {"bytes": 0, "events": 0}
     assert sql(queue_path, "SELECT count(*) FROM incidents") == [(0,)]
+
+
+def test_a_new_queue_file_has_exactly_the_format_2_layout(
+    make_queue: MakeQueue, queue_path: Path
+) -> None:
+    """A change to the tables without a new FORMAT_VERSION would let an older SDK
+    open a file it cannot use (or a newer one misread an older file)."""
+    make_queue().close()
+    expected = sqlite3.connect(":memory:")
+    for ddl in FORMAT_2_TABLES:
+        expected.execute(ddl)
+    conn = sqlite3.connect(queue_path)
+    try:
+        assert layout(conn) == layout(expected)
+    finally:
+        conn.close()
+        expected.close()
+    assert FORMAT_VERSION == 2
 
 
 def test_an_empty_file_becomes_a_queue(make_queue: MakeQueue, queue_path: Path) -> None:
