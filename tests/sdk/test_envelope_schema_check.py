@@ -97,3 +97,22 @@ def test_an_avro_full_name_may_be_512_characters_long() -> None:
     assert is_avro_full_name("a" * 512)
     assert is_avro_full_name("a." * 255 + "bc")
     assert not is_avro_full_name("a" * 513)
+
+
+def test_a_spelling_seen_before_is_not_parsed_again(
+    verdicts: dict[bytes, bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector checks the schema text of every body; parsing it each time is the
+    cost the memo exists to save."""
+    parsed: list[object] = []
+    parse = wire.fastavro.parse_schema
+
+    def counting(schema: object, **kwargs: object) -> object:
+        parsed.append(schema)
+        return parse(schema, **kwargs)
+
+    monkeypatch.setattr(wire.fastavro, "parse_schema", counting)
+    for _ in range(3):
+        assert is_envelope_schema(ENVELOPE_JSON) is True
+        assert is_envelope_schema(IMPOSTOR) is False
+    assert len(parsed) == 2
