@@ -11,6 +11,8 @@ import os
 import socket
 import sqlite3
 import threading
+import time
+import types
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -646,7 +648,9 @@ def test_switching_an_old_file_to_wal_waits_while_another_process_writes(
             if writer.in_transaction:
                 writer.execute("COMMIT")
 
-        monkeypatch.setattr(store_module.time, "sleep", pause)
+        # only the queue's module sees the new pause; time.sleep stays as it is elsewhere
+        clock = types.SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=pause)
+        monkeypatch.setattr(store_module, "time", clock)
     try:
         if released:
             queue = make_queue(busy_timeout=30.0)
