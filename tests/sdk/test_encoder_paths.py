@@ -18,7 +18,7 @@ import pytest
 from spotify_events import encoding
 from spotify_events.encoding import EventEncoder, decode_event
 from spotify_events.errors import EventTooLargeError, EventValidationError
-from spotify_events.schemas import SchemaRegistry
+from spotify_events.schemas import SchemaRegistry, parse_event_schema
 
 #: Records of the example schemas with only the fields that have no default.
 REQUIRED_ONLY: dict[str, dict[str, Any]] = {
@@ -183,3 +183,27 @@ def test_the_general_path_takes_an_event_of_exactly_max_event_bytes(
     with pytest.raises(EventTooLargeError) as err:
         EventEncoder(schema, max_event_bytes=size - 1).encode(record)
     assert (err.value.size, err.value.limit) == (size, size - 1)
+
+
+#: A field whose default is of a type named earlier in the record.
+SHIFT = {
+    "type": "record",
+    "name": "Shift",
+    "namespace": "test.events",
+    "fields": [
+        {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["DAY", "NIGHT"]}},
+        {"name": "previous", "type": "Kind", "default": "DAY"},
+    ],
+}
+
+
+@pytest.mark.parametrize("private_writer", [True, False], ids=["write_data", "public-writer"])
+def test_a_default_of_a_named_type_is_written_by_the_compiled_writer(
+    monkeypatch: pytest.MonkeyPatch, private_writer: bool
+) -> None:
+    if not private_writer:
+        monkeypatch.setattr(encoding, "_WRITE_DATA", None)
+    encoder = EventEncoder(parse_event_schema(SHIFT))
+    assert encoder._write_exact is not None
+    record = {"kind": "NIGHT"}
+    assert encoder._write_exact(record) == fastavro_bytes(SHIFT, record)
