@@ -385,7 +385,14 @@ def test_queue_incidents_are_kept_once_each_and_at_most_100_per_producer(
         ]
     }
     with caplog.at_level(logging.WARNING, logger="spotify_events.collector.delivery"):
-        for first in range(2, 130, 16):
+        caplog.clear()
+        send("p1", 1, 2)  # one already kept, one new: the new one is kept
+        (logged,) = [r.getMessage() for r in caplog.records]
+        assert logged == (
+            'producer p1 reports a queue incident: {"producer_id": "p1", "kind": '
+            '"queue_damaged", "detail": "file 2 moved aside", "at": 1002.0}'
+        )
+        for first in range(3, 130, 16):
             send("p1", first, 16)
     assert len(kept()["p1"]) == 100
     assert kept()["p1"][-1]["at"] == 1099.0

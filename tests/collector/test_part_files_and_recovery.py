@@ -7,6 +7,7 @@ the ``failpoint`` hook raising there, damage is done to the files by the test.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,11 @@ def fp_hex(maker: BatchMaker, etype: str = END_SONG) -> str:
 
 
 def test_a_block_written_but_not_committed_is_kept_aside_readable_and_the_retry_lands_once(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: Open,
+    maker: BatchMaker,
+    clock: Clock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = tmp_path / "data"
     crash = {"armed": False}
@@ -108,7 +113,11 @@ def test_a_block_written_but_not_committed_is_kept_aside_readable_and_the_retry_
     (part,) = part_files(data)
     committed = part.stat().st_size
     crash["armed"] = True
-    failed = post(d, maker, clock, END_SONG, [3, 4, 5])
+    with caplog.at_level(logging.ERROR, logger="spotify_events.collector.delivery"):
+        failed = post(d, maker, clock, END_SONG, [3, 4, 5])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "delivery failed; recovering from the ledger"
+    ]
     assert (failed.status, failed.message) == (
         DeliveryStatus.UNAVAILABLE,
         "delivery failed: OSError",
@@ -247,3 +256,33 @@ def test_a_full_part_is_closed_and_the_next_one_numbered_after_it(
     (bucket,) = d.report()["buckets"]
     assert [p["events"] for p in bucket["parts"]] == [len(uids_in(p)) for p in part_files(data)]
     assert bucket["events"] == seq - 1
+
+
+def test_when_every_part_of_an_hour_is_damaged_the_next_one_gets_the_first_free_number(
+    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+) -> None:
+    """Two parts of one (type, hour, schema), both damaged, and a torn tail on another
+    type's part: at restart both are moved aside, the tail is cut back at once, and the
+    next events of the hour go to part 0002."""
+    data = tmp_path / "data"
+    d = open_delivery(max_part_bytes=1024, codec="null")
+    seq = 1
+    while len(part_files(data / END_SONG)) < 2:
+        post(d, maker, clock, END_SONG, range(seq, seq + 5))
+        seq += 5
+    post(d, maker, clock, PAGE_VIEW, [1])
+    d.close()
+    for part in part_files(data / END_SONG):
+        with open(part, "r+b") as fh:
+            fh.truncate(part.stat().st_size - 1)
+    (page_part,) = part_files(data / PAGE_VIEW)
+    page_size = page_part.stat().st_size
+    with open(page_part, "ab") as fh:
+        fh.write(b"torn")
+    d = open_delivery(max_part_bytes=1024, codec="null")
+    assert page_part.stat().st_size == page_size
+    kinds = sorted(i["kind"] for i in incidents(d))
+    assert kinds == ["damaged_part_file", "damaged_part_file", "uncommitted_bytes"]
+    assert post(d, maker, clock, END_SONG, [seq]).accepted == 1
+    (new,) = part_files(data / END_SONG)
+    assert new.name == f"part-{fp_hex(maker)}-0002.avro"
