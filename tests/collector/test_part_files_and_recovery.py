@@ -8,6 +8,7 @@ the ``failpoint`` hook raising there, damage is done to the files by the test.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,18 @@ def test_when_every_part_of_an_hour_is_damaged_the_next_one_gets_the_first_free_
     assert post(d, maker, clock, END_SONG, [seq]).accepted == 1
     (new,) = part_files(data / END_SONG)
     assert new.name == f"part-{fp_hex(maker)}-0002.avro"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_commits_to_one_part_reuse_its_open_file_and_leak_no_descriptor(
+    open_delivery: Open, maker: BatchMaker, clock: Clock
+) -> None:
+    """A part file is a raw descriptor: opening it again for each commit would leak one
+    per commit until the process runs out (every batch a 503)."""
+    d = open_delivery()
+    post(d, maker, clock, END_SONG, [1])
+    before = len(os.listdir("/proc/self/fd"))
+    for seq in range(2, 42):
+        assert post(d, maker, clock, END_SONG, [seq]).accepted == 1
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    assert d.open_files() == 1
