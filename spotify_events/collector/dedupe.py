@@ -64,7 +64,6 @@ class _Run:
         "duplicates",
         "newest",
         "payloads",
-        "recent",
         "seqs",
         "skewed",
         "stream",
@@ -76,13 +75,11 @@ class _Run:
         bucket: BucketState,
         skewed: bool,
         payloads: list[bytes],
-        recent: RecentPayloads,
     ) -> None:
         self.stream = stream
         self.bucket = bucket
         self.skewed = skewed
         self.payloads = payloads  # the part file's pending list, shared by runs
-        self.recent = recent
         self.add = stream.received.add
         self.seqs: list[int] = []
         self.duplicates = 0
@@ -179,7 +176,7 @@ class BatchApplier(BucketCloser):
                     recent = self._recent[skey] = RecentPayloads(cfg.conflict_window)
                 part = self._part_for(etype, target_hour, fingerprint)
                 touched[part.path] = part
-                run = _Run(stream, bucket, skewed, pending.setdefault(part.path, []), recent)
+                run = _Run(stream, bucket, skewed, pending.setdefault(part.path, []))
                 runs.append(run)
                 add, append_payload, append_seq = run.add, run.payloads.append, run.seqs.append
                 put, conflicts = recent.put, recent.conflicts
