@@ -887,3 +887,123 @@ def test_envelope_order_matches_queue_order(make_shipper: Make) -> None:
     queue.append([ev(A, FP, b"p")])
     (e,) = queue.read_batch()
     assert decode_batch(shipper._encode([e], [], [])).envelopes == [Envelope(1, A, FP, TS, b"p")]
+
+
+# -- a closed queue, flush()'s wait, a stop that times out ---------------------------------
+
+
+def test_a_lease_that_cannot_be_read_means_do_not_ship_and_says_why(make_shipper: Make) -> None:
+    shipper, queue = make_shipper()
+    queue.close()
+    assert not shipper.may_ship()
+    assert shipper.counters.last_error == f"lease: {queue.path}: queue is closed"
+    shipper.counters.last_error = None
+    assert not shipper._hold_lease()
+    assert shipper.counters.last_error == f"lease: {queue.path}: queue is closed"
+
+
+class RecordingCondition:
+    """Stands in for the shipper's ``_acked``: records each wait and moves the clock on."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.timeouts: list[float | None] = []
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None, "flush() must not wait without a bound"
+        assert len(self.timeouts) < 100, "flush() is not giving up"
+        self.timeouts.append(timeout)
+        self.clock.now += timeout
+        return False
+
+    def notify_all(self) -> None:
+        pass
+
+
+def test_flush_waits_in_short_steps_hurrying_the_shipper_and_gives_up_at_its_timeout(
+    make_shipper: Make, clock: Clock
+) -> None:
+    shipper, _ = make_shipper()
+    acked = RecordingCondition(clock)
+    shipper._acked = acked  # type: ignore[assignment]
+    assert not shipper.wait_acked(lambda: False, timeout=0.12)
+    assert acked.timeouts == pytest.approx([0.05, 0.05, 0.02])
+    assert shipper._urgent.is_set()
+
+
+def test_flush_that_is_already_done_neither_waits_nor_hurries(
+    make_shipper: Make, clock: Clock
+) -> None:
+    shipper, _ = make_shipper()
+    acked = RecordingCondition(clock)
+    shipper._acked = acked  # type: ignore[assignment]
+    assert shipper.wait_acked(lambda: True, timeout=5)
+    checks = iter([False, False, True])
+    assert shipper.wait_acked(lambda: next(checks), timeout=5)
+    assert acked.timeouts == [0.05, 0.05]
+
+
+def test_a_stop_that_times_out_keeps_the_lease_while_its_thread_may_still_send(
+    make_queue: Callable[..., DurableQueue], other_queue: DurableQueue
+) -> None:
+    queue = make_queue()
+    queue.append([ev()])
+    on_the_wire, release = threading.Event(), threading.Event()
+
+    def stuck(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        on_the_wire.set()
+        release.wait(30)
+        return ack(len(decode_batch(body).envelopes))
+
+    settings = replace(ClientConfig().shipper_settings(), linger=0)
+    shipper = Shipper(queue, MockTransport(stuck), settings)
+    shipper.start()
+    try:
+        assert on_the_wire.wait(10)
+        assert not shipper.stop(timeout=0.2)  # returns although the send is still out
+        assert other_queue.lease_holder() == shipper.holder
+    finally:
+        release.set()
+        assert shipper.stop(timeout=10)
+    assert other_queue.lease_holder() is None
+
+
+def test_a_prepared_batch_that_is_too_large_is_split_like_any_other(
+    make_shipper: Make, collector: Collector
+) -> None:
+    shipper, queue = make_shipper(max_events=2, linger=0)
+    queue.append([ev(A, FP, b"1"), ev(A, FP, b"2"), ev(A, FP, b"3"), ev(A, FP, b"4")])
+    shipper._step()
+    wait_ready(shipper._prefetch)
+    collector.answers = [lambda n: SendResult(413, {"error": "too large"}), ack]
+    shipper._step()  # the prepared 3, 4: refused whole, then sent as two parts
+    assert collector.sent[1:] == [[(A, 3), (A, 4)], [(A, 3)], [(A, 4)]]
+    assert queue.depth().events == 0
+
+
+def test_a_batch_read_by_the_step_keeps_to_max_bytes(
+    make_shipper: Make, collector: Collector
+) -> None:
+    shipper, queue = make_shipper(linger=0, max_bytes=1000)
+    queue.append([ev(payload=b"x" * 600), ev(payload=b"y" * 600)])
+    shipper._step()
+    assert collector.sent == [[(A, 1)]]
+    shipper._step()
+    assert collector.sent == [[(A, 1)], [(A, 2)]]
+
+
+def test_an_idle_shipper_wakes_for_the_heartbeat_when_it_is_due_before_the_next_poll(
+    make_shipper: Make, collector: Collector, clock: Clock
+) -> None:
+    shipper, _ = make_shipper(heartbeat_interval=10.0, linger=0, lease_ttl=30.0)
+    shipper.committed = Waits(clock)
+    clock.now = shipper._last_send + 9.9
+    shipper._idle_step()
+    assert collector.bodies == []
+    assert shipper.committed.timeouts == [pytest.approx(0.1)]
