@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -242,12 +243,43 @@ def test_a_holder_that_is_not_a_dead_process_here_is_left_alone(
     assert other_queue.lease_holder() == holder
 
 
-def test_a_live_process_and_this_process_on_this_host_are_not_dead(make_shipper: Make) -> None:
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """A live process of our own (never a signal to someone else's)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    yield child.pid
+    assert child.poll() is None, "the liveness check must not signal the process"
+    child.communicate(b"", timeout=10)
+
+
+def test_a_live_process_and_this_process_on_this_host_are_not_dead(
+    make_shipper: Make, live_pid: int
+) -> None:
     shipper, _ = make_shipper()
     host = shipper.settings.host
     assert not shipper._holder_is_dead(f"{host}:{os.getpid()}:another-client")
-    assert not shipper._holder_is_dead(f"{host}:{os.getppid()}:parent")
+    assert not shipper._holder_is_dead(f"{host}:{live_pid}:alive")
     assert shipper._holder_is_dead(f"{host}:{dead_pid()}:gone")
+
+
+def test_a_process_of_another_user_is_alive() -> None:
+    """Signalling pid 1 as another user raises PermissionError: alive, so never taken over.
+    Run in a child that drops root first (as root, the signal would simply be allowed)."""
+    code = (
+        "import os; from types import SimpleNamespace as N;"
+        "from spotify_events.shipper import Shipper;"
+        "os.geteuid() == 0 and os.setuid(65534);"
+        "print(Shipper._holder_is_dead(N(settings=N(host='h')), 'h:1:x'))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
+
+
+def test_a_pid_gone_here_says_nothing_about_a_holder_on_another_host(make_shipper: Make) -> None:
+    shipper, _ = make_shipper()
+    assert not shipper._holder_is_dead(f"other-{shipper.settings.host}:{dead_pid()}:x")
 
 
 def test_a_host_name_with_colons_is_read_from_the_right(make_shipper: Make) -> None:
@@ -1007,3 +1039,95 @@ def test_an_idle_shipper_wakes_for_the_heartbeat_when_it_is_due_before_the_next_
     shipper._idle_step()
     assert collector.bodies == []
     assert shipper.committed.timeouts == [pytest.approx(0.1)]
+
+
+def test_a_copied_files_old_events_are_sent_under_their_old_producer_in_header_and_body(
+    make_queue: Callable[..., DurableQueue],
+    queue_path: Path,
+    tmp_path: Path,
+    collector: Collector,
+    clock: Clock,
+) -> None:
+    first = make_queue()
+    first.append([ev(), ev()])
+    old_producer = first.producer_id
+    first.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    queue = make_queue(copy)
+    assert queue.producer_id != old_producer
+    shipper = Shipper(queue, MockTransport(collector), ClientConfig().shipper_settings())
+    shipper._stop = Waits(clock)
+    shipper._deliver(queue.read_batch(), [], [])
+    assert decode_batch(collector.bodies[0]).producer_id == old_producer
+    assert collector.headers[0]["X-SE-Producer-Id"] == old_producer
+    shipper._prefetch.stop()
+
+
+def test_the_prefetch_thread_is_a_named_daemon(make_shipper: Make) -> None:
+    shipper, queue = make_shipper(max_events=1)
+    queue.append([ev(), ev()])
+    shipper._prefetch.request(1)
+    thread = shipper._prefetch._thread
+    assert thread is not None
+    assert thread.daemon  # a client never closed must not hold up interpreter exit
+    assert thread.name == "spotify-events-prefetch"
+
+
+def test_a_prefetched_batch_keeps_to_both_batch_limits(make_shipper: Make) -> None:
+    shipper, queue = make_shipper(max_events=2, max_bytes=1000)
+    queue.append([ev(payload=b"%d" % i) for i in range(6)])
+    prefetch = shipper._prefetch
+    prefetch.request(2)
+    wait_ready(prefetch)
+    queue.ack(1, 2)
+    ready = prefetch.take()
+    assert ready is not None
+    assert [e.id for e in ready.events] == [3, 4]  # not every event after 2
+    # two events over max_bytes: the read stops at one, which is not full, so nothing
+    queue.append([ev(payload=b"x" * 600), ev(payload=b"y" * 600)])
+    prefetch.request(6)
+    finished(prefetch)
+    queue.ack(3, 6)
+    assert prefetch.take() is None
+
+
+def finished(prefetch: _Prefetcher) -> None:
+    with prefetch._cond:
+        while prefetch._wanted is not None or prefetch._busy:
+            prefetch._cond.wait(0.05)
+
+
+def test_take_waits_for_a_batch_being_prepared(
+    make_shipper: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipper, queue = make_shipper(max_events=2)
+    queue.append([ev(), ev(), ev(), ev()])
+    encoding, release = threading.Event(), threading.Event()
+    taker = threading.current_thread()
+
+    class Cond(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread() is taker:
+                release.set()  # take() is waiting: let the preparation finish
+            return super().wait(timeout)
+
+    encode = shipper._encode
+
+    def slow_encode(*args: Any) -> bytes:
+        encoding.set()
+        release.wait(10)
+        return encode(*args)
+
+    monkeypatch.setattr(shipper, "_encode", slow_encode)
+    prefetch = shipper._prefetch
+    prefetch._cond = Cond(threading.Lock())
+    prefetch.request(2)
+    assert encoding.wait(10)
+    queue.ack(1, 2)
+    try:
+        ready = prefetch.take()
+    finally:
+        release.set()
+    assert ready is not None  # waited for the batch in the making instead of giving up
+    assert [e.id for e in ready.events] == [3, 4]
