@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from writer_helpers import Blocker
 
 import spotify_events.shipper as shipper_module
 from spotify_events.config import ClientConfig
@@ -1131,3 +1132,71 @@ def test_take_waits_for_a_batch_being_prepared(
         release.set()
     assert ready is not None  # waited for the batch in the making instead of giving up
     assert [e.id for e in ready.events] == [3, 4]
+
+
+# -- stop() against a locked file; the first answers; a change of trouble ---------------
+
+
+def test_a_stop_whose_lease_cannot_be_released_gives_up_and_says_why(
+    make_shipper: Make,
+    blocker: Callable[[], Blocker],
+    other_queue: DurableQueue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shipper, _ = make_shipper()
+    assert shipper.may_ship()
+    with blocker(), caplog.at_level(logging.DEBUG, logger="spotify_events.shipper"):
+        assert shipper.stop(timeout=1)  # the lease row cannot be written: waits 1 s at most
+    (record,) = caplog.records
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage().startswith("could not release the shipping lease: ")
+    assert "locked" in record.getMessage()
+    assert other_queue.lease_holder() == shipper.holder  # lapses at its ttl instead
+
+
+def test_stop_of_a_shipper_that_never_held_the_lease_needs_no_write_lock(
+    make_shipper: Make, blocker: Callable[[], Blocker], caplog: pytest.LogCaptureFixture
+) -> None:
+    shipper, _ = make_shipper()
+    with blocker(), caplog.at_level(logging.DEBUG, logger="spotify_events.shipper"):
+        assert shipper.stop(timeout=1)
+    assert caplog.records == []  # no lease release tried: nothing to wait for
+
+
+def test_a_new_shipper_neither_sends_a_heartbeat_at_once_nor_logs_a_recovery(
+    make_queue: Callable[..., DurableQueue],
+    collector: Collector,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = make_queue()
+    settings = replace(ClientConfig().shipper_settings(), heartbeat_interval=10.0, linger=0)
+    shipper = Shipper(queue, MockTransport(collector), settings)
+    shipper._stop = Waits(clock)
+    shipper.committed = Waits(clock, advance=False)
+    with caplog.at_level(logging.INFO, logger="spotify_events.shipper"):
+        shipper._step()
+        assert collector.bodies == []  # the heartbeat interval counts from the start
+        clock.now += 10.0
+        shipper._step()
+        assert shipper.counters.heartbeats == 1
+        queue.append([ev()])
+        shipper._step()
+    assert len(collector.bodies) == 2
+    assert caplog.records == []  # nothing was wrong: nothing "resumed"
+    shipper._prefetch.stop()
+
+
+def test_a_change_from_one_configuration_error_to_another_is_logged(
+    make_shipper: Make, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    shipper, queue = make_shipper(backoff_max=0.5, lease_ttl=10_000.0)
+    welcome = SendResult(200, None, preview=b"<html>welcome</html>")
+    collector.answers = [answer(404), answer(404), lambda _n: welcome, lambda _n: welcome, ack]
+    queue.append([ev()])
+    with caplog.at_level(logging.ERROR, logger="spotify_events.shipper"):
+        shipper._deliver(queue.read_batch(), [], [])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "HTTP 404" in messages[0]
+    assert "not a spotify-events collector" in messages[1]
