@@ -1200,3 +1200,21 @@ def test_a_change_from_one_configuration_error_to_another_is_logged(
     assert len(messages) == 2, messages
     assert "HTTP 404" in messages[0]
     assert "not a spotify-events collector" in messages[1]
+
+
+def test_after_a_fork_the_childs_shipper_starts_afresh(make_shipper: Make) -> None:
+    """The fork hook, called directly: fresh wake-up event, counters and holder id, no
+    thread and no lease (a real fork runs it in tests/sdk/test_client_lifecycle.py)."""
+    shipper, _ = make_shipper()
+    assert shipper.may_ship()
+    shipper.counters.retries = 3
+    parent_event, parent_holder = shipper.committed, shipper.holder
+    shipper.after_fork_in_child()
+    assert isinstance(shipper.committed, threading.Event)
+    assert shipper.committed is not parent_event
+    assert shipper.counters.retries == 0
+    assert shipper.holder != parent_holder
+    assert not shipper.holds_lease()
+    assert shipper._thread is None
+    shipper.hurry()  # and it can be woken
+    assert shipper.committed.is_set()
