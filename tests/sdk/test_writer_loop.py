@@ -87,18 +87,19 @@ def test_the_pause_after_a_failed_commit_doubles_up_to_two_seconds_and_resets_on
         if n == 2 * failures:
             lock.release()  # the 11th commit succeeds
         if n == 2 * failures + 2:
-            writer.submit(ev())  # one more event, whose commit fails again
+            writer.submit(ev())  # one more event, whose commits fail 10 times again
             lock.hold()
-        if n == 2 * failures + 3:
+        if n == 4 * failures + 1:
             writer._stopping = True
 
     writer._wake = Waits(clock)
     writer._hurry = Waits(clock, woken=False, then=then)
     writer._run()
     growing = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.0, 2.0]
-    expected = [x for pause in growing for x in (0.5, pause)] + [0.5, 0.5, 0.01]
-    assert writer._hurry.timeouts == pytest.approx(expected)  # after a success: 0.01 again
-    assert writer.counters.write_errors == failures + 2  # and the last try, at stop
+    episode = [x for pause in growing for x in (0.5, pause)]
+    # after the success the pauses start over from 10 ms and grow the same way
+    assert writer._hurry.timeouts == pytest.approx([*episode, 0.5, *episode])
+    assert writer.counters.write_errors == 2 * failures + 1  # and the last try, at stop
     assert writer._wake.timeouts[0] == REENTERED_POLL
     lock.release()
     assert rows(queue_path) == 1
@@ -206,3 +207,19 @@ def test_after_a_fork_the_childs_writer_starts_with_an_empty_buffer_and_fresh_co
     assert writer.buffered == (0, 0)
     assert writer._thread is None
     assert writer.submit(ev()) == 1  # and it buffers again
+
+
+def test_a_writer_made_without_settings_takes_the_client_defaults(
+    make_queue: MakeQueue,
+) -> None:
+    from spotify_events.config import ClientConfig
+
+    defaults = ClientConfig().writer_settings()
+    writer = QueueWriter(make_queue())
+    assert writer.settings == defaults
+    assert (writer.commit_interval, writer.max_buffer_bytes, writer.block_timeout) == (
+        defaults.commit_interval,
+        defaults.max_buffer_bytes,
+        defaults.block_timeout,
+    )
+    assert writer.group_events == defaults.group_events
