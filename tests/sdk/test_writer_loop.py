@@ -256,3 +256,58 @@ def test_close_does_not_wait_for_a_writer_thread_stuck_in_a_commit(
         assert result == [False]
     finally:
         lock.release()
+
+
+# -- close(): the time its final commit gets, and what it says ----------------------------
+
+
+@pytest.mark.parametrize(("timeout", "busy"), [(5.0, 5.0), (0.0, 2.0)])
+def test_the_final_commit_at_close_gets_the_time_left_and_at_least_final_commit_seconds(
+    make_queue: MakeQueue, make_writer: MakeWriter, clock: Clock, timeout: float, busy: float
+) -> None:
+    queue = make_queue(busy_timeout=3600)
+    writer: QueueWriter = make_writer(queue)
+    writer.submit(ev())
+    assert writer.stop(timeout=timeout)
+    assert queue.busy_timeout == busy  # SQLite's busy wait cut to the time close() has
+
+
+def test_when_close_has_run_out_of_time_its_final_commit_still_gets_a_tenth_of_a_second(
+    make_queue: MakeQueue, make_writer: MakeWriter, clock: Clock, queue_path: Path
+) -> None:
+    queue = make_queue(busy_timeout=3600)
+    writer: QueueWriter = make_writer(queue)
+    writer.submit(ev())
+    start = clock.now
+    readings = iter([start, start + 10.0])  # the deadline is taken, then 10 s go by
+    clock.monotonic = lambda: next(readings, start + 10.0)  # type: ignore[method-assign]
+    assert writer.stop(timeout=1.0)
+    assert queue.busy_timeout == 0.1
+    assert rows(queue_path) == 1
+
+
+def test_a_clean_close_reports_nothing(
+    make_queue: MakeQueue, make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer: QueueWriter = make_writer(make_queue())
+    writer.submit(ev())
+    with caplog.at_level("ERROR", logger="spotify_events.writer"):
+        assert writer.stop(timeout=1)
+    assert caplog.records == []
+
+
+def test_a_close_that_cannot_commit_says_what_went_wrong(
+    make_queue: MakeQueue,
+    make_writer: MakeWriter,
+    blocker: Callable[[], Blocker],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_module, "FINAL_COMMIT_SECONDS", 0.2)
+    writer: QueueWriter = make_writer(make_queue(busy_timeout=3600))
+    writer.submit(ev())
+    with blocker(), caplog.at_level("ERROR", logger="spotify_events.writer"):
+        assert not writer.stop(timeout=0)
+    (message,) = [r.getMessage() for r in caplog.records if "still in memory" in r.getMessage()]
+    assert "database is locked" in message
+    assert message.endswith("; they are lost")
