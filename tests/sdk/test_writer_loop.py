@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from queue_helpers import TS, A, MakeQueue
 from support import wait_for
-from writer_helpers import FP, TS, A, Blocker, MakeQueue, MakeWriter
+from writer_helpers import FP, Blocker, MakeWriter
 
 from spotify_events import writer as writer_module
 from spotify_events.queue import PendingEvent
