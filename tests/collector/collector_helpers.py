@@ -18,6 +18,7 @@ from typing import Any
 import fastavro
 import requests
 
+from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.encoding import EventEncoder
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.wire import CONTENT_TYPE, DropNotice, Envelope, WireBatch, encode_batch
@@ -197,6 +198,25 @@ def dir_snapshot(data_dir: Path) -> dict[str, int]:
 
 
 Clock = Callable[[], float]
+
+HOUR = 3600
+#: 2026-01-01T10:00:00Z, the start of an hour
+T0 = 1_767_261_600.0
+
+
+#: ``open_delivery(**config)`` (tests/collector/conftest.py)
+OpenDelivery = Callable[..., LocalDelivery]
+
+
+class FakeClock:
+    """A clock the test sets (``clock.now = ...``): bucket closing, grace periods and
+    lateness are tested at exact instants instead of by waiting."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def wsgi_call(

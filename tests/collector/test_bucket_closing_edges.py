@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from collector_helpers import (
     END_SONG,
+    HOUR,
     PAGE_VIEW,
+    T0,
     BatchMaker,
+    FakeClock,
+    OpenDelivery,
     expected_uids,
     part_files,
     read_uids,
@@ -32,48 +34,11 @@ from spotify_events.collector.partitions import partition_layout
 from spotify_events.collector.seam import DeliveryConfig, DeliveryResult, DeliveryStatus
 from spotify_events.schemas import SchemaRegistry
 
-HOUR = 3600
-#: 2026-01-01T10:00:00Z, the start of an hour
-T0 = 1_767_261_600.0
 LATENESS = 600.0
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0 + 60)
-
-
-Open = Callable[..., LocalDelivery]
-
-
-@pytest.fixture
-def open_delivery(
-    tmp_path: Path, collector_registry: SchemaRegistry, clock: Clock
-) -> Iterator[Open]:
-    made: list[LocalDelivery] = []
-
-    def _open(layout: Any = None, **config: Any) -> LocalDelivery:
-        cfg = DeliveryConfig(**{"grace_period": 60.0, "lateness": LATENESS, **config})
-        extra = {"layout": layout} if layout is not None else {}
-        d = LocalDelivery(tmp_path / "data", collector_registry, config=cfg, clock=clock, **extra)
-        made.append(d)
-        return d
-
-    yield _open
-    for d in made:
-        d.close()
-
-
 def post(
-    d: LocalDelivery, maker: BatchMaker, clock: Clock, etype: str, seqs: Any, at: float
+    d: LocalDelivery, maker: BatchMaker, clock: FakeClock, etype: str, seqs: Any, at: float
 ) -> DeliveryResult:
     body = maker.body(maker.envelopes(etype, seqs, int(at * 1000)))
     result = d.deliver(Ingest(maker.registry, clock=clock).parse(body))
@@ -90,7 +55,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def test_closing_one_bucket_closes_only_its_own_parts_and_the_others_go_on(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     """Three open buckets: (EndSong, 10:00), (EndSong, 11:00), (PageView, 10:00). Closing
     10:00 of EndSong writes its marker in its own directory with its own part and the
@@ -128,7 +93,7 @@ def test_closing_one_bucket_closes_only_its_own_parts_and_the_others_go_on(
 
 
 def test_a_rolled_over_bucket_closes_every_one_of_its_parts(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery(max_part_bytes=1024, codec="null")
@@ -144,7 +109,7 @@ def test_a_rolled_over_bucket_closes_every_one_of_its_parts(
 
 
 def test_a_partition_closes_a_bucket_under_its_own_marker_name(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery(layout=partition_layout(3))
@@ -157,7 +122,7 @@ def test_a_partition_closes_a_bucket_under_its_own_marker_name(
 
 
 def test_after_a_restart_open_buckets_still_close_and_closed_parts_are_left_alone(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery()
@@ -181,7 +146,7 @@ def test_after_a_restart_open_buckets_still_close_and_closed_parts_are_left_alon
 
 
 def test_a_marker_the_ledger_never_recorded_still_closes_the_bucket(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     """A crash after ``_CLOSED.json`` was written but before the ledger said closed: on
     restart the marker is trusted, recorded, and the hour is never written again."""
@@ -216,7 +181,7 @@ def test_a_marker_the_ledger_never_recorded_still_closes_the_bucket(
 
 
 def test_a_closed_hour_the_ledger_does_not_know_is_never_written_again(
-    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, clock: Clock
+    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, clock: FakeClock
 ) -> None:
     """An adopted data directory holding a closed bucket: its files stay as they are, its
     marker's time is kept, and events of that hour go to the next open hour."""

@@ -15,8 +15,11 @@ import fastavro
 import pytest
 from collector_helpers import (
     END_SONG,
+    HOUR,
     PAGE_VIEW,
+    T0,
     BatchMaker,
+    FakeClock,
     closed_markers,
     expected_uids,
     part_files,
@@ -33,45 +36,13 @@ from spotify_events.collector.delivery import (
 from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.collector.ranges import RangeSet
 from spotify_events.collector.report import load_report
-from spotify_events.collector.seam import DeliveryConfig, DeliveryStatus
+from spotify_events.collector.seam import DeliveryStatus
 from spotify_events.collector.server import Collector, CollectorConfig
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.wire import DropNotice
 
-HOUR = 3600
-#: 2026-01-01T10:00:00Z, the start of an hour
-T0 = 1_767_261_600.0
 
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def fake_clock() -> Clock:
-    return Clock(T0 + 60)
-
-
-@pytest.fixture
-def open_delivery(tmp_path: Path, collector_registry: SchemaRegistry, fake_clock: Clock) -> Any:
-    made: list[LocalDelivery] = []
-
-    def _open(**config: Any) -> LocalDelivery:
-        cfg = DeliveryConfig(**{"grace_period": 60.0, "lateness": 600.0, **config})
-        d = LocalDelivery(tmp_path / "data", collector_registry, config=cfg, clock=fake_clock)
-        made.append(d)
-        return d
-
-    yield _open
-    for d in made:
-        d.close()
-
-
-def ingest(registry: SchemaRegistry, body: bytes, clock: Clock) -> IngestedBatch:
+def ingest(registry: SchemaRegistry, body: bytes, clock: FakeClock) -> IngestedBatch:
     return Ingest(registry, clock=clock).parse(body)
 
 
@@ -99,13 +70,13 @@ def test_exactly_once_and_duplicates(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    fake_clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     d = open_delivery()
     body = maker.body(maker.envelopes(END_SONG, range(1, 501), ms(T0 + 30)))
-    first = d.deliver(ingest(collector_registry, body, fake_clock))
-    again = d.deliver(ingest(collector_registry, body, fake_clock))
+    first = d.deliver(ingest(collector_registry, body, clock))
+    again = d.deliver(ingest(collector_registry, body, clock))
     assert (first.status, first.accepted, first.duplicates) == (DeliveryStatus.OK, 500, 0)
     assert (again.accepted, again.duplicates) == (0, 500)
     data = tmp_path / "data"
@@ -122,7 +93,7 @@ def test_exactly_once_and_duplicates(
 
 
 def test_failpoint_hook_is_called_after_the_fsync_and_after_the_ledger_commit(
-    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, fake_clock: Clock
+    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, clock: FakeClock
 ) -> None:
     """Crash tests stop the process at these two points (tests/failpoints.py): the hook
     is the only way in, called once per group commit at each, in this order."""
@@ -132,10 +103,10 @@ def test_failpoint_hook_is_called_after_the_fsync_and_after_the_ledger_commit(
     def failpoint(name: str) -> None:
         seen.append((name, sum(p.stat().st_size for p in part_files(data))))
 
-    d = LocalDelivery(data, collector_registry, clock=fake_clock, failpoint=failpoint)
+    d = LocalDelivery(data, collector_registry, clock=clock, failpoint=failpoint)
     try:
         body = maker.body(maker.envelopes(END_SONG, range(1, 11), ms(T0 + 30)))
-        assert d.deliver(ingest(collector_registry, body, fake_clock)).accepted == 10
+        assert d.deliver(ingest(collector_registry, body, clock)).accepted == 10
     finally:
         d.close()
     (written, written_size), (committed, committed_size) = seen
@@ -144,7 +115,7 @@ def test_failpoint_hook_is_called_after_the_fsync_and_after_the_ledger_commit(
 
 
 def test_drop_notice_is_dropped_not_lost(
-    open_delivery: Any, collector_registry: SchemaRegistry, maker: BatchMaker, fake_clock: Clock
+    open_delivery: Any, collector_registry: SchemaRegistry, maker: BatchMaker, clock: FakeClock
 ) -> None:
     d = open_delivery()
     envs = maker.envelopes(END_SONG, [1, 2, 3, 8, 9, 10], ms(T0))
@@ -153,8 +124,8 @@ def test_drop_notice_is_dropped_not_lost(
         DropNotice(END_SONG, 7, 7, 1, "rejected: schema mismatch"),
         DropNotice(END_SONG, 2, 2, 1, "queue full"),  # received anyway: counts as received
     ]
-    d.deliver(ingest(collector_registry, maker.body(envs, drops=drops), fake_clock))
-    fake_clock.now += 10_000  # far past the grace period
+    d.deliver(ingest(collector_registry, maker.body(envs, drops=drops), clock))
+    clock.now += 10_000  # far past the grace period
     s = stream(d.report(), "producer-a", END_SONG)
     assert s["received"] == 6
     assert (s["dropped"], s["dropped_reasons"]) == (3, {"queue full": 3})
@@ -163,27 +134,25 @@ def test_drop_notice_is_dropped_not_lost(
 
 
 def test_gap_is_open_then_lost_after_grace(
-    open_delivery: Any, collector_registry: SchemaRegistry, maker: BatchMaker, fake_clock: Clock
+    open_delivery: Any, collector_registry: SchemaRegistry, maker: BatchMaker, clock: FakeClock
 ) -> None:
     d = open_delivery(grace_period=120.0)
     envs = maker.envelopes(END_SONG, [1, 2, 4, 5], ms(T0))
-    d.deliver(ingest(collector_registry, maker.body(envs, next_seq={END_SONG: 8}), fake_clock))
+    d.deliver(ingest(collector_registry, maker.body(envs, next_seq={END_SONG: 8}), clock))
     s = stream(d.report(), "producer-a", END_SONG)
     assert (s["open_gaps"], s["lost"], s["gap_ranges"]) == (3, 0, [[3, 3], [6, 7]])
-    fake_clock.now += 60
+    clock.now += 60
     # a heartbeat raises the watermark later: 8..9 start their own grace period
     heartbeat = maker.body([], next_seq={END_SONG: 10})
-    assert d.deliver(ingest(collector_registry, heartbeat, fake_clock)).accepted == 0
-    fake_clock.now += 61
+    assert d.deliver(ingest(collector_registry, heartbeat, clock)).accepted == 0
+    clock.now += 61
     s = stream(d.report(), "producer-a", END_SONG)
     assert (s["lost"], s["open_gaps"]) == (3, 2)
-    fake_clock.now += 60
+    clock.now += 60
     s = stream(d.report(), "producer-a", END_SONG)
     assert (s["lost"], s["open_gaps"]) == (5, 0)
     # a late arrival turns a lost number back into received
-    d.deliver(
-        ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [3], ms(T0))), fake_clock)
-    )
+    d.deliver(ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [3], ms(T0))), clock))
     s = stream(d.report(), "producer-a", END_SONG)
     assert (s["received"], s["lost"]) == (5, 4)
 
@@ -192,7 +161,7 @@ def test_bucket_closes_with_marker_and_skewed_event_goes_to_open_bucket(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    fake_clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     d = open_delivery(lateness=600.0)
@@ -201,13 +170,13 @@ def test_bucket_closes_with_marker_and_skewed_event_goes_to_open_bucket(
         ingest(
             collector_registry,
             maker.body(maker.envelopes(END_SONG, range(1, 11), ms(T0 + 5))),
-            fake_clock,
+            clock,
         )
     )
     assert d.close_due_buckets() == 0  # the hour is not over
-    fake_clock.now = T0 + HOUR + 599
+    clock.now = T0 + HOUR + 599
     assert d.close_due_buckets() == 0  # within the lateness window
-    fake_clock.now = T0 + HOUR + 600
+    clock.now = T0 + HOUR + 600
     assert d.close_due_buckets() == 1
     (marker,) = closed_markers(data)
     assert marker["closed"] is True
@@ -216,7 +185,7 @@ def test_bucket_closes_with_marker_and_skewed_event_goes_to_open_bucket(
     before = {p.name: p.stat().st_size for p in closed_dir.iterdir()}
     # an event for the closed hour is skewed into the bucket open now (11:00), never dropped
     late = maker.envelopes(END_SONG, [11], ms(T0 + 10))
-    result = d.deliver(ingest(collector_registry, maker.body(late), fake_clock))
+    result = d.deliver(ingest(collector_registry, maker.body(late), clock))
     assert (result.accepted, result.skewed) == (1, 1)
     assert {p.name: p.stat().st_size for p in closed_dir.iterdir()} == before
     open_dir = data / END_SONG / "2026-01-01" / "11"
@@ -233,26 +202,26 @@ def test_closing_happens_at_ingest_time_too(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    fake_clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     d = open_delivery(lateness=0.0)
     d.deliver(
-        ingest(collector_registry, maker.body(maker.envelopes(PAGE_VIEW, [1], ms(T0))), fake_clock)
+        ingest(collector_registry, maker.body(maker.envelopes(PAGE_VIEW, [1], ms(T0))), clock)
     )
-    fake_clock.now = T0 + HOUR
-    d.deliver(ingest(collector_registry, maker.body([], next_seq={PAGE_VIEW: 2}), fake_clock))
+    clock.now = T0 + HOUR
+    d.deliver(ingest(collector_registry, maker.body([], next_seq={PAGE_VIEW: 2}), clock))
     assert len(closed_markers(tmp_path / "data")) == 1
 
 
 def test_schema_versions_get_separate_part_files(
-    tmp_path: Path, maker: BatchMaker, fake_clock: Clock
+    tmp_path: Path, maker: BatchMaker, clock: FakeClock
 ) -> None:
     base = maker.registry.get(END_SONG).raw
     v2 = dict(base)
     v2["fields"] = [*base["fields"], {"name": "extra", "type": "int", "default": 0}]
     registry = SchemaRegistry([base, v2])
-    d = LocalDelivery(tmp_path / "data", registry, clock=fake_clock)
+    d = LocalDelivery(tmp_path / "data", registry, clock=clock)
     try:
         m1 = BatchMaker(registry, "p")
         schema1, schema2 = registry.versions(END_SONG)
@@ -262,7 +231,7 @@ def test_schema_versions_get_separate_part_files(
         )
         payload2 = fastavro_payload(schema2.parsed, {**_end_song(), "extra": 5})
         env2 = env1._replace(seq=2, fingerprint=schema2.fingerprint, payload=payload2)
-        batch = Ingest(registry, clock=fake_clock).parse(m1.body([env1, env2]))
+        batch = Ingest(registry, clock=clock).parse(m1.body([env1, env2]))
         assert batch.rejections == []
         assert d.deliver(batch).accepted == 2
     finally:
@@ -301,7 +270,7 @@ def test_restart_moves_uncommitted_tail_and_unknown_parts_to_quarantine(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    fake_clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
@@ -310,7 +279,7 @@ def test_restart_moves_uncommitted_tail_and_unknown_parts_to_quarantine(
         ingest(
             collector_registry,
             maker.body(maker.envelopes(END_SONG, range(1, 101), ms(T0))),
-            fake_clock,
+            clock,
         )
     )
     d.close()
@@ -336,11 +305,11 @@ def test_restart_moves_uncommitted_tail_and_unknown_parts_to_quarantine(
     assert kinds == {"uncommitted_bytes", "unknown_part_file"}
     # the ledger survived: re-posting is all duplicates, new numbers append cleanly
     body = maker.body(maker.envelopes(END_SONG, range(1, 111), ms(T0)))
-    result = d2.deliver(ingest(collector_registry, body, fake_clock))
+    result = d2.deliver(ingest(collector_registry, body, clock))
     assert (result.accepted, result.duplicates) == (10, 100)
     d2.close()
     assert read_uids(data) == expected_uids("producer-a", END_SONG, range(1, 111))
-    report = load_report(data, now=fake_clock.now)
+    report = load_report(data, now=clock.now)
     assert stream(report, "producer-a", END_SONG)["received"] == 110
 
 
@@ -348,14 +317,12 @@ def test_failed_write_recovers_and_reports_unavailable(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    fake_clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     d = open_delivery()
-    d.deliver(
-        ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [1], ms(T0))), fake_clock)
-    )
+    d.deliver(ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [1], ms(T0))), clock))
     calls = {"n": 0}
     real_fsync = os.fsync
 
@@ -365,17 +332,17 @@ def test_failed_write_recovers_and_reports_unavailable(
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     body = maker.body(maker.envelopes(END_SONG, [2, 3], ms(T0)))
-    result = d.deliver(ingest(collector_registry, body, fake_clock))
+    result = d.deliver(ingest(collector_registry, body, clock))
     assert result.status is DeliveryStatus.UNAVAILABLE and calls["n"] >= 1
     monkeypatch.setattr(os, "fsync", real_fsync)
     # nothing half-done: the retry writes 2 and 3 exactly once
-    result = d.deliver(ingest(collector_registry, body, fake_clock))
+    result = d.deliver(ingest(collector_registry, body, clock))
     assert (result.status, result.accepted) == (DeliveryStatus.OK, 2)
     assert read_uids(tmp_path / "data") == expected_uids("producer-a", END_SONG, [1, 2, 3])
 
 
 def test_bucket_closer_thread_closes_quiet_hours(
-    tmp_path: Path, maker: BatchMaker, fake_clock: Clock
+    tmp_path: Path, maker: BatchMaker, clock: FakeClock
 ) -> None:
     """The timer closes a bucket with no further traffic (real thread, fake clock)."""
     config = CollectorConfig(
@@ -384,13 +351,13 @@ def test_bucket_closer_thread_closes_quiet_hours(
         lateness=60.0,
         close_interval=0.01,
     )
-    c = Collector(config, clock=fake_clock)
+    c = Collector(config, clock=clock)
     try:
         c.start_closer()
         body = maker.body(maker.envelopes(END_SONG, [1, 2], ms(T0)))
         assert c.delivery.deliver(c.ingest.parse(body)).accepted == 2
         assert closed_markers(tmp_path / "data") == []
-        fake_clock.now = T0 + HOUR + 60
+        clock.now = T0 + HOUR + 60
         deadline = time.monotonic() + 10
         while not closed_markers(tmp_path / "data") and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -404,7 +371,7 @@ def test_bucket_counts_each_event_once_when_a_batch_repeats_numbers(
     open_delivery: Any,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    fake_clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     """Seqs 5-6, then 5-7 (a retry that grew): the bucket holds 5, 6, 7 once each, and
@@ -413,7 +380,7 @@ def test_bucket_counts_each_event_once_when_a_batch_repeats_numbers(
     data = tmp_path / "data"
     for seqs in ([5, 6], [5, 6, 7]):
         body = maker.body(maker.envelopes(END_SONG, seqs, ms(T0 + 5)))
-        d.deliver(ingest(collector_registry, body, fake_clock))
+        d.deliver(ingest(collector_registry, body, clock))
     assert read_uids(data) == expected_uids("producer-a", END_SONG, [5, 6, 7])
     (bucket,) = d.report()["buckets"]
     assert (bucket["events"], bucket["duplicates"]) == (3, 2)
@@ -421,7 +388,7 @@ def test_bucket_counts_each_event_once_when_a_batch_repeats_numbers(
     (producer,) = bucket["producers"]
     assert (producer["events"], producer["duplicates"]) == (3, 2)
     assert (producer["min_seq"], producer["max_seq"]) == (5, 7)
-    fake_clock.now = T0 + HOUR
+    clock.now = T0 + HOUR
     assert d.close_due_buckets() == 1
     (marker,) = closed_markers(data)
     assert (marker["events"], marker["duplicates"]) == (3, 2)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from collector_helpers import (
     END_SONG,
+    HOUR,
     PAGE_VIEW,
+    T0,
     BatchMaker,
+    FakeClock,
+    OpenDelivery,
     expected_uids,
     read_uids,
     stream,
@@ -26,56 +29,18 @@ from collector_helpers import (
 
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest, IngestedBatch
-from spotify_events.collector.seam import DeliveryConfig, DeliveryResult, DeliveryStatus
-from spotify_events.schemas import SchemaRegistry
+from spotify_events.collector.seam import DeliveryResult, DeliveryStatus
 from spotify_events.wire import DropNotice, Envelope, WireBatch, encode_batch
-
-HOUR = 3600
-#: 2026-01-01T10:00:00Z, the start of an hour
-T0 = 1_767_261_600.0
 
 
 def ms(t: float) -> int:
     return int(t * 1000)
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0 + 60)
-
-
-Open = Callable[..., LocalDelivery]
-
-
-@pytest.fixture
-def open_delivery(
-    tmp_path: Path, collector_registry: SchemaRegistry, clock: Clock
-) -> Iterator[Open]:
-    made: list[LocalDelivery] = []
-
-    def _open(**config: Any) -> LocalDelivery:
-        cfg = DeliveryConfig(**{"grace_period": 60.0, "lateness": 600.0, **config})
-        d = LocalDelivery(tmp_path / "data", collector_registry, config=cfg, clock=clock)
-        made.append(d)
-        return d
-
-    yield _open
-    for d in made:
-        d.close()
-
-
 class Poster:
     """Ingests and delivers wire batches of one producer, at the clock's time."""
 
-    def __init__(self, d: LocalDelivery, maker: BatchMaker, clock: Clock) -> None:
+    def __init__(self, d: LocalDelivery, maker: BatchMaker, clock: FakeClock) -> None:
         self.d, self.maker, self.clock = d, maker, clock
 
     def batch(self, envs: list[Envelope], **kw: Any) -> IngestedBatch:
@@ -95,7 +60,7 @@ def rejections(result: DeliveryResult | IngestedBatch) -> list[tuple[str, int, s
 
 
 def test_a_number_sent_again_with_another_payload_is_refused_as_a_conflict(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     p = Poster(open_delivery(), maker, clock)
     ts = ms(T0 + 30)
@@ -119,7 +84,7 @@ def test_a_number_sent_again_with_another_payload_is_refused_as_a_conflict(
 
 
 def test_a_number_older_than_the_conflict_window_counts_as_a_duplicate(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     p = Poster(open_delivery(conflict_window=3), maker, clock)
     ts = ms(T0)
@@ -137,7 +102,7 @@ def test_a_number_older_than_the_conflict_window_counts_as_a_duplicate(
 
 
 def test_duplicates_and_skewed_events_add_up_over_runs_and_batches(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     """Two old hours (past their lateness) are skewed into the open hour; a later batch
     repeats numbers of two hours. Every count is a sum, never the last run's."""
@@ -163,7 +128,7 @@ def test_duplicates_and_skewed_events_add_up_over_runs_and_batches(
 
 
 def test_a_batch_writes_to_at_most_max_hours_per_batch_buckets_and_refuses_the_rest(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     """Three hours, two allowed: the third hour's events are refused one by one, and the
     events after them that belong to an hour already taken are still written."""
@@ -192,7 +157,7 @@ def test_a_batch_writes_to_at_most_max_hours_per_batch_buckets_and_refuses_the_r
 
 
 def test_after_the_clock_steps_back_an_event_of_a_closed_hour_goes_to_the_next_open_one(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery(lateness=600.0)
@@ -220,7 +185,7 @@ def test_after_the_clock_steps_back_an_event_of_a_closed_hour_goes_to_the_next_o
 
 
 def test_without_next_seq_the_watermark_rises_past_the_highest_number_seen(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     """Received, rejected and dropped numbers each raise the watermark to one past the
     highest of them, whatever order the runs come in."""
@@ -247,7 +212,7 @@ def test_without_next_seq_the_watermark_rises_past_the_highest_number_seen(
 
 
 def test_a_rejected_first_number_is_accounted_as_rejected(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     p = Poster(open_delivery(), maker, clock)
     bad = maker.envelope(END_SONG, 1, ms(T0))._replace(payload=b"")
@@ -260,7 +225,7 @@ def test_a_rejected_first_number_is_accounted_as_rejected(
 
 
 def test_a_number_both_dropped_and_rejected_is_only_rejected_in_the_reasons(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     p = Poster(open_delivery(), maker, clock)
     drops = [
@@ -275,7 +240,7 @@ def test_a_number_both_dropped_and_rejected_is_only_rejected_in_the_reasons(
 
 
 def test_a_drop_notice_for_a_type_this_delivery_does_not_know_is_skipped_not_the_rest(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     p = Poster(open_delivery(), maker, clock)
     b = p.batch([], next_seq={END_SONG: 4})
@@ -294,7 +259,7 @@ def test_a_drop_notice_for_a_type_this_delivery_does_not_know_is_skipped_not_the
 
 
 def test_a_stream_remembers_when_it_was_first_and_last_seen_and_by_whom(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     p = Poster(open_delivery(), maker, clock)
     first_at = clock.now
@@ -310,7 +275,7 @@ def test_a_stream_remembers_when_it_was_first_and_last_seen_and_by_whom(
 
 
 def test_missing_events_follows_every_stream_as_gaps_open_and_fill(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     d = open_delivery()
     p = Poster(d, maker, clock)
@@ -344,9 +309,9 @@ def incident_body(maker: BatchMaker, producer: str, incidents: list[dict[str, An
 
 
 def test_queue_incidents_are_kept_once_each_and_at_most_100_per_producer(
-    open_delivery: Open,
+    open_delivery: OpenDelivery,
     maker: BatchMaker,
-    clock: Clock,
+    clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     d = open_delivery()

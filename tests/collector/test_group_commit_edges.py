@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from collector_helpers import (
     END_SONG,
+    HOUR,
     PAGE_VIEW,
+    T0,
     BatchMaker,
+    FakeClock,
+    OpenDelivery,
     closed_markers,
     expected_uids,
     part_files,
@@ -38,46 +41,10 @@ from spotify_events.collector.report import load_report
 from spotify_events.collector.seam import DeliveryConfig, DeliveryStatus
 from spotify_events.schemas import SchemaRegistry
 
-HOUR = 3600
-#: 2026-01-01T10:00:00Z, the start of an hour
-T0 = 1_767_261_600.0
 TS = int((T0 + 30) * 1000)
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0 + 60)
-
-
-Open = Callable[..., LocalDelivery]
-
-
-@pytest.fixture
-def open_delivery(
-    tmp_path: Path, collector_registry: SchemaRegistry, clock: Clock
-) -> Iterator[Open]:
-    made: list[LocalDelivery] = []
-
-    def _open(**config: Any) -> LocalDelivery:
-        cfg = DeliveryConfig(**{"grace_period": 60.0, "lateness": 600.0, **config})
-        d = LocalDelivery(tmp_path / "data", collector_registry, config=cfg, clock=clock)
-        made.append(d)
-        return d
-
-    yield _open
-    for d in made:
-        d.close()
-
-
-def batch(registry: SchemaRegistry, body: bytes, clock: Clock) -> IngestedBatch:
+def batch(registry: SchemaRegistry, body: bytes, clock: FakeClock) -> IngestedBatch:
     return Ingest(registry, clock=clock).parse(body)
 
 
@@ -86,10 +53,10 @@ def incidents(d: LocalDelivery) -> list[dict[str, Any]]:
 
 
 def test_new_events_after_an_all_duplicate_run_in_the_same_batch_are_written_and_counted(
-    open_delivery: Open,
+    open_delivery: OpenDelivery,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     """A batch whose first run is all retries and whose second run is new: the new events
@@ -114,7 +81,10 @@ def test_new_events_after_an_all_duplicate_run_in_the_same_batch_are_written_and
 
 
 def test_an_all_duplicate_batch_without_watermarks_is_acknowledged_and_its_count_kept(
-    open_delivery: Open, collector_registry: SchemaRegistry, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery,
+    collector_registry: SchemaRegistry,
+    maker: BatchMaker,
+    clock: FakeClock,
 ) -> None:
     d = open_delivery()
     envs = maker.envelopes(END_SONG, [1, 2], TS)
@@ -129,10 +99,10 @@ def test_an_all_duplicate_batch_without_watermarks_is_acknowledged_and_its_count
 
 
 def test_a_part_appended_to_by_several_commits_reopens_whole_and_its_rows_match_the_file(
-    open_delivery: Open,
+    open_delivery: OpenDelivery,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     """Three commits append to one part: its committed length is the file's size, so a
@@ -167,10 +137,10 @@ def test_a_part_appended_to_by_several_commits_reopens_whole_and_its_rows_match_
 
 
 def test_a_closed_delivery_writes_nothing_and_says_it_is_shutting_down(
-    open_delivery: Open,
+    open_delivery: OpenDelivery,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     d = open_delivery()
@@ -194,10 +164,10 @@ def test_a_closed_delivery_writes_nothing_and_says_it_is_shutting_down(
 
 
 def test_deliver_all_commits_every_batch_once_and_a_failing_fence_writes_nothing(
-    open_delivery: Open,
+    open_delivery: OpenDelivery,
     collector_registry: SchemaRegistry,
     maker: BatchMaker,
-    clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     d = open_delivery()
@@ -225,7 +195,10 @@ def test_deliver_all_commits_every_batch_once_and_a_failing_fence_writes_nothing
 
 
 def test_completeness_is_walked_at_most_once_per_interval_and_never_waits_for_the_lock(
-    open_delivery: Open, collector_registry: SchemaRegistry, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery,
+    collector_registry: SchemaRegistry,
+    maker: BatchMaker,
+    clock: FakeClock,
 ) -> None:
     d = open_delivery()
     d.deliver(batch(collector_registry, maker.body(maker.envelopes(END_SONG, [1], TS)), clock))
@@ -257,7 +230,7 @@ def test_completeness_is_walked_at_most_once_per_interval_and_never_waits_for_th
 
 
 def test_a_data_dir_with_files_but_no_ledger_is_refused_naming_them(
-    tmp_path: Path, collector_registry: SchemaRegistry, clock: Clock
+    tmp_path: Path, collector_registry: SchemaRegistry, clock: FakeClock
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -279,7 +252,7 @@ def test_a_data_dir_with_files_but_no_ledger_is_refused_naming_them(
 
 
 def test_an_adopted_data_dir_gets_a_ledger_and_its_unknown_parts_are_moved_aside(
-    tmp_path: Path, collector_registry: SchemaRegistry, clock: Clock
+    tmp_path: Path, collector_registry: SchemaRegistry, clock: FakeClock
 ) -> None:
     data = tmp_path / "data"
     stray = data / END_SONG / "2026-01-01" / "10" / "part-0000000000000000-0000.avro"
@@ -298,7 +271,7 @@ def test_an_adopted_data_dir_gets_a_ledger_and_its_unknown_parts_are_moved_aside
 
 
 def test_a_partition_keeps_its_ledger_in_its_own_directory(
-    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, clock: Clock
+    tmp_path: Path, collector_registry: SchemaRegistry, maker: BatchMaker, clock: FakeClock
 ) -> None:
     data = tmp_path / "data"
     layout = partition_layout(3)
@@ -322,7 +295,7 @@ def test_a_partition_keeps_its_ledger_in_its_own_directory(
 
 
 def test_the_ledger_remembers_the_grace_period_and_lateness_for_offline_reports(
-    open_delivery: Open, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, clock: FakeClock, tmp_path: Path
 ) -> None:
     open_delivery(grace_period=42.5, lateness=75.0).close()
     report = load_report(tmp_path / "data", now=clock.now)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,11 @@ import pytest
 from collector_helpers import (
     END_SONG,
     PAGE_VIEW,
+    T0,
     UID_FIELD,
     BatchMaker,
+    FakeClock,
+    OpenDelivery,
     expected_uids,
     part_files,
     read_uids,
@@ -27,51 +29,13 @@ from collector_helpers import (
 
 from spotify_events.collector.delivery import FAILPOINT_AFTER_WRITE, LocalDelivery
 from spotify_events.collector.ingest import Ingest
-from spotify_events.collector.seam import DeliveryConfig, DeliveryResult, DeliveryStatus
-from spotify_events.schemas import SchemaRegistry
+from spotify_events.collector.seam import DeliveryResult, DeliveryStatus
 
-#: 2026-01-01T10:00:00Z, the start of an hour
-T0 = 1_767_261_600.0
 TS = int((T0 + 30) * 1000)
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0 + 60)
-
-
-Open = Callable[..., LocalDelivery]
-
-
-@pytest.fixture
-def open_delivery(
-    tmp_path: Path, collector_registry: SchemaRegistry, clock: Clock
-) -> Iterator[Open]:
-    made: list[LocalDelivery] = []
-
-    def _open(failpoint: Callable[[str], None] | None = None, **config: Any) -> LocalDelivery:
-        cfg = DeliveryConfig(**{"grace_period": 60.0, "lateness": 600.0, **config})
-        d = LocalDelivery(
-            tmp_path / "data", collector_registry, config=cfg, clock=clock, failpoint=failpoint
-        )
-        made.append(d)
-        return d
-
-    yield _open
-    for d in made:
-        d.close()
-
-
 def post(
-    d: LocalDelivery, maker: BatchMaker, clock: Clock, etype: str, seqs: Any
+    d: LocalDelivery, maker: BatchMaker, clock: FakeClock, etype: str, seqs: Any
 ) -> DeliveryResult:
     body = maker.body(maker.envelopes(etype, seqs, TS))
     return d.deliver(Ingest(maker.registry, clock=clock).parse(body))
@@ -95,9 +59,9 @@ def fp_hex(maker: BatchMaker, etype: str = END_SONG) -> str:
 
 
 def test_a_block_written_but_not_committed_is_kept_aside_readable_and_the_retry_lands_once(
-    open_delivery: Open,
+    open_delivery: OpenDelivery,
     maker: BatchMaker,
-    clock: Clock,
+    clock: FakeClock,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -154,7 +118,7 @@ def header_of(part: Path) -> bytes:
 
 
 def test_a_damaged_part_is_moved_aside_once_and_new_events_go_to_the_next_part(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery()
@@ -196,7 +160,7 @@ def test_a_damaged_part_is_moved_aside_once_and_new_events_go_to_the_next_part(
 
 
 def test_a_part_file_gone_missing_is_recorded_as_such(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery()
@@ -215,7 +179,7 @@ def test_a_part_file_gone_missing_is_recorded_as_such(
 
 
 def test_a_part_damaged_while_closed_by_the_open_file_limit_is_never_appended_to(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery(max_open_files=1)
@@ -241,7 +205,7 @@ def test_a_part_damaged_while_closed_by_the_open_file_limit_is_never_appended_to
 
 
 def test_a_full_part_is_closed_and_the_next_one_numbered_after_it(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     d = open_delivery(max_part_bytes=1024, codec="null")
@@ -260,7 +224,7 @@ def test_a_full_part_is_closed_and_the_next_one_numbered_after_it(
 
 
 def test_when_every_part_of_an_hour_is_damaged_the_next_one_gets_the_first_free_number(
-    open_delivery: Open, maker: BatchMaker, clock: Clock, tmp_path: Path
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     """Two parts of one (type, hour, schema), both damaged, and a torn tail on another
     type's part: at restart both are moved aside, the tail is cut back at once, and the
@@ -291,7 +255,7 @@ def test_when_every_part_of_an_hour_is_damaged_the_next_one_gets_the_first_free_
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 def test_commits_to_one_part_reuse_its_open_file_and_leak_no_descriptor(
-    open_delivery: Open, maker: BatchMaker, clock: Clock
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
 ) -> None:
     """A part file is a raw descriptor: opening it again for each commit would leak one
     per commit until the process runs out (every batch a 503)."""
