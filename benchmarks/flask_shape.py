@@ -47,27 +47,24 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.rates import start_sink  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
-APP = textwrap.dedent(
+VIEW = textwrap.dedent(
     '''
-    """The measured app: ~1 ms of CPU per view, two events per request (or none)."""
+    """The view both apps serve: ~1 ms of CPU, then two events (or none)."""
     import os
     import time
-
-    from flask import Flask, request
 
     import spotify_events
 
     WITH_SDK = os.environ["BENCH_WITH_SDK"] == "1"
     if WITH_SDK:
         spotify_events.configure(schemas=os.environ["BENCH_SCHEMAS"])
-    app = Flask(__name__)
     RECORD = {
         "user_id": "u000000001", "track_id": "spotify:track:4uLU6hMCjMI75M1A2tKUQC",
         "ms_played": 1, "reason_start": "CLICKROW", "reason_end": "TRACKDONE",
         "platform": "web", "shuffle": False, "offline": False,
     }
 
-    @app.route("/play/<int:n>")
+
     def play(n):
         until = time.process_time() + 0.001
         while time.process_time() < until:  # the view's own work
@@ -79,36 +76,32 @@ APP = textwrap.dedent(
     '''
 )
 
+APP = textwrap.dedent(
+    '''
+    """The measured WSGI app."""
+    from flask import Flask
+
+    import bench_view
+
+    app = Flask(__name__)
+    app.add_url_rule("/play/<int:n>", view_func=bench_view.play)
+    '''
+)
+
 FASTAPI_APP = textwrap.dedent(
     '''
-    """The measured ASGI app: the same view, the client started and closed by the lifespan."""
-    import os
-    import time
-
+    """The measured ASGI app, the client started and closed by the lifespan."""
     from fastapi import FastAPI
 
-    import spotify_events
+    import bench_view
     from spotify_events.servers.lifespan import lifespan
 
-    WITH_SDK = os.environ["BENCH_WITH_SDK"] == "1"
-    if WITH_SDK:
-        spotify_events.configure(schemas=os.environ["BENCH_SCHEMAS"])
-    app = FastAPI(lifespan=lifespan if WITH_SDK else None)
-    RECORD = {
-        "user_id": "u000000001", "track_id": "spotify:track:4uLU6hMCjMI75M1A2tKUQC",
-        "ms_played": 1, "reason_start": "CLICKROW", "reason_end": "TRACKDONE",
-        "platform": "web", "shuffle": False, "offline": False,
-    }
+    app = FastAPI(lifespan=lifespan if bench_view.WITH_SDK else None)
+
 
     @app.get("/play/{n}")
     async def play(n: int):
-        until = time.process_time() + 0.001
-        while time.process_time() < until:  # the view's own work
-            pass
-        if WITH_SDK:
-            spotify_events.log("EndSong", {**RECORD, "ms_played": n})
-            spotify_events.log("EndSong", {**RECORD, "ms_played": n + 1})
-        return {"ok": n}
+        return bench_view.play(n)
     '''
 )
 
@@ -224,6 +217,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4, help="load generator threads")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flask-shape-"))
+    (work / "bench_view.py").write_text(VIEW)
     (work / "bench_app.py").write_text(APP)
     (work / "gunicorn_conf.py").write_text(CONF)
     (work / "bench_asgi.py").write_text(FASTAPI_APP)

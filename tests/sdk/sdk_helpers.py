@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -158,3 +159,34 @@ class Sink:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class ModuleClock:
+    """Stands in for a module's ``time`` (``monkeypatch.setattr(module, "time", clock)``):
+    ``monotonic()`` moves only when the test sets ``now``; ``time()`` stays the real one."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+
+#: A record of each example schema with only the fields that have no default.
+VALID_RECORDS: dict[str, dict[str, Any]] = {
+    "EndSong": END_SONG,
+    "PageView": {"session_id": "s1", "page_uri": "spotify:album:1", "load_ms": 120},
+    "SearchQuery": {"user_id": "u1", "query": "abba", "result_count": 3, "latency_ms": 12.5},
+    "ServiceCall": {"operation": "GET /v1/tracks", "duration_ms": 3.2, "outcome": "OK"},
+    "AdImpression": {
+        "user_id": "u1",
+        "ad_id": "a1",
+        "campaign_id": "c1",
+        "format": "AUDIO",
+        "completed": True,
+        "price_micros": Decimal("0.001500"),
+    },
+}

@@ -9,40 +9,16 @@ import io
 import sys
 import types
 from collections.abc import Iterator, Mapping
-from decimal import Decimal
 from typing import Any
 
 import fastavro
 import pytest
+from sdk_helpers import VALID_RECORDS
 
 from spotify_events import encoding
 from spotify_events.encoding import EventEncoder, decode_event
 from spotify_events.errors import EventTooLargeError, EventValidationError
 from spotify_events.schemas import SchemaRegistry, parse_event_schema
-
-#: Records of the example schemas with only the fields that have no default.
-REQUIRED_ONLY: dict[str, dict[str, Any]] = {
-    "EndSong": {
-        "user_id": "u1",
-        "track_id": "t1",
-        "ms_played": 31000,
-        "reason_start": "CLICKROW",
-        "reason_end": "TRACKDONE",
-        "platform": "ios",
-    },
-    "PageView": {"session_id": "s1", "page_uri": "spotify:album:1", "load_ms": 120},
-    "SearchQuery": {"user_id": "u1", "query": "abba", "result_count": 3, "latency_ms": 12.5},
-    "ServiceCall": {"operation": "GET /v1/tracks", "duration_ms": 3.2, "outcome": "OK"},
-    "AdImpression": {
-        "user_id": "u1",
-        "ad_id": "a1",
-        "campaign_id": "c1",
-        "format": "AUDIO",
-        "completed": True,
-        "price_micros": Decimal("0.001500"),
-    },
-}
-
 
 #: The example schemas the compiled writer takes (AdImpression's ``decimal`` logical
 #: type is left to fastavro: its encoder has no compiled writer).
@@ -64,7 +40,7 @@ def test_a_record_leaving_fields_to_their_defaults_takes_the_compiled_writer(
     schema = registry.get(name)
     encoder = EventEncoder(schema)
     assert encoder._write_exact is not None
-    record = REQUIRED_ONLY[name]
+    record = VALID_RECORDS[name]
     expected = fastavro_bytes(schema.raw, record)
     assert encoder._write_exact(record) == expected  # raises if it had to fall back
     assert encoder.encode(record) == expected
@@ -88,7 +64,7 @@ class Reading(Mapping[str, Any]):
 
 def test_a_mapping_that_is_not_a_dict_is_encoded_like_the_dict(registry: SchemaRegistry) -> None:
     schema = registry.get("EndSong")
-    record = REQUIRED_ONLY["EndSong"]
+    record = VALID_RECORDS["EndSong"]
     assert EventEncoder(schema).encode(Reading(record)) == EventEncoder(schema).encode(record)
     with pytest.raises(EventValidationError) as err:
         EventEncoder(schema).encode(Reading({**record, "ms_played": "long"}))
@@ -116,10 +92,10 @@ def public_writer_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("public_writer_only")
-@pytest.mark.parametrize("name", REQUIRED_ONLY)
+@pytest.mark.parametrize("name", VALID_RECORDS)
 def test_the_public_writer_writes_the_same_bytes(registry: SchemaRegistry, name: str) -> None:
     schema = registry.get(name)
-    record = REQUIRED_ONLY[name]
+    record = VALID_RECORDS[name]
     encoder = EventEncoder(schema)
     if name in COMPILED:  # its defaults now come from the public writer
         assert encoder._write_exact is not None
@@ -139,7 +115,7 @@ def test_the_public_writer_refuses_unknown_and_missing_fields(
     registry: SchemaRegistry, change: dict[str, Any], field: str
 ) -> None:
     """Without ``strict_allow_default`` fastavro would drop an unknown field silently."""
-    record = {**REQUIRED_ONLY["EndSong"], **change}
+    record = {**VALID_RECORDS["EndSong"], **change}
     record = {k: v for k, v in record.items() if v is not None}
     with pytest.raises(EventValidationError) as err:
         EventEncoder(registry.get("EndSong"))._encode_general(record)
@@ -160,7 +136,7 @@ def test_a_well_typed_record_never_takes_the_general_path(
     """The compiled writer is the fast path (benchmarks/RESULTS.md); an event at exactly
     ``max_event_bytes`` is still its to write."""
     schema = registry.get(name)
-    record = REQUIRED_ONLY[name]
+    record = VALID_RECORDS[name]
     size = len(fastavro_bytes(schema.raw, record))
 
     def general(self: EventEncoder, record: Mapping[str, Any]) -> bytes:
@@ -175,7 +151,7 @@ def test_the_general_path_takes_an_event_of_exactly_max_event_bytes(
     registry: SchemaRegistry,
 ) -> None:
     schema = registry.get("AdImpression")  # no compiled writer: the general path
-    record = REQUIRED_ONLY["AdImpression"]
+    record = VALID_RECORDS["AdImpression"]
     size = len(fastavro_bytes(schema.raw, record))
     assert EventEncoder(schema, max_event_bytes=size).encode(record) == fastavro_bytes(
         schema.raw, record

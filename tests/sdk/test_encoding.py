@@ -14,6 +14,7 @@ import fastavro
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from sdk_helpers import VALID_RECORDS
 
 from spotify_events.encoding import EventEncoder, decode_event
 from spotify_events.errors import BatchDecodeError, EventTooLargeError, EventValidationError
@@ -189,31 +190,9 @@ BAD_RECORDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "non-string-map-key": ("PageView", {"viewport": {1: 1280}}, "viewport"),
 }
 
-VALID: dict[str, dict[str, Any]] = {
-    "EndSong": {
-        "user_id": "u1",
-        "track_id": "t1",
-        "ms_played": 31000,
-        "reason_start": "CLICKROW",
-        "reason_end": "TRACKDONE",
-        "platform": "ios",
-    },
-    "PageView": {"session_id": "s1", "page_uri": "spotify:album:1", "load_ms": 120},
-    "SearchQuery": {"user_id": "u1", "query": "abba", "result_count": 3, "latency_ms": 12.5},
-    "ServiceCall": {"operation": "GET /v1/tracks", "duration_ms": 3.2, "outcome": "OK"},
-    "AdImpression": {
-        "user_id": "u1",
-        "ad_id": "a1",
-        "campaign_id": "c1",
-        "format": "AUDIO",
-        "completed": True,
-        "price_micros": Decimal("0.001500"),
-    },
-}
-
 
 def _mutate(event_type: str, changes: Mapping[str, Any]) -> dict[str, Any]:
-    record = dict(VALID[event_type])
+    record = dict(VALID_RECORDS[event_type])
     for key, value in changes.items():
         if value is None:
             record.pop(key, None)
@@ -222,10 +201,10 @@ def _mutate(event_type: str, changes: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-@pytest.mark.parametrize("name", VALID)
+@pytest.mark.parametrize("name", VALID_RECORDS)
 def test_valid_records_encode(registry: SchemaRegistry, name: str) -> None:
     schema = registry.get(name)
-    record = VALID[name]
+    record = VALID_RECORDS[name]
     decoded = decode_event(schema, EventEncoder(schema).encode(record))
     assert decoded == _with_defaults(schema.parsed, record)
     assert all(type(decoded[k]) is type(v) for k, v in record.items())  # True stays a bool

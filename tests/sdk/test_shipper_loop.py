@@ -2,7 +2,7 @@
 retries and their backoff, stop(), and what a batch carries on the wire.
 
 A real queue file and ``MockTransport`` answering as the collector would; the shipper's
-clock is a fake (``Clock``, put in place of the module's ``time``) and its waits are
+clock is a fake (``ModuleClock``, put in place of the module's ``time``) and its waits are
 ``Waits`` events that record each timeout and move the clock on by it instead of
 sleeping, so every pause is checked as a number and nothing here waits for real."""
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sdk_helpers import ModuleClock
 from writer_helpers import Blocker
 
 import spotify_events.shipper as shipper_module
@@ -38,25 +39,12 @@ TS = 1_763_158_400_000
 OTHER = "elsewhere:1:other-holder"  # a live holder on another host
 
 
-class Clock:
-    """Stands in for the shipper module's ``time``: ``monotonic()`` moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return time.time()
-
-
 class Waits(threading.Event):
     """An Event whose ``wait`` records its timeout and advances ``clock`` by it instead of
     sleeping; ``then`` runs after each wait (to set the event, change the queue, ...)."""
 
     def __init__(
-        self, clock: Clock, then: Callable[[int], None] | None = None, advance: bool = True
+        self, clock: ModuleClock, then: Callable[[int], None] | None = None, advance: bool = True
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -98,8 +86,8 @@ class Collector:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> ModuleClock:
+    c = ModuleClock()
     monkeypatch.setattr(shipper_module, "time", c)
     return c
 
@@ -114,7 +102,7 @@ Make = Callable[..., tuple[Shipper, DurableQueue]]
 
 @pytest.fixture
 def make_shipper(
-    make_queue: Callable[..., DurableQueue], collector: Collector, clock: Clock
+    make_queue: Callable[..., DurableQueue], collector: Collector, clock: ModuleClock
 ) -> Iterator[Make]:
     made: list[Shipper] = []
 
@@ -160,7 +148,7 @@ def test_a_shipper_without_the_lease_sends_nothing_and_checks_back_within_a_thir
     make_shipper: Make,
     other_queue: DurableQueue,
     collector: Collector,
-    clock: Clock,
+    clock: ModuleClock,
     ttl: float,
     pause: float,
 ) -> None:
@@ -297,7 +285,7 @@ def test_a_host_name_with_colons_is_read_from_the_right(make_shipper: Make) -> N
 
 
 def test_the_lease_is_written_when_taken_and_again_only_once_half_its_ttl_has_passed(
-    make_shipper: Make, other_queue: DurableQueue, clock: Clock
+    make_shipper: Make, other_queue: DurableQueue, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(lease_ttl=10.0)
     start = clock.now
@@ -315,7 +303,7 @@ def test_the_lease_is_written_when_taken_and_again_only_once_half_its_ttl_has_pa
 
 
 def test_holds_lease_is_true_until_the_instant_the_lease_lapses(
-    make_shipper: Make, clock: Clock
+    make_shipper: Make, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(lease_ttl=10.0)
     assert not shipper.holds_lease()
@@ -599,7 +587,7 @@ def depth(events: int, size: int = 100) -> QueueDepth:
 
 
 def test_a_batch_that_is_not_full_waits_out_linger_from_when_it_was_first_seen(
-    make_shipper: Make, clock: Clock
+    make_shipper: Make, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(linger=2.0, max_events=100, lease_ttl=30.0)
     shipper.committed = Waits(clock)
@@ -614,7 +602,9 @@ def test_a_batch_that_is_not_full_waits_out_linger_from_when_it_was_first_seen(
     assert not shipper._lingering(depth(1))  # linger is over: ship
 
 
-def test_a_linger_wait_is_cut_to_a_third_of_the_lease_ttl(make_shipper: Make, clock: Clock) -> None:
+def test_a_linger_wait_is_cut_to_a_third_of_the_lease_ttl(
+    make_shipper: Make, clock: ModuleClock
+) -> None:
     shipper, _ = make_shipper(linger=10.0, max_events=100, lease_ttl=3.0)
     shipper.committed = Waits(clock)
     assert shipper._lingering(depth(1))
@@ -630,7 +620,7 @@ def test_a_linger_wait_is_cut_to_a_third_of_the_lease_ttl(make_shipper: Make, cl
     ],
 )
 def test_a_full_batch_does_not_linger(
-    make_shipper: Make, clock: Clock, d: QueueDepth, lingers: bool
+    make_shipper: Make, clock: ModuleClock, d: QueueDepth, lingers: bool
 ) -> None:
     shipper, _ = make_shipper(linger=2.0, max_events=100, max_bytes=1000)
     shipper.committed = Waits(clock)
@@ -638,14 +628,14 @@ def test_a_full_batch_does_not_linger(
 
 
 @pytest.mark.parametrize("linger", [0.0, -1.0])
-def test_no_linger_means_no_wait(make_shipper: Make, clock: Clock, linger: float) -> None:
+def test_no_linger_means_no_wait(make_shipper: Make, clock: ModuleClock, linger: float) -> None:
     shipper, _ = make_shipper(linger=linger)
     shipper.committed = Waits(clock)
     assert not shipper._lingering(depth(1))
     assert shipper.committed.timeouts == []
 
 
-def test_a_stopping_shipper_does_not_linger(make_shipper: Make, clock: Clock) -> None:
+def test_a_stopping_shipper_does_not_linger(make_shipper: Make, clock: ModuleClock) -> None:
     shipper, _ = make_shipper(linger=2.0, max_events=100)
     shipper.committed = Waits(clock)
     shipper._stop.set()
@@ -663,7 +653,7 @@ def test_a_stopping_shipper_does_not_linger(make_shipper: Make, clock: Clock) ->
     ],
 )
 def test_commits_wake_the_linger_only_while_they_could_fill_half_a_batch(
-    make_shipper: Make, clock: Clock, events_then: int, events_now: int, commits_wake: bool
+    make_shipper: Make, clock: ModuleClock, events_then: int, events_now: int, commits_wake: bool
 ) -> None:
     shipper, _ = make_shipper(linger=1.0, max_events=1000, lease_ttl=30.0)
     shipper.committed = Waits(clock)
@@ -678,7 +668,7 @@ def test_commits_wake_the_linger_only_while_they_could_fill_half_a_batch(
 
 
 def test_the_first_look_at_a_batch_starts_its_linger_and_knows_no_rate(
-    make_shipper: Make, clock: Clock
+    make_shipper: Make, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(linger=1.0, max_events=1000, lease_ttl=30.0)
     shipper.committed = Waits(clock)
@@ -691,7 +681,7 @@ def test_the_first_look_at_a_batch_starts_its_linger_and_knows_no_rate(
 
 
 def test_a_small_batch_is_held_back_until_linger_then_ships_and_a_flush_skips_linger(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, queue = make_shipper(linger=2.0, max_events=100, lease_ttl=30.0)
     shipper.committed = Waits(clock, advance=False)
@@ -716,7 +706,7 @@ def test_a_small_batch_is_held_back_until_linger_then_ships_and_a_flush_skips_li
 
 
 def test_a_full_batch_ships_in_one_step(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, queue = make_shipper(linger=3600.0, max_events=3)
     queue.append([ev(), ev(), ev(), ev()])
@@ -726,7 +716,7 @@ def test_a_full_batch_ships_in_one_step(
 
 
 def test_an_empty_queue_clears_a_hurry_and_a_linger(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(heartbeat_interval=3600.0)
     shipper.committed = Waits(clock)
@@ -739,7 +729,7 @@ def test_an_empty_queue_clears_a_hurry_and_a_linger(
 
 
 def test_an_idle_shipper_sends_a_heartbeat_once_heartbeat_interval_has_passed(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(heartbeat_interval=10.0, linger=0.5, lease_ttl=30.0)
     shipper.committed = Waits(clock)
@@ -766,7 +756,12 @@ def test_an_idle_shipper_sends_a_heartbeat_once_heartbeat_interval_has_passed(
     ],
 )
 def test_an_idle_wait_is_the_shortest_of_heartbeat_poll_and_lease(
-    make_shipper: Make, clock: Clock, seconds: float, linger: float, ttl: float, expected: float
+    make_shipper: Make,
+    clock: ModuleClock,
+    seconds: float,
+    linger: float,
+    ttl: float,
+    expected: float,
 ) -> None:
     shipper, _ = make_shipper(linger=linger, lease_ttl=ttl)
     shipper.committed = Waits(clock)
@@ -775,7 +770,7 @@ def test_an_idle_wait_is_the_shortest_of_heartbeat_poll_and_lease(
 
 
 def test_drop_notices_and_incidents_are_sent_at_once_when_idle(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, queue = make_shipper(heartbeat_interval=3600.0)
     shipper._last_send = clock.now
@@ -790,7 +785,7 @@ def test_drop_notices_and_incidents_are_sent_at_once_when_idle(
 
 
 def test_queued_drop_notices_ride_with_the_next_batch(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, queue = make_shipper(linger=0)
     queue.append([ev()], overflow={(A, DROP_BUFFER_FULL): 1})
@@ -945,7 +940,7 @@ def test_a_lease_that_cannot_be_read_means_do_not_ship_and_says_why(make_shipper
 class RecordingCondition:
     """Stands in for the shipper's ``_acked``: records each wait and moves the clock on."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ModuleClock) -> None:
         self.clock = clock
         self.timeouts: list[float | None] = []
 
@@ -967,7 +962,7 @@ class RecordingCondition:
 
 
 def test_flush_waits_in_short_steps_hurrying_the_shipper_and_gives_up_at_its_timeout(
-    make_shipper: Make, clock: Clock
+    make_shipper: Make, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper()
     acked = RecordingCondition(clock)
@@ -978,7 +973,7 @@ def test_flush_waits_in_short_steps_hurrying_the_shipper_and_gives_up_at_its_tim
 
 
 def test_flush_that_is_already_done_neither_waits_nor_hurries(
-    make_shipper: Make, clock: Clock
+    make_shipper: Make, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper()
     acked = RecordingCondition(clock)
@@ -1039,7 +1034,7 @@ def test_a_batch_read_by_the_step_keeps_to_max_bytes(
 
 
 def test_an_idle_shipper_wakes_for_the_heartbeat_when_it_is_due_before_the_next_poll(
-    make_shipper: Make, collector: Collector, clock: Clock
+    make_shipper: Make, collector: Collector, clock: ModuleClock
 ) -> None:
     shipper, _ = make_shipper(heartbeat_interval=10.0, linger=0, lease_ttl=30.0)
     shipper.committed = Waits(clock)
@@ -1054,7 +1049,7 @@ def test_a_copied_files_old_events_are_sent_under_their_old_producer_in_header_a
     queue_path: Path,
     tmp_path: Path,
     collector: Collector,
-    clock: Clock,
+    clock: ModuleClock,
 ) -> None:
     first = make_queue()
     first.append([ev(), ev()])
@@ -1173,7 +1168,7 @@ def test_stop_of_a_shipper_that_never_held_the_lease_needs_no_write_lock(
 def test_a_new_shipper_neither_sends_a_heartbeat_at_once_nor_logs_a_recovery(
     make_queue: Callable[..., DurableQueue],
     collector: Collector,
-    clock: Clock,
+    clock: ModuleClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     queue = make_queue()

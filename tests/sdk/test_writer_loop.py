@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from queue_helpers import TS, A, MakeQueue
+from sdk_helpers import ModuleClock
 from support import wait_for
 from writer_helpers import FP, Blocker, MakeWriter
 
@@ -23,23 +23,12 @@ from spotify_events.queue import PendingEvent
 from spotify_events.writer import FILE_CHECK_INTERVAL, REENTERED_POLL, QueueWriter
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return time.time()
-
-
 class Waits(threading.Event):
     """Records each wait's timeout, moves the clock on by it, and answers ``woken``;
     ``then(n)`` runs after the n-th wait."""
 
     def __init__(
-        self, clock: Clock, woken: bool = True, then: Callable[[int], None] | None = None
+        self, clock: ModuleClock, woken: bool = True, then: Callable[[int], None] | None = None
     ) -> None:
         super().__init__()
         self.clock, self.woken, self.then = clock, woken, then
@@ -55,8 +44,8 @@ class Waits(threading.Event):
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> ModuleClock:
+    c = ModuleClock()
     monkeypatch.setattr(writer_module, "time", c)
     return c
 
@@ -74,7 +63,7 @@ def test_the_pause_after_a_failed_commit_doubles_up_to_two_seconds_and_resets_on
     make_queue: MakeQueue,
     make_writer: MakeWriter,
     blocker: Callable[[], Blocker],
-    clock: Clock,
+    clock: ModuleClock,
     queue_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -108,7 +97,7 @@ def test_the_pause_after_a_failed_commit_doubles_up_to_two_seconds_and_resets_on
 
 
 def test_the_file_check_runs_every_file_check_interval_and_not_in_between(
-    make_queue: MakeQueue, make_writer: MakeWriter, clock: Clock
+    make_queue: MakeQueue, make_writer: MakeWriter, clock: ModuleClock
 ) -> None:
     writer: QueueWriter = make_writer(make_queue())
     checks: list[float] = []
@@ -144,7 +133,7 @@ def _with_step(event: Waits, step: float) -> Callable[[float | None], bool]:
 
 
 def test_without_a_file_check_the_idle_loop_just_polls(
-    make_queue: MakeQueue, make_writer: MakeWriter, clock: Clock
+    make_queue: MakeQueue, make_writer: MakeWriter, clock: ModuleClock
 ) -> None:
     writer: QueueWriter = make_writer(make_queue())
     assert writer.file_check is None
@@ -264,7 +253,7 @@ def test_close_does_not_wait_for_a_writer_thread_stuck_in_a_commit(
 
 @pytest.mark.parametrize(("timeout", "busy"), [(5.0, 5.0), (0.0, 2.0)])
 def test_the_final_commit_at_close_gets_the_time_left_and_at_least_final_commit_seconds(
-    make_queue: MakeQueue, make_writer: MakeWriter, clock: Clock, timeout: float, busy: float
+    make_queue: MakeQueue, make_writer: MakeWriter, clock: ModuleClock, timeout: float, busy: float
 ) -> None:
     queue = make_queue(busy_timeout=3600)
     writer: QueueWriter = make_writer(queue)
@@ -274,7 +263,7 @@ def test_the_final_commit_at_close_gets_the_time_left_and_at_least_final_commit_
 
 
 def test_when_close_has_run_out_of_time_its_final_commit_still_gets_a_tenth_of_a_second(
-    make_queue: MakeQueue, make_writer: MakeWriter, clock: Clock, queue_path: Path
+    make_queue: MakeQueue, make_writer: MakeWriter, clock: ModuleClock, queue_path: Path
 ) -> None:
     queue = make_queue(busy_timeout=3600)
     writer: QueueWriter = make_writer(queue)
