@@ -19,6 +19,7 @@ import fastavro
 import requests
 
 from spotify_events.collector.delivery import LocalDelivery
+from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.encoding import EventEncoder
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.wire import CONTENT_TYPE, DropNotice, Envelope, WireBatch, encode_batch
@@ -247,3 +248,13 @@ def wsgi_call(
 
     out = b"".join(app(environ, start_response))
     return captured["status"], captured["headers"], out
+
+
+def ingest(registry: SchemaRegistry, body: bytes, clock: Clock) -> IngestedBatch:
+    """``body`` through the collector's ingest half at ``clock``'s time."""
+    return Ingest(registry, clock=clock).parse(body)
+
+
+def ms(t: float) -> int:
+    """Epoch seconds as the wire's milliseconds."""
+    return int(t * 1000)

@@ -22,6 +22,8 @@ from collector_helpers import (
     FakeClock,
     closed_markers,
     expected_uids,
+    ingest,
+    ms,
     part_files,
     read_uids,
     stream,
@@ -33,21 +35,13 @@ from spotify_events.collector.delivery import (
     FAILPOINT_AFTER_WRITE,
     LocalDelivery,
 )
-from spotify_events.collector.ingest import Ingest, IngestedBatch
+from spotify_events.collector.ingest import Ingest
 from spotify_events.collector.ranges import RangeSet
 from spotify_events.collector.report import load_report
 from spotify_events.collector.seam import DeliveryStatus
 from spotify_events.collector.server import Collector, CollectorConfig
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.wire import DropNotice
-
-
-def ingest(registry: SchemaRegistry, body: bytes, clock: FakeClock) -> IngestedBatch:
-    return Ingest(registry, clock=clock).parse(body)
-
-
-def ms(t: float) -> int:
-    return int(t * 1000)
 
 
 def test_rangeset_add_merge_difference() -> None:

@@ -23,6 +23,7 @@ from collector_helpers import (
     FakeClock,
     OpenDelivery,
     expected_uids,
+    ms,
     read_uids,
     stream,
 )
@@ -31,10 +32,6 @@ from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.collector.seam import DeliveryResult, DeliveryStatus
 from spotify_events.wire import DropNotice, Envelope, WireBatch, encode_batch
-
-
-def ms(t: float) -> int:
-    return int(t * 1000)
 
 
 class Poster:

@@ -27,6 +27,7 @@ from collector_helpers import (
     OpenDelivery,
     closed_markers,
     expected_uids,
+    ingest,
     part_files,
     read_uids,
     stream,
@@ -34,7 +35,6 @@ from collector_helpers import (
 
 from spotify_events.collector.datadir import DataDirError, FileModes
 from spotify_events.collector.delivery import COMPLETENESS_MAX_AGE, LocalDelivery
-from spotify_events.collector.ingest import Ingest, IngestedBatch
 from spotify_events.collector.ledger import LEDGER_FILE
 from spotify_events.collector.partitions import PARTITIONS_DIR, partition_layout
 from spotify_events.collector.report import load_report
@@ -42,10 +42,6 @@ from spotify_events.collector.seam import DeliveryConfig, DeliveryStatus
 from spotify_events.schemas import SchemaRegistry
 
 TS = int((T0 + 30) * 1000)
-
-
-def batch(registry: SchemaRegistry, body: bytes, clock: FakeClock) -> IngestedBatch:
-    return Ingest(registry, clock=clock).parse(body)
 
 
 def incidents(d: LocalDelivery) -> list[dict[str, Any]]:
@@ -63,9 +59,9 @@ def test_new_events_after_an_all_duplicate_run_in_the_same_batch_are_written_and
     are in the part file and every count says so (nothing is skipped after the empty run)."""
     d = open_delivery()
     first = maker.envelopes(END_SONG, [1, 2, 3], TS)
-    d.deliver(batch(collector_registry, maker.body(first), clock))
+    d.deliver(ingest(collector_registry, maker.body(first), clock))
     mixed = first + maker.envelopes(PAGE_VIEW, [1, 2], TS)
-    result = d.deliver(batch(collector_registry, maker.body(mixed), clock))
+    result = d.deliver(ingest(collector_registry, maker.body(mixed), clock))
     assert (result.status, result.accepted, result.duplicates) == (DeliveryStatus.OK, 2, 3)
     assert result.accepted_by_type == {PAGE_VIEW: 2}
     assert result.duplicates_by_type == {END_SONG: 3}
@@ -88,8 +84,8 @@ def test_an_all_duplicate_batch_without_watermarks_is_acknowledged_and_its_count
 ) -> None:
     d = open_delivery()
     envs = maker.envelopes(END_SONG, [1, 2], TS)
-    d.deliver(batch(collector_registry, maker.body(envs), clock))
-    again = d.deliver(batch(collector_registry, maker.body(envs, next_seq={}), clock))
+    d.deliver(ingest(collector_registry, maker.body(envs), clock))
+    again = d.deliver(ingest(collector_registry, maker.body(envs, next_seq={}), clock))
     assert (again.status, again.accepted, again.duplicates) == (DeliveryStatus.OK, 0, 2)
     d.close()
     d2 = open_delivery()
@@ -111,7 +107,7 @@ def test_a_part_appended_to_by_several_commits_reopens_whole_and_its_rows_match_
     d = open_delivery()
     for seqs in ([1, 2], [3, 4, 5], [6]):
         result = d.deliver(
-            batch(collector_registry, maker.body(maker.envelopes(END_SONG, seqs, TS)), clock)
+            ingest(collector_registry, maker.body(maker.envelopes(END_SONG, seqs, TS)), clock)
         )
         assert (result.status, result.accepted) == (DeliveryStatus.OK, len(seqs))
     d.close()
@@ -126,7 +122,7 @@ def test_a_part_appended_to_by_several_commits_reopens_whole_and_its_rows_match_
     assert [(p["events"], p["bytes"]) for p in bucket["parts"]] == [(6, size)]
     assert bucket["producers"][0]["events"] == 6
     more = d2.deliver(
-        batch(collector_registry, maker.body(maker.envelopes(END_SONG, [7], TS)), clock)
+        ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [7], TS)), clock)
     )
     assert (more.status, more.accepted) == (DeliveryStatus.OK, 1)
     assert read_uids(data) == expected_uids("producer-a", END_SONG, range(1, 8))
@@ -144,12 +140,12 @@ def test_a_closed_delivery_writes_nothing_and_says_it_is_shutting_down(
     tmp_path: Path,
 ) -> None:
     d = open_delivery()
-    d.deliver(batch(collector_registry, maker.body(maker.envelopes(END_SONG, [1], TS)), clock))
+    d.deliver(ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [1], TS)), clock))
     d.close()
     body = maker.body(maker.envelopes(END_SONG, [2, 3], TS))
     results = [
-        d.deliver(batch(collector_registry, body, clock)),
-        *d.deliver_all([batch(collector_registry, body, clock)] * 2),
+        d.deliver(ingest(collector_registry, body, clock)),
+        *d.deliver_all([ingest(collector_registry, body, clock)] * 2),
     ]
     for r in results:
         assert (r.status, r.message, r.accepted) == (
@@ -177,14 +173,14 @@ def test_deliver_all_commits_every_batch_once_and_a_failing_fence_writes_nothing
     def lost_ownership() -> None:
         raise RuntimeError("partition 3 is owned by another worker")
 
-    fenced = d.deliver_all([batch(collector_registry, b, clock) for b in (b1, b2)], lost_ownership)
+    fenced = d.deliver_all([ingest(collector_registry, b, clock) for b in (b1, b2)], lost_ownership)
     assert [(r.status, r.message) for r in fenced] == [
         (DeliveryStatus.UNAVAILABLE, "not written: partition 3 is owned by another worker")
     ] * 2
     assert part_files(tmp_path / "data") == []
     fences: list[int] = []
     results = d.deliver_all(
-        [batch(collector_registry, b, clock) for b in (b1, b2)], lambda: fences.append(1)
+        [ingest(collector_registry, b, clock) for b in (b1, b2)], lambda: fences.append(1)
     )
     assert fences == [1]
     assert [(r.status, r.accepted, r.duplicates) for r in results] == [
@@ -201,7 +197,7 @@ def test_completeness_is_walked_at_most_once_per_interval_and_never_waits_for_th
     clock: FakeClock,
 ) -> None:
     d = open_delivery()
-    d.deliver(batch(collector_registry, maker.body(maker.envelopes(END_SONG, [1], TS)), clock))
+    d.deliver(ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [1], TS)), clock))
     first = d.completeness()
     assert first is not None
     assert d.completeness() is first  # the same instant: the cached figures
@@ -215,7 +211,7 @@ def test_completeness_is_walked_at_most_once_per_interval_and_never_waits_for_th
     assert third is not second
     # the lock is free after a walk: a batch still goes through
     more = d.deliver(
-        batch(collector_registry, maker.body(maker.envelopes(END_SONG, [2], TS)), clock)
+        ingest(collector_registry, maker.body(maker.envelopes(END_SONG, [2], TS)), clock)
     )
     assert more.accepted == 1
     # while a group commit holds the lock, a scrape gets the previous figures at once
@@ -281,7 +277,7 @@ def test_a_partition_keeps_its_ledger_in_its_own_directory(
     )
     try:
         body = maker.body(maker.envelopes(END_SONG, [1, 2], TS))
-        assert d.deliver(batch(collector_registry, body, clock)).accepted == 2
+        assert d.deliver(ingest(collector_registry, body, clock)).accepted == 2
     finally:
         d.close()
     ledger_dir = data / PARTITIONS_DIR / "p0003"
