@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for
 
 from spotify_events.config import ClientConfig
 from spotify_events.decision import UNKNOWN_SCHEMA
@@ -411,34 +410,3 @@ def test_each_newly_held_schema_is_logged_with_its_event_count(
     assert len(said) == 2
     assert f". 2 {B} event(s) so far are held" in said[0]
     assert f"schema {A} (fingerprint {FP.hex()})" in said[1] and f". 1 {A} event(s)" in said[1]
-
-
-def test_a_full_batch_has_the_next_one_read_and_encoded_while_it_is_on_the_wire(
-    make_shipper: Callable[..., tuple[Shipper, DurableQueue]], collector: Collector
-) -> None:
-    shipper, queue = make_shipper(max_events=2)
-    queue.append([ev(A) for _ in range(5)])
-    shipper._deliver(queue.read_batch(max_events=2), [], [])
-    # the mock collector answers at once: wait for the read-ahead the real wire overlaps
-    assert wait_for(lambda: shipper._prefetch._ready is not None)
-    prepared = shipper._prefetch.take()
-    assert prepared is not None
-    assert [e.seq for e in prepared.events] == [3, 4]
-    assert [(e.event_type, e.seq) for e in decode_batch(prepared.body).envelopes] == [
-        (A, 3),
-        (A, 4),
-    ]
-
-
-def test_after_a_short_batch_nothing_is_read_ahead(
-    make_shipper: Callable[..., tuple[Shipper, DurableQueue]], collector: Collector
-) -> None:
-    """A short batch means the queue held no more when it was read: what arrives while
-    it is on the wire would make another short batch, which the prefetcher would only
-    read and drop (at low rates that was a second read of every batch)."""
-    shipper, queue = make_shipper(max_events=2)
-    queue.append([ev(A)])
-    shipper._deliver(queue.read_batch(max_events=2), [], [])
-    queue.append([ev(A), ev(A)])
-    assert shipper._prefetch.take() is None
-    assert shipper._prefetch._thread is None  # never asked, so never started

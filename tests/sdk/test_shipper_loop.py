@@ -879,6 +879,21 @@ def test_the_prefetcher_leaves_a_batch_that_is_not_full_to_linger(make_shipper: 
     assert prefetch.take() is None
 
 
+def test_after_a_short_batch_the_step_reads_nothing_ahead(
+    make_shipper: Make, collector: Collector
+) -> None:
+    """A short batch means the queue held no more when it was read: what arrives while
+    it is on the wire would make another short batch, which the prefetcher would only
+    read and drop (at low rates that was a second read of every batch)."""
+    shipper, queue = make_shipper(max_events=2, linger=0)
+    queue.append([ev(A, FP, b"1")])
+    shipper._step()
+    assert len(collector.bodies) == 1
+    queue.append([ev(A, FP, b"2"), ev(A, FP, b"3")])
+    assert shipper._prefetch.take() is None
+    assert shipper._prefetch._thread is None  # never asked, so never started
+
+
 def test_a_stopped_prefetcher_prepares_nothing(make_shipper: Make) -> None:
     shipper, queue = make_shipper(max_events=1)
     queue.append([ev(), ev()])
