@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlite_utils
 
@@ -35,10 +35,16 @@ from .rows import INSERT_CHUNK, insert_incident
 
 logger = logging.getLogger("spotify_events.queue")
 
+_T = TypeVar("_T")
+
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
 FORMAT_VERSION = 2
 #: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
 APPLICATION_ID = 0x53455631  # "SEV1"
+#: The first and the longest pause between two tries for a lock another connection holds
+#: (see ``QueueStore._retrying``).
+LOCK_RETRY_FIRST = 0.0001
+LOCK_RETRY_MAX = 0.002
 
 
 class QueueStore:
@@ -67,6 +73,7 @@ class QueueStore:
         self.max_queue_bytes = settings.max_queue_bytes
         self.fsync = settings.fsync
         self.busy_timeout = settings.busy_timeout
+        self._busy_set_at = 0.0  # monotonic time of the last set_busy_timeout()
         self.clock = clock
         self._lock = threading.RLock()
         self._cache: AppendCache | None = None
@@ -96,8 +103,10 @@ class QueueStore:
                 self._quick_check(conn)
             self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._migrate(conn)
+            # From here on SQLite never waits for a lock itself: _retrying() does (finer
+            # pauses, and a deadline close() can cut while a wait is under way).
+            conn.execute("PRAGMA busy_timeout=0")
         except sqlite3.OperationalError as exc:  # locked, I/O, permissions: not corruption
             conn.close()
             raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
@@ -237,15 +246,10 @@ class QueueStore:
         return _Legacy(str(data["producer_id"]), int(data["last_id"]), dict(data["next_seq"]))
 
     def _read_meta(self, key: str) -> str:
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT value FROM meta WHERE key = ?", (key,))
-                .fetchone()
-            )
-        if row is None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
             raise QueueCorruptError(f"{self.path}: queue metadata {key!r} is missing")
-        return str(row[0])
+        return str(rows[0][0])
 
     def atomic(self) -> _Transaction:
         """One write transaction, taken eagerly (BEGIN IMMEDIATE) so that two
@@ -255,21 +259,48 @@ class QueueStore:
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                return self._connection().execute(sql, params).fetchall()
+                conn = self._connection()
+                return self._retrying(lambda: conn.execute(sql, params).fetchall())
             except sqlite3.DatabaseError as exc:
                 raise translate(self.path, exc) from exc
+
+    def _retrying(self, statement: Callable[[], _T]) -> _T:
+        """Run ``statement`` until no other connection holds the lock it needs, or
+        ``busy_timeout`` has passed (then SQLite's "database is locked" error stands).
+
+        The connection's own busy handler is off: SQLite's sleeps 1 ms, then 2, 5,
+        10 ms and more between tries, so a lock held for 0.2 ms (a group commit on
+        one side of the queue, an acknowledgement on the other) cost the waiter
+        1.1 ms; and its wait could not be cut short, so close() waited out a busy
+        timeout of up to 10 s behind a writer thread stuck in a commit. Here the
+        pauses start at 0.1 ms and stay under 2 ms, and the deadline is read again
+        on every try (see set_busy_timeout)."""
+        started = 0.0
+        pause = LOCK_RETRY_FIRST
+        while True:
+            try:
+                return statement()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                now = time.monotonic()
+                started = started or now
+                if now >= max(started, self._busy_set_at) + self.busy_timeout:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, LOCK_RETRY_MAX)
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
         self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
     def set_busy_timeout(self, seconds: float) -> None:
-        """How long a write waits for another process's lock from now on (close() cuts
-        it so a busy peer cannot stretch interpreter exit)."""
+        """How long a statement waits for another process's lock from now on, also a
+        wait already under way in another thread: close() cuts it so that neither a
+        busy peer nor a writer thread stuck behind one can stretch interpreter exit.
+        Takes no lock, which that writer thread may be holding."""
         self.busy_timeout = seconds
-        with self._lock:
-            if self._conn is not None:
-                self._conn.execute(f"PRAGMA busy_timeout={max(1, int(seconds * 1000))}")
+        self._busy_set_at = time.monotonic()
 
     def before_fork(self) -> None:
         """Called just before ``os.fork()``: wait until no thread of ours is inside
@@ -334,7 +365,7 @@ class _Transaction:
         store._lock.acquire()
         try:
             conn = store._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            store._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.DatabaseError as exc:
             store._lock.release()
             raise translate(store.path, exc) from exc

@@ -14,7 +14,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from spotify_events.queue import APPLICATION_ID, FORMAT_VERSION, ROW_OVERHEAD, D
 from spotify_events.schemas import SchemaRegistry
 
 MakeClient = Callable[..., EventClient]
+OtherWriter = Callable[[], sqlite3.Connection]
 
 #: The tables as the first release (format 1) created them, in SQLite's own words
 #: (sqlite_master of a file it wrote): no ``holds`` table, and no ``home`` in ``meta``.
@@ -392,20 +393,96 @@ def test_damage_met_while_reading_is_named_as_damage(
 
 
 @pytest.mark.parametrize(("fsync", "level"), [(True, 2), (False, 1)])  # FULL, NORMAL
-def test_the_connection_syncs_as_configured_and_waits_its_busy_timeout(
+def test_the_connection_syncs_as_configured_and_leaves_lock_waits_to_the_queue(
     make_queue: MakeQueue, fsync: bool, level: int
 ) -> None:
     queue = make_queue(fsync=fsync, busy_timeout=2.5)
     assert queue._read("PRAGMA synchronous") == [(level,)]
-    assert queue._read("PRAGMA busy_timeout") == [(2500,)]
     assert queue.settings.fsync is fsync
-    queue.set_busy_timeout(0.25)
-    assert queue._read("PRAGMA busy_timeout") == [(250,)]
-    queue.set_busy_timeout(7.5)
-    assert queue._read("PRAGMA busy_timeout") == [(7500,)]
-    queue.set_busy_timeout(0.0001)  # cut, never to 0 (which would mean: do not wait at all)
-    assert queue._read("PRAGMA busy_timeout") == [(1,)]
-    assert queue.busy_timeout == 0.0001
+    assert queue._read("PRAGMA busy_timeout") == [(0,)]  # SQLite's own sleeps never run
+    assert queue.busy_timeout == 2.5
+
+
+class LockClock:
+    """The queue module's clock while another connection holds the write lock: each
+    pause moves monotonic time on by its length, and ``on_pause`` acts in it (another
+    process committing, close() cutting the wait)."""
+
+    def __init__(self, on_pause: Callable[[int], None]) -> None:
+        self.now = 1000.0
+        self.pauses: list[float] = []
+        self.on_pause = on_pause
+
+    def module(self) -> types.SimpleNamespace:
+        return types.SimpleNamespace(monotonic=lambda: self.now, time=time.time, sleep=self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+        self.on_pause(len(self.pauses))
+
+
+@pytest.fixture
+def other_writer(queue_path: Path) -> Iterator[Callable[[], sqlite3.Connection]]:
+    """Another connection to the (existing) queue file, taking its write lock."""
+    conns: list[sqlite3.Connection] = []
+
+    def take() -> sqlite3.Connection:
+        conns.append(sqlite3.connect(queue_path, isolation_level=None))
+        conns[-1].execute("BEGIN IMMEDIATE")
+        return conns[-1]
+
+    yield take
+    for conn in conns:
+        conn.close()
+
+
+def test_a_write_waits_in_short_pauses_for_another_connections_lock(
+    make_queue: MakeQueue, other_writer: OtherWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's busy handler would sleep 1 ms at least: a lock held for a fraction of
+    that (a group commit, an acknowledgement) cost the waiter a millisecond each time."""
+    queue = make_queue(busy_timeout=30.0)
+    lock = other_writer()
+    clock = LockClock(lambda n: lock.execute("COMMIT") if n == 7 else None)
+    monkeypatch.setattr(store_module, "time", clock.module())
+    queue.append([ev()])
+    assert clock.pauses == [0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.002, 0.002]
+    assert queue.depth().events == 1
+
+
+def test_a_write_gives_up_once_its_busy_timeout_has_passed(
+    make_queue: MakeQueue, other_writer: OtherWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_queue(busy_timeout=0.05)
+    other_writer()
+    clock = LockClock(lambda n: None)
+    monkeypatch.setattr(store_module, "time", clock.module())
+    with pytest.raises(QueueError, match=r"database is locked$"):
+        queue.append([ev()])
+    assert 0.05 <= sum(clock.pauses) < 0.05 + 0.002
+    assert queue.depth().events == 0
+
+
+def test_a_cut_of_the_busy_timeout_ends_a_wait_already_under_way(
+    make_queue: MakeQueue, other_writer: OtherWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() cuts the wait from another thread while the writer thread is in it: the
+    wait ends at the cut's time plus the new timeout, not at its own start plus the old one."""
+    queue = make_queue(busy_timeout=3600.0)
+    other_writer()
+    cut_at: list[float] = []
+
+    def cut(n: int) -> None:
+        if n == 10:
+            cut_at.append(clock.now)
+            queue.set_busy_timeout(0.01)
+
+    clock = LockClock(cut)
+    monkeypatch.setattr(store_module, "time", clock.module())
+    with pytest.raises(QueueError, match=r"database is locked$"):
+        queue.append([ev()])
+    assert cut_at[0] + 0.01 <= clock.now < cut_at[0] + 0.01 + 0.002
 
 
 def test_a_closed_queue_says_so_and_stays_closed(make_queue: MakeQueue, queue_path: Path) -> None:

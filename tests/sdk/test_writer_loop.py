@@ -217,12 +217,6 @@ def test_a_writer_made_without_settings_takes_the_client_defaults(
     assert writer.group_events == defaults.group_events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: stop() cuts the busy timeout through set_busy_timeout(), which waits "
-    "for the queue lock that the writer thread holds while SQLite waits out the old busy "
-    "timeout; sqlite3's interrupt() does not end a busy wait either (docs/mutation-results.md)",
-)
 def test_close_does_not_wait_for_a_writer_thread_stuck_in_a_commit(
     make_queue: MakeQueue,
     make_writer: MakeWriter,
