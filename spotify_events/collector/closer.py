@@ -17,20 +17,35 @@ class BucketCloser(PartFiles):
     def _bucket(
         self, etype: str, hour: int, dirty: dict[tuple[str, int], BucketState]
     ) -> BucketState:
+        """The bucket of (type, hour) as a group commit sees it, recorded in ``dirty``.
+
+        A bucket not yet in the state is made here but joins the state (and the buckets
+        due to close) only when :meth:`_keep` is called for it, once a run has counted
+        something into it: a run refused whole (too many hours, conflicts only) leaves
+        no bucket behind. Until then ``dirty`` holds it, so the group finds the same
+        object again. A bucket closed under a ledger that was lost (a marker on disk)
+        joins the state at once: that is a fact of the disk, not of the batch.
+        """
         key = (etype, hour)
-        b = self.state.buckets.get(key)
+        b = self.state.buckets.get(key) or dirty.get(key)
         if b is None:
-            b = self.state.buckets[key] = BucketState(etype, hour)
+            b = BucketState(etype, hour)
             marker = read_marker(
                 os.path.join(self.data_dir, bucket_dir(etype, hour)), self.layout.marker
             )
             if marker is not None:  # closed under a ledger that was lost: still immutable
                 b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
-            else:
-                self._open_buckets[key] = b
-                self._next_close_at = min(self._next_close_at, self._close_deadline(hour))
+                self.state.buckets[key] = b
         dirty[key] = b
         return b
+
+    def _keep(self, b: BucketState) -> None:
+        """Put a bucket made by :meth:`_bucket` into the state and the buckets due to close."""
+        key = (b.event_type, b.hour)
+        if key not in self.state.buckets:
+            self.state.buckets[key] = b
+            self._open_buckets[key] = b
+            self._next_close_at = min(self._next_close_at, self._close_deadline(b.hour))
 
     def _close_deadline(self, hour: int) -> float:
         return (hour + 1) * 3600 + self.config.lateness

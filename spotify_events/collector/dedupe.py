@@ -62,6 +62,7 @@ class _Run:
         "bucket",
         "conflicts",
         "duplicates",
+        "fingerprint",
         "newest",
         "payloads",
         "seqs",
@@ -70,16 +71,13 @@ class _Run:
     )
 
     def __init__(
-        self,
-        stream: StreamState,
-        bucket: BucketState,
-        skewed: bool,
-        payloads: list[bytes],
+        self, stream: StreamState, bucket: BucketState, skewed: bool, fingerprint: bytes
     ) -> None:
         self.stream = stream
         self.bucket = bucket
         self.skewed = skewed
-        self.payloads = payloads  # the part file's pending list, shared by runs
+        self.fingerprint = fingerprint
+        self.payloads: list[bytes] = []  # new events, for the part file chosen afterwards
         self.add = stream.received.add
         self.seqs: list[int] = []
         self.duplicates = 0
@@ -174,9 +172,7 @@ class BatchApplier(BucketCloser):
                 recent = self._recent.get(skey)
                 if recent is None:
                     recent = self._recent[skey] = RecentPayloads(cfg.conflict_window)
-                part = self._part_for(etype, target_hour, fingerprint)
-                touched[part.path] = part
-                run = _Run(stream, bucket, skewed, pending.setdefault(part.path, []))
+                run = _Run(stream, bucket, skewed, fingerprint)
                 runs.append(run)
                 add, append_payload, append_seq = run.add, run.payloads.append, run.seqs.append
                 put, conflicts = recent.put, recent.conflicts
@@ -203,14 +199,19 @@ class BatchApplier(BucketCloser):
                 )
             else:
                 run.duplicates += 1
+        # A bucket, its producer entry and a part file are made only for a run that
+        # counts something into them: a refused run leaves none behind.
         for run in runs:
             etype = run.stream.event_type
-            pib = run.bucket.producers.get(producer)
-            if pib is None:
-                pib = run.bucket.producers[producer] = ProducerInBucket()
             if run.newest > run.stream.newest_event_ms:
                 run.stream.newest_event_ms = run.newest
             run.stream.conflicts += run.conflicts
+            if not (run.seqs or run.duplicates):
+                continue
+            self._keep(run.bucket)
+            pib = run.bucket.producers.get(producer)
+            if pib is None:
+                pib = run.bucket.producers[producer] = ProducerInBucket()
             if run.duplicates:
                 run.stream.duplicates += run.duplicates
                 run.bucket.duplicates += run.duplicates
@@ -219,6 +220,9 @@ class BatchApplier(BucketCloser):
             n = len(run.seqs)
             if not n:
                 continue
+            part = self._part_for(etype, run.bucket.hour, run.fingerprint)
+            touched[part.path] = part
+            pending.setdefault(part.path, []).extend(run.payloads)
             lo, hi = min(run.seqs), max(run.seqs)
             pib.events += n
             pib.min_seq = lo if not pib.min_seq else min(pib.min_seq, lo)

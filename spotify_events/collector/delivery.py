@@ -208,15 +208,18 @@ class LocalDelivery(Recovery, BatchApplier):
             return self._close_due(self.clock())
 
     def report(self) -> dict[str, Any]:
+        """The delivery report (:func:`.report.build_report`) as of one moment.
+
+        The lock is held only to copy the state: building the report walks every
+        stream and bucket, and group commits would wait for all of it.
+        """
         from .report import build_report
 
         with self._lock:
-            return build_report(
-                self.state,
-                now=self.clock(),
-                grace=self.config.grace_period,
-                lateness=self.config.lateness,
-            )
+            state, now = self.state.copy(), self.clock()
+        return build_report(
+            state, now=now, grace=self.config.grace_period, lateness=self.config.lateness
+        )
 
     def completeness(self) -> CompletenessGauges | None:
         """The ledger's loss and bucket gauges for ``/metrics`` (see :mod:`.metrics`).

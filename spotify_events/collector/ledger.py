@@ -23,6 +23,7 @@ Loss accounting per (producer, event type):
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import sqlite3
@@ -115,6 +116,14 @@ class StreamState:
                 ranges = self.marks[key] = RangeSet()
         return ranges
 
+    def copy(self) -> StreamState:
+        """A copy that later changes to this stream do not reach."""
+        new = copy.copy(self)
+        new.received = self.received.copy()
+        new.steps = list(self.steps)
+        new.marks = {key: ranges.copy() for key, ranges in self.marks.items()}
+        return new
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -188,6 +197,13 @@ class BucketState:
     duplicates: int = 0
     producers: dict[str, ProducerInBucket] = field(default_factory=dict)
     summary: dict[str, Any] | None = None  # the _CLOSED.json content once closed
+
+    def copy(self) -> BucketState:
+        """A copy that later changes to this bucket do not reach (``summary`` is shared:
+        it is set once, when the bucket closes, and never changed)."""
+        new = copy.copy(self)
+        new.producers = {p: copy.copy(pb) for p, pb in self.producers.items()}
+        return new
 
     def to_json(self) -> str:
         return json.dumps(
@@ -265,6 +281,17 @@ class LedgerState:
     buckets: dict[tuple[str, int], BucketState] = field(default_factory=dict)
     parts: dict[str, PartState] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> LedgerState:
+        """A copy that later changes to this state do not reach: taken under the delivery
+        lock, it lets a report be built outside it from the numbers of one moment."""
+        return LedgerState(
+            streams={key: st.copy() for key, st in self.streams.items()},
+            # a closed bucket is never changed again (events of its hour go elsewhere)
+            buckets={key: b if b.closed else b.copy() for key, b in self.buckets.items()},
+            parts={path: copy.copy(p) for path, p in self.parts.items()},
+            meta=dict(self.meta),
+        )
 
 
 class Ledger:

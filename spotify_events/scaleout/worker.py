@@ -175,9 +175,10 @@ class PartitionRunner:
         if not batches:
             return
         try:
-            w.leases.check_local(self.partition)
-            if w.leases.revision_due(self.partition):  # else a renewal confirmed it lately
+            if w.leases.revision_due(self.partition):  # confirm() checks locally first
                 await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
+            else:  # confirmed lately: a lapsed lease stops the runner here (the fence only naks)
+                w.leases.check_local(self.partition)
         except LeaseLost as exc:
             log.warning("partition %d: %s; stopping it", self.partition, exc)
             self.stopping = True
@@ -188,6 +189,7 @@ class PartitionRunner:
             await _answer_each(good, "nak", delay=1)
             return
         started = time.perf_counter()
+        # again under the writer lock: the lease may lapse while confirm() or the lock is awaited
         fence = functools.partial(w.leases.check_local, self.partition)
         results = await asyncio.to_thread(self.delivery.deliver_all, batches, fence)
         w.metrics.commit_seconds.observe(time.perf_counter() - started)

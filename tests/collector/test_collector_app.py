@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,14 @@ import pytest
 from collector_helpers import END_SONG, PAGE_VIEW, BatchMaker, part_files, wsgi_call
 from support import SCHEMAS
 
+from spotify_events.collector import report as report_module
+from spotify_events.collector.ledger import LedgerState
 from spotify_events.collector.server import Collector, CollectorConfig
 from spotify_events.wire import ENVELOPE_SCHEMA, DropNotice, Envelope
 
 TOKEN = "s3cret-token"
+#: Longest a test waits for another thread to reach a point (only a failure waits it out).
+WAIT = 10.0
 
 
 @pytest.fixture
@@ -255,3 +260,52 @@ def test_auth(tmp_path: Path, maker: BatchMaker) -> None:
         assert wsgi_call(c.app, "GET", "/healthz")[0] == 200  # probes need no token
     finally:
         c.shutdown()
+
+
+@pytest.mark.parametrize("path", ["/v1/report", "/"])
+def test_a_post_goes_through_while_a_report_is_built_and_the_report_is_of_one_moment(
+    collector: Collector, maker: BatchMaker, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Building the report walks every stream and bucket: under the delivery lock, a big
+    one would stall every POST for as long. Built from a copy, it still gives the numbers
+    of one moment, not some from before a commit and some from after."""
+    real_build = report_module.build_report
+    building, proceed = threading.Event(), threading.Event()
+    built: list[dict[str, Any]] = []
+
+    def slow_build_report(state: LedgerState, **kw: Any) -> dict[str, Any]:
+        building.set()
+        assert proceed.wait(WAIT)
+        built.append(real_build(state, **kw))
+        return built[-1]
+
+    assert post(collector, maker.body(maker.envelopes(END_SONG, range(1, 11))))[0] == 200
+    monkeypatch.setattr(report_module, "build_report", slow_build_report)
+    served: list[int] = []
+    posted: list[tuple[int, dict[str, Any]]] = []
+    reader = threading.Thread(
+        target=lambda: served.append(wsgi_call(collector.app, "GET", path)[0])
+    )
+    more = maker.body(maker.envelopes(END_SONG, range(11, 21)))
+    writer = threading.Thread(target=lambda: posted.append(post(collector, more)))
+    reader.start()
+    try:
+        assert building.wait(WAIT)
+        writer.start()
+        writer.join(WAIT)
+        assert posted == [(200, {"accepted": 10, "duplicates": 0, "rejected": []})]
+        assert reader.is_alive()  # the report is still being built
+    finally:
+        proceed.set()
+        reader.join(WAIT)
+        if writer.ident is not None:  # started
+            writer.join(WAIT)
+    assert served == [200]
+    (report,) = built
+    (s,) = report["streams"]
+    assert (report["totals"]["received"], s["received"], s["next_seq"]) == (10, 10, 11)
+    assert sum(b["events"] for b in report["buckets"]) == 10
+    assert sum(p["events"] for b in report["buckets"] for p in b["parts"]) == 10
+    assert max(p["max_seq"] for b in report["buckets"] for p in b["producers"]) == 10
+    monkeypatch.undo()
+    assert json.loads(wsgi_call(collector.app, "GET", "/v1/report")[2])["totals"]["received"] == 20

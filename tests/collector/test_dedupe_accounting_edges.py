@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from collector_helpers import (
     BatchMaker,
     FakeClock,
     OpenDelivery,
+    dir_snapshot,
     expected_uids,
     ms,
     read_uids,
@@ -30,6 +32,7 @@ from collector_helpers import (
 
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import Ingest, IngestedBatch
+from spotify_events.collector.report import load_report
 from spotify_events.collector.seam import DeliveryResult, DeliveryStatus
 from spotify_events.wire import DropNotice, Envelope, WireBatch, encode_batch
 
@@ -149,8 +152,57 @@ def test_a_batch_writes_to_at_most_max_hours_per_batch_buckets_and_refuses_the_r
     assert read_uids(tmp_path / "data") == expected_uids("producer-a", END_SONG, [1, 2, 5, 7])
     s = stream(p.d.report(), "producer-a", END_SONG)
     assert (s["received"], s["rejected"], s["open_gaps"]) == (4, 3, 0)
-    hours = {b["hour"]: b["events"] for b in p.d.report()["buckets"] if b["events"]}
+    hours = {b["hour"]: b["events"] for b in p.d.report()["buckets"]}
     assert hours == {"2026-01-01T08:00Z": 2, "2026-01-01T09:00Z": 2}
+
+
+def assert_only_bucket_is_10h(d: LocalDelivery, clock: FakeClock, data: Path) -> None:
+    """The 10:00 bucket is the only one: in the live report, the open-bucket gauge, the
+    buckets that close, the ledger they are saved to, and the files."""
+    assert [b["hour"] for b in d.report()["buckets"]] == ["2026-01-01T10:00Z"]
+    (hour,) = d.report()["buckets"]
+    assert len(hour["parts"]) == 1
+    gauges = d.completeness()
+    assert gauges is not None and gauges.open_buckets == 1
+    clock.now = T0 + 4 * HOUR
+    assert d.close_due_buckets() == 1
+    saved = load_report(data, now=clock.now)["buckets"]
+    assert [(b["hour"], b["closed"]) for b in saved] == [("2026-01-01T10:00Z", True)]
+    assert {os.path.dirname(f) for f in dir_snapshot(data) if f.startswith(END_SONG)} == {
+        os.path.join(END_SONG, "2026-01-01", "10")
+    }
+
+
+def test_an_hour_refused_for_max_hours_per_batch_leaves_no_bucket_behind(
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A hostile batch naming many hours must not grow the state by a bucket per hour
+    (nor the report, the ledger or the close work) for events that were refused."""
+    d = open_delivery(max_hours_per_batch=1)
+    p = Poster(d, maker, clock)
+    envs = [maker.envelope(END_SONG, n, ms(T0 + (n - 1) * HOUR)) for n in (1, 2, 3)]
+    result = p.post(envs)
+    assert rejections(result) == [(END_SONG, n, "too_many_hours") for n in (2, 3)]
+    assert_only_bucket_is_10h(d, clock, tmp_path / "data")
+
+
+def test_a_run_of_conflicts_only_leaves_no_bucket_or_part_file_behind(
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Numbers sent again with another payload are refused, counted on the stream only:
+    the next hour they name gets no bucket, and their own full part no successor."""
+    d = open_delivery(max_part_bytes=1024)  # the first block fills the part
+    p = Poster(d, maker, clock)
+    p.post(maker.envelopes(END_SONG, [1, 2], ms(T0)))
+    foreign = maker.envelope(END_SONG, 9).payload
+    again = [
+        maker.envelope(END_SONG, 1, ms(T0))._replace(payload=foreign),
+        maker.envelope(END_SONG, 2, ms(T0 + HOUR))._replace(payload=foreign),
+    ]
+    result = p.post(again)
+    assert rejections(result) == [(END_SONG, n, "conflict") for n in (1, 2)]
+    assert stream(d.report(), "producer-a", END_SONG)["conflicts"] == 2
+    assert_only_bucket_is_10h(d, clock, tmp_path / "data")
 
 
 def test_after_the_clock_steps_back_an_event_of_a_closed_hour_goes_to_the_next_open_one(
