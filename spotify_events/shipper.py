@@ -37,6 +37,7 @@ unreachable, recovered, throttled, token refused) is logged once, not per try.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -64,6 +65,9 @@ MAX_RETRY_AFTER = 600.0
 MIN_RETRY_DELAY = 0.05
 #: How often an idle lease holder looks for events committed by other processes.
 IDLE_POLL = 0.25
+#: How often a lingering holder looks for other connections' commits (a full batch, a
+#: flush's request); only while a batch is pending, never when idle.
+LINGER_POLL = 0.05
 
 
 @dataclass
@@ -110,6 +114,7 @@ class Shipper:
         self._lease_until = 0.0
         self._linger_until: float | None = None  # when the batch being gathered must go
         self._linger_from = (0.0, 0)  # (when, queue depth) as that batch was first seen
+        self._seen_version = 0  # the file's data_version when the linger last looked
         self._last_send = time.monotonic()
         self._state = "ok"
         self._thread: threading.Thread | None = None
@@ -258,9 +263,10 @@ class Shipper:
         we first saw it; True if we waited (the caller re-checks).
 
         A small batch waits out the linger and shares one request, one ack and one
-        wake-up among its events; a full one ships at once. Commits of our writer
-        wake the wait only while the rate seen since the linger began could fill
-        half a batch before it ends: at a few hundred events a second a commit
+        wake-up among its events; a full one ships at once, and so does one that a
+        flush in another process asked for (:meth:`DurableQueue.request_shipping`).
+        Commits wake the wait only while the rate seen since the linger began could
+        fill half a batch before it ends: at a few hundred events a second a commit
         cannot make a batch full, and waking for each would cost more than the
         events. After the first commit seen, a burst that starts late waits at most
         the rest of the linger (its events are on disk meanwhile)."""
@@ -270,6 +276,10 @@ class Shipper:
             return False
         now = time.monotonic()
         if self._linger_until is None:
+            # The baseline first: a request committed after it is seen by the next look.
+            self._seen_version = self.queue.data_version()
+            if self.queue.shipping_requested():
+                return False
             self._linger_until = now + settings.linger
             self._linger_from = (now, depth.events)
         remaining = self._linger_until - now
@@ -278,10 +288,30 @@ class Shipper:
         began, events_then = self._linger_from
         rate = (depth.events - events_then) / (now - began) if now > began else 0.0
         may_fill = rate == 0.0 or depth.events + rate * remaining >= settings.max_events / 2
+        self._linger_wait(may_fill, min(remaining, settings.lease_ttl / 3))
+        return True
+
+    def _linger_wait(self, may_fill: bool, seconds: float) -> None:
+        """Wait up to ``seconds`` for the linger, looking every LINGER_POLL at whether
+        another connection committed (``PRAGMA data_version``, no page read): our writer
+        sets ``committed``, but an agent has no writer, and processes sharing the file
+        commit unseen. A commit ends the wait when a flush asked for the queued events,
+        or while commits could fill the batch (the caller then re-reads the depth)."""
         # hurry() and stop() set both events; only commits are left out of _wake
         wake = self.committed if may_fill else self._wake
-        wake.wait(min(remaining, settings.lease_ttl / 3))
-        return True
+        looks = math.ceil(seconds / LINGER_POLL)
+        for _ in range(looks):
+            if wake.wait(seconds / looks):
+                return
+            version = self.queue.data_version()
+            if version == self._seen_version:
+                continue
+            self._seen_version = version
+            if self.queue.shipping_requested():
+                self._urgent.set()
+                return
+            if may_fill:
+                return
 
     def _idle_wait(self, seconds: float) -> None:
         # Our writer wakes us when it commits; other processes sharing the file cannot,
