@@ -31,6 +31,7 @@ from spotify_events.shipper import (
     LINGER_POLL,
     MAX_RETRY_AFTER,
     MIN_RETRY_DELAY,
+    TRICKLE_POLL,
     Shipper,
     _Prefetcher,
 )
@@ -593,8 +594,8 @@ def depth(events: int, size: int = 100) -> QueueDepth:
 
 
 def lingered(waits: Waits) -> float:
-    """How long a linger waited on ``waits``, in LINGER_POLL pieces."""
-    assert waits.timeouts and all(t is not None and t <= LINGER_POLL for t in waits.timeouts)
+    """How long a linger waited on ``waits``, in pieces no longer than a look's pace."""
+    assert waits.timeouts and all(t is not None and t <= TRICKLE_POLL for t in waits.timeouts)
     return sum(t for t in waits.timeouts if t is not None)
 
 
@@ -777,9 +778,10 @@ def test_a_batch_a_flush_elsewhere_asked_for_before_the_shipper_looked_ships_at_
 def test_a_trickle_from_another_process_does_not_end_the_wait_but_a_flush_there_does(
     make_shipper: Make, clock: ModuleClock, other_queue: DurableQueue
 ) -> None:
-    """At a few hundred events a second a commit cannot fill the batch: looking at one
-    costs a read of the request row, never a return to the caller's depth read."""
-    shipper, queue = make_shipper(linger=1.0, max_events=1000, lease_ttl=30.0)
+    """At a few hundred events a second a commit cannot fill the batch: the wait looks
+    for a flush's request at a slower pace, and a commit never returns it to the
+    caller's depth read."""
+    shipper, queue = make_shipper(linger=2.0, max_events=1000, lease_ttl=30.0)
 
     def other_process(waits: int) -> None:
         other_queue.append([ev()])
@@ -788,12 +790,12 @@ def test_a_trickle_from_another_process_does_not_end_the_wait_but_a_flush_there_
 
     shipper._wake = Waits(clock, then=other_process)
     start = clock.now
-    shipper._linger_until = start + 1.0
+    shipper._linger_until = start + 2.0
     shipper._linger_from = (start, 0)
     shipper._seen_version = queue.data_version()
     clock.now = start + 0.5
     assert shipper._lingering(depth(10))  # 20/s: commits could not fill half a batch
-    assert len(shipper._wake.timeouts) == 5
+    assert shipper._wake.timeouts == [pytest.approx(TRICKLE_POLL)] * 5
     assert shipper._urgent.is_set()
 
 
