@@ -20,11 +20,10 @@ A full batch (count or bytes) ships at once; one that is not full waits up to
 ack and one wake-up serve every event of that span. A flush cuts the wait short:
 in this process through :meth:`Shipper.hurry`, in another one (a service whose
 file an agent ships) through a request row in the file that the lingering
-shipper looks for. The limits (5000 events,
-4 MiB) come from the end-to-end benchmark: going from 1000 to 5000 events per
-batch cut per-event CPU on both ends by amortising the HTTP round trip and the
-collector's fsync; past that, gains were within noise while the retry unit
-grew. The linger (0.5 s, as segment's flush interval; OpenTelemetry's batch
+shipper looks for. The limits (5000 events, 4 MiB) come from the end-to-end
+benchmark: going from 1000 to 5000 events per batch cut per-event CPU on both
+ends by amortising the HTTP round trip and the collector's fsync; past that,
+gains were within noise while the retry unit grew. The linger (0.5 s, as segment's flush interval; OpenTelemetry's batch
 processor waits 1 s) comes from the rate curve in benchmarks/RESULTS.md: beyond
 its events, a send costs ~2 ms of CPU in this process (the HTTP request, the
 reads around it, the ack transaction), so shipping every 50 ms cost ~40 µs per
@@ -70,8 +69,9 @@ MIN_RETRY_DELAY = 0.05
 IDLE_POLL = 0.25
 #: How often a lingering holder looks for other connections' commits while they could
 #: fill its batch; only while a batch is pending, never when idle. A look costs ~55 µs
-#: of CPU (the timed-out wait ~40, PRAGMA data_version ~4, the request row ~11), so
-#: 20 looks a second are ~0.1 % of a core, and a filled batch waits at most this long.
+#: of CPU on a 2-core dev machine (the timed-out wait ~40, PRAGMA data_version ~4,
+#: the request row ~11), so 20 looks a second are ~0.1 % of a core, and a filled
+#: batch waits at most this long.
 LINGER_POLL = 0.05
 #: How often it looks while commits cannot fill the batch (a trickle), when only a
 #: flush's request could end the wait: at 100 events/s the writer commits every 50 ms,
