@@ -114,7 +114,7 @@ class FileAgent:
         if shipper is None or queue is None:
             return 0
         if drain and shipper.holds_lease():
-            marks = queue.max_event_id(), queue.last_drop_id()
+            marks = queue.shipping_marks()
             shipper.wait_acked(
                 lambda: queue.shipped_through(*marks), max(0.0, deadline - time.monotonic())
             )

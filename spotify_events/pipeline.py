@@ -17,7 +17,7 @@ import logging
 import time
 
 from .config import ClientConfig
-from .errors import QueueCorruptError
+from .errors import QueueCorruptError, QueueError
 from .lifecycle import Lifecycle
 from .queue import DurableQueue, QueueDepth, quarantine
 from .settings import QueueSettings, Shipping
@@ -71,11 +71,24 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         if not self.writer.commit_through(self.writer.last_ticket, timeout):
             return False
-        marks = self.writer_queue.max_event_id(), self.writer_queue.last_drop_id()
-        return self.shipper.wait_acked(
-            lambda: self.shipper_queue.shipped_through(*marks),
-            max(0.0, deadline - time.monotonic()),
-        )
+        marks = self.writer_queue.shipping_marks()
+
+        def done() -> bool:
+            return self.shipper_queue.shipped_through(*marks)
+
+        if not (self.ships and self.shipper.holds_lease()) and not done():
+            self._ask_holder(marks)
+        return self.shipper.wait_acked(done, max(0.0, deadline - time.monotonic()))
+
+    def _ask_holder(self, marks: tuple[int, int]) -> None:
+        """Another process ships this file (an agent, or the lease holder among processes
+        sharing it): ask it through the file to ship these marks without its linger; our
+        own shipper's hurry() cannot reach it. Best effort: if the request cannot be
+        written, the holder still ships on its linger and flush waits as before."""
+        try:
+            self.shipper_queue.request_shipping(*marks)
+        except QueueError as exc:
+            logger.debug("could not ask the shipping process to hurry: %s", exc)
 
     def depth(self) -> QueueDepth:
         return self.writer_queue.depth()

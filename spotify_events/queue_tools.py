@@ -158,7 +158,7 @@ def ship_command(path: str, endpoint: str | None, timeout: float) -> None:
     transport = HttpTransport(config.transport_settings())
     # a one-shot send has nothing to wait for: no linger
     shipper = Shipper(queue, transport, replace(config.shipper_settings(), linger=0.0))
-    marks = queue.max_event_id(), queue.last_drop_id()
+    marks = queue.shipping_marks()
     try:
         shipper.start()
         done = shipper.wait_acked(lambda: queue.shipped_through(*marks), timeout)

@@ -17,11 +17,13 @@ delete anything. The response decides what happens next:
 
 A full batch (count or bytes) ships at once; one that is not full waits up to
 ``linger`` from when the shipper first saw it, so at low rates one request, one
-ack and one wake-up serve every event of that span. The limits (5000 events,
-4 MiB) come from the end-to-end benchmark: going from 1000 to 5000 events per
-batch cut per-event CPU on both ends by amortising the HTTP round trip and the
-collector's fsync; past that, gains were within noise while the retry unit
-grew. The linger (0.5 s, as segment's flush interval; OpenTelemetry's batch
+ack and one wake-up serve every event of that span. A flush cuts the wait short:
+in this process through :meth:`Shipper.hurry`, in another one (a service whose
+file an agent ships) through a request row in the file that the lingering
+shipper looks for. The limits (5000 events, 4 MiB) come from the end-to-end
+benchmark: going from 1000 to 5000 events per batch cut per-event CPU on both
+ends by amortising the HTTP round trip and the collector's fsync; past that,
+gains were within noise while the retry unit grew. The linger (0.5 s, as segment's flush interval; OpenTelemetry's batch
 processor waits 1 s) comes from the rate curve in benchmarks/RESULTS.md: beyond
 its events, a send costs ~2 ms of CPU in this process (the HTTP request, the
 reads around it, the ack transaction), so shipping every 50 ms cost ~40 µs per
@@ -37,6 +39,7 @@ unreachable, recovered, throttled, token refused) is logged once, not per try.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -64,6 +67,16 @@ MAX_RETRY_AFTER = 600.0
 MIN_RETRY_DELAY = 0.05
 #: How often an idle lease holder looks for events committed by other processes.
 IDLE_POLL = 0.25
+#: How often a lingering holder looks for other connections' commits while they could
+#: fill its batch; only while a batch is pending, never when idle. A look costs ~55 µs
+#: of CPU on a 2-core dev machine (the timed-out wait ~40, PRAGMA data_version ~4,
+#: the request row ~11), so 20 looks a second are ~0.1 % of a core, and a filled
+#: batch waits at most this long.
+LINGER_POLL = 0.05
+#: How often it looks while commits cannot fill the batch (a trickle), when only a
+#: flush's request could end the wait: at 100 events/s the writer commits every 50 ms,
+#: so looking at LINGER_POLL would be waking per commit, which the trickle rule avoids.
+TRICKLE_POLL = 0.25
 
 
 @dataclass
@@ -110,6 +123,7 @@ class Shipper:
         self._lease_until = 0.0
         self._linger_until: float | None = None  # when the batch being gathered must go
         self._linger_from = (0.0, 0)  # (when, queue depth) as that batch was first seen
+        self._seen_version = 0  # the file's data_version when the linger last looked
         self._last_send = time.monotonic()
         self._state = "ok"
         self._thread: threading.Thread | None = None
@@ -258,9 +272,10 @@ class Shipper:
         we first saw it; True if we waited (the caller re-checks).
 
         A small batch waits out the linger and shares one request, one ack and one
-        wake-up among its events; a full one ships at once. Commits of our writer
-        wake the wait only while the rate seen since the linger began could fill
-        half a batch before it ends: at a few hundred events a second a commit
+        wake-up among its events; a full one ships at once, and so does one that a
+        flush in another process asked for (:meth:`DurableQueue.request_shipping`).
+        Commits wake the wait only while the rate seen since the linger began could
+        fill half a batch before it ends: at a few hundred events a second a commit
         cannot make a batch full, and waking for each would cost more than the
         events. After the first commit seen, a burst that starts late waits at most
         the rest of the linger (its events are on disk meanwhile)."""
@@ -270,6 +285,10 @@ class Shipper:
             return False
         now = time.monotonic()
         if self._linger_until is None:
+            # The baseline first: a request committed after it is seen by the next look.
+            self._seen_version = self.queue.data_version()
+            if self.queue.shipping_requested():
+                return False
             self._linger_until = now + settings.linger
             self._linger_from = (now, depth.events)
         remaining = self._linger_until - now
@@ -278,10 +297,30 @@ class Shipper:
         began, events_then = self._linger_from
         rate = (depth.events - events_then) / (now - began) if now > began else 0.0
         may_fill = rate == 0.0 or depth.events + rate * remaining >= settings.max_events / 2
+        self._linger_wait(may_fill, min(remaining, settings.lease_ttl / 3))
+        return True
+
+    def _linger_wait(self, may_fill: bool, seconds: float) -> None:
+        """Wait up to ``seconds`` for the linger, looking now and then at whether another
+        connection committed (``PRAGMA data_version``, no page read): our writer sets
+        ``committed``, but an agent has no writer, and processes sharing the file commit
+        unseen. A commit ends the wait when a flush asked for the queued events, or while
+        commits could fill the batch (the caller then re-reads the depth)."""
         # hurry() and stop() set both events; only commits are left out of _wake
         wake = self.committed if may_fill else self._wake
-        wake.wait(min(remaining, settings.lease_ttl / 3))
-        return True
+        looks = math.ceil(seconds / (LINGER_POLL if may_fill else TRICKLE_POLL))
+        for _ in range(looks):
+            if wake.wait(seconds / looks):
+                return
+            version = self.queue.data_version()
+            if version == self._seen_version:
+                continue
+            self._seen_version = version
+            if self.queue.shipping_requested():
+                self._urgent.set()
+                return
+            if may_fill:
+                return
 
     def _idle_wait(self, seconds: float) -> None:
         # Our writer wakes us when it commits; other processes sharing the file cannot,

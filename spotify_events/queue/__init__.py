@@ -86,6 +86,15 @@ class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
     restoring the file under it (:mod:`.restore`).
     """
 
+    def shipping_marks(self) -> tuple[int, int]:
+        """(id of the newest queued event, id of the newest drop record not yet reported):
+        what :meth:`shipped_through` is later asked about, and a flush's ship request names."""
+        (marks,) = self._read(
+            "SELECT (SELECT coalesce(max(id), 0) FROM events), "
+            "(SELECT coalesce(max(id), 0) FROM drops)"
+        )
+        return int(marks[0]), int(marks[1])
+
     def shipped_through(self, last_id: int, last_drop_id: int) -> bool:
         """Whether every event up to ``last_id`` has left the queue (acknowledged or
         dead-lettered) and every drop record up to ``last_drop_id`` reached the

@@ -34,13 +34,17 @@ def agents() -> Iterator[list[ServiceProcess]]:
 
 
 def start_agent(
-    agents: list[ServiceProcess], queue_path: Path, endpoint: str, *extra: str
+    agents: list[ServiceProcess],
+    queue_path: Path,
+    endpoint: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     agent = ServiceProcess(
         ["agent", str(queue_path), "--endpoint", endpoint, *extra],
         ready_prefix="agent running",
         name="agent",
-        env={"SPOTIFY_EVENTS_BACKOFF_MAX": "0.2"},
+        env={"SPOTIFY_EVENTS_BACKOFF_MAX": "0.2", **(env or {})},
     )
     agents.append(agent.start())
     return agent
@@ -111,6 +115,62 @@ def test_sigkill_of_the_agent_mid_stream_then_restart_delivers_exactly_once(
     (stream,) = stream_of(collector.report())
     assert stream["received"] == len(ids)
     assert stream["open_gaps"] == 0 and stream["lost"] == 0
+
+
+#: An agent that would hold a batch that is not full for a minute, renewing its lease
+#: (and so waking on its own) only every 20 s: what a test sees shipping sooner was hurried.
+LONG_LINGER = {"SPOTIFY_EVENTS_LINGER": "60", "SPOTIFY_EVENTS_LEASE_TTL": "60"}
+
+
+def test_flush_and_close_hurry_the_agent_through_its_linger(
+    collector: CollectorProcess, tmp_path: Path, agents: list[ServiceProcess]
+) -> None:
+    """The service's flush() cannot wake the agent's shipper thread; it leaves a request
+    in the queue file that the agent looks for. The heartbeat every second makes the idle
+    agent look for events that often; the minute of linger is what the request cuts."""
+    queue_path = tmp_path / "queue.db"
+    client = service(queue_path, collector.endpoint)
+    client.log("EndSong", numbered("h:0"))
+    client.flush(timeout=0)  # the file exists and has committed events
+    agent = start_agent(
+        agents,
+        queue_path,
+        collector.endpoint,
+        env={**LONG_LINGER, "SPOTIFY_EVENTS_HEARTBEAT_INTERVAL": "1"},
+    )
+    ids = ["h:0"] + [f"h:{i}" for i in range(1, 10)]
+    for uid in ids[1:]:
+        client.log("EndSong", numbered(uid))
+    assert client.flush(timeout=15), agent.stderr_tail()
+    ids.append("h:last")
+    client.log("EndSong", numbered("h:last"))
+    client.close()  # commits, asks the agent to ship, leaves at once
+    assert wait_for(lambda: queue_depth(queue_path) == 0, timeout=15), agent.stderr_tail()
+    found = bucket_ids(collector.data_dir)
+    assert set(found) == set(ids) and max(found.values()) == 1
+
+
+def test_an_agent_ships_a_batch_the_service_filled_while_it_lingered(
+    collector: CollectorProcess, tmp_path: Path, agents: list[ServiceProcess]
+) -> None:
+    """The agent has no writer to wake it: its linger notices the service's commits."""
+    queue_path = tmp_path / "queue.db"
+    agent = start_agent(
+        agents,
+        queue_path,
+        collector.endpoint,
+        env={**LONG_LINGER, "SPOTIFY_EVENTS_BATCH_MAX_EVENTS": "100"},
+    )
+    client = service(queue_path, collector.endpoint)
+    for i in range(150):  # a full batch ships at once; the 50 after it linger
+        client.log("EndSong", numbered(f"f:{i}"))
+    assert wait_for(lambda: queue_depth(queue_path) == 50, timeout=30), agent.stderr_tail()
+    for i in range(150, 200):  # no flush: these fill the batch that lingers
+        client.log("EndSong", numbered(f"f:{i}"))
+    assert wait_for(lambda: queue_depth(queue_path) == 0, timeout=15), agent.stderr_tail()
+    client.close()
+    found = bucket_ids(collector.data_dir)
+    assert len(found) == 200 and max(found.values()) == 1
 
 
 def test_two_agents_on_one_file_one_ships_the_other_takes_over_when_it_stops(

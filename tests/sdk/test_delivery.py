@@ -148,6 +148,25 @@ def test_flush_false_on_timeout_then_true(unstarted_sink: Sink, make_client: Mak
     assert client.flush(timeout=0.01) is True  # nothing new: immediately true
 
 
+def test_a_flush_where_the_lease_is_not_held_hurries_the_process_that_holds_it(
+    sink: Sink, make_client: MakeClient
+) -> None:
+    """Processes sharing a queue file (gunicorn workers): only the lease holder ships,
+    and another one's flush cannot wake its thread; it asks through the file instead.
+    The holder would otherwise wait out its minute of linger, waking every 20 s; its
+    heartbeat every second is how often, idle, it looks for events others committed."""
+    holder = make_client(
+        endpoint=sink.endpoint, linger=60.0, lease_ttl=60.0, heartbeat_interval=1.0
+    )
+    holder.log("PageView", PAGE)
+    assert holder.flush(timeout=10)  # it holds the lease from now on
+    other = make_client(endpoint=sink.endpoint, linger=60.0, lease_ttl=60.0)
+    for _ in range(10):
+        other.log("EndSong", END_SONG)
+    assert other.flush(timeout=10)
+    assert sink.seqs(EndSong) == list(range(1, 11))
+
+
 def test_close_twice_and_log_after_close(sink: Sink, make_client: MakeClient) -> None:
     client = make_client(endpoint=sink.endpoint)
     client.log("EndSong", END_SONG)

@@ -196,7 +196,8 @@ def test_shipped_through_waits_for_the_events_and_the_drop_records_up_to_its_mar
     """What flush(), an agent's drain and ``queue ship`` wait for."""
     queue = make_queue()
     queue.append([ev(), ev()], overflow={(A, DROP_BUFFER_FULL): 1})
-    marks = queue.max_event_id(), queue.last_drop_id()
+    marks = queue.shipping_marks()
+    assert marks == (2, 1)
     queue.append([ev()], overflow={(B, DROP_BUFFER_FULL): 1})  # after the marks: not waited for
     assert not queue.shipped_through(*marks)
     queue.ack(1, 2)
