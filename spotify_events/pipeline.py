@@ -84,9 +84,11 @@ class Pipeline:
         """Another process ships this file (an agent, or the lease holder among processes
         sharing it): ask it through the file to ship these marks without its linger; our
         own shipper's hurry() cannot reach it. Best effort: if the request cannot be
-        written, the holder still ships on its linger and flush waits as before."""
+        written, the holder still ships on its linger and flush waits as before. Written
+        through the writer's connection, whose wait for the write lock close() has cut
+        to its own time (the shipper's is not cut: its thread may still be running)."""
         try:
-            self.shipper_queue.request_shipping(*marks)
+            self.writer_queue.request_shipping(*marks)
         except QueueError as exc:
             logger.debug("could not ask the shipping process to hurry: %s", exc)
 
