@@ -58,6 +58,7 @@ SLEEP_AHEAD = 0.0005
 SETTLE = 3.0
 FIGURES = (
     "cpu_us_per_event",
+    "helper_cpu_us_per_event",
     "loop_cpu_us_per_event",
     "latency_p50_ms",
     "latency_p99_ms",
@@ -126,12 +127,21 @@ def child(spec: dict[str, Any]) -> None:
         emit("result", idle_cpu=cpu_seconds() - before)
         os._exit(0)
 
-    before = cpu_seconds()
+    before, helper_before = cpu_seconds(), adapter.helper_cpu()
     times = paced_loop(adapter.call, rate, count, 0)
     emit("logged")
     sys.stdin.readline()  # the orchestrator saw the last event acknowledged
     sdk_cpu = cpu_seconds() - before
-    emit("result", loop_cpu=loop_cpu, sdk_cpu=sdk_cpu, times=times, stats=adapter.stats())
+    helper_cpu = adapter.helper_cpu() - helper_before
+    emit(
+        "result",
+        loop_cpu=loop_cpu,
+        sdk_cpu=sdk_cpu,
+        helper_cpu=helper_cpu,
+        times=times,
+        stats=adapter.stats(),
+    )
+    adapter.stop_helpers()
     os._exit(0)  # no SDK's atexit hook adds time or hangs
 
 
@@ -217,6 +227,7 @@ def run_one(
         "lost": count - len(latencies),
         "loop_cpu_us_per_event": 1e6 * result["loop_cpu"] / count,
         "cpu_us_per_event": 1e6 * (result["sdk_cpu"] - result["loop_cpu"]) / count,
+        "helper_cpu_us_per_event": 1e6 * result["helper_cpu"] / count,
         "latency_p50_ms": 1e3 * latencies[len(latencies) // 2],
         "latency_p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "latency_max_ms": 1e3 * latencies[-1],
@@ -261,6 +272,20 @@ def print_tables(rows: list[dict[str, Any]], idle: list[float], args: argparse.N
             median[(c, rate)]["loop_cpu_us_per_event"] for c in contestants if (c, rate) in median
         )
         print(f"| {rate:,.0f} | " + " | ".join(cells) + f" | {loop:.1f} |")
+    helpers = [
+        c
+        for c in contestants
+        if any(m["helper_cpu_us_per_event"] for (n, _), m in median.items() if n == c)
+    ]
+    for c in helpers:
+        print(
+            f"{c}: CPU of the processes beside the caller's (not in the table), µs per event: "
+            + ", ".join(
+                f"{m['helper_cpu_us_per_event']:.1f} at {rate:,.0f}/s"
+                for rate in rates
+                if (m := median.get((c, rate)))
+            )
+        )
     print("\nDelivery latency, log() to the sink's acknowledgement: p50 / p99 / max (ms)")
     print("| rate (events/s) | " + " | ".join(contestants) + " |")
     print("|---" * (len(contestants) + 1) + "|")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,14 @@ class Adapter:
         """What the SDK itself says it did, where it says anything."""
         return {}
 
+    def helper_cpu(self) -> float:
+        """CPU seconds so far of the processes the SDK runs beside the caller's (none
+        for most): the caller's own CPU leaves them out."""
+        return 0.0
+
+    def stop_helpers(self) -> None:
+        """Stop those processes (the producer leaves through ``os._exit``)."""
+
     @classmethod
     def installed(cls) -> bool:
         try:
@@ -61,6 +71,8 @@ class SpotifyEvents(Adapter):
     dist = "spotify-events"
     module = "spotify_events"
 
+    shipping = "in-process"
+
     def start(self, base_url: str, workdir: Path) -> None:
         from spotify_events import EventClient
 
@@ -69,6 +81,7 @@ class SpotifyEvents(Adapter):
             queue_path=str(workdir / "events.db"),
             schemas=str(SCHEMAS),
             durability="buffered",
+            shipping=self.shipping,
         )
         log = self.client.log
         self.call = lambda record: log(EVENT_NAME, record)
@@ -94,6 +107,38 @@ class SpotifyEventsCollector(SpotifyEvents):
 
     name = "spotify-events/collector"
     target = "collector"
+
+
+class SpotifyEventsAgent(SpotifyEvents):
+    """The same client with ``shipping="agent"``: ``spotify-events agent`` ships its
+    queue file from a process of its own, whose CPU :meth:`helper_cpu` reports."""
+
+    name = "spotify-events/agent"
+    shipping = "agent"
+
+    def start(self, base_url: str, workdir: Path) -> None:
+        from spotify_events.collector.process import ServiceProcess
+
+        super().start(base_url, workdir)
+        queue_path = workdir / "events.db"
+        self.agent = ServiceProcess(
+            ["agent", str(queue_path), "--endpoint", f"{base_url}/v1/batches"],
+            ready_prefix="agent running",
+            name="agent",
+        ).start()
+        deadline = time.monotonic() + 30
+        while not any(f"shipping {queue_path}" in line for line in self.agent.stderr_lines):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the agent took no lease: {self.agent.stderr_tail()}")
+            time.sleep(0.05)
+
+    def helper_cpu(self) -> float:
+        assert self.agent.proc is not None
+        fields = Path(f"/proc/{self.agent.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop_helpers(self) -> None:
+        self.agent.stop(30)
 
 
 class Segment(Adapter):
@@ -192,6 +237,7 @@ CONTESTANTS: dict[str, type[Adapter]] = {
     for cls in (
         SpotifyEvents,
         SpotifyEventsCollector,
+        SpotifyEventsAgent,
         Segment,
         PostHog,
         Snowplow,

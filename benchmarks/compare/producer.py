@@ -254,6 +254,7 @@ def main() -> None:
         **callers,
         **delivery,
     )
+    adapter.stop_helpers()
     sys.stderr.flush()
     os._exit(0)
 
