@@ -37,6 +37,8 @@ import logging
 import time
 from typing import Any
 
+from ..errors import SpotifyEventsError
+
 log = logging.getLogger(__name__)
 
 #: How long a pull request stays open on the server (then ``408``, and a new one).
@@ -50,7 +52,7 @@ _DESCRIPTION = "Description"
 _PENDING = "Nats-Pending-Messages"
 
 
-class PullFailed(Exception):
+class PullFailed(SpotifyEventsError):
     """The server refused or could not serve the pull requests (no consumer leader, the
     consumer deleted): close the feed and, after a pause, make sure of the consumer."""
 
