@@ -1,10 +1,11 @@
 """``spotify-events deliver``: a delivery worker, from the stream to the buckets.
 
 One asyncio loop in the main thread. Each owned partition has a
-:class:`PartitionRunner`: a durable pull consumer on the partition's subject
-feeding the collector's own delivery half (:class:`~spotify_events.collector.
-delivery.LocalDelivery`, one per partition, its ledger under
-``DATA_DIR/_partitions/``). Per fetch: decode the slices, check the lease (the
+:class:`PartitionRunner`: a durable pull consumer on the partition's subject, read
+through a :class:`~.pull.PullFeed` (a pull request kept open), feeding the
+collector's own delivery half (:class:`~spotify_events.collector.delivery.
+LocalDelivery`, one per partition, its ledger under ``DATA_DIR/_partitions/``).
+Per batch taken from the feed: decode the slices, check the lease (the
 fence: locally, and against the bucket when no renewal has confirmed it within a
 third of the TTL), make them durable in one group commit (in a thread: it fsyncs), and only
 then acknowledge them to JetStream. A crash before the acks means redelivery, and
@@ -49,6 +50,7 @@ from ..errors import SpotifyEventsError
 from ..schemas import SchemaRegistry
 from .connection import check_server_version, close, connect
 from .leases import REBALANCE_POLL, LeaseLost, LeaseTable, lease_bucket
+from .pull import PullFeed, ensure_consumer
 from .slices import SliceDecodeError, decode_message
 from .stream import retry_until, stream_partitions
 from .worker_config import WorkerConfig
@@ -110,47 +112,52 @@ class PartitionRunner:
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         w = self.worker
-        subject = f"{w.config.stream}.p.{self.partition}"
-        psub = None
+        durable = f"deliver_p{self.partition}"
+        feed: PullFeed | None = None
         last_error = ""
-        while not self.stopping:
-            try:
-                if psub is None:
-                    psub = await w.js.pull_subscribe(
-                        subject,
-                        durable=f"deliver_p{self.partition}",
-                        stream=w.config.stream,
-                        config=ConsumerConfig(
-                            ack_policy=AckPolicy.EXPLICIT,
-                            deliver_policy=DeliverPolicy.ALL,
-                            ack_wait=w.config.ack_wait,
-                            max_deliver=-1,
-                            max_ack_pending=20 * w.config.fetch_batch,
-                        ),
-                    )
-                msgs = await psub.fetch(w.config.fetch_batch, timeout=1.0)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
-            except Exception as exc:  # no connection, no leader: retry quietly
-                text = f"{type(exc).__name__}: {exc}"
-                if text != last_error:
-                    last_error = text
-                    log.warning("partition %d: fetching failed: %s", self.partition, text)
-                await asyncio.sleep(0.5)
-                continue
-            last_error = ""
-            await self._commit(msgs)
-            if msgs and msgs[-1].metadata.num_pending is not None:
-                w.metrics.pending.labels(str(self.partition)).set(msgs[-1].metadata.num_pending)
-        if psub is not None:
-            try:
-                await psub.unsubscribe()
-            except Exception as exc:  # the connection may be gone: nothing to undo
-                log.debug("unsubscribing partition %d: %s", self.partition, exc)
+        try:
+            while not self.stopping:
+                try:
+                    if feed is None:
+                        await ensure_consumer(
+                            w.js,
+                            w.config.stream,
+                            durable,
+                            f"{w.config.stream}.p.{self.partition}",
+                            ConsumerConfig(
+                                ack_policy=AckPolicy.EXPLICIT,
+                                deliver_policy=DeliverPolicy.ALL,
+                                ack_wait=w.config.ack_wait,
+                                max_deliver=-1,
+                                max_ack_pending=20 * w.config.fetch_batch,
+                            ),
+                        )
+                        feed = PullFeed(w.nc, w.config.stream, durable, batch=w.config.fetch_batch)
+                        await feed.start()
+                    msgs = await feed.next_batch(timeout=1.0)
+                except Exception as exc:  # no connection, no leader, consumer gone: retry quietly
+                    text = f"{type(exc).__name__}: {exc}"
+                    if text != last_error:
+                        last_error = text
+                        log.warning("partition %d: fetching failed: %s", self.partition, text)
+                    if feed is not None:
+                        await feed.close()
+                        feed = None
+                    await asyncio.sleep(0.5)
+                    continue
+                if not msgs:
+                    continue
+                last_error = ""
+                await self._commit(msgs)
+                left = msgs[-1].metadata.num_pending
+                if left is not None:
+                    w.metrics.pending.labels(str(self.partition)).set(left)
+        finally:
+            if feed is not None:  # what it holds beyond the last commit goes back at once
+                await feed.close()
 
     async def _commit(self, msgs: list[Any]) -> None:
         w = self.worker

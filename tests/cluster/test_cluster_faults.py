@@ -8,6 +8,7 @@ same events with nothing lost and no gap left open.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,11 +16,12 @@ from typing import Any
 import pytest
 import requests
 from cluster_helpers import Producers, bucket_ids, received_by
-from cluster_tier import LEASE_TTL, PARTITIONS, Tier
+from cluster_tier import LEASE_TTL, PARTITIONS, STREAM, Tier
 from failpoints import failpoint_program
 from support import wait_for
 
 from spotify_events.collector.process import ServiceProcess
+from spotify_events.scaleout.connection import close, connect, split_urls
 
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
 
@@ -160,6 +162,29 @@ def test_rolling_restart_of_all_servers(tier: Tier) -> None:
         return "each node stopped (SIGINT) and restarted in turn"
 
     run_phase(tier, "rolling-restart", fault)
+
+
+def test_deleted_consumers_are_created_again(tier: Tier) -> None:
+    """An operator deletes the partitions' consumers (``nats consumer rm``): the server
+    answers the workers' pull requests with 409 Consumer Deleted, then 503 (nobody
+    serves that consumer). Each worker creates its consumers again and delivery goes
+    on; the new consumers start from the stream's first message, and the ledgers count
+    what was delivered before as duplicates instead of writing it twice."""
+
+    async def delete_consumers() -> None:
+        nc = await connect(split_urls(tier.cluster.urls), name="cluster-tests")
+        try:
+            js = nc.jetstream(timeout=10)
+            for p in range(PARTITIONS):
+                await js.delete_consumer(STREAM, f"deliver_p{p}")
+        finally:
+            await close(nc)
+
+    def fault(p: Producers) -> str:
+        asyncio.run(delete_consumers())
+        return f"the {PARTITIONS} consumers deleted while delivering"
+
+    run_phase(tier, "consumers-deleted", fault)
 
 
 def test_worker_sigterm_commits_releases_and_exits_0(tier: Tier) -> None:

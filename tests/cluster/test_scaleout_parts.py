@@ -34,6 +34,7 @@ from spotify_events.scaleout.connection import LoopThread, close, connect
 from spotify_events.scaleout.ingest import JetStreamDelivery, prepare_stream
 from spotify_events.scaleout.leases import LeaseLost, LeaseTable, lease_bucket
 from spotify_events.scaleout.natsserver import NatsCluster, NatsServerError, find_server
+from spotify_events.scaleout.pull import EXPIRES, GRACE, PullFailed, PullFeed, ensure_consumer
 from spotify_events.scaleout.slices import (
     SliceDecodeError,
     batch_messages,
@@ -346,6 +347,61 @@ def test_a_retried_slice_answered_duplicate_still_lands_its_newer_control_facts(
 
 
 # -- leases ----------------------------------------------------------------------------
+def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
+    node: NatsCluster,
+) -> None:
+    """A worker's :class:`PullFeed`: its requests expire unanswered (408) and are asked
+    again, so a message published after an idle spell arrives; messages it received
+    but never gave out are nak'ed on close, so the next feed gets them at once instead
+    of after ``ack_wait``; a deleted consumer ends the feed."""
+    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="pull-feed-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            await js.add_stream(StreamConfig(name="PULLTEST", subjects=["PULLTEST.p"]))
+            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
+            await ensure_consumer(js, "PULLTEST", "d", "PULLTEST.p", config)
+            feed = PullFeed(nc, "PULLTEST", "d", batch=4)
+            await feed.start()
+            assert await feed.next_batch(EXPIRES + GRACE + 0.5) == []  # past a request's life
+            await js.publish("PULLTEST.p", b"after-idle")
+            [msg] = await feed.next_batch(5)
+            assert msg.data == b"after-idle"
+            await msg.ack()
+            for i in range(3):
+                await js.publish("PULLTEST.p", f"held{i}".encode())
+
+            async def delivered(n: int) -> bool:
+                for _ in range(100):
+                    if (await js.consumer_info("PULLTEST", "d")).num_ack_pending == n:
+                        return True
+                    await asyncio.sleep(0.05)
+                return False
+
+            assert await delivered(3)  # received by the feed, never given out
+            await feed.close()
+            again = PullFeed(nc, "PULLTEST", "d", batch=4)
+            await again.start()
+            got: list[Any] = []
+            while len(got) < 3:
+                batch = await again.next_batch(5)
+                assert batch, got  # well within ack_wait: they were handed back
+                got += batch
+            assert sorted(m.data for m in got) == [b"held0", b"held1", b"held2"]
+            for m in got:
+                await m.ack()
+            await js.delete_consumer("PULLTEST", "d")
+            with pytest.raises(PullFailed):
+                await again.next_batch(5)
+            await again.close()
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
 def test_leases_change_hands_only_by_compare_and_swap(node: NatsCluster) -> None:
     async def scenario() -> None:
         nc = await connect(node.urls.split(","), name="lease-test")
