@@ -15,7 +15,8 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   ├── QueuePathError(ConfigError)    queue_path unusable: directory missing, permission denied
     │   ├── QueueCorruptError              not SQLite, or damaged; names the file
     │   ├── QueueForeignFileError          an SQLite file that is not a queue (left alone)
-    │   └── QueueVersionError              written by a newer spotify-events
+    │   ├── QueueVersionError              written by a newer spotify-events
+    │   └── QueueBusyError                 a caller's own deadline passed while another process wrote
     ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
     ├── DataDirError                       the collector's data directory is unsafe to use
     ├── StreamConfigError                  the JetStream stream exists with other settings
@@ -113,6 +114,12 @@ class QueueForeignFileError(QueueError):
 
 class QueueVersionError(QueueError):
     """The queue file was written by a newer, incompatible spotify-events."""
+
+
+class QueueBusyError(QueueError):
+    """A caller's deadline (``flush(timeout)``, the ``commit`` level's wait) passed while
+    another process held the queue's write lock: nothing failed, the events wait in
+    memory for the writer thread's next commit."""
 
 
 class MissingExtraError(SpotifyEventsError, ImportError):

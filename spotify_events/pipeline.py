@@ -77,7 +77,8 @@ class Pipeline:
             return self.shipper_queue.shipped_through(*marks)
 
         if not (self.ships and self.shipper.holds_lease()) and not done():
-            self._ask_holder(marks)
+            with self.writer_queue.waiting_until(deadline):
+                self._ask_holder(marks)
         return self.shipper.wait_acked(done, max(0.0, deadline - time.monotonic()))
 
     def _ask_holder(self, marks: tuple[int, int]) -> None:

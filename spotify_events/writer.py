@@ -39,7 +39,7 @@ from threading import get_ident
 import backoff
 
 from .config import ClientConfig
-from .errors import ClientClosedError, QueueError
+from .errors import ClientClosedError, QueueBusyError, QueueError
 from .queue import (
     DROP_BUFFER_FULL,
     DROP_REENTERED,
@@ -262,8 +262,10 @@ class QueueWriter:
                 if self._commit_owner == get_ident():
                     return False  # re-entered mid-commit: the writer commits it later
                 due = ticket > self._committed_ticket or self._overflow or self._has_reentered
-                if due and not self._commit_as_owner():
-                    return False
+                if due:
+                    with self.queue.waiting_until(deadline):  # another process's lock too
+                        if not self._commit_as_owner():
+                            return False
             finally:
                 self._commit_lock.release()
             if ticket <= self._committed_ticket:
@@ -371,6 +373,8 @@ class QueueWriter:
                     self._overflow[key] = self._overflow.get(key, 0) + n
             if not isinstance(exc, Exception):
                 raise  # SystemExit from a signal handler, say: events are back in the buffer
+            if isinstance(exc, QueueBusyError):
+                return False  # a caller's deadline, not a failure: the writer thread commits them
             if not isinstance(exc, QueueError):
                 logger.exception("spotify-events: unexpected error committing to the queue")
             self.counters.write_errors += 1

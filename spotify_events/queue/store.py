@@ -28,7 +28,13 @@ from typing import Any, NamedTuple, TypeVar
 import sqlite_utils
 
 from ..config import ClientConfig
-from ..errors import QueueCorruptError, QueueError, QueueForeignFileError, QueueVersionError
+from ..errors import (
+    QueueBusyError,
+    QueueCorruptError,
+    QueueError,
+    QueueForeignFileError,
+    QueueVersionError,
+)
 from ..settings import QueueSettings
 from .files import check_queue_path, file_identity
 from .rows import INSERT_CHUNK, insert_incident
@@ -74,6 +80,7 @@ class QueueStore:
         self.fsync = settings.fsync
         self.busy_timeout = settings.busy_timeout
         self._busy_set_at = 0.0  # monotonic time of the last set_busy_timeout()
+        self._callers = threading.local()  # .deadline: a calling thread's own (see waiting_until)
         self.clock = clock
         self._lock = threading.RLock()
         self._cache: AppendCache | None = None
@@ -287,8 +294,20 @@ class QueueStore:
                 started = started or now
                 if now >= max(started, self._busy_set_at) + self.busy_timeout:
                     raise
+                caller_deadline = getattr(self._callers, "deadline", None)
+                if caller_deadline is not None and now >= caller_deadline:
+                    raise QueueBusyError(
+                        f"{self.path}: another process held the write lock past the caller's deadline"
+                    ) from exc
             time.sleep(pause)
             pause = min(2 * pause, LOCK_RETRY_MAX)
+
+    def waiting_until(self, deadline: float | None) -> _CallerDeadline:
+        """While the block runs, this thread's waits for a lock end at ``deadline``
+        (``time.monotonic()``; None: no deadline of its own) with :class:`QueueBusyError`,
+        so that ``flush(timeout)`` keeps to its timeout when another process writes.
+        Other threads' waits are not affected."""
+        return _CallerDeadline(self._callers, deadline)
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the main file (cheap when idle; keeps the WAL small)."""
@@ -390,6 +409,24 @@ class _Transaction:
                 raise translate(self._store.path, exc) from exc
         finally:
             self._store._lock.release()
+
+
+class _CallerDeadline:
+    """:meth:`QueueStore.waiting_until`: sets and restores one thread's deadline."""
+
+    __slots__ = ("_before", "_callers", "_deadline")
+
+    def __init__(self, callers: threading.local, deadline: float | None) -> None:
+        self._callers = callers
+        self._deadline = deadline
+        self._before: float | None = None
+
+    def __enter__(self) -> None:
+        self._before = getattr(self._callers, "deadline", None)
+        self._callers.deadline = self._deadline
+
+    def __exit__(self, *exc: object) -> None:
+        self._callers.deadline = self._before
 
 
 class _Legacy(NamedTuple):

@@ -217,6 +217,32 @@ def test_a_writer_made_without_settings_takes_the_client_defaults(
     assert writer.group_events == defaults.group_events
 
 
+def test_a_commit_waited_for_with_a_timeout_keeps_to_it_while_another_process_writes(
+    make_queue: MakeQueue,
+    make_writer: MakeWriter,
+    blocker: Callable[[], Blocker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``flush(timeout)`` and the ``commit`` level wait at most their own time for another
+    process's write lock, not the queue's busy timeout (an hour here). The event stays in
+    memory for the writer's next commit, and nothing is reported as a write failure."""
+    writer: QueueWriter = make_writer(make_queue(busy_timeout=3600), commit_interval=3600)
+    lock = blocker().hold()
+    try:
+        ticket = writer.submit(ev())
+        result: list[bool] = []
+        waiting = threading.Thread(target=lambda: result.append(writer.commit_through(ticket, 0.2)))
+        waiting.start()
+        waiting.join(30)  # far more than the 0.2 s it may take, far less than the busy timeout
+        assert result == [False]
+        assert writer.buffered[0] == 1
+        assert writer.counters.write_errors == 0
+    finally:
+        lock.release()
+    assert writer.commit_through(ticket, 30)
+    assert "cannot write" not in caplog.text
+
+
 def test_close_does_not_wait_for_a_writer_thread_stuck_in_a_commit(
     make_queue: MakeQueue,
     make_writer: MakeWriter,
