@@ -89,11 +89,7 @@ class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
     def shipping_marks(self) -> tuple[int, int]:
         """(id of the newest queued event, id of the newest drop record not yet reported):
         what :meth:`shipped_through` is later asked about, and a flush's ship request names."""
-        (marks,) = self._read(
-            "SELECT (SELECT coalesce(max(id), 0) FROM events), "
-            "(SELECT coalesce(max(id), 0) FROM drops)"
-        )
-        return int(marks[0]), int(marks[1])
+        return self.max_event_id(), self.last_drop_id()
 
     def shipped_through(self, last_id: int, last_drop_id: int) -> bool:
         """Whether every event up to ``last_id`` has left the queue (acknowledged or
