@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from .rows import set_meta
 from .store import QueueStore
 
 #: The meta row a flush in a process that does not ship writes: the marks it waits for.
@@ -47,11 +48,7 @@ class QueueLease(QueueStore):
         by the next request; a holder that predates it never reads it and ships on its
         linger as before."""
         with self.atomic() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (SHIP_REQUEST, json.dumps([last_id, last_drop_id])),
-            )
+            set_meta(conn, [(SHIP_REQUEST, json.dumps([last_id, last_drop_id]))])
 
     def shipping_requested(self) -> bool:
         """Whether the last :meth:`request_shipping` names an event still queued or a drop

@@ -109,6 +109,15 @@ def insert_drops(
             )
 
 
+def set_meta(conn: sqlite3.Connection, items: Iterable[tuple[str, str]]) -> None:
+    """Set ``meta`` keys to values, adding the keys that are not there yet."""
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        items,
+    )
+
+
 def insert_incident(conn: sqlite3.Connection, kind: str, detail: str) -> None:
     """Remember something the collector should hear about (e.g. a quarantined file)."""
     conn.execute(

@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..settings import QueueSettings
 from .files import check_queue_path, file_identity
-from .rows import INSERT_CHUNK, insert_incident
+from .rows import INSERT_CHUNK, insert_incident, set_meta
 
 logger = logging.getLogger("spotify_events.queue")
 
@@ -224,11 +224,7 @@ class QueueStore:
         next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
         legacy = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
         conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
-        conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))],
-        )
+        set_meta(conn, [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))])
         insert_incident(
             conn,
             "queue_file_copied",
