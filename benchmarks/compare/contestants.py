@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
-import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,6 @@ class SpotifyEvents(Adapter):
     name = "spotify-events"
     dist = "spotify-events"
     module = "spotify_events"
-
     shipping = "in-process"
 
     def start(self, base_url: str, workdir: Path) -> None:
@@ -111,34 +109,27 @@ class SpotifyEventsCollector(SpotifyEvents):
 
 class SpotifyEventsAgent(SpotifyEvents):
     """The same client with ``shipping="agent"``: ``spotify-events agent`` ships its
-    queue file from a process of its own, whose CPU :meth:`helper_cpu` reports."""
+    queue file from a process of its own (started as ``benchmarks/e2e_delivery.py``
+    starts it), whose CPU :meth:`helper_cpu` reports."""
 
     name = "spotify-events/agent"
     shipping = "agent"
 
     def start(self, base_url: str, workdir: Path) -> None:
-        from spotify_events.collector.process import ServiceProcess
+        from benchmarks.e2e_delivery import shipping_agent
 
         super().start(base_url, workdir)
-        queue_path = workdir / "events.db"
-        self.agent = ServiceProcess(
-            ["agent", str(queue_path), "--endpoint", f"{base_url}/v1/batches"],
-            ready_prefix="agent running",
-            name="agent",
-        ).start()
-        deadline = time.monotonic() + 30
-        while not any(f"shipping {queue_path}" in line for line in self.agent.stderr_lines):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the agent took no lease: {self.agent.stderr_tail()}")
-            time.sleep(0.05)
+        self._helpers = ExitStack()
+        agent = shipping_agent(self.shipping, workdir / "events.db", f"{base_url}/v1/batches")
+        self.agent_pid = self._helpers.enter_context(agent)
 
     def helper_cpu(self) -> float:
-        assert self.agent.proc is not None
-        fields = Path(f"/proc/{self.agent.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        from benchmarks.e2e_delivery import cpu_seconds
+
+        return cpu_seconds(self.agent_pid)
 
     def stop_helpers(self) -> None:
-        self.agent.stop(30)
+        self._helpers.close()
 
 
 class Segment(Adapter):
