@@ -174,7 +174,7 @@ def test_deleted_consumers_are_created_again(tier: Tier) -> None:
     async def delete_consumers() -> None:
         nc = await connect(split_urls(tier.cluster.urls), name="cluster-tests")
         try:
-            js = nc.jetstream(timeout=10)
+            js = nc.jetstream(timeout=60)  # a loaded cluster may take long to answer
             for p in range(PARTITIONS):
                 await js.delete_consumer(STREAM, f"deliver_p{p}")
         finally:
