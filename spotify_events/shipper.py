@@ -16,7 +16,8 @@ delete anything. The response decides what happens next:
   never giving up while the queue holds the data (the queue *is* the buffer).
 
 A full batch (count or bytes) ships at once; one that is not full waits up to
-``linger`` from when the shipper first saw it, so at low rates one request, one
+``linger`` from when the shipper last found the queue empty (at most an idle
+wait before it first saw the batch), so at low rates one request, one
 ack and one wake-up serve every event of that span. A flush cuts the wait short:
 in this process through :meth:`Shipper.hurry`, in another one (a service whose
 file an agent ships) through a request row in the file that the lingering
@@ -123,6 +124,7 @@ class Shipper:
         self._lease_until = 0.0
         self._linger_until: float | None = None  # when the batch being gathered must go
         self._linger_from = (0.0, 0)  # (when, queue depth) as that batch was first seen
+        self._empty_since: float | None = None  # when an idle wait last began (queue empty)
         self._seen_version = 0  # the file's data_version when the linger last looked
         self._last_send = time.monotonic()
         self._state = "ok"
@@ -237,7 +239,7 @@ class Shipper:
             return
         if not urgent and self._lingering(depth):
             return
-        self._linger_until = None
+        self._linger_until = self._empty_since = None
         self._urgent.clear()
         drops = self.queue.unreported_drops()
         incidents = self.queue.unreported_incidents()
@@ -289,7 +291,11 @@ class Shipper:
             self._seen_version = self.queue.data_version()
             if self.queue.shipping_requested():
                 return False
-            self._linger_until = now + settings.linger
+            # The events came after the queue was last seen empty: counting the linger from
+            # then, not from this first look, keeps their wait within one linger (an agent
+            # has no writer to wake it, so it found them only at the end of an idle wait).
+            began = now if self._empty_since is None else self._empty_since
+            self._linger_until, self._empty_since = began + settings.linger, None
             self._linger_from = (now, depth.events)
         remaining = self._linger_until - now
         if remaining <= 0 or self._stop.is_set():
@@ -327,6 +333,7 @@ class Shipper:
         # so look again (a one-row read) every IDLE_POLL seconds, or every linger when that
         # is longer: their events would wait that long for company anyway.
         poll = max(IDLE_POLL, self.settings.linger)
+        self._empty_since = time.monotonic()
         self.committed.wait(max(0.0, min(seconds, self.settings.lease_ttl / 3, poll)))
 
     def _hold_lease(self) -> bool:

@@ -800,7 +800,7 @@ def test_a_trickle_from_another_process_does_not_end_the_wait_but_a_flush_there_
 
 
 def test_only_a_lingering_shipper_looks_for_other_processes_commits(
-    make_shipper: Make, clock: ModuleClock, monkeypatch: pytest.MonkeyPatch
+    make_shipper: Make, collector: Collector, clock: ModuleClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Idle, the shipper wakes only for its idle poll (the idle CPU budget)."""
     shipper, queue = make_shipper(linger=1.0, heartbeat_interval=3600.0, lease_ttl=30.0)
@@ -813,11 +813,51 @@ def test_only_a_lingering_shipper_looks_for_other_processes_commits(
         return data_version()
 
     monkeypatch.setattr(queue, "data_version", counted)
+    queue.append([ev()])
+    shipper._step()  # lingers
+    assert len(looks) == 1 + 1.0 / LINGER_POLL  # the baseline, then one per look
+    shipper.hurry()
+    shipper._step()  # it ships
+    assert queue.depth().events == 0
+    looks.clear()
     shipper._step()  # nothing queued
-    assert shipper.committed.timeouts == [pytest.approx(1.0)] and looks == []
+    assert shipper.committed.timeouts[-1] == pytest.approx(1.0) and looks == []
+
+
+def test_a_batch_found_when_an_idle_wait_ends_lingers_from_when_that_wait_began(
+    make_shipper: Make, collector: Collector, clock: ModuleClock
+) -> None:
+    """The events came after the queue was last seen empty. An agent has no writer to
+    wake it and finds them only when its idle wait ends: a linger counted from then let
+    them wait an idle wait and a whole linger (about 1 s at the defaults), not one linger."""
+    shipper, queue = make_shipper(linger=1.0, heartbeat_interval=3600.0, lease_ttl=30.0)
+    shipper.committed = Waits(clock)
+    start = clock.now
+    shipper._step()  # nothing queued: an idle wait as long as the linger
+    assert shipper.committed.timeouts == [pytest.approx(1.0)]
     queue.append([ev()])
     shipper._step()
-    assert len(looks) == 1 + 1.0 / LINGER_POLL  # the baseline, then one per look
+    assert collector.sent == [[(A, 1)]]
+    assert clock.now == pytest.approx(start + 1.0)  # no second wait
+
+
+def test_a_commit_that_ends_an_idle_wait_early_leaves_the_rest_of_the_linger(
+    make_shipper: Make, clock: ModuleClock
+) -> None:
+    shipper, queue = make_shipper(linger=1.0, heartbeat_interval=3600.0, lease_ttl=30.0)
+    start = clock.now
+
+    def commit(n: int) -> None:  # our writer commits 0.3 s into the idle wait
+        clock.now += 0.3
+        queue.append([ev()])
+        shipper.committed.set()
+
+    shipper.committed = Waits(clock, then=commit, advance=False)
+    shipper._step()
+    shipper.committed = Waits(clock)
+    assert shipper._lingering(queue.depth())
+    assert shipper._linger_until == pytest.approx(start + 1.0)
+    assert lingered(shipper.committed) == pytest.approx(0.7)
 
 
 def test_a_full_batch_ships_in_one_step(
