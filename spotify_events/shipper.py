@@ -124,7 +124,7 @@ class Shipper:
         self._lease_until = 0.0
         self._linger_until: float | None = None  # when the batch being gathered must go
         self._linger_from = (0.0, 0)  # (when, queue depth) as that batch was first seen
-        self._empty_since: float | None = None  # when an idle wait last began (queue empty)
+        self._empty_since: float | None = None  # when the queue was last found empty
         self._seen_version = 0  # the file's data_version when the linger last looked
         self._last_send = time.monotonic()
         self._state = "ok"
@@ -234,6 +234,7 @@ class Shipper:
         if depth.events == 0:
             # Nothing left to hurry: a flush that is still waiting hurries again.
             self._linger_until = None
+            self._empty_since = time.monotonic()
             self._urgent.clear()
             self._idle_step()
             return
@@ -333,7 +334,6 @@ class Shipper:
         # so look again (a one-row read) every IDLE_POLL seconds, or every linger when that
         # is longer: their events would wait that long for company anyway.
         poll = max(IDLE_POLL, self.settings.linger)
-        self._empty_since = time.monotonic()
         self.committed.wait(max(0.0, min(seconds, self.settings.lease_ttl / 3, poll)))
 
     def _hold_lease(self) -> bool:
