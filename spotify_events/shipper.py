@@ -123,7 +123,7 @@ class Shipper:
         self._acked = threading.Condition(threading.Lock())
         self._lease_until = 0.0
         self._linger_until: float | None = None  # when the batch being gathered must go
-        self._linger_from = (0.0, 0)  # (when, queue depth) as that batch was first seen
+        self._linger_from = (0.0, 0)  # (when, queue depth) that batch's rate counts from
         self._empty_since: float | None = None  # when the queue was last found empty
         self._seen_version = 0  # the file's data_version when the linger last looked
         self._last_send = time.monotonic()
@@ -280,8 +280,10 @@ class Shipper:
         Commits wake the wait only while the rate seen since the linger began could
         fill half a batch before it ends: at a few hundred events a second a commit
         cannot make a batch full, and waking for each would cost more than the
-        events. After the first commit seen, a burst that starts late waits at most
-        the rest of the linger (its events are on disk meanwhile)."""
+        events. The rate counts from when the queue was last found empty, or, when the
+        shipper never saw it empty (a backlog), from its first look at this batch; a
+        burst that starts after that waits at most the rest of the linger (its events
+        are on disk meanwhile)."""
         settings = self.settings
         full = depth.events >= settings.max_events or depth.bytes >= settings.max_bytes
         if full or settings.linger <= 0:
@@ -295,9 +297,15 @@ class Shipper:
             # The events came after the queue was last seen empty: counting the linger from
             # then, not from this first look, keeps their wait within one linger (an agent
             # has no writer to wake it, so it found them only at the end of an idle wait).
-            began = now if self._empty_since is None else self._empty_since
-            self._linger_until, self._empty_since = began + settings.linger, None
-            self._linger_from = (now, depth.events)
+            # The queue held none then, so their rate is known from this first look: a
+            # trickle waits at a trickle's pace from the start.
+            if self._empty_since is None:
+                self._linger_from = (now, depth.events)
+                self._linger_until = now + settings.linger
+            else:
+                self._linger_from = (self._empty_since, 0)
+                self._linger_until = self._empty_since + settings.linger
+                self._empty_since = None
         remaining = self._linger_until - now
         if remaining <= 0 or self._stop.is_set():
             return False

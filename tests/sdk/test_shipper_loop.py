@@ -841,23 +841,36 @@ def test_a_batch_found_when_an_idle_wait_ends_lingers_from_when_that_wait_began(
     assert clock.now == pytest.approx(start + 1.0)  # no second wait
 
 
-def test_a_commit_that_ends_an_idle_wait_early_leaves_the_rest_of_the_linger(
-    make_shipper: Make, clock: ModuleClock
+@pytest.mark.parametrize(
+    ("events", "commits_wake"),
+    [(1, False), (600, True)],  # 3/s: a trickle; 2,000/s: could fill half of 1,000 in 0.7 s
+)
+def test_a_commit_that_ends_an_idle_wait_early_leaves_the_rest_of_the_linger_at_its_rate(
+    make_shipper: Make, clock: ModuleClock, events: int, commits_wake: bool
 ) -> None:
-    shipper, queue = make_shipper(linger=1.0, heartbeat_interval=3600.0, lease_ttl=30.0)
+    """The queue was empty when the idle wait began, so the events' rate is known at the
+    first look: a trickle does not wake for every commit (nor look every LINGER_POLL)."""
+    shipper, queue = make_shipper(
+        linger=1.0, max_events=1000, heartbeat_interval=3600.0, lease_ttl=30.0
+    )
     start = clock.now
 
     def commit(n: int) -> None:  # our writer commits 0.3 s into the idle wait
         clock.now += 0.3
-        queue.append([ev()])
+        queue.append([ev() for _ in range(events)])
         shipper.committed.set()
 
     shipper.committed = Waits(clock, then=commit, advance=False)
     shipper._step()
     shipper.committed = Waits(clock)
+    shipper._wake = Waits(clock)
     assert shipper._lingering(queue.depth())
     assert shipper._linger_until == pytest.approx(start + 1.0)
-    assert lingered(shipper.committed) == pytest.approx(0.7)
+    woken_by, not_woken_by = (
+        (shipper.committed, shipper._wake) if commits_wake else (shipper._wake, shipper.committed)
+    )
+    assert lingered(woken_by) == pytest.approx(0.7)
+    assert not_woken_by.timeouts == []
 
 
 def test_a_full_batch_ships_in_one_step(
