@@ -186,6 +186,10 @@ class Shipper:
         self._wake.set()
         self.committed.set()
         self._prefetch.stop()
+        # A wait for another process's lock the thread has under way (an acknowledgement
+        # while a peer writes) ends within ``timeout``, not at the queue's busy timeout:
+        # until then the thread holds the connection that close() goes on to close.
+        self.queue.set_busy_timeout(timeout)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

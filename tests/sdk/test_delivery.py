@@ -7,16 +7,22 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sdk_helpers import END_SONG, Sink, wait_for
 from support import SCHEMAS
+from writer_helpers import Blocker
 
 from spotify_events import EventClient, EventValidationError, UnknownEventTypeError
+from spotify_events.config import ClientConfig
 from spotify_events.errors import ClientClosedError
 from spotify_events.queue import DurableQueue
+from spotify_events.settings import QueueSettings
 
 EndSong = "spotify.events.playback.EndSong"
 PageView = "spotify.events.web.PageView"
@@ -165,6 +171,71 @@ def test_a_flush_where_the_lease_is_not_held_hurries_the_process_that_holds_it(
         other.log("EndSong", END_SONG)
     assert other.flush(timeout=10)
     assert sink.seqs(EndSong) == list(range(1, 11))
+
+
+@pytest.fixture
+def acking_behind_a_lock(
+    sink: Sink,
+    make_client: MakeClient,
+    blocker: Callable[[], Blocker],
+    queue_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[EventClient]:
+    """A client whose shipper thread waits to acknowledge a batch while another process
+    holds the queue's write lock, for as long as the queue's busy timeout (an hour here)."""
+
+    settings = ClientConfig.queue_settings
+
+    def an_hour(config: ClientConfig) -> QueueSettings:
+        return replace(settings(config), busy_timeout=3600)
+
+    answer = threading.Event()
+    arrived = threading.Event()
+    handle = sink.handle
+
+    def handle_when_told(body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        arrived.set()
+        answer.wait(30)
+        return handle(body)
+
+    monkeypatch.setattr(ClientConfig, "queue_settings", an_hour)
+    monkeypatch.setattr(sink, "handle", handle_when_told)
+    lock = blocker()
+    client = make_client(endpoint=sink.endpoint, queue_path=str(queue_path), linger=0)
+    client.log("EndSong", END_SONG)
+    assert arrived.wait(30)
+    lock.hold()  # while the batch is on the wire: its acknowledgement must wait
+    answer.set()
+    assert wait_for(lambda: sink.accepted == 1)
+    try:
+        yield client
+    finally:
+        lock.release()
+
+
+def _within_half_a_minute(call: Callable[[], bool]) -> list[bool]:
+    """What ``call`` returned, if it returned within 30 s (far less than the hour)."""
+    result: list[bool] = []
+    caller = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    caller.start()
+    caller.join(30)
+    return result
+
+
+def test_flush_keeps_to_its_timeout_while_the_shipper_waits_for_another_processs_lock(
+    acking_behind_a_lock: EventClient,
+) -> None:
+    """flush() reads the queue through the shipper's connection, which the shipper thread
+    holds while it waits to acknowledge: the flush waited with it, up to the busy timeout."""
+    assert _within_half_a_minute(lambda: acking_behind_a_lock.flush(timeout=1.0)) == [False]
+
+
+def test_close_keeps_to_its_timeout_while_the_shipper_waits_for_another_processs_lock(
+    acking_behind_a_lock: EventClient,
+) -> None:
+    """close() asks the lease through that same connection, then closes it: both waited
+    for the shipper thread's acknowledgement. The event stays queued for the next start."""
+    assert _within_half_a_minute(lambda: acking_behind_a_lock.close(timeout=1.0)) == [False]
 
 
 def test_close_twice_and_log_after_close(sink: Sink, make_client: MakeClient) -> None:
