@@ -349,8 +349,8 @@ class Shipper:
         """A read that reached the last event the request names, or found none it may
         send, answers it: what it names and was not read is held for a schema the
         collector lacks, and can ship only at the hold's next try. The request stays in
-        the file until those events leave the queue; without this every later batch
-        shipped at its first commit, without linger, for as long as the hold lasted."""
+        the file until those events leave the queue; taken as still asking, it would
+        ship every later batch at its first commit, without linger, while the hold lasts."""
         request = self._request
         if request is not None and (not batch or batch[-1].id >= request[0]):
             self._request_read, self._request = request, None

@@ -273,7 +273,7 @@ class QueueStore:
         """Take ``_lock``, giving up at this thread's deadline (see :meth:`waiting_until`)
         with :class:`QueueBusyError`: another thread of ours may hold it for as long as
         its own wait for another process's lock (the shipper thread acknowledging while
-        a peer writes), and a flush reading through the same connection waited that out."""
+        a peer writes), which a flush reading through the same connection must not wait out."""
         deadline = getattr(self._callers, "deadline", None)
         if deadline is None:
             self._lock.acquire()
