@@ -24,6 +24,7 @@ from spotify_events.agent import FileAgent
 from spotify_events.config import ClientConfig
 from spotify_events.errors import ClientClosedError
 from spotify_events.queue import DurableQueue
+from spotify_events.queue_tools import queue_group
 from spotify_events.settings import QueueSettings
 
 EndSong = "spotify.events.playback.EndSong"
@@ -255,6 +256,26 @@ def test_an_agent_stops_by_its_deadline_while_its_shipper_waits_for_another_proc
 
     acking_behind_a_lock(ship)
     assert _within_half_a_minute(lambda: agent.stop(time.monotonic() + 1.0)) == [1]
+
+
+def test_queue_ship_keeps_to_its_timeout_while_its_shipper_waits_for_another_processs_lock(
+    sink: Sink, make_client: MakeClient, acking_behind_a_lock: Callable[..., None], queue_path: Path
+) -> None:
+    """``queue ship --timeout`` waits through its shipper's connection as well."""
+    service = make_client(queue_path=str(queue_path), shipping="agent", durability="commit")
+    service.log("EndSong", END_SONG)
+    exits: list[object] = []
+
+    def ship_for_a_second() -> None:
+        args = ["ship", str(queue_path), "--endpoint", sink.endpoint, "--timeout", "1"]
+        try:
+            queue_group.main(args, standalone_mode=False)
+        except SystemExit as exc:
+            exits.append(exc.code)
+
+    acking_behind_a_lock(threading.Thread(target=ship_for_a_second, daemon=True).start)
+    assert wait_for(lambda: exits)  # 30 s: far less than the hour
+    assert exits == [1]  # the event is still queued
 
 
 def test_close_twice_and_log_after_close(sink: Sink, make_client: MakeClient) -> None:
