@@ -235,7 +235,7 @@ class EventClient:
                 if not self._pipeline.ships:
                     # An agent ships this file: commit, look once, leave (never take its lease).
                     delivered = self._flush(0.0)
-                elif self._shipper.may_ship():
+                elif self._may_ship_by(deadline):
                     delivered = self._flush(max(0.0, deadline - time.monotonic()))
                     self._shipper.stop(max(0.1, deadline - time.monotonic()))
                 else:
@@ -261,6 +261,13 @@ class EventClient:
             self._pipeline.close_queues()
             self._close_result = delivered
             return delivered
+
+    def _may_ship_by(self, deadline: float) -> bool:
+        """:meth:`Shipper.may_ship`, answered by close()'s ``deadline``: the shipper thread
+        may hold the connection through its wait for another process's write lock, and
+        taking the lease is a write of its own. Unanswered in time counts as "no"."""
+        with self._pipeline.shipper_queue.waiting_until(deadline):
+            return self._shipper.may_ship()
 
     def _exit_hook(self) -> None:
         """At interpreter exit: commit, give the shipper ``exit_timeout``, never hang."""

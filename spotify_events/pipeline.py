@@ -71,15 +71,17 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         if not self.writer.commit_through(self.writer.last_ticket, timeout):
             return False
-        marks = self.writer_queue.shipping_marks()
+        # Both connections: the writer and shipper threads hold theirs through their own
+        # waits for another process's lock, which this wait must not outlast.
+        with self.writer_queue.waiting_until(deadline), self.shipper_queue.waiting_until(deadline):
+            marks = self.writer_queue.shipping_marks()
 
-        def done() -> bool:
-            return self.shipper_queue.shipped_through(*marks)
+            def done() -> bool:
+                return self.shipper_queue.shipped_through(*marks)
 
-        if not (self.ships and self.shipper.holds_lease()) and not done():
-            with self.writer_queue.waiting_until(deadline):
+            if not (self.ships and self.shipper.holds_lease()) and not done():
                 self._ask_holder(marks)
-        return self.shipper.wait_acked(done, max(0.0, deadline - time.monotonic()))
+            return self.shipper.wait_acked(done, max(0.0, deadline - time.monotonic()))
 
     def _ask_holder(self, marks: tuple[int, int]) -> None:
         """Another process ships this file (an agent, or the lease holder among processes

@@ -126,6 +126,8 @@ class Shipper:
         self._linger_from = (0.0, 0)  # (when, queue depth) that batch's rate counts from
         self._empty_since: float | None = None  # when the queue was last found empty
         self._seen_version = 0  # the file's data_version when the linger last looked
+        self._request: tuple[int, int] | None = None  # a flush's request the linger acted on
+        self._request_read: tuple[int, int] | None = None  # one a read has since answered
         self._last_send = time.monotonic()
         self._state = "ok"
         self._thread: threading.Thread | None = None
@@ -186,6 +188,10 @@ class Shipper:
         self._wake.set()
         self.committed.set()
         self._prefetch.stop()
+        # A wait for another process's lock the thread has under way (an acknowledgement
+        # while a peer writes) ends within ``timeout``, not at the queue's busy timeout:
+        # until then the thread holds the connection that close() goes on to close.
+        self.queue.set_busy_timeout(timeout)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -251,6 +257,7 @@ class Shipper:
         batch = self.queue.read_batch(
             max_events=self.settings.max_events, max_bytes=self.settings.max_bytes
         )
+        self._answer_request(batch)
         if batch:
             self._deliver(batch, drops, incidents)
         else:  # every queued event is held until its schema's next try
@@ -292,7 +299,7 @@ class Shipper:
         if self._linger_until is None:
             # The baseline first: a request committed after it is seen by the next look.
             self._seen_version = self.queue.data_version()
-            if self.queue.shipping_requested():
+            if self._asked_to_ship():
                 return False
             # The events came after the queue was last seen empty: counting the linger from
             # then, not from this first look, keeps their wait within one linger (an agent
@@ -331,11 +338,30 @@ class Shipper:
             if version == self._seen_version:
                 continue
             self._seen_version = version
-            if self.queue.shipping_requested():
+            if self._asked_to_ship():
                 self._urgent.set()
                 return
             if may_fill:
                 return
+
+    def _asked_to_ship(self) -> bool:
+        """Whether a flush in another process asks for queued events (or drop records)
+        that no read of ours has answered yet (see :meth:`_answer_request`)."""
+        request = self.queue.shipping_request()
+        if request is None or request == self._request_read:
+            return False
+        self._request = request
+        return True
+
+    def _answer_request(self, batch: Sequence[QueuedEvent]) -> None:
+        """A read that reached the last event the request names, or found none it may
+        send, answers it: what it names and was not read is held for a schema the
+        collector lacks, and can ship only at the hold's next try. The request stays in
+        the file until those events leave the queue; taken as still asking, it would
+        ship every later batch at its first commit, without linger, while the hold lasts."""
+        request = self._request
+        if request is not None and (not batch or batch[-1].id >= request[0]):
+            self._request_read, self._request = request, None
 
     def _idle_wait(self, seconds: float) -> None:
         # Our writer wakes us when it commits; other processes sharing the file cannot,

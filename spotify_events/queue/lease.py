@@ -50,20 +50,20 @@ class QueueLease(QueueStore):
         with self.atomic() as conn:
             set_meta(conn, [(SHIP_REQUEST, json.dumps([last_id, last_drop_id]))])
 
-    def shipping_requested(self) -> bool:
-        """Whether the last :meth:`request_shipping` names an event still queued or a drop
-        record not yet reported. Once those have shipped the request asks nothing more,
-        so later events linger as usual without anyone clearing it."""
+    def shipping_request(self) -> tuple[int, int] | None:
+        """The marks of the last :meth:`request_shipping`, while it names an event still
+        queued or a drop record not yet reported. Once those have shipped the request asks
+        nothing more, so later events linger as usual without anyone clearing it."""
         rows = self._read("SELECT value FROM meta WHERE key = ?", (SHIP_REQUEST,))
         if not rows:
-            return False
+            return None
         last_id, last_drop_id = json.loads(rows[0][0])
         (pending,) = self._read(
             "SELECT EXISTS (SELECT 1 FROM events WHERE id <= ?) "
             "OR EXISTS (SELECT 1 FROM drops WHERE id <= ?)",
             (last_id, last_drop_id),
         )
-        return bool(pending[0])
+        return (int(last_id), int(last_drop_id)) if pending[0] else None
 
     def data_version(self) -> int:
         """A number that changes whenever another connection, in this process or another,

@@ -260,12 +260,27 @@ class QueueStore:
         return _Transaction(self)
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                conn = self._connection()
-                return self._retrying(lambda: conn.execute(sql, params).fetchall())
-            except sqlite3.DatabaseError as exc:
-                raise translate(self.path, exc) from exc
+        self._acquire()
+        try:
+            conn = self._connection()
+            return self._retrying(lambda: conn.execute(sql, params).fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise translate(self.path, exc) from exc
+        finally:
+            self._lock.release()
+
+    def _acquire(self) -> None:
+        """Take ``_lock``, giving up at this thread's deadline (see :meth:`waiting_until`)
+        with :class:`QueueBusyError`: another thread of ours may hold it for as long as
+        its own wait for another process's lock (the shipper thread acknowledging while
+        a peer writes), which a flush reading through the same connection must not wait out."""
+        deadline = getattr(self._callers, "deadline", None)
+        if deadline is None:
+            self._lock.acquire()
+        elif not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise QueueBusyError(
+                f"{self.path}: another thread waited for the write lock past the caller's deadline"
+            )
 
     def _retrying(self, statement: Callable[[], _T]) -> _T:
         """Run ``statement`` until no other connection holds the lock it needs, or
@@ -301,7 +316,8 @@ class QueueStore:
     def waiting_until(self, deadline: float | None) -> _CallerDeadline:
         """While the block runs, this thread's waits for a lock end at ``deadline``
         (``time.monotonic()``; None: no deadline of its own) with :class:`QueueBusyError`,
-        so that ``flush(timeout)`` keeps to its timeout when another process writes.
+        so that ``flush(timeout)`` keeps to its timeout when another process writes:
+        SQLite's lock, and this connection's lock while another thread of ours holds it.
         Other threads' waits are not affected."""
         return _CallerDeadline(self._callers, deadline)
 
@@ -377,7 +393,7 @@ class _Transaction:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        store._lock.acquire()
+        store._acquire()
         try:
             conn = store._connection()
             store._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))

@@ -7,22 +7,32 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from sdk_helpers import END_SONG, Sink, wait_for
 from support import SCHEMAS
+from writer_helpers import Blocker
 
 from spotify_events import EventClient, EventValidationError, UnknownEventTypeError
+from spotify_events.agent import FileAgent
+from spotify_events.config import ClientConfig
 from spotify_events.errors import ClientClosedError
 from spotify_events.queue import DurableQueue
+from spotify_events.queue_tools import queue_group
+from spotify_events.settings import QueueSettings
 
 EndSong = "spotify.events.playback.EndSong"
 PageView = "spotify.events.web.PageView"
 PAGE = {"session_id": "s1", "page_uri": "spotify:album:1", "load_ms": 120}
 
 MakeClient = Callable[..., EventClient]
+T = TypeVar("T")
 
 
 def test_delivers_100k_events_once_with_contiguous_sequences(
@@ -165,6 +175,107 @@ def test_a_flush_where_the_lease_is_not_held_hurries_the_process_that_holds_it(
         other.log("EndSong", END_SONG)
     assert other.flush(timeout=10)
     assert sink.seqs(EndSong) == list(range(1, 11))
+
+
+@pytest.fixture
+def acking_behind_a_lock(
+    sink: Sink,
+    blocker: Callable[[], Blocker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[Callable[[], None]], None]:
+    """``acking_behind_a_lock(ship)``: ``ship()`` has one batch sent to the sink, which
+    answers it while another process holds the queue's write lock, so the shipper thread
+    waits to acknowledge it for as long as the queue's busy timeout (an hour here)."""
+    settings = ClientConfig.queue_settings
+
+    def an_hour(config: ClientConfig) -> QueueSettings:
+        return replace(settings(config), busy_timeout=3600)
+
+    answer = threading.Event()
+    arrived = threading.Event()
+    handle = sink.handle
+
+    def handle_when_told(body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        arrived.set()
+        answer.wait(30)
+        return handle(body)
+
+    monkeypatch.setattr(ClientConfig, "queue_settings", an_hour)
+    monkeypatch.setattr(sink, "handle", handle_when_told)
+    lock = blocker()
+
+    def ship_and_hold_the_lock(ship: Callable[[], None]) -> None:
+        ship()
+        assert arrived.wait(30)
+        lock.hold()  # while the batch is on the wire: its acknowledgement must wait
+        answer.set()
+        assert wait_for(lambda: sink.accepted == 1)
+
+    return ship_and_hold_the_lock
+
+
+def _within_half_a_minute(call: Callable[[], T]) -> list[T]:
+    """What ``call`` returned, if it returned within 30 s (far less than the hour)."""
+    result: list[T] = []
+    caller = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    caller.start()
+    caller.join(30)
+    return result
+
+
+def test_flush_keeps_to_its_timeout_while_the_shipper_waits_for_another_processs_lock(
+    sink: Sink, make_client: MakeClient, acking_behind_a_lock: Callable[..., None], queue_path: Path
+) -> None:
+    """flush() reads the queue through the shipper's connection, which the shipper thread
+    holds while it waits to acknowledge: the flush waited with it, up to the busy timeout."""
+    client = make_client(endpoint=sink.endpoint, queue_path=str(queue_path), linger=0)
+    acking_behind_a_lock(lambda: client.log("EndSong", END_SONG))
+    assert _within_half_a_minute(lambda: client.flush(timeout=1.0)) == [False]
+
+
+def test_close_keeps_to_its_timeout_while_the_shipper_waits_for_another_processs_lock(
+    sink: Sink, make_client: MakeClient, acking_behind_a_lock: Callable[..., None], queue_path: Path
+) -> None:
+    """close() asks for the lease through that same connection, then closes it: both
+    waited for the shipper thread. The event stays queued for the next start."""
+    client = make_client(endpoint=sink.endpoint, queue_path=str(queue_path), linger=0)
+    acking_behind_a_lock(lambda: client.log("EndSong", END_SONG))
+    assert _within_half_a_minute(lambda: client.close(timeout=1.0)) == [False]
+
+
+def test_an_agent_stops_by_its_deadline_while_its_shipper_waits_for_another_processs_lock(
+    sink: Sink, make_client: MakeClient, acking_behind_a_lock: Callable[..., None], queue_path: Path
+) -> None:
+    """The agent's drain reads through its shipper's connection too (SIGTERM's deadline)."""
+    service = make_client(queue_path=str(queue_path), shipping="agent", durability="commit")
+    agent = FileAgent(queue_path, ClientConfig(endpoint=sink.endpoint, linger=0))
+
+    def ship() -> None:
+        service.log("EndSong", END_SONG)
+        agent.poll()
+
+    acking_behind_a_lock(ship)
+    assert _within_half_a_minute(lambda: agent.stop(time.monotonic() + 1.0)) == [1]
+
+
+def test_queue_ship_keeps_to_its_timeout_while_its_shipper_waits_for_another_processs_lock(
+    sink: Sink, make_client: MakeClient, acking_behind_a_lock: Callable[..., None], queue_path: Path
+) -> None:
+    """``queue ship --timeout`` waits through its shipper's connection as well."""
+    service = make_client(queue_path=str(queue_path), shipping="agent", durability="commit")
+    service.log("EndSong", END_SONG)
+    exits: list[object] = []
+
+    def ship_for_a_second() -> None:
+        args = ["ship", str(queue_path), "--endpoint", sink.endpoint, "--timeout", "1"]
+        try:
+            queue_group.main(args, standalone_mode=False)
+        except SystemExit as exc:
+            exits.append(exc.code)
+
+    acking_behind_a_lock(threading.Thread(target=ship_for_a_second, daemon=True).start)
+    assert wait_for(lambda: exits)  # 30 s: far less than the hour
+    assert exits == [1]  # the event is still queued
 
 
 def test_close_twice_and_log_after_close(sink: Sink, make_client: MakeClient) -> None:

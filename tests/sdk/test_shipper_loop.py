@@ -762,6 +762,31 @@ def test_a_flush_in_another_process_ships_the_events_it_waits_for_without_their_
     assert shipper._linger_until is not None
 
 
+def test_a_flush_elsewhere_waiting_for_held_events_leaves_later_batches_their_linger(
+    make_shipper: Make, collector: Collector, clock: ModuleClock, other_queue: DurableQueue
+) -> None:
+    """A flush in another process while a schema is held names the held events, which no
+    request can ship before the hold's next try. The request kept asking all the same,
+    so every later batch shipped at its first commit, without linger, until the
+    collector learnt the schema (with a writer of its own: a request per commit)."""
+    shipper, queue = make_shipper(linger=3600.0, max_events=100, lease_ttl=30.0)
+    shipper.committed = Waits(clock, advance=False)
+    queue.append([ev(B, FP2)])
+    queue.hold(queue.read_batch(), "unknown schema", lambda attempts: 3600.0)
+    queue.append([ev()])
+    other_queue.request_shipping(*other_queue.shipping_marks())
+    shipper._step()
+    assert collector.sent == [[(A, 1)]]  # what the flush asked for that could ship
+    queue.append([ev()])
+    shipper._step()
+    assert collector.sent == [[(A, 1)]]  # the next batch lingers as usual
+    assert shipper._linger_until is not None
+    other_queue.request_shipping(*other_queue.shipping_marks())  # a new flush
+    shipper._step()  # the linger's next look finds it
+    shipper._step()
+    assert collector.sent == [[(A, 1)], [(A, 2)]]
+
+
 def test_a_batch_a_flush_elsewhere_asked_for_before_the_shipper_looked_ships_at_once(
     make_shipper: Make, collector: Collector, clock: ModuleClock, other_queue: DurableQueue
 ) -> None:
