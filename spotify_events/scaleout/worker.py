@@ -18,8 +18,9 @@ and its answer wake two threads, and while a commit writes, the loop (receiving 
 next messages) and the commit thread pass the GIL back and forth at every write and
 fsync, several context switches each (benchmarks/RESULTS.md, "The worker's group
 commit on its loop"). The loop waits meanwhile, for one bounded commit (and for the
-delivery's lock while a thread closes due buckets): lease renewals, every third of
-the TTL, are late by that much, and the feeds' requests outlive it. A disk that stalls for seconds
+delivery's lock while a thread closes due buckets), and a runner yields after each
+commit: lease renewals, every third of the TTL, are late by a commit per owned
+partition at most, and the feeds' requests outlive that. A disk that stalls for seconds
 stalls the worker's renewals too, so its leases lapse and other workers take its
 partitions; the fence keeps it from writing once it is back.
 
@@ -176,6 +177,9 @@ class PartitionRunner:
                 left = msgs[-1].metadata.num_pending
                 if left is not None:
                     w.metrics.pending.labels(str(self.partition)).set(left)
+                # A commit holds the loop and a full feed hands out its next batch without
+                # waiting: let the lease renewals and the other partitions in between.
+                await asyncio.sleep(0)
         finally:
             if feed is not None:  # what it holds beyond the last commit goes back at once
                 await feed.close()
