@@ -174,6 +174,7 @@ def tier(bodies: list[bytes], tmp: Path) -> dict[str, float]:
         "worker_delivery_us": per_event(done["delivery_cpu"]),
         "worker_hop_us": per_event(worker_cpu - done["delivery_cpu"]),
         "server_us": per_event(server),
+        "worker_commits": done["commits"],
     }
 
 
@@ -185,7 +186,7 @@ def worker_main(url: str, data: str) -> None:
     from spotify_events.scaleout.worker import Worker
     from spotify_events.scaleout.worker_config import WorkerConfig
 
-    spent = {"cpu": 0.0, "events": 0}
+    spent = {"cpu": 0.0, "events": 0, "commits": 0}
 
     class TimedDelivery(LocalDelivery):
         def deliver_all(self, batches: list[IngestedBatch], fence: Any = None) -> Any:
@@ -193,6 +194,7 @@ def worker_main(url: str, data: str) -> None:
             results = super().deliver_all(batches, fence)
             spent["cpu"] += time.thread_time() - started
             spent["events"] += sum(r.accepted + r.duplicates for r in results)
+            spent["commits"] += 1
             return results
 
     worker_module.LocalDelivery = TimedDelivery  # type: ignore[misc]
@@ -204,7 +206,11 @@ def worker_main(url: str, data: str) -> None:
         print(json.dumps({"cpu": time.process_time()}), flush=True)
         while spent["events"] < TOTAL:
             await asyncio.sleep(0.1)
-        line = {"cpu": time.process_time(), "delivery_cpu": spent["cpu"]}
+        line = {
+            "cpu": time.process_time(),
+            "delivery_cpu": spent["cpu"],
+            "commits": spent["commits"],
+        }
         print(json.dumps(line), flush=True)
         worker.stop_event.set()
 

@@ -23,7 +23,9 @@ counted as ended, so a feed never waits longer than that on a request that no lo
 exists.
 
 Buffered messages are never more than ``batch`` together with what is outstanding,
-and the runner acknowledges them after its commit. :meth:`PullFeed.close` drains the
+and the runner acknowledges them after its commit. One call hands out at most ``batch``
+messages and ``max_bytes`` of message data (always at least one message): the bound
+on one group commit. :meth:`PullFeed.close` drains the
 subscription (unsubscribe, then a round trip, so every message the server sent before
 it has arrived) and naks what was delivered but not taken, for immediate redelivery
 to the partition's next owner.
@@ -71,11 +73,12 @@ async def ensure_consumer(js: Any, stream: str, durable: str, subject: str, conf
 
 
 class PullFeed:
-    """Messages of one durable pull consumer, ``batch`` at most at a time."""
+    """Messages of one durable pull consumer, ``batch`` and ``max_bytes`` at most at a time."""
 
-    def __init__(self, nc: Any, stream: str, consumer: str, *, batch: int) -> None:
+    def __init__(self, nc: Any, stream: str, consumer: str, *, batch: int, max_bytes: int) -> None:
         self._nc = nc
         self._batch = batch
+        self._max_bytes = max_bytes
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._sub: Any = None
@@ -115,9 +118,10 @@ class PullFeed:
             waiter.set_result(None)
 
     async def next_batch(self, timeout: float) -> list[Any]:
-        """What has arrived, up to ``batch`` messages; waits up to ``timeout`` seconds
-        for the first one (then ``[]``). Raises :class:`PullFailed`, or what
-        publishing a pull request raises (no connection)."""
+        """What has arrived, up to ``batch`` messages and ``max_bytes`` of data (at least
+        one message); waits up to ``timeout`` seconds for the first one (then ``[]``).
+        Raises :class:`PullFailed`, or what publishing a pull request raises (no
+        connection)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
         while True:
@@ -126,8 +130,9 @@ class PullFeed:
             now = time.monotonic()
             if self._pending and now >= self._requests_end:
                 self._pending = 0  # unanswered past expiry: the server has forgotten them
-            taken = self._buffer[: self._batch]
-            del self._buffer[: self._batch]
+            n = self._fitting()
+            taken = self._buffer[:n]
+            del self._buffer[:n]
             held = self._pending + len(self._buffer)
             if held <= self._batch // 2:  # ask early: the next messages arrive during the commit
                 await self._request(self._batch - held, now)
@@ -142,6 +147,17 @@ class PullFeed:
             finally:
                 timer.cancel()
                 self._waiter = None
+
+    def _fitting(self) -> int:
+        """How many buffered messages one batch takes: ``batch`` at most, and no more
+        than ``max_bytes`` of data unless the first alone is bigger."""
+        n, size = 0, 0
+        for msg in self._buffer[: self._batch]:
+            size += len(msg.data)
+            if n and size > self._max_bytes:
+                break
+            n += 1
+        return n
 
     async def _request(self, n: int, now: float) -> None:
         body = json.dumps({"batch": n, "expires": int(EXPIRES * 1e9)}).encode()

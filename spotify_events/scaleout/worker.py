@@ -5,11 +5,24 @@ One asyncio loop in the main thread. Each owned partition has a
 through a :class:`~.pull.PullFeed` (a pull request kept open), feeding the
 collector's own delivery half (:class:`~spotify_events.collector.delivery.
 LocalDelivery`, one per partition, its ledger under ``DATA_DIR/_partitions/``).
-Per batch taken from the feed: decode the slices, check the lease (the
+Per batch taken from the feed (every message it holds, up to ``fetch_batch``
+messages and :data:`COMMIT_MAX_BYTES`): decode the slices, check the lease (the
 fence: locally, and against the bucket when no renewal has confirmed it within a
-third of the TTL), make them durable in one group commit (in a thread: it fsyncs), and only
-then acknowledge them to JetStream. A crash before the acks means redelivery, and
-the ledger counts the redelivered events as duplicates instead of writing them twice.
+third of the TTL), make them durable in one group commit, and only then acknowledge
+them to JetStream. A crash before the acks means redelivery, and the ledger counts
+the redelivered events as duplicates instead of writing them twice.
+
+The group commit runs on the loop's own thread, although it fsyncs. Handed to a
+thread pool, every commit cost the worker more CPU than the commit itself: the hand-off
+and its answer wake two threads, and while a commit writes, the loop (receiving the
+next messages) and the commit thread pass the GIL back and forth at every write and
+fsync, several context switches each (benchmarks/RESULTS.md, "The worker's group
+commit on its loop"). The loop waits meanwhile, for one bounded commit (and for the
+delivery's lock while a thread closes due buckets), and a runner yields after each
+commit: lease renewals, every third of the TTL, are late by a commit per owned
+partition at most, and the feeds' requests outlive that. A disk that stalls for seconds
+stalls the worker's renewals too, so its leases lapse and other workers take its
+partitions; the fence keeps it from writing once it is back.
 
 The loop also keeps the leases (:mod:`.leases`), closes due buckets, writes
 ``_CLOSED.json`` where every partition has closed an hour, and serves ``/healthz``
@@ -57,6 +70,9 @@ from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 PREFIX = "spotify_events_deliver"
+#: Message data one group commit takes at most (at least one message): what bounds how
+#: long a commit holds the loop (about 30,000 events of ~35 bytes, tens of ms).
+COMMIT_MAX_BYTES = 1 << 20
 
 
 class WorkerMetrics:
@@ -135,7 +151,13 @@ class PartitionRunner:
                                 max_ack_pending=20 * w.config.fetch_batch,
                             ),
                         )
-                        feed = PullFeed(w.nc, w.config.stream, durable, batch=w.config.fetch_batch)
+                        feed = PullFeed(
+                            w.nc,
+                            w.config.stream,
+                            durable,
+                            batch=w.config.fetch_batch,
+                            max_bytes=COMMIT_MAX_BYTES,
+                        )
                         await feed.start()
                     msgs = await feed.next_batch(timeout=1.0)
                 except Exception as exc:  # no connection, no leader, consumer gone: retry quietly
@@ -155,6 +177,9 @@ class PartitionRunner:
                 left = msgs[-1].metadata.num_pending
                 if left is not None:
                     w.metrics.pending.labels(str(self.partition)).set(left)
+                # A commit holds the loop and a full feed hands out its next batch without
+                # waiting: let the lease renewals and the other partitions in between.
+                await asyncio.sleep(0)
         finally:
             if feed is not None:  # what it holds beyond the last commit goes back at once
                 await feed.close()
@@ -198,7 +223,7 @@ class PartitionRunner:
         started = time.perf_counter()
         # again under the writer lock: the lease may lapse while confirm() or the lock is awaited
         fence = functools.partial(w.leases.check_local, self.partition)
-        results = await asyncio.to_thread(self.delivery.deliver_all, batches, fence)
+        results = self.delivery.deliver_all(batches, fence)  # on the loop: see the module doc
         w.metrics.commit_seconds.observe(time.perf_counter() - started)
         if all(r.status is DeliveryStatus.OK for r in results):
             await _answer_each(good, "ack")

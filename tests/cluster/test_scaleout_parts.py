@@ -364,7 +364,7 @@ def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
             await js.add_stream(StreamConfig(name="PULLTEST", subjects=["PULLTEST.p"]))
             config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
             await ensure_consumer(js, "PULLTEST", "d", "PULLTEST.p", config)
-            feed = PullFeed(nc, "PULLTEST", "d", batch=4)
+            feed = PullFeed(nc, "PULLTEST", "d", batch=4, max_bytes=1 << 20)
             await feed.start()
             assert await feed.next_batch(EXPIRES + GRACE + 0.5) == []  # past a request's life
             # From here on a request outlives the publishes below however slow the machine:
@@ -386,7 +386,7 @@ def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
 
             assert await delivered(3)  # received by the feed, never given out
             await feed.close()
-            again = PullFeed(nc, "PULLTEST", "d", batch=4)
+            again = PullFeed(nc, "PULLTEST", "d", batch=4, max_bytes=1 << 20)
             await again.start()
             got: list[Any] = []
             while len(got) < 3:
@@ -400,6 +400,48 @@ def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
             with pytest.raises(PullFailed):
                 await again.next_batch(5)
             await again.close()
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
+def test_a_pull_feed_hands_out_a_backlog_in_batches_bounded_by_bytes(node: NatsCluster) -> None:
+    """A worker commits what one ``next_batch`` gives it as one group commit, on its
+    loop: a backlog of big messages comes out in batches of at most ``max_bytes`` of
+    data (a message bigger than that alone), in order, each message once, so a
+    commit holds the loop for a bounded time however large the backlog."""
+    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="pull-feed-bytes-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            await js.add_stream(StreamConfig(name="PULLBYTES", subjects=["PULLBYTES.p"]))
+            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
+            await ensure_consumer(js, "PULLBYTES", "d", "PULLBYTES.p", config)
+            sizes = [400, 400, 400, 900, 100, 100]
+            for i, size in enumerate(sizes):
+                await js.publish("PULLBYTES.p", bytes([i]) * size)
+            feed = PullFeed(nc, "PULLBYTES", "d", batch=64, max_bytes=1000)
+            await feed.start()
+            assert await feed.next_batch(0) == []  # only sends the request
+            for _ in range(200):  # the whole backlog received before any is taken
+                if len(feed._buffer) == len(sizes):
+                    break
+                await asyncio.sleep(0.05)
+            batches: list[list[int]] = []
+            while sum(map(len, batches)) < len(sizes):
+                batch = await feed.next_batch(5)
+                assert batch, batches
+                batches.append([len(m.data) for m in batch])
+                assert [m.data[0] for m in batch] == list(
+                    range(sum(map(len, batches)) - len(batch), sum(map(len, batches)))
+                )
+                for m in batch:
+                    await m.ack()
+            assert batches == [[400, 400], [400], [900, 100], [100]]
+            await feed.close()
         finally:
             await close(nc)
 
