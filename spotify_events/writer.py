@@ -425,9 +425,15 @@ class QueueWriter:
         ok = self.commit_through(self._ticket, remaining)
         left, _ = self.buffered
         if not ok or left or self._overflow:
+            # The writer thread's own commit ends its wait when ours does: which of the two
+            # notes its error first is a race, so without one the message names the cause.
+            why = self.counters.last_error or (
+                "a commit was still waiting for the queue: another process holding its "
+                "write lock, or a slow disk"
+            )
             logger.error(
                 "spotify-events: %d event(s) still in memory at close could not be committed "
-                "(%s); they are lost", left, self.counters.last_error or "queue busy",
+                "(%s); they are lost", left, why,
             )  # fmt: skip
         return ok and not left and not self._overflow
 

@@ -79,7 +79,9 @@ class QueueStore:
         self.max_queue_bytes = settings.max_queue_bytes
         self.fsync = settings.fsync
         self.busy_timeout = settings.busy_timeout
-        self._busy_set_at = 0.0  # monotonic time of the last set_busy_timeout()
+        # (monotonic time of the last set_busy_timeout(), the timeout it set): one tuple,
+        # so a wait in another thread never reads the new timeout with the old time
+        self._busy_since: tuple[float, float] = (0.0, settings.busy_timeout)
         self._callers = threading.local()  # .deadline: a calling thread's own (see waiting_until)
         self.clock = clock
         self._lock = threading.RLock()
@@ -303,7 +305,8 @@ class QueueStore:
                     raise
                 now = time.monotonic()
                 started = started or now
-                if now >= max(started, self._busy_set_at) + self.busy_timeout:
+                set_at, timeout = self._busy_since
+                if now >= max(started, set_at) + timeout:
                     raise
                 caller_deadline = getattr(self._callers, "deadline", None)
                 if caller_deadline is not None and now >= caller_deadline:
@@ -331,7 +334,7 @@ class QueueStore:
         busy peer nor a writer thread stuck behind one can stretch interpreter exit.
         Takes no lock, which that writer thread may be holding."""
         self.busy_timeout = seconds
-        self._busy_set_at = time.monotonic()
+        self._busy_since = (time.monotonic(), seconds)
 
     def before_fork(self) -> None:
         """Called just before ``os.fork()``: wait until no thread of ours is inside
