@@ -567,13 +567,20 @@ class Shipper:
         # Counted before the queue forgets the events: flush() watches the queue, so a
         # caller that sees flush() return True also sees them in stats().
         body = result.body or {}
-        self.counters.acknowledged += len(part) - len(held)  # held ones come back later
+        acknowledged = len(part) - len(held)  # held ones come back later
+        self.counters.acknowledged += acknowledged
         self.counters.duplicates += int(body.get("duplicates", 0) or 0)
         self.counters.last_success = time.time()
         if not part:
             self.counters.heartbeats += 1
         if part:
-            self.queue.ack(part[0].id, part[-1].id, keep=[e.id for e in held])
+            try:
+                self.queue.ack(part[0].id, part[-1].id, keep=[e.id for e in held])
+            except QueueError:
+                # Still queued (another process held the lock, close() cut the wait): they
+                # are sent again and counted when that answer is acknowledged.
+                self.counters.acknowledged -= acknowledged
+                raise
             held_keys = {(e.event_type, e.fingerprint) for e in held}
             self._release_holds({(e.event_type, e.fingerprint) for e in part} - held_keys)
         if drops:

@@ -26,6 +26,7 @@ from writer_helpers import Blocker
 
 import spotify_events.shipper as shipper_module
 from spotify_events.config import ClientConfig
+from spotify_events.errors import QueueError
 from spotify_events.queue import DROP_BUFFER_FULL, DurableQueue, PendingEvent, QueueDepth
 from spotify_events.shipper import (
     LINGER_POLL,
@@ -584,6 +585,27 @@ def test_a_heartbeat_says_it_carries_no_events(make_shipper: Make, collector: Co
     assert collector.headers == [{"X-SE-Producer-Id": queue.producer_id, "X-SE-Event-Count": "0"}]
     assert decode_batch(collector.bodies[0]).envelopes == []
     assert shipper.counters.heartbeats == 1
+
+
+def test_events_whose_acknowledgement_could_not_be_written_are_counted_once(
+    make_shipper: Make, collector: Collector, blocker: Callable[[], Blocker]
+) -> None:
+    """The collector took them, but another connection held the write lock past the busy
+    timeout: they stay queued, are sent again, and ``stats().acknowledged`` counts them
+    when that second answer is written, not twice."""
+    shipper, queue = make_shipper(linger=0)
+    queue.set_busy_timeout(0.2)
+    queue.append([ev(), ev(), ev()])
+    lock = blocker()
+    collector.answers = [lambda n: (lock.hold(), ack(n))[1], ack]
+    with pytest.raises(QueueError, match="locked"):
+        shipper._step()
+    lock.release()
+    assert queue.depth().events == 3
+    assert shipper.counters.acknowledged == 0
+    shipper._step()
+    assert collector.sent == [[(A, 1), (A, 2), (A, 3)]] * 2
+    assert (queue.depth().events, shipper.counters.acknowledged) == (0, 3)
 
 
 # -- linger, the idle heartbeat and the step ---------------------------------------------
