@@ -153,13 +153,6 @@ class Shipper:
         by a dead process). close() asks: a process that cannot ship commits and leaves
         at once, and the holder (or the next process to start) ships its events.
         A live holder is seen with a read, so leaving never waits for the write lock."""
-        try:
-            other = self.queue.lease_holder()
-        except QueueError as exc:
-            self._note_error(f"lease: {exc}")
-            return False
-        if other is not None and other != self.holder and not self._holder_is_dead(other):
-            return False
         return self._hold_lease()
 
     def holds_lease(self) -> bool:
@@ -372,12 +365,19 @@ class Shipper:
 
     def _hold_lease(self) -> bool:
         """Take the lease, or renew it once half its ttl has passed: renewals follow
-        time, not sends (a write transaction per batch would cost as much as the ack)."""
+        time, not sends (a write transaction per batch would cost as much as the ack).
+        Not holding it, a read first: while another live process holds it, no write
+        transaction contends with that holder's (a process that does not ship is
+        hurried every 50 ms while its flush waits, and asked again at close)."""
         now = time.monotonic()
         if now < self._lease_until - self.settings.lease_ttl / 2:
             return True
-        self.counters.lease_writes += 1
         try:
+            if not self._lease_until:
+                other = self.queue.lease_holder()
+                if other is not None and other != self.holder and not self._holder_is_dead(other):
+                    return False
+            self.counters.lease_writes += 1
             held = self.queue.acquire_lease(self.holder, self.settings.lease_ttl)
             other = None if held else self.queue.lease_holder()
             if other is not None and self._holder_is_dead(other):
