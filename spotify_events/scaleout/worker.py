@@ -19,8 +19,9 @@ next messages) and the commit thread pass the GIL back and forth at every write 
 fsync, several context switches each (benchmarks/RESULTS.md, "The worker's group
 commit on its loop"). The loop waits meanwhile, for one bounded commit (and for the
 delivery's lock while a thread closes due buckets), and a runner yields after each
-commit: lease renewals, every third of the TTL, are late by a commit per owned
-partition at most, and the feeds' requests outlive that. A disk that stalls for seconds
+commit. A runner also starts no commit while a round of lease renewals is due and not
+done (:meth:`Worker.renewals_first`): renewals, every third of the TTL, are late by a
+commit per owned partition at most, and the feeds' requests outlive that. A disk that stalls for seconds
 stalls the worker's renewals too, so its leases lapse and other workers take its
 partitions; the fence keeps it from writing once it is back.
 
@@ -39,6 +40,7 @@ import functools
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -206,6 +208,7 @@ class PartitionRunner:
                 await _quietly(msg.term())
         if not batches:
             return
+        await w.renewals_first()
         try:
             if w.leases.revision_due(self.partition):  # confirm() checks locally first
                 await asyncio.wait_for(w.leases.confirm(self.partition), w.config.lease_ttl / 3)
@@ -284,6 +287,8 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.runners: dict[int, PartitionRunner] = {}
         self.stop_event = asyncio.Event()
+        self._renew_at = 0.0  # monotonic: when the next round of renewals is due
+        self._renewed: asyncio.Future[None] | None = None  # resolved when that round is done
         self.nc: Any = None
         self.js: Any = None
         self.leases: LeaseTable = None  # type: ignore[assignment]  # set in run()
@@ -369,19 +374,42 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
 
+    async def renewals_first(self) -> None:
+        """Wait, before a commit, for a round of lease renewals that is due.
+
+        Each KV round trip of a round takes a few turns of the loop, and on each turn
+        every runner with a backlog commits once: behind those commits, renewing n
+        leases took n turns of n commits, the leases lapsed on the way, and the fence
+        stopped this worker's own partitions though no other worker wanted them. With
+        the runners waiting, a round waits only for the commits already under way.
+        """
+        if time.monotonic() >= self._renew_at:
+            if self._renewed is None or self._renewed.done():
+                self._renewed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._renewed)
+
     async def _renew_loop(self) -> None:
         tick = self.config.lease_ttl / 3
-        while True:
-            try:
-                await self.leases.heartbeat()
-                for p in await self.leases.renew():
-                    self.metrics.lease_changes.labels("lost").inc()
-                    runner = self.runners.get(p)
-                    if runner is not None:  # the fence already refuses its writes
-                        runner.stopping = True
-            except Exception as exc:  # no quorum: the fence stops writes until it is back
-                log.info("renewing leases failed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(tick)
+        try:
+            while True:
+                try:
+                    await self.leases.heartbeat()
+                    for p in await self.leases.renew():
+                        self.metrics.lease_changes.labels("lost").inc()
+                        runner = self.runners.get(p)
+                        if runner is not None:  # the fence already refuses its writes
+                            runner.stopping = True
+                except Exception as exc:  # no quorum: the fence stops writes until it is back
+                    log.info("renewing leases failed: %s: %s", type(exc).__name__, exc)
+                self._round_done(time.monotonic() + tick)
+                await asyncio.sleep(tick)
+        finally:  # no more rounds (the worker stops): nothing waits for one
+            self._round_done(math.inf)
+
+    def _round_done(self, next_at: float) -> None:
+        self._renew_at = next_at
+        if self._renewed is not None and not self._renewed.done():
+            self._renewed.set_result(None)
 
     async def _balance(self) -> bool:
         """One round of taking and giving back leases; True while a release by another

@@ -822,3 +822,86 @@ def test_worker_serves_the_completeness_page_behind_its_token(
         assert "ledgers not readable yet" in unreadable.json()["error"]
     finally:
         assert worker.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_worker_behind_on_every_partition_keeps_its_leases(
+    node: NatsCluster, tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """A worker's group commits and its lease renewals share one loop. A renewal round is
+    a KV round trip per lease, each a few turns of the loop, and on every turn each runner
+    with a backlog commits once: renewals that wait behind those commits came too late,
+    the fence stopped the worker's own partitions (no other worker wanted them) and they
+    were acquired again later, pausing delivery just when it was behind. Alone, with a
+    backlog on each of its partitions, a worker acquires each lease once."""
+    partitions = 8
+    settings = StreamSettings(name="BEHIND", partitions=partitions, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+    schema = registry.get(END_SONG)
+    payload = EventEncoder(schema).encode(numbered("behind"))  # seqs tell events apart
+    chunk, chunks = 120_000, 8  # about 40 slices of 1 MiB for each partition
+    per_partition = chunk * chunks
+    owners: dict[int, str] = {}
+    for i in range(1000):
+        owners.setdefault(partition_of(f"behind-{i}", partitions), f"behind-{i}")
+    assert len(owners) == partitions
+
+    async def publish() -> None:
+        nc = await connect(node.urls.split(","), name="behind")
+        try:
+            js = nc.jetstream(timeout=30)
+            for p, producer in owners.items():
+                for first in range(1, per_partition + 1, chunk):
+                    events = [
+                        Envelope(s, END_SONG, schema.fingerprint, FIXED_TS, payload)
+                        for s in range(first, first + chunk)
+                    ]
+                    batch = ingested(
+                        events, producer_id=producer, next_seq={END_SONG: first + chunk}
+                    )
+                    subject = settings.subject(p)
+                    for m in batch_messages(batch, subject=subject, max_bytes=1 << 20):
+                        await js.publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = ServiceProcess(
+        [
+            "deliver",
+            "--nats",
+            node.urls,
+            "--data-dir",
+            str(data),
+            "--schemas",
+            str(SCHEMAS),
+            "--stream",
+            "BEHIND",
+            "--port",
+            "0",
+            "--lease-ttl",
+            "3",
+            "--log-level",
+            "INFO",
+        ],
+        name="worker",
+    ).start()
+
+    def received() -> int:
+        try:
+            report = load_report(data, now=time.time())
+        except Exception:  # a ledger being created by its first owner
+            return 0
+        return sum(s["received"] for s in report["streams"])
+
+    try:
+        everything = partitions * per_partition
+        assert wait_for(lambda: received() == everything, timeout=180, interval=0.5), received()
+        metrics = requests.get(worker.url + "/metrics", timeout=5).text
+        lapsed = [line for line in worker.stderr_lines if "not renewed in time" in line]
+        assert not lapsed, lapsed[:3]
+        acquired = 'spotify_events_deliver_lease_changes_total{change="acquired"}'
+        assert f"{acquired} {float(partitions)}" in metrics, worker.stderr_tail()
+    finally:
+        assert worker.stop() == 0
