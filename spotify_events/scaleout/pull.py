@@ -23,12 +23,19 @@ counted as ended, so a feed never waits longer than that on a request that no lo
 exists.
 
 Buffered messages are never more than ``batch`` together with what is outstanding,
-and the runner acknowledges them after its commit. One call hands out at most ``batch``
-messages and ``max_bytes`` of message data (always at least one message): the bound
-on one group commit. :meth:`PullFeed.close` drains the
-subscription (unsubscribe, then a round trip, so every message the server sent before
-it has arrived) and naks what was delivered but not taken, for immediate redelivery
-to the partition's next owner.
+and the runner acknowledges them after its commit. A request also names the data it
+may bring (``max_bytes``: one commit's worth and the largest message the server
+takes, which always fits): asked for by count alone, a backlog of 1 MiB slices came at
+``batch`` MiB a request and partition, faster than a loop busy committing read it, and
+the server dropped the connection as a slow consumer (its ``max_pending``, 64 MiB).
+A request ends early when its next message would not fit (``409 Message Size Exceeds
+MaxBytes``, with the pending header), and the next one is sent as usual.
+
+One call hands out at most ``batch`` messages and ``max_bytes`` of message data
+(always at least one message): the bound on one group commit. :meth:`PullFeed.close`
+drains the subscription (unsubscribe, then a round trip, so every message the server
+sent before it has arrived) and naks what was delivered but not taken, for immediate
+redelivery to the partition's next owner.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ EXPIRES = 1.0
 GRACE = 0.5
 #: Bound on closing: the drain's round trip.
 CLOSE_TIMEOUT = 2.0
+#: What a request's ``max_bytes`` adds for the subject and headers the server counts
+#: with a message's data.
+REQUEST_SLACK = 4096
 _STATUS = "Status"
 _DESCRIPTION = "Description"
 _PENDING = "Nats-Pending-Messages"
@@ -79,6 +89,7 @@ class PullFeed:
         self._nc = nc
         self._batch = batch
         self._max_bytes = max_bytes
+        self._request_bytes = max_bytes + int(nc.max_payload) + REQUEST_SLACK
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._sub: Any = None
@@ -160,7 +171,9 @@ class PullFeed:
         return n
 
     async def _request(self, n: int, now: float) -> None:
-        body = json.dumps({"batch": n, "expires": int(EXPIRES * 1e9)}).encode()
+        body = json.dumps(
+            {"batch": n, "max_bytes": self._request_bytes, "expires": int(EXPIRES * 1e9)}
+        ).encode()
         await self._nc.publish(self._subject, body, reply=self._inbox)
         self._pending += n
         self._requests_end = now + EXPIRES + GRACE

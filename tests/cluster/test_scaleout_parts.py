@@ -448,6 +448,55 @@ def test_a_pull_feed_hands_out_a_backlog_in_batches_bounded_by_bytes(node: NatsC
     asyncio.run(scenario())
 
 
+def test_a_pull_feed_asks_for_a_bounded_amount_of_data_at_a_time(node: NatsCluster) -> None:
+    """A worker's pull requests ask for ``batch`` messages; slices are up to 1 MiB each.
+    Asked for by count alone, a backlog came at 64 MiB a request and partition: more than
+    the loop, busy committing, read in time, so the server dropped the worker's
+    connection as a slow consumer (its ``max_pending``, 64 MiB) with everything in
+    flight left to ``ack_wait``. A request also names the data it may bring, enough for
+    one commit and the largest message the server takes."""
+    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+    async def scenario() -> None:
+        nc = await connect(node.urls.split(","), name="pull-feed-data-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            await js.add_stream(StreamConfig(name="PULLDATA", subjects=["PULLDATA.p"]))
+            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
+            await ensure_consumer(js, "PULLDATA", "d", "PULLDATA.p", config)
+            size = nc.max_payload // 4
+            for i in range(64):
+                await js.publish("PULLDATA.p", bytes([i]) * size)
+            feed = PullFeed(nc, "PULLDATA", "d", batch=64, max_bytes=size)
+            await feed.start()
+            assert await feed.next_batch(0) == []  # only sends the request
+
+            async def settled() -> int:
+                """Messages delivered to the feed once its request has ended."""
+                for _ in range(200):
+                    info = await js.consumer_info("PULLDATA", "d")
+                    if info.num_waiting == 0 and info.num_ack_pending == len(feed._buffer):
+                        return len(feed._buffer)
+                    await asyncio.sleep(0.05)
+                raise AssertionError("the request did not end")
+
+            held = await settled()
+            assert 0 < held * size <= size + nc.max_payload + pull_module.REQUEST_SLACK, held
+            got: list[int] = []
+            while len(got) < 64:
+                batch = await feed.next_batch(5)
+                assert batch, got
+                got += [m.data[0] for m in batch]
+                for m in batch:
+                    await m.ack()
+            assert got == list(range(64))  # every message, in order, a bounded amount at a time
+            await feed.close()
+        finally:
+            await close(nc)
+
+    asyncio.run(scenario())
+
+
 def test_leases_change_hands_only_by_compare_and_swap(node: NatsCluster) -> None:
     async def scenario() -> None:
         nc = await connect(node.urls.split(","), name="lease-test")
