@@ -21,9 +21,10 @@ commit on its loop"). The loop waits meanwhile, for one bounded commit (and for 
 delivery's lock while a thread closes due buckets), and a runner yields after each
 commit. A runner also starts no commit while a round of lease renewals is due and not
 done (:meth:`Worker.renewals_first`): renewals, every third of the TTL, are late by a
-commit per owned partition at most, and the feeds' requests outlive that. A disk that stalls for seconds
-stalls the worker's renewals too, so its leases lapse and other workers take its
-partitions; the fence keeps it from writing once it is back.
+commit per owned partition at most, and the feeds' requests outlive that. A disk that
+stalls for seconds stalls the worker's renewals too, so its leases lapse and other
+workers take its partitions; the fence keeps it from writing once it is back (and the
+partition directory's lock keeps the next owner out until it has closed it).
 
 The loop also keeps the leases (:mod:`.leases`), closes due buckets, writes
 ``_CLOSED.json`` where every partition has closed an hour, and serves ``/healthz``
