@@ -78,7 +78,6 @@ class QueueStore:
         self.path = Path(path)
         self.max_queue_bytes = settings.max_queue_bytes
         self.fsync = settings.fsync
-        self.busy_timeout = settings.busy_timeout
         # (monotonic time of the last set_busy_timeout(), the timeout it set): one tuple,
         # so a wait in another thread never reads the new timeout with the old time
         self._busy_since: tuple[float, float] = (0.0, settings.busy_timeout)
@@ -333,8 +332,12 @@ class QueueStore:
         wait already under way in another thread: close() cuts it so that neither a
         busy peer nor a writer thread stuck behind one can stretch interpreter exit.
         Takes no lock, which that writer thread may be holding."""
-        self.busy_timeout = seconds
         self._busy_since = (time.monotonic(), seconds)
+
+    @property
+    def busy_timeout(self) -> float:
+        """How long a statement waits for another process's lock (see set_busy_timeout)."""
+        return self._busy_since[1]
 
     def before_fork(self) -> None:
         """Called just before ``os.fork()``: wait until no thread of ours is inside
