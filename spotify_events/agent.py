@@ -24,14 +24,13 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from .config import ClientConfig
-from .errors import QueueBusyError, SpotifyEventsError
+from .errors import SpotifyEventsError
 from .queue import DurableQueue, check_queue_path
 from .shipper import Shipper
 from .transport import HttpTransport
@@ -115,13 +114,7 @@ class FileAgent:
         if shipper is None or queue is None:
             return 0
         if drain and shipper.holds_lease():
-            # The drain reads through the shipper's connection, which its thread holds
-            # through a wait for another process's lock: the deadline ends that wait too.
-            with queue.waiting_until(deadline), suppress(QueueBusyError):
-                marks = queue.shipping_marks()
-                shipper.wait_acked(
-                    lambda: queue.shipped_through(*marks), max(0.0, deadline - time.monotonic())
-                )
+            shipper.wait_shipped(deadline)
         shipper.stop(max(0.1, deadline - time.monotonic()))
         assert self._transport is not None
         self._transport.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import click
 
 from .config import ClientConfig
-from .errors import QueueBusyError, SpotifyEventsError
+from .errors import SpotifyEventsError
 from .queue import DurableQueue
 from .shipper import Shipper
 from .transport import HttpTransport
@@ -159,14 +158,9 @@ def ship_command(path: str, endpoint: str | None, timeout: float) -> None:
     transport = HttpTransport(config.transport_settings())
     # a one-shot send has nothing to wait for: no linger
     shipper = Shipper(queue, transport, replace(config.shipper_settings(), linger=0.0))
-    marks = queue.shipping_marks()
-    done = False
     try:
         shipper.start()
-        # The wait reads through the shipper's connection, which its thread holds through
-        # a wait for another process's lock: the timeout ends that wait too.
-        with queue.waiting_until(time.monotonic() + timeout), suppress(QueueBusyError):
-            done = shipper.wait_acked(lambda: queue.shipped_through(*marks), timeout)
+        done = shipper.wait_shipped(time.monotonic() + timeout)
     finally:
         shipper.stop(5.0)
         transport.close()

@@ -47,13 +47,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import backoff
 
 from .decision import Action, decide, sort_rejections
-from .errors import QueueError
+from .errors import QueueBusyError, QueueError
 from .queue import DurableQueue, QueueDepth, QueuedEvent
 from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
@@ -173,6 +174,18 @@ class Shipper:
             with self._acked:
                 self._acked.wait(min(remaining, 0.05))
         return True
+
+    def wait_shipped(self, deadline: float) -> bool:
+        """Wait until what the queue holds now has left it (acknowledged, or
+        dead-lettered), giving up at ``deadline`` (``time.monotonic()``): a drain before
+        stopping. The wait reads through this shipper's connection, which its thread
+        holds through any wait for another process's lock: the deadline ends that too."""
+        with self.queue.waiting_until(deadline), suppress(QueueBusyError):
+            marks = self.queue.shipping_marks()
+            return self.wait_acked(
+                lambda: self.queue.shipped_through(*marks), max(0.0, deadline - time.monotonic())
+            )
+        return False
 
     def stop(self, timeout: float) -> bool:
         """Stop the thread (cutting a backoff short) and give up the lease; False if the
