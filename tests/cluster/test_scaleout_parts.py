@@ -208,6 +208,27 @@ def collector(node: NatsCluster, *extra: str, port: int = 0) -> ServiceProcess:
     )
 
 
+def deliver_worker(node: NatsCluster, data: Path, stream: str, *extra: str) -> ServiceProcess:
+    """A ``deliver`` worker on ``stream`` writing under ``data`` (any free port)."""
+    return ServiceProcess(
+        [
+            "deliver",
+            "--nats",
+            node.urls,
+            "--data-dir",
+            str(data),
+            "--schemas",
+            str(SCHEMAS),
+            "--stream",
+            stream,
+            "--port",
+            "0",
+            *extra,
+        ],
+        name="worker",
+    )
+
+
 def test_collector_refuses_a_stream_with_other_partitions(node: NatsCluster) -> None:
     first = collector(node, "--stream", "MISMATCH", "--partitions", "4").start()
     try:
@@ -783,24 +804,7 @@ def test_an_undecodable_stream_message_is_moved_aside_not_lost(
 
     asyncio.run(publish())
     data = tmp_path / "data"
-    worker = ServiceProcess(
-        [
-            "deliver",
-            "--nats",
-            node.urls,
-            "--data-dir",
-            str(data),
-            "--schemas",
-            str(SCHEMAS),
-            "--stream",
-            "POISON",
-            "--port",
-            "0",
-            "--lease-ttl",
-            "1",
-        ],
-        name="worker",
-    ).start()
+    worker = deliver_worker(node, data, "POISON", "--lease-ttl", "1").start()
     try:
         kept = data / "_partitions" / "p0000" / "quarantine"
         assert wait_for(lambda: kept.is_dir() and any(kept.iterdir()), timeout=60)
@@ -817,25 +821,8 @@ def test_worker_serves_the_completeness_page_behind_its_token(
 ) -> None:
     settings = StreamSettings(name="PAGE", partitions=1, replicas=1)
     asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
-    worker = ServiceProcess(
-        [
-            "deliver",
-            "--nats",
-            node.urls,
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--schemas",
-            str(SCHEMAS),
-            "--stream",
-            "PAGE",
-            "--port",
-            "0",
-            "--lease-ttl",
-            "1",
-            "--token",
-            "s3cret",
-        ],
-        name="worker",
+    worker = deliver_worker(
+        node, tmp_path / "data", "PAGE", "--lease-ttl", "1", "--token", "s3cret"
     ).start()
     try:
         assert wait_for(lambda: (tmp_path / "data" / "_partitions" / "p0000").is_dir(), timeout=60)
@@ -916,26 +903,7 @@ def test_a_worker_behind_on_every_partition_keeps_its_leases(
 
     asyncio.run(publish())
     data = tmp_path / "data"
-    worker = ServiceProcess(
-        [
-            "deliver",
-            "--nats",
-            node.urls,
-            "--data-dir",
-            str(data),
-            "--schemas",
-            str(SCHEMAS),
-            "--stream",
-            "BEHIND",
-            "--port",
-            "0",
-            "--lease-ttl",
-            "3",
-            "--log-level",
-            "INFO",
-        ],
-        name="worker",
-    ).start()
+    worker = deliver_worker(node, data, "BEHIND", "--lease-ttl", "3", "--log-level", "INFO").start()
 
     def received() -> int:
         try:
