@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import backoff
@@ -58,7 +59,7 @@ from .errors import QueueBusyError, QueueError
 from .queue import DurableQueue, QueueDepth, QueuedEvent
 from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
-from .wire import DropNotice, Envelope, WireBatch, encode_batch
+from .wire import DropNotice, WireBatch, encode_batch
 
 logger = logging.getLogger("spotify_events.shipper")
 
@@ -79,6 +80,8 @@ LINGER_POLL = 0.05
 #: flush's request could end the wait: at 100 events/s the writer commits every 50 ms,
 #: so looking at LINGER_POLL would be waking per commit, which the trickle rule avoids.
 TRICKLE_POLL = 0.25
+#: A queued row (id, event_type, seq, fingerprint, timestamp, payload) as an envelope's fields.
+_ENVELOPE_FIELDS = itemgetter(2, 1, 3, 4, 5)
 
 
 @dataclass
@@ -558,7 +561,6 @@ class Shipper:
         producer, next_seq = self.queue.producer_for(part)
         batch = WireBatch(
             producer_id=producer,
-            envelopes=[Envelope(e[2], e[1], e[3], e[4], e[5]) for e in part],
             next_seq=next_seq,
             drops=drops,
             service=self.settings.service,
@@ -566,7 +568,7 @@ class Shipper:
             sdk_version=self.settings.sdk_version,
             incidents=incidents,
         )
-        return encode_batch(batch)
+        return encode_batch(batch, envelopes=map(_ENVELOPE_FIELDS, part))
 
     def _accept(
         self, part: Sequence[QueuedEvent], drops: list[tuple[int, DropNotice]], result: SendResult
