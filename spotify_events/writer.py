@@ -399,8 +399,11 @@ class QueueWriter:
                 if reason != DROP_BUFFER_FULL and reason != DROP_WRITE_FAILED:
                     self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + n
         self._committed_ticket = upto
-        if self.on_commit is not None:
-            self.on_commit.set()
+        # Setting a set Event still takes its lock and notifies. No wake-up is lost by
+        # skipping it: the shipper clears it before it looks at the queue, after this commit.
+        on_commit = self.on_commit
+        if on_commit is not None and not on_commit.is_set():
+            on_commit.set()
         return True
 
     def stop(self, timeout: float) -> bool:
