@@ -42,18 +42,21 @@ class QueueEvents(QueueStore):
         return self.producer_id, self.next_seqs()
 
     def append(
-        self, events: Sequence[PendingRow], overflow: Mapping[tuple[str, str], int] | None = None
+        self,
+        events: Sequence[PendingRow],
+        overflow: Mapping[tuple[str, str], int] | None = None,
+        deadline: float | None = None,
     ) -> AppendResult:
         """Commit ``events`` in one transaction, numbering them per type.
 
         ``overflow`` counts events the caller had to drop before they reached
         the queue, keyed by (event type, reason); they consume sequence numbers
         too, recorded as drop ranges, so the collector sees "dropped" rather than
-        an unexplained gap.
+        an unexplained gap. ``deadline``: see :meth:`~.store.QueueStore.atomic`.
         """
         result = AppendResult()
         try:
-            with self.atomic() as conn:
+            with self.atomic(deadline) as conn:
                 state = self._append_locked(conn, events, overflow or {}, result)
         except sqlite3.DatabaseError as exc:
             self._cache = None
