@@ -202,10 +202,10 @@ class QueueStore:
 
     def _cursor_of(self, conn: sqlite3.Connection) -> sqlite3.Cursor:
         """The one cursor of ``conn`` that write transactions and appends run their
-        statements on (caller holds ``_lock``). ``conn.execute`` makes, registers and
-        frees a cursor per statement, ~0.5 µs each: a sixth of a ``commit``-level
-        event's Python. Every transaction ends on it with COMMIT or ROLLBACK, which
-        resets whatever statement it ran before, so it never leaves a read open."""
+        statements on (caller holds ``_lock``): ``conn.execute`` makes, registers and
+        frees a cursor per statement, ~0.5 µs each, six per ``commit``-level event.
+        Its reads are single rows, read to the end; a transaction ends on it with
+        COMMIT or ROLLBACK; so it never holds a read open between transactions."""
         cursor = self._cursor
         if cursor is None or cursor.connection is not conn:
             cursor = self._cursor = conn.cursor()
