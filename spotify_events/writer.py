@@ -262,10 +262,8 @@ class QueueWriter:
                 if self._commit_owner == get_ident():
                     return False  # re-entered mid-commit: the writer commits it later
                 due = ticket > self._committed_ticket or self._overflow or self._has_reentered
-                if due:
-                    with self.queue.waiting_until(deadline):  # another process's lock too
-                        if not self._commit_as_owner():
-                            return False
+                if due and not self._commit_as_owner(deadline):  # another process's lock too
+                    return False
             finally:
                 self._commit_lock.release()
             if ticket <= self._committed_ticket:
@@ -331,17 +329,18 @@ class QueueWriter:
         else:
             self._file_check_failing = False
 
-    def _commit_as_owner(self) -> bool:
+    def _commit_as_owner(self, deadline: float | None = None) -> bool:
         """:meth:`_commit_pending`, with this thread noted as the committer (the caller
         holds ``_commit_lock``), so a log() re-entering it does not wait for itself."""
         self._commit_owner = get_ident()
         try:
-            return self._commit_pending()
+            return self._commit_pending(deadline)
         finally:
             self._commit_owner = 0
 
-    def _commit_pending(self) -> bool:
-        """Commit everything buffered (caller holds ``_commit_lock``); False on a write error."""
+    def _commit_pending(self, deadline: float | None = None) -> bool:
+        """Commit everything buffered (caller holds ``_commit_lock``); False on a write
+        error, or when ``deadline`` (``time.monotonic()``) passed waiting for a lock."""
         with self._holding_buffer:
             reentered_drops = self._take_reentered() if self._has_reentered else 0
             events, self._pending = self._pending, []
@@ -363,7 +362,7 @@ class QueueWriter:
             self._committed_ticket = upto
             return True
         try:
-            result = self.queue.append(events, overflow)
+            result = self.queue.append(events, overflow, deadline)
         except BaseException as exc:  # even KeyboardInterrupt: the events are not ours to lose
             with self._holding_buffer:
                 # put them back in front so order (and so sequence order) is kept;
@@ -399,8 +398,11 @@ class QueueWriter:
                 if reason != DROP_BUFFER_FULL and reason != DROP_WRITE_FAILED:
                     self.counters.dropped[reason] = self.counters.dropped.get(reason, 0) + n
         self._committed_ticket = upto
-        if self.on_commit is not None:
-            self.on_commit.set()
+        # Setting a set Event still takes its lock and notifies. No wake-up is lost by
+        # skipping it: the shipper clears it before it looks at the queue, after this commit.
+        on_commit = self.on_commit
+        if on_commit is not None and not on_commit.is_set():
+            on_commit.set()
         return True
 
     def stop(self, timeout: float) -> bool:

@@ -44,18 +44,21 @@ class QueueEvents(QueueStore):
         return self.producer_id, self.next_seqs()
 
     def append(
-        self, events: Sequence[PendingRow], overflow: Mapping[tuple[str, str], int] | None = None
+        self,
+        events: Sequence[PendingRow],
+        overflow: Mapping[tuple[str, str], int] | None = None,
+        deadline: float | None = None,
     ) -> AppendResult:
         """Commit ``events`` in one transaction, numbering them per type.
 
         ``overflow`` counts events the caller had to drop before they reached
         the queue, keyed by (event type, reason); they consume sequence numbers
         too, recorded as drop ranges, so the collector sees "dropped" rather than
-        an unexplained gap.
+        an unexplained gap. ``deadline``: see :meth:`~.store.QueueStore.atomic`.
         """
         result = AppendResult()
         try:
-            with self.atomic() as conn:
+            with self.atomic(deadline) as conn:
                 state = self._append_locked(conn, events, overflow or {}, result)
         except sqlite3.DatabaseError as exc:
             self._cache = None
@@ -73,8 +76,11 @@ class QueueEvents(QueueStore):
         overflow: Mapping[tuple[str, str], int],
         result: AppendResult,
     ) -> AppendCache:
-        types = {e[0] for e in events} | {t for t, _ in overflow}
-        cache = self._valid_cache(conn)
+        cursor = self._cursor_of(conn)
+        types = {e[0] for e in events}
+        if overflow:
+            types.update(t for t, _ in overflow)
+        cache = self._valid_cache(conn, cursor)
         known = cache.next_seq if cache else {}
         next_seq = {t: known[t] for t in types if t in known}
         if len(next_seq) < len(types):
@@ -107,20 +113,20 @@ class QueueEvents(QueueStore):
                 continue
             rows += (event_type, seq, fp, ts, payload, size)
             added += size
-        insert_rows(conn, rows)
+        insert_rows(cursor, rows)
         stored = len(rows) // 6
         for event_type, seqs in refused.items():
             for first, last in runs(seqs):
                 drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
             result.count_drop(DROP_QUEUE_FULL, len(seqs))
         for item in next_seq.items():  # usually one type per commit: execute beats executemany
-            conn.execute(
+            cursor.execute(
                 "INSERT INTO sequences (event_type, next_seq) VALUES (?, ?) "
                 "ON CONFLICT(event_type) DO UPDATE SET next_seq = excluded.next_seq",
                 item,
             )
         queue_bytes += added
-        bump_counters(conn, added, stored)
+        bump_counters(cursor, added, stored)
         if self.drop_policy is DropPolicy.OLDEST and queue_bytes > self.max_queue_bytes:
             evicted, freed = self._evict_oldest(
                 conn, queue_bytes - self.max_queue_bytes, now, drops
@@ -131,13 +137,13 @@ class QueueEvents(QueueStore):
             insert_drops(conn, drops)
         result.stored = stored
         version = (
-            conn.execute("PRAGMA data_version").fetchone()[0]
+            cursor.execute("PRAGMA data_version").fetchone()[0]
             if cache is None
             else cache.data_version
         )
         return AppendCache(version, {**known, **next_seq}, queue_bytes, conn.total_changes)
 
-    def _valid_cache(self, conn: sqlite3.Connection) -> AppendCache | None:
+    def _valid_cache(self, conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> AppendCache | None:
         """Our cached sequence numbers and byte count, if no other connection wrote
         since our last commit (PRAGMA data_version changes only for others' commits)
         and neither did this one outside append (ack, dead_letter: total_changes moves).
@@ -147,7 +153,7 @@ class QueueEvents(QueueStore):
             return None
         if (
             conn.total_changes != cache.total_changes
-            or conn.execute("PRAGMA data_version").fetchone()[0] != cache.data_version
+            or cursor.execute("PRAGMA data_version").fetchone()[0] != cache.data_version
         ):
             self._cache = None
             return None

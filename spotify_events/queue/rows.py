@@ -81,7 +81,7 @@ class QueueDepth:
     oldest_timestamp: int | None
 
 
-def bump_counters(conn: sqlite3.Connection, size: int, events: int) -> None:
+def bump_counters(conn: sqlite3.Connection | sqlite3.Cursor, size: int, events: int) -> None:
     conn.execute(
         "UPDATE counters SET value = value + (CASE name WHEN 'bytes' THEN ? ELSE ? END)",
         (size, events),
@@ -126,14 +126,17 @@ def insert_incident(conn: sqlite3.Connection, kind: str, detail: str) -> None:
     )
 
 
-def insert_rows(conn: sqlite3.Connection, flat: list[object]) -> None:
+def insert_rows(conn: sqlite3.Connection | sqlite3.Cursor, flat: list[object]) -> None:
     """Insert events given as flat (type, seq, fingerprint, timestamp, payload, size)
     sextuples, :data:`INSERT_CHUNK` rows per statement."""
     width = 6 * INSERT_CHUNK
+    if len(flat) <= width:  # one statement, no copy: every ``commit``-level event is one
+        if flat:
+            conn.execute(_insert_sql(len(flat) // 6), flat)
+        return
     for start in range(0, len(flat), width):
         chunk = flat[start : start + width]
-        n = len(chunk) // 6
-        conn.execute(_insert_sql(n), chunk)
+        conn.execute(_insert_sql(len(chunk) // 6), chunk)
 
 
 def delete_range(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
