@@ -128,6 +128,8 @@ class JetStreamDelivery:
     # -- on the loop ------------------------------------------------------------
     async def _client(self) -> Publisher:
         loop = asyncio.get_running_loop()
+        if self._loop is loop and self._publisher is not None and not self._nc.is_closed:
+            return self._publisher  # connected: no lock to take
         if self._loop is not loop:
             self._loop, self._nc, self._publisher = loop, None, None
             self._connecting = asyncio.Lock()

@@ -12,9 +12,9 @@ a NUID and random bytes for its reply token, an asyncio future with a done callb
 a semaphore, a ``PubAck`` dataclass, and a ``gather`` to wait for them all; it also
 leaves the future unresolved when the answer is an API error (its handler raises
 instead of failing the future), so a full stream looked like a timeout. Here a round
-costs one future, resolved by the last acknowledgement or failed by the first error,
-and publishing 500-event batches costs the loop about a third less CPU a message
-(benchmarks/RESULTS.md, "The publisher's acknowledgements on one subscription").
+costs one future and one timer, resolved by the last acknowledgement or failed by the
+first error, and the loop's share of publishing a 500-event batch is about a fifth
+cheaper (benchmarks/RESULTS.md, "The publish without publish_async").
 
 At most ``max_in_flight`` messages await their acknowledgements per connection; a
 round waits for room before each publish. Whatever ends a round (answered, failed,
