@@ -13,8 +13,8 @@ a semaphore, a ``PubAck`` dataclass, and a ``gather`` to wait for them all; it a
 leaves the future unresolved when the answer is an API error (its handler raises
 instead of failing the future), so a full stream looked like a timeout. Here a round
 costs one future and one timer, resolved by the last acknowledgement or failed by the
-first error, and the loop's share of publishing a 500-event batch is about a fifth
-cheaper (benchmarks/RESULTS.md, "The publish without publish_async").
+first error, and the loop's share of publishing a 500-event batch costs about an
+eighth less CPU (benchmarks/RESULTS.md, "The publish without publish_async").
 
 At most ``max_in_flight`` messages await their acknowledgements per connection; a
 round waits for room before each publish. Whatever ends a round (answered, failed,
