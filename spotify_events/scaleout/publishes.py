@@ -42,12 +42,17 @@ class PublishFailed(SpotifyEventsError):
 class _Round:
     """The publishes of one :meth:`Publisher.publish` call, and its outcome."""
 
-    __slots__ = ("done", "duplicates", "left")
+    __slots__ = ("done", "duplicates", "failure", "left")
 
     def __init__(self, count: int, done: asyncio.Future[None]) -> None:
         self.duplicates = [False] * count
         self.left = count
+        self.failure = ""  # why JetStream did not take one of them
         self.done = done
+
+    def fail(self, failure: str) -> None:
+        self.failure = failure
+        self.done.set_result(None)
 
 
 class Publisher:
@@ -86,6 +91,8 @@ class Publisher:
                     m.subject, m.data, reply=self._prefix + token, headers={"Nats-Msg-Id": m.msg_id}
                 )
             await round_.done
+            if round_.failure:
+                raise PublishFailed(round_.failure)
         finally:
             expiry.cancel()
             if round_.done.done() and not round_.done.cancelled():
@@ -105,19 +112,17 @@ class Publisher:
             return
         headers = msg.headers
         if headers and headers.get(_STATUS) == "503":
-            round_.done.set_exception(PublishFailed("no response from the stream (no leader)"))
+            round_.fail("no response from the stream (no leader)")
             return
         try:
             answer = json.loads(msg.data)
             error = answer.get("error")
             duplicate = bool(answer.get("duplicate"))
         except (ValueError, AttributeError) as exc:
-            round_.done.set_exception(PublishFailed(f"not a JetStream acknowledgement: {exc}"))
+            round_.fail(f"not a JetStream acknowledgement: {exc}")
             return
         if error is not None:
-            round_.done.set_exception(
-                PublishFailed(f"JetStream refused the publish: {_said(error)}")
-            )
+            round_.fail(f"JetStream refused the publish: {_said(error)}")
             return
         round_.duplicates[index] = duplicate
         round_.left -= 1
