@@ -23,6 +23,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     ├── SliceDecodeError                   a stream message that is not a slice (quarantined)
     ├── LeaseLost                          a delivery worker no longer owns its partition
     ├── PullFailed                         JetStream cannot serve a worker's pull requests
+    ├── PublishFailed                      JetStream refused a collector's publish (or has no leader)
     ├── NatsServerError(RuntimeError)      no usable nats-server (tests, demo --cluster)
     └── CollectorError                     the collector refuses a whole body (answered 400/413)
         ├── GuardError(ValueError)         refused before decoding (collector/guard.py)

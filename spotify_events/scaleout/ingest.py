@@ -4,9 +4,9 @@
 the HTTP app and the ingest half (limits, decode, validation) are the very ones the
 single-process collector runs; only what happens to a validated batch differs. It
 becomes slice messages (:mod:`.slices`) on the producer's partition subject, all
-published in one hand-off to the loop thread as asynchronous publishes (nats-py's
-``publish_async``: no task or timer per message; at most ``max_in_flight`` awaiting
-their acknowledgements per process), with one bounded wait for all of their
+published in one hand-off to the loop thread (:class:`~.publishes.Publisher`: no task,
+timer or future per message; at most ``max_in_flight`` awaiting their
+acknowledgements per process), with one bounded wait for all of their
 acknowledgements: the answer is OK only when JetStream acknowledged every one of
 them, and anything else (no connection, a timeout during a leader election, a full
 stream) is UNAVAILABLE, which the app answers 503 with ``Retry-After``. The SDK
@@ -35,6 +35,7 @@ from ..collector.ingest import IngestedBatch
 from ..collector.seam import DeliveryResult, DeliveryStatus
 from ..errors import ConfigError
 from .connection import LoopThread, check_server_version, close, connect
+from .publishes import Publisher
 from .slices import Message, batch_messages, partition_of
 from .stream import StreamSettings, ensure_stream, retry_until
 
@@ -70,7 +71,7 @@ class JetStreamDelivery:
         # bound to the loop that made them; a forked child makes its own
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nc: Any = None
-        self._js: Any = None
+        self._publisher: Publisher | None = None
         self._connecting: asyncio.Lock | None = None
         self._max_payload = DEFAULT_MAX_PAYLOAD
         self._last_failure = ""  # "" while publishing works
@@ -122,26 +123,32 @@ class JetStreamDelivery:
                 await close(nc)
 
         self._thread.stop(drain, timeout=self.publish_timeout)
-        self._nc = self._js = self._loop = None
+        self._nc = self._publisher = self._loop = None
 
     # -- on the loop ------------------------------------------------------------
-    async def _client(self) -> Any:
+    async def _client(self) -> Publisher:
         loop = asyncio.get_running_loop()
+        if self._loop is loop and self._publisher is not None and not self._nc.is_closed:
+            return self._publisher  # connected: no lock to take
         if self._loop is not loop:
-            self._loop, self._nc, self._js = loop, None, None
+            self._loop, self._nc, self._publisher = loop, None, None
             self._connecting = asyncio.Lock()
         assert self._connecting is not None
         async with self._connecting:
-            if self._nc is None or self._nc.is_closed:
-                self._nc = await asyncio.wait_for(
+            if self._publisher is None or self._nc.is_closed:
+                nc = await asyncio.wait_for(
                     connect(self.urls, name=self.name, connect_timeout=self.connect_timeout),
                     self.connect_timeout * max(2, len(self.urls)),
                 )
-                self._js = self._nc.jetstream(
-                    timeout=self.publish_timeout, publish_async_max_pending=self.max_in_flight
-                )
-                self._max_payload = int(self._nc.max_payload or DEFAULT_MAX_PAYLOAD)
-        return self._js
+                publisher = Publisher(nc, max_in_flight=self.max_in_flight)
+                try:
+                    await asyncio.wait_for(publisher.start(), self.connect_timeout)
+                except BaseException:
+                    await asyncio.wait_for(close(nc), self.connect_timeout)
+                    raise
+                self._nc, self._publisher = nc, publisher
+                self._max_payload = int(nc.max_payload or DEFAULT_MAX_PAYLOAD)
+        return self._publisher
 
     async def _publish_all(self, messages: list[Message]) -> list[bool]:
         """Publish, then the fallbacks of slices answered "duplicate"; True where JetStream
@@ -162,25 +169,8 @@ class JetStreamDelivery:
         return -(-len(messages) // self.max_in_flight)
 
     async def _publish(self, messages: list[Message]) -> list[bool]:
-        js = await self._client()
-        pending: list[asyncio.Future[Any]] = []
-        try:
-            for m in messages:
-                pending.append(
-                    # no wait_stall: a bound here costs a task per message; waiting
-                    # for room is bounded by deliver()'s outer timeout, which cancels
-                    await js.publish_async(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
-                )
-            acks = await asyncio.wait_for(
-                asyncio.gather(*pending), self.publish_timeout * self._rounds(messages)
-            )
-        except BaseException:
-            # An acknowledgement never answered keeps its place among the publishes in
-            # flight until it is cancelled: cancel them all (a no-op for the answered).
-            for future in pending:
-                future.cancel()
-            raise
-        return [bool(ack.duplicate) for ack in acks]
+        publisher = await self._client()
+        return await publisher.publish(messages, self.publish_timeout * self._rounds(messages))
 
 
 def _unavailable(failure: str) -> DeliveryResult:

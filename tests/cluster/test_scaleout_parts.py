@@ -368,6 +368,42 @@ def test_a_retried_slice_answered_duplicate_still_lands_its_newer_control_facts(
     assert messages[1].facts.next_seq == {END_SONG: 5} and messages[1].facts.drops == [drop]
 
 
+def test_a_publish_the_stream_refuses_is_answered_503_with_the_stream_s_reason(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    """JetStream answers a publish it cannot store (here: a full stream that discards
+    new messages) with an API error. nats-py's ``publish_async`` raised that in its
+    reply handler instead of failing the publish's future, so the collector waited out
+    its acknowledgement timeout and answered 503 for a "TimeoutError"."""
+    from nats.js.api import DiscardPolicy
+
+    settings = StreamSettings(name="FULL", partitions=1, replicas=1)
+    urls = node.urls.split(",")
+    asyncio.run(prepare_stream(urls, settings, 30))
+
+    async def fill_up() -> None:
+        nc = await connect(urls, name="full-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            config = (await js.stream_info("FULL")).config
+            config.max_msgs, config.discard = 1, DiscardPolicy.NEW
+            await js.update_stream(config)
+        finally:
+            await close(nc)
+
+    asyncio.run(fill_up())
+    publisher = JetStreamDelivery(urls, settings, publish_timeout=5)
+    try:
+        assert publisher.deliver(ingested(envelopes(registry, [1]))).status is DeliveryStatus.OK
+        refused = publisher.deliver(ingested(envelopes(registry, [2])))
+        assert refused.status is DeliveryStatus.UNAVAILABLE
+        assert "maximum messages exceeded" in refused.message, refused.message
+        # the refused publish left no room taken: the next batch is published as usual
+        assert publisher.deliver(ingested(envelopes(registry, [1]))).duplicates == 1
+    finally:
+        publisher.close()
+
+
 # -- leases ----------------------------------------------------------------------------
 def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
     node: NatsCluster, monkeypatch: pytest.MonkeyPatch
@@ -493,13 +529,13 @@ def test_a_pull_feed_asks_for_a_bounded_amount_of_data_at_a_time(node: NatsClust
             assert await feed.next_batch(0) == []  # only sends the request
 
             async def settled() -> int:
-                """Messages delivered to the feed once its request has ended (the server
-                may answer consumer_info before it has taken the request: wait for some)."""
+                """Messages delivered to the feed once its request has ended. Some must
+                have come: the server can answer ``consumer_info`` before it has taken
+                the pull request, when neither shows anything waiting or pending."""
                 for _ in range(200):
                     info = await js.consumer_info("PULLDATA", "d")
-                    held = len(feed._buffer)
-                    if held and info.num_waiting == 0 and info.num_ack_pending == held:
-                        return held
+                    if info.num_waiting == 0 and info.num_ack_pending == len(feed._buffer) > 0:
+                        return len(feed._buffer)
                     await asyncio.sleep(0.05)
                 raise AssertionError("the request did not end")
 
