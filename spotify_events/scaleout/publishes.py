@@ -3,7 +3,9 @@
 A JetStream publish is a core NATS publish with a reply subject; the stream's leader
 answers on it with a PubAck (``{"stream": …, "seq": …, "duplicate": true}`` when the
 ``Nats-Msg-Id`` was seen inside the dedupe window), an API error, or, when nobody
-serves the subject (no stream leader), a ``503`` status. :class:`Publisher` sends each
+serves the subject (no stream leader), a ``503`` status. Any other answer (a core
+NATS responder on the subject where no stream is) fails the publish: only a PubAck
+naming a stream and a sequence says the message was stored. :class:`Publisher` sends each
 message of a round that way, replies under one inbox (``<inbox>.<n>``, ``n`` a
 counter), and one subscription on ``<inbox>.*`` collects the answers into the round.
 
@@ -118,11 +120,15 @@ class Publisher:
             answer = json.loads(msg.data)
             error = answer.get("error")
             duplicate = bool(answer.get("duplicate"))
+            stored = "stream" in answer and "seq" in answer
         except (ValueError, AttributeError) as exc:
             round_.fail(f"not a JetStream acknowledgement: {exc}")
             return
         if error is not None:
             round_.fail(f"JetStream refused the publish: {_said(error)}")
+            return
+        if not stored:  # another responder on the subject, not a stream that stored it
+            round_.fail(f"not a JetStream acknowledgement: {msg.data[:200]!r}")
             return
         round_.duplicates[index] = duplicate
         round_.left -= 1

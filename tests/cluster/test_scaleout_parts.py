@@ -404,6 +404,38 @@ def test_a_publish_the_stream_refuses_is_answered_503_with_the_stream_s_reason(
         publisher.close()
 
 
+def test_an_answer_that_is_no_jetstream_acknowledgement_is_answered_503(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    """Whoever subscribes to a partition subject can answer its publishes: with no
+    stream there (deleted, or a wrong ``--stream``), a core NATS responder's ``{}`` is
+    not JetStream storing the batch. An acknowledgement names the stream and the
+    sequence it stored the message at; anything else must not turn into a 200."""
+    urls = node.urls.split(",")
+    settings = StreamSettings(name="NOSTREAM", partitions=1, replicas=1)
+    responder = LoopThread("responder")
+
+    async def answer_everything() -> Any:
+        nc = await connect(urls, name="responder")
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b"{}")
+
+        await nc.subscribe(settings.subject(0), cb=answer)
+        await nc.flush()
+        return nc
+
+    responder_nc = responder.run(answer_everything(), timeout=10)
+    publisher = JetStreamDelivery(urls, settings, publish_timeout=5)
+    try:
+        answered = publisher.deliver(ingested(envelopes(registry, [1])))
+        assert answered.status is DeliveryStatus.UNAVAILABLE, answered
+        assert "not a JetStream acknowledgement" in answered.message, answered.message
+    finally:
+        publisher.close()
+        responder.stop(lambda: close(responder_nc))
+
+
 # -- leases ----------------------------------------------------------------------------
 def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
     node: NatsCluster, monkeypatch: pytest.MonkeyPatch
