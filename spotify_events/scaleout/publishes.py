@@ -114,7 +114,7 @@ class Publisher:
             return
         headers = msg.headers
         if headers and headers.get(_STATUS) == "503":
-            round_.fail("no response from the stream (no leader)")
+            round_.fail("nobody serves the subject (no stream, or no leader)")
             return
         try:
             answer = json.loads(msg.data)
