@@ -19,9 +19,11 @@ first error, and the loop's share of publishing a 500-event batch costs about an
 eighth less CPU (benchmarks/RESULTS.md, "The publish without publish_async").
 
 At most ``max_in_flight`` messages await their acknowledgements per connection; a
-round waits for room before each publish. Whatever ends a round (answered, failed,
-timed out, cancelled) forgets its unanswered messages and frees their room; an
-answer that comes later is dropped.
+round waits for room before each publish, never past its own deadline (a round of
+more messages than that waits for room its own publishes hold), and publishes no
+more once it has failed. Whatever ends a round (answered, failed, timed out,
+cancelled) forgets its unanswered messages and frees their room; an answer that
+comes later is dropped.
 """
 
 from __future__ import annotations
@@ -80,11 +82,19 @@ class Publisher:
         loop = asyncio.get_running_loop()
         round_ = _Round(len(messages), loop.create_future())
         tokens: list[str] = []
-        expiry = loop.call_later(timeout, _expire, round_.done)  # not wait_for: a task step less
+        deadline = loop.time() + timeout
+        expiry = loop.call_at(deadline, _expire, round_.done)  # not wait_for: a task step less
         try:
             for i, m in enumerate(messages):
-                # waiting for room is bounded by the caller's outer timeout, which cancels
-                await self._room.acquire()
+                if round_.done.done():
+                    break  # failed or timed out: the rest would be published for nothing
+                if not self._room.locked():
+                    await self._room.acquire()
+                else:  # room this round holds itself frees only when the round ends
+                    try:
+                        await asyncio.wait_for(self._room.acquire(), deadline - loop.time())
+                    except TimeoutError:
+                        break  # the expiry, due now, fails the round
                 self._sent += 1
                 token = str(self._sent)
                 self._waiting[token] = (round_, i)
