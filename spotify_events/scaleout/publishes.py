@@ -3,7 +3,9 @@
 A JetStream publish is a core NATS publish with a reply subject; the stream's leader
 answers on it with a PubAck (``{"stream": …, "seq": …, "duplicate": true}`` when the
 ``Nats-Msg-Id`` was seen inside the dedupe window), an API error, or, when nobody
-serves the subject (no stream leader), a ``503`` status. :class:`Publisher` sends each
+serves the subject (no stream leader), a ``503`` status. Any other answer (a core
+NATS responder on the subject where no stream is) fails the publish: only a PubAck
+naming a stream and a sequence says the message was stored. :class:`Publisher` sends each
 message of a round that way, replies under one inbox (``<inbox>.<n>``, ``n`` a
 counter), and one subscription on ``<inbox>.*`` collects the answers into the round.
 
@@ -17,9 +19,11 @@ first error, and the loop's share of publishing a 500-event batch costs about an
 eighth less CPU (benchmarks/RESULTS.md, "The publish without publish_async").
 
 At most ``max_in_flight`` messages await their acknowledgements per connection; a
-round waits for room before each publish. Whatever ends a round (answered, failed,
-timed out, cancelled) forgets its unanswered messages and frees their room; an
-answer that comes later is dropped.
+round waits for room before each publish, never past its own deadline (a round of
+more messages than that waits for room its own publishes hold), and publishes no
+more once it has failed. Whatever ends a round (answered, failed, timed out,
+cancelled) forgets its unanswered messages and frees their room; an answer that
+comes later is dropped.
 """
 
 from __future__ import annotations
@@ -78,11 +82,19 @@ class Publisher:
         loop = asyncio.get_running_loop()
         round_ = _Round(len(messages), loop.create_future())
         tokens: list[str] = []
-        expiry = loop.call_later(timeout, _expire, round_.done)  # not wait_for: a task step less
+        deadline = loop.time() + timeout
+        expiry = loop.call_at(deadline, _expire, round_.done)  # not wait_for: a task step less
         try:
             for i, m in enumerate(messages):
-                # waiting for room is bounded by the caller's outer timeout, which cancels
-                await self._room.acquire()
+                if round_.done.done():
+                    break  # failed or timed out: the rest would be published for nothing
+                if not self._room.locked():
+                    await self._room.acquire()
+                else:  # room this round holds itself frees only when the round ends
+                    try:
+                        await asyncio.wait_for(self._room.acquire(), deadline - loop.time())
+                    except TimeoutError:
+                        break  # the expiry, due now, fails the round
                 self._sent += 1
                 token = str(self._sent)
                 self._waiting[token] = (round_, i)
@@ -112,17 +124,21 @@ class Publisher:
             return
         headers = msg.headers
         if headers and headers.get(_STATUS) == "503":
-            round_.fail("no response from the stream (no leader)")
+            round_.fail("nobody serves the subject (no stream, or no leader)")
             return
         try:
             answer = json.loads(msg.data)
             error = answer.get("error")
             duplicate = bool(answer.get("duplicate"))
+            stored = "stream" in answer and "seq" in answer
         except (ValueError, AttributeError) as exc:
             round_.fail(f"not a JetStream acknowledgement: {exc}")
             return
         if error is not None:
             round_.fail(f"JetStream refused the publish: {_said(error)}")
+            return
+        if not stored:  # another responder on the subject, not a stream that stored it
+            round_.fail(f"not a JetStream acknowledgement: {msg.data[:200]!r}")
             return
         round_.duplicates[index] = duplicate
         round_.left -= 1

@@ -404,6 +404,75 @@ def test_a_publish_the_stream_refuses_is_answered_503_with_the_stream_s_reason(
         publisher.close()
 
 
+def test_an_answer_that_is_no_jetstream_acknowledgement_is_answered_503(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    """Whoever subscribes to a partition subject can answer its publishes: with no
+    stream there (deleted, or a wrong ``--stream``), a core NATS responder's ``{}`` is
+    not JetStream storing the batch. An acknowledgement names the stream and the
+    sequence it stored the message at; anything else must not turn into a 200."""
+    urls = node.urls.split(",")
+    settings = StreamSettings(name="NOSTREAM", partitions=1, replicas=1)
+    responder = LoopThread("responder")
+
+    async def answer_everything() -> Any:
+        nc = await connect(urls, name="responder")
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b"{}")
+
+        await nc.subscribe(settings.subject(0), cb=answer)
+        await nc.flush()
+        return nc
+
+    responder_nc = responder.run(answer_everything(), timeout=10)
+    publisher = JetStreamDelivery(urls, settings, publish_timeout=5)
+    try:
+        answered = publisher.deliver(ingested(envelopes(registry, [1])))
+        assert answered.status is DeliveryStatus.UNAVAILABLE, answered
+        assert "not a JetStream acknowledgement" in answered.message, answered.message
+    finally:
+        publisher.close()
+        responder.stop(lambda: close(responder_nc))
+
+
+def test_a_round_longer_than_the_room_for_publishes_ends_at_its_own_bound(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    """A round waits for room before each publish, and the room its own unanswered
+    publishes hold frees only when the round ends. With nobody acknowledging (a core
+    subscriber on the subject, no stream), a round of more messages than
+    ``max_in_flight`` waited for that room past its acknowledgement bound, until the
+    caller gave up and cancelled it, and the 503 said no more than "TimeoutError"."""
+    urls = node.urls.split(",")
+    settings = StreamSettings(name="UNANSWERED", partitions=1, replicas=1)
+    listener = LoopThread("listener")
+
+    async def listen_and_say_nothing() -> Any:
+        nc = await connect(urls, name="listener")
+
+        async def ignore(msg: Any) -> None:
+            pass
+
+        await nc.subscribe(settings.subject(0), cb=ignore)
+        await nc.flush()
+        return nc
+
+    listener_nc = listener.run(listen_and_say_nothing(), timeout=10)
+    publisher = JetStreamDelivery(
+        urls, settings, publish_timeout=1, connect_timeout=1, max_in_flight=1
+    )
+    batch = ingested(envelopes(registry, [1, 2], size=600_000))  # a slice per event
+    try:
+        assert len(batch_messages(batch, subject="S.p.0", max_bytes=1 << 20)) == 2
+        unanswered = publisher.deliver(batch)
+        assert unanswered.status is DeliveryStatus.UNAVAILABLE
+        assert "no acknowledgement from JetStream in time" in unanswered.message, unanswered
+    finally:
+        publisher.close()
+        listener.stop(lambda: close(listener_nc))
+
+
 # -- leases ----------------------------------------------------------------------------
 def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
     node: NatsCluster, monkeypatch: pytest.MonkeyPatch
