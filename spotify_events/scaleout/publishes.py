@@ -93,7 +93,7 @@ class Publisher:
                 else:  # room this round holds itself frees only when the round ends
                     try:
                         await asyncio.wait_for(self._room.acquire(), deadline - loop.time())
-                    except TimeoutError:
+                    except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
                         break  # the expiry, due now, fails the round
                 self._sent += 1
                 token = str(self._sent)
