@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -404,6 +405,30 @@ def test_a_publish_the_stream_refuses_is_answered_503_with_the_stream_s_reason(
         publisher.close()
 
 
+@contextmanager
+def core_subscriber(urls: list[str], subject: str, *, answer: bytes | None) -> Iterator[None]:
+    """A plain NATS subscriber on ``subject``, with no stream behind it, that answers
+    every message with ``answer`` (None: says nothing), while the block runs."""
+    thread = LoopThread("core-subscriber")
+
+    async def subscribe() -> Any:
+        nc = await connect(urls, name="core-subscriber")
+
+        async def on_message(msg: Any) -> None:
+            if answer is not None:
+                await msg.respond(answer)
+
+        await nc.subscribe(subject, cb=on_message)
+        await nc.flush()
+        return nc
+
+    nc = thread.run(subscribe(), timeout=10)
+    try:
+        yield
+    finally:
+        thread.stop(lambda: close(nc))
+
+
 def test_an_answer_that_is_no_jetstream_acknowledgement_is_answered_503(
     node: NatsCluster, registry: SchemaRegistry
 ) -> None:
@@ -413,27 +438,14 @@ def test_an_answer_that_is_no_jetstream_acknowledgement_is_answered_503(
     sequence it stored the message at; anything else must not turn into a 200."""
     urls = node.urls.split(",")
     settings = StreamSettings(name="NOSTREAM", partitions=1, replicas=1)
-    responder = LoopThread("responder")
-
-    async def answer_everything() -> Any:
-        nc = await connect(urls, name="responder")
-
-        async def answer(msg: Any) -> None:
-            await msg.respond(b"{}")
-
-        await nc.subscribe(settings.subject(0), cb=answer)
-        await nc.flush()
-        return nc
-
-    responder_nc = responder.run(answer_everything(), timeout=10)
     publisher = JetStreamDelivery(urls, settings, publish_timeout=5)
     try:
-        answered = publisher.deliver(ingested(envelopes(registry, [1])))
+        with core_subscriber(urls, settings.subject(0), answer=b"{}"):
+            answered = publisher.deliver(ingested(envelopes(registry, [1])))
         assert answered.status is DeliveryStatus.UNAVAILABLE, answered
         assert "not a JetStream acknowledgement" in answered.message, answered.message
     finally:
         publisher.close()
-        responder.stop(lambda: close(responder_nc))
 
 
 def test_a_round_longer_than_the_room_for_publishes_ends_at_its_own_bound(
@@ -446,31 +458,18 @@ def test_a_round_longer_than_the_room_for_publishes_ends_at_its_own_bound(
     caller gave up and cancelled it, and the 503 said no more than "TimeoutError"."""
     urls = node.urls.split(",")
     settings = StreamSettings(name="UNANSWERED", partitions=1, replicas=1)
-    listener = LoopThread("listener")
-
-    async def listen_and_say_nothing() -> Any:
-        nc = await connect(urls, name="listener")
-
-        async def ignore(msg: Any) -> None:
-            pass
-
-        await nc.subscribe(settings.subject(0), cb=ignore)
-        await nc.flush()
-        return nc
-
-    listener_nc = listener.run(listen_and_say_nothing(), timeout=10)
     publisher = JetStreamDelivery(
         urls, settings, publish_timeout=1, connect_timeout=1, max_in_flight=1
     )
     batch = ingested(envelopes(registry, [1, 2], size=600_000))  # a slice per event
     try:
         assert len(batch_messages(batch, subject="S.p.0", max_bytes=1 << 20)) == 2
-        unanswered = publisher.deliver(batch)
+        with core_subscriber(urls, settings.subject(0), answer=None):
+            unanswered = publisher.deliver(batch)
         assert unanswered.status is DeliveryStatus.UNAVAILABLE
         assert "no acknowledgement from JetStream in time" in unanswered.message, unanswered
     finally:
         publisher.close()
-        listener.stop(lambda: close(listener_nc))
 
 
 # -- leases ----------------------------------------------------------------------------
