@@ -48,6 +48,7 @@ class _StateLog:
         self.last_error = ""
         self.connected = True
         self.closing = False  # set by close(): our own disconnect is not news
+        self.on_disconnect: list[Callable[[], None]] = []  # see when_disconnected()
 
     async def error(self, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"
@@ -59,6 +60,8 @@ class _StateLog:
         if self.connected and not self.closing:
             self.connected = False
             log.warning("%s: disconnected from NATS; reconnecting", self.name)
+        for callback in self.on_disconnect:
+            callback()
 
     async def reconnected(self) -> None:
         self.connected = True
@@ -88,6 +91,12 @@ async def connect(urls: list[str], *, name: str, connect_timeout: float = 2.0) -
     )
     _states[client] = states
     return client
+
+
+def when_disconnected(client: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on the client's loop whenever ``client`` (made by :func:`connect`)
+    loses its server: what it sent and was not yet answered may never be answered."""
+    _states[client].on_disconnect.append(callback)
 
 
 #: The oldest nats-server this tier supports (docs/scale-out.md says why).

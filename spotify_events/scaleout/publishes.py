@@ -23,7 +23,10 @@ round waits for room before each publish, never past its own deadline (a round o
 more messages than that waits for room its own publishes hold), and publishes no
 more once it has failed. Whatever ends a round (answered, failed, timed out,
 cancelled) forgets its unanswered messages and frees their room; an answer that
-comes later is dropped.
+comes later is dropped. When the connection loses its server, every round still
+waiting fails at once: an answer to a publish sent before the loss may never come,
+and the client's retry (deduplicated by ``Nats-Msg-Id``) is better than a wait for
+the timeout in an HTTP thread.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SpotifyEventsError
+from .connection import when_disconnected
 from .slices import Message
 
 _STATUS = "Status"
@@ -71,6 +75,12 @@ class Publisher:
 
     async def start(self) -> None:
         await self._nc.subscribe(f"{self._prefix}*", cb=self._answered)
+        when_disconnected(self._nc, self._connection_lost)
+
+    def _connection_lost(self) -> None:
+        for round_, _ in list(self._waiting.values()):
+            if not round_.done.done():
+                round_.fail("the connection to NATS was lost before JetStream acknowledged")
 
     async def publish(self, messages: Sequence[Message], timeout: float) -> list[bool]:
         """Publish ``messages`` and wait at most ``timeout`` seconds for every

@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -406,15 +407,20 @@ def test_a_publish_the_stream_refuses_is_answered_503_with_the_stream_s_reason(
 
 
 @contextmanager
-def core_subscriber(urls: list[str], subject: str, *, answer: bytes | None) -> Iterator[None]:
+def core_subscriber(
+    urls: list[str], subject: str, *, answer: bytes | None
+) -> Iterator[list[bytes]]:
     """A plain NATS subscriber on ``subject``, with no stream behind it, that answers
-    every message with ``answer`` (None: says nothing), while the block runs."""
+    every message with ``answer`` (None: says nothing) while the block runs; yields the
+    list of what it received."""
     thread = LoopThread("core-subscriber")
+    received: list[bytes] = []
 
     async def subscribe() -> Any:
         nc = await connect(urls, name="core-subscriber")
 
         async def on_message(msg: Any) -> None:
+            received.append(msg.data)
             if answer is not None:
                 await msg.respond(answer)
 
@@ -424,7 +430,7 @@ def core_subscriber(urls: list[str], subject: str, *, answer: bytes | None) -> I
 
     nc = thread.run(subscribe(), timeout=10)
     try:
-        yield
+        yield received
     finally:
         thread.stop(lambda: close(nc))
 
@@ -470,6 +476,32 @@ def test_a_round_longer_than_the_room_for_publishes_ends_at_its_own_bound(
         assert "no acknowledgement from JetStream in time" in unanswered.message, unanswered
     finally:
         publisher.close()
+
+
+def test_publishes_still_unanswered_when_the_server_goes_fail_at_once(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """An answer to a publish sent before the connection lost its server may never
+    come. The rounds waiting for one fail when the loss is noticed, and the collector
+    answers 503 then, instead of holding an HTTP thread for ``--publish-timeout``; the
+    client's retry is deduplicated by ``Nats-Msg-Id``."""
+    settings = StreamSettings(name="LOST", partitions=1, replicas=1)
+    with NatsCluster(tmp_path / "nats", size=1) as cluster:
+        urls = cluster.urls.split(",")
+        publisher = JetStreamDelivery(urls, settings, publish_timeout=30, connect_timeout=1)
+        try:
+            with (
+                core_subscriber(urls, settings.subject(0), answer=None) as received,
+                ThreadPoolExecutor(1) as pool,
+            ):
+                pending = pool.submit(publisher.deliver, ingested(envelopes(registry, [1])))
+                assert wait_for(lambda: bool(received), timeout=10)
+                cluster.kill()
+                answered = pending.result(timeout=15)  # not publish_timeout's 30 s
+            assert answered.status is DeliveryStatus.UNAVAILABLE, answered
+            assert "connection to NATS was lost" in answered.message, answered.message
+        finally:
+            publisher.close()
 
 
 # -- leases ----------------------------------------------------------------------------
