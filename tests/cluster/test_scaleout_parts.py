@@ -505,6 +505,19 @@ def test_publishes_still_unanswered_when_the_server_goes_fail_at_once(
 
 
 # -- leases ----------------------------------------------------------------------------
+async def pull_consumer(nc: Any, name: str) -> Any:
+    """A stream ``name`` on the subject ``<name>.p`` and its durable pull consumer ``d``
+    (explicit acks, a minute's ``ack_wait``, redelivered without limit), as a worker's
+    partition has them; returns the JetStream context."""
+    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+    js = nc.jetstream(timeout=5)
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.p"]))
+    config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
+    await ensure_consumer(js, name, "d", f"{name}.p", config)
+    return js
+
+
 def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
     node: NatsCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -512,15 +525,11 @@ def test_a_pull_feed_asks_again_and_hands_back_what_it_did_not_give_out(
     again, so a message published after an idle spell arrives; messages it received
     but never gave out are nak'ed on close, so the next feed gets them at once instead
     of after ``ack_wait``; a deleted consumer ends the feed."""
-    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
     async def scenario() -> None:
         nc = await connect(node.urls.split(","), name="pull-feed-test")
         try:
-            js = nc.jetstream(timeout=5)
-            await js.add_stream(StreamConfig(name="PULLTEST", subjects=["PULLTEST.p"]))
-            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
-            await ensure_consumer(js, "PULLTEST", "d", "PULLTEST.p", config)
+            js = await pull_consumer(nc, "PULLTEST")
             feed = PullFeed(nc, "PULLTEST", "d", batch=4, max_bytes=1 << 20)
             await feed.start()
             assert await feed.next_batch(EXPIRES + GRACE + 0.5) == []  # past a request's life
@@ -571,15 +580,11 @@ def test_a_pull_feed_hands_out_a_backlog_in_batches_bounded_by_bytes(node: NatsC
     loop: a backlog of big messages comes out in batches of at most ``max_bytes`` of
     data (a message bigger than that alone), in order, each message once, so a
     commit holds the loop for a bounded time however large the backlog."""
-    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
     async def scenario() -> None:
         nc = await connect(node.urls.split(","), name="pull-feed-bytes-test")
         try:
-            js = nc.jetstream(timeout=5)
-            await js.add_stream(StreamConfig(name="PULLBYTES", subjects=["PULLBYTES.p"]))
-            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
-            await ensure_consumer(js, "PULLBYTES", "d", "PULLBYTES.p", config)
+            js = await pull_consumer(nc, "PULLBYTES")
             sizes = [400, 400, 400, 900, 100, 100]
             for i, size in enumerate(sizes):
                 await js.publish("PULLBYTES.p", bytes([i]) * size)
@@ -615,15 +620,11 @@ def test_a_pull_feed_asks_for_a_bounded_amount_of_data_at_a_time(node: NatsClust
     connection as a slow consumer (its ``max_pending``, 64 MiB) with everything in
     flight left to ``ack_wait``. A request also names the data it may bring, enough for
     one commit and the largest message the server takes."""
-    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
     async def scenario() -> None:
         nc = await connect(node.urls.split(","), name="pull-feed-data-test")
         try:
-            js = nc.jetstream(timeout=5)
-            await js.add_stream(StreamConfig(name="PULLDATA", subjects=["PULLDATA.p"]))
-            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1)
-            await ensure_consumer(js, "PULLDATA", "d", "PULLDATA.p", config)
+            js = await pull_consumer(nc, "PULLDATA")
             size = nc.max_payload // 4
             for i in range(64):
                 await js.publish("PULLDATA.p", bytes([i]) * size)
