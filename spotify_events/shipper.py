@@ -590,7 +590,7 @@ class Shipper:
             self.counters.heartbeats += 1
         if part:
             try:
-                self.queue.ack(part[0].id, part[-1].id, keep=[e.id for e in held])
+                self.queue.ack_batch(part, keep=[e.id for e in held])
             except QueueError:
                 # Still queued (another process held the lock, close() cut the wait): they
                 # are sent again and counted when that answer is acknowledged.

@@ -623,6 +623,25 @@ def test_held_events_stay_queued_unread_until_their_next_try(make_queue: MakeQue
     assert queue.release_holds([(A, FP)]) == 1 and queue.holds() == []
 
 
+def test_acknowledging_a_batch_read_around_held_events_leaves_them_queued(
+    make_queue: MakeQueue,
+) -> None:
+    queue = make_queue()
+    queue.append([ev(A), ev(B)])
+    first = queue.read_batch()
+    held = [e for e in first if e.event_type == A]
+    queue.hold(held, "unknown schema fingerprint", lambda attempts: 3600.0)
+    queue.ack_batch(first, keep=[e.id for e in held])
+    queue.append([ev(B), ev(A), ev(B)])  # A2 sits between B2 and B3
+    batch = queue.read_batch()
+    assert [(e.event_type, e.seq) for e in batch] == [(B, 2), (B, 3)]
+    assert queue.ack_batch(batch) == 2
+    (hold,) = queue.holds()
+    assert (hold.event_type, hold.events) == (A, 2)  # A1 and A2: nothing deleted unsent
+    queue.hold(held, "unknown schema fingerprint", lambda attempts: 0.0)
+    assert [(e.event_type, e.seq) for e in queue.read_batch()] == [(A, 1), (A, 2)]
+
+
 def test_a_copied_file_gets_a_new_producer_for_new_events(
     make_queue: MakeQueue, queue_path: Path, tmp_path: Path
 ) -> None:

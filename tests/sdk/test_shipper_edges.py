@@ -157,6 +157,27 @@ def test_rejected_events_are_dead_lettered_by_reason_and_held_ones_stay_queued(
     assert [(e.event_type, e.seq) for e in queue.read_batch()] == []  # held: not due
 
 
+def test_a_batch_read_around_a_held_schema_acknowledges_only_what_it_carried(
+    make_shipper: Callable[..., tuple[Shipper, DurableQueue]], collector: Collector
+) -> None:
+    shipper, queue = make_shipper()
+    queue.append([ev(B, FP2), ev(A)])
+    collector.answer = lambda sent: ack(
+        sent, [rejection(B, 1, UNKNOWN_SCHEMA, "schema not deployed")]
+    )
+    shipper._deliver(queue.read_batch(), [], [])  # B1 held, A1 delivered
+    queue.append([ev(A), ev(B, FP2), ev(A)])  # B2 between A2 and A3
+    collector.answer = ack
+    shipper._deliver(queue.read_batch(), [], [])
+    assert collector.batches[-1] == [(A, 2), (A, 3)]
+    (hold,) = queue.holds()
+    assert (hold.event_type, hold.events) == (B, 2)  # B2 was never sent: still queued
+    make_due(queue.path)
+    shipper._deliver(queue.read_batch(), [], [])
+    assert collector.batches[-1] == [(B, 1), (B, 2)]
+    assert queue.depth().events == 0 and queue.holds() == []
+
+
 def test_a_held_schema_is_logged_once_and_released_when_its_events_are_accepted(
     make_shipper: Callable[..., tuple[Shipper, DurableQueue]],
     collector: Collector,
