@@ -76,16 +76,17 @@ class Round:
         publishes. Whatever ends a round later finds it ended."""
         if self.outcome.done():
             return
-        if error is None:
-            self.outcome.set_result(self.duplicates)  # wakes the waiting thread now
-        else:
-            self.outcome.set_exception(error)
         if self.expiry is not None:
             self.expiry.cancel()
         if self.sender is not None and self.sender is not asyncio.current_task():
             self.sender.cancel()  # a no-op once it has published everything
         if self.publisher is not None:
             self.publisher.forget(self.tokens)
+        # last: the waiting thread wakes now, and wants the GIL this thread holds
+        if error is None:
+            self.outcome.set_result(self.duplicates)
+        else:
+            self.outcome.set_exception(error)
 
 
 class Publisher:
