@@ -4,10 +4,10 @@
 the HTTP app and the ingest half (limits, decode, validation) are the very ones the
 single-process collector runs; only what happens to a validated batch differs. It
 becomes slice messages (:mod:`.slices`) on the producer's partition subject, all
-published in one hand-off to the loop thread (a :class:`~.publishes.Round`: no task,
+published in one hand-off to the loop thread (:class:`~.publishes.Publisher`: no task,
 timer or future per message; at most ``max_in_flight`` awaiting their
-acknowledgements per process), and the HTTP thread waits, bounded, until the last
-acknowledgement wakes it: the answer is OK only when JetStream acknowledged every one of
+acknowledgements per process), with one bounded wait for all of their
+acknowledgements: the answer is OK only when JetStream acknowledged every one of
 them, and anything else (no connection, a timeout during a leader election, a full
 stream) is UNAVAILABLE, which the app answers 503 with ``Retry-After``. The SDK
 keeps the events and retries; ``Nats-Msg-Id`` makes the retry of what did land a
@@ -29,14 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from typing import Any
 
 from ..collector.ingest import IngestedBatch
 from ..collector.seam import DeliveryResult, DeliveryStatus
 from ..errors import ConfigError
 from .connection import LoopThread, check_server_version, close, connect
-from .publishes import Publisher, Round
+from .publishes import Publisher
 from .slices import Message, batch_messages, partition_of
 from .stream import StreamSettings, ensure_stream, retry_until
 
@@ -94,7 +93,7 @@ class JetStreamDelivery:
         if failing and not self._retrying.acquire(blocking=False):
             return _unavailable(failing)  # another request is finding out whether it is back
         try:
-            duplicates = self._publish_all(messages, time.monotonic() + timeout)
+            duplicates = self._thread.run(self._publish_all(messages), timeout)
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if text != self._last_failure:  # once per kind of failure, not per request
@@ -126,37 +125,6 @@ class JetStreamDelivery:
         self._thread.stop(drain, timeout=self.publish_timeout)
         self._nc = self._publisher = self._loop = None
 
-    def _publish_all(self, messages: list[Message], deadline: float) -> list[bool]:
-        """Publish, then the fallbacks of slices answered "duplicate"; True where JetStream
-        answered "duplicate"."""
-        duplicates = self._publish(messages, deadline)
-        fallbacks = [
-            m.fallback
-            for m, duplicate in zip(messages, duplicates, strict=True)
-            if duplicate and m.fallback is not None
-        ]
-        if fallbacks:
-            self._publish(fallbacks, deadline)
-        return duplicates
-
-    def _rounds(self, messages: list[Message]) -> int:
-        """How many acknowledgement waits ``messages`` take, ``max_in_flight`` at a time:
-        what each bound on publishing them is a multiple of."""
-        return -(-len(messages) // self.max_in_flight)
-
-    def _publish(self, messages: list[Message], deadline: float) -> list[bool]:
-        """Publish ``messages`` as one round on the loop, and wait for its outcome until
-        ``deadline`` (``time.monotonic()``), after which the round is ended on the loop."""
-        round_ = Round(len(messages))
-        loop = self._thread.loop()
-        loop.call_soon_threadsafe(self._start, round_, messages)
-        try:
-            return round_.outcome.result(max(0.0, deadline - time.monotonic()))
-        except BaseException:
-            if not round_.outcome.done():  # given up here: free its room, stop its task
-                loop.call_soon_threadsafe(round_.end, TimeoutError("gave up waiting"))
-            raise
-
     # -- on the loop ------------------------------------------------------------
     async def _client(self) -> Publisher:
         loop = asyncio.get_running_loop()
@@ -182,15 +150,27 @@ class JetStreamDelivery:
                 self._max_payload = int(nc.max_payload or DEFAULT_MAX_PAYLOAD)
         return self._publisher
 
-    def _start(self, round_: Round, messages: list[Message]) -> None:
-        round_.sender = asyncio.get_running_loop().create_task(self._send(round_, messages))
+    async def _publish_all(self, messages: list[Message]) -> list[bool]:
+        """Publish, then the fallbacks of slices answered "duplicate"; True where JetStream
+        answered "duplicate"."""
+        duplicates = await self._publish(messages)
+        fallbacks = [
+            m.fallback
+            for m, duplicate in zip(messages, duplicates, strict=True)
+            if duplicate and m.fallback is not None
+        ]
+        if fallbacks:
+            await self._publish(fallbacks)
+        return duplicates
 
-    async def _send(self, round_: Round, messages: list[Message]) -> None:
-        try:
-            publisher = await self._client()
-            await publisher.send(round_, messages, self.publish_timeout * self._rounds(messages))
-        except Exception as exc:  # connecting or publishing failed: the round's outcome
-            round_.end(exc)
+    def _rounds(self, messages: list[Message]) -> int:
+        """How many acknowledgement waits ``messages`` take, ``max_in_flight`` at a time:
+        what each bound on publishing them is a multiple of."""
+        return -(-len(messages) // self.max_in_flight)
+
+    async def _publish(self, messages: list[Message]) -> list[bool]:
+        publisher = await self._client()
+        return await publisher.publish(messages, self.publish_timeout * self._rounds(messages))
 
 
 def _unavailable(failure: str) -> DeliveryResult:

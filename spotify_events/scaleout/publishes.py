@@ -13,34 +13,27 @@ nats-py's ``publish_async`` speaks the same protocol with more around each messa
 a NUID and random bytes for its reply token, an asyncio future with a done callback,
 a semaphore, a ``PubAck`` dataclass, and a ``gather`` to wait for them all; it also
 leaves the future unresolved when the answer is an API error (its handler raises
-instead of failing the future), so a full stream looked like a timeout.
-
-A :class:`Round` is made and waited for in the caller's thread (an HTTP thread) and
-carried out on the loop's: a task publishes its messages and ends, and the round's
-outcome is a :class:`concurrent.futures.Future` that the last acknowledgement (or the
-first error, the timer, the loss of the connection) completes from the reply handler,
-waking the caller at once. Waiting on the loop instead, for the caller to be woken when
-a task that waited for the acknowledgements ends, cost the loop's share of publishing a
-500-event batch about a sixth more CPU (benchmarks/RESULTS.md, "The caller woken by the
-last acknowledgement").
+instead of failing the future), so a full stream looked like a timeout. Here a round
+costs one future and one timer, resolved by the last acknowledgement or failed by the
+first error, and the loop's share of publishing a 500-event batch costs about an
+eighth less CPU (benchmarks/RESULTS.md, "The publish without publish_async").
 
 At most ``max_in_flight`` messages await their acknowledgements per connection; a
-round waits for room before each publish (a round of more messages than that waits for
-room its own publishes hold) and is over at its own deadline. Whatever ends a round
-(answered, failed, timed out, given up by the caller, the connection lost) ends it on
-the loop: it stops its task if that is still publishing, forgets its unanswered messages
-and frees their room; an answer that comes later is dropped. When the connection loses
-its server, every round still waiting fails at once: an answer to a publish sent before
-the loss may never come, and the client's retry (deduplicated by ``Nats-Msg-Id``) is
-better than a wait for the timeout in an HTTP thread.
+round waits for room before each publish, never past its own deadline (a round of
+more messages than that waits for room its own publishes hold), and publishes no
+more once it has failed. Whatever ends a round (answered, failed, timed out,
+cancelled) forgets its unanswered messages and frees their room; an answer that
+comes later is dropped. When the connection loses its server, every round still
+waiting fails at once: an answer to a publish sent before the loss may never come,
+and the client's retry (deduplicated by ``Nats-Msg-Id``) is better than a wait for
+the timeout in an HTTP thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SpotifyEventsError
@@ -54,39 +47,20 @@ class PublishFailed(SpotifyEventsError):
     """JetStream answered a publish with an error, or nobody answered for the stream."""
 
 
-class Round:
-    """The publishes of one batch (or of its fallbacks): made and waited for in any
-    thread, carried out and ended on the publisher's loop."""
+class _Round:
+    """The publishes of one :meth:`Publisher.publish` call, and its outcome."""
 
-    __slots__ = ("duplicates", "expiry", "left", "outcome", "publisher", "sender", "tokens")
+    __slots__ = ("done", "duplicates", "failure", "left")
 
-    def __init__(self, count: int) -> None:
-        #: True where JetStream answered "duplicate", once every publish is acknowledged
-        self.outcome: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
+    def __init__(self, count: int, done: asyncio.Future[None]) -> None:
         self.duplicates = [False] * count
         self.left = count
-        self.tokens: list[str] = []  # the reply tokens of its publishes so far
-        self.sender: asyncio.Task[None] | None = None  # the task publishing its messages
-        self.expiry: asyncio.TimerHandle | None = None
-        self.publisher: Publisher | None = None  # once it publishes
+        self.failure = ""  # why JetStream did not take one of them
+        self.done = done
 
-    def end(self, error: BaseException | None = None) -> None:
-        """On the loop: the outcome (the duplicates, or ``error``) if the round has none
-        yet; then no more publishing, no timer, and no room held for its unanswered
-        publishes. Whatever ends a round later finds it ended."""
-        if self.outcome.done():
-            return
-        if self.expiry is not None:
-            self.expiry.cancel()
-        if self.sender is not None and self.sender is not asyncio.current_task():
-            self.sender.cancel()  # a no-op once it has published everything
-        if self.publisher is not None:
-            self.publisher.forget(self.tokens)
-        # last: the waiting thread wakes now, and wants the GIL this thread holds
-        if error is None:
-            self.outcome.set_result(self.duplicates)
-        else:
-            self.outcome.set_exception(error)
+    def fail(self, failure: str) -> None:
+        self.failure = failure
+        self.done.set_result(None)
 
 
 class Publisher:
@@ -96,7 +70,7 @@ class Publisher:
         self._nc = nc
         self._prefix = f"{nc.new_inbox()}."
         self._sent = 0
-        self._waiting: dict[str, tuple[Round, int]] = {}  # reply token -> (round, index)
+        self._waiting: dict[str, tuple[_Round, int]] = {}  # reply token -> (round, index)
         self._room = asyncio.Semaphore(max_in_flight)
 
     async def start(self) -> None:
@@ -104,33 +78,52 @@ class Publisher:
         when_disconnected(self._nc, self._connection_lost)
 
     def _connection_lost(self) -> None:
-        for round_ in {round_ for round_, _ in self._waiting.values()}:
-            round_.end(
-                PublishFailed("the connection to NATS was lost before JetStream acknowledged")
-            )
+        for round_, _ in list(self._waiting.values()):
+            if not round_.done.done():
+                round_.fail("the connection to NATS was lost before JetStream acknowledged")
 
-    async def send(self, round_: Round, messages: Sequence[Message], timeout: float) -> None:
-        """Publish ``messages`` as ``round_``'s, which ends at the latest ``timeout``
-        seconds from now; returns when the last is handed to the connection, and raises
-        what publishing raises. Acknowledgements end the round in :meth:`_answered`."""
-        round_.publisher = self
-        round_.expiry = asyncio.get_running_loop().call_later(timeout, _expire, round_)
-        for i, m in enumerate(messages):
-            # room the round holds itself frees only when it ends: then its end stops this
-            await self._room.acquire()
-            self._sent += 1
-            token = str(self._sent)
-            self._waiting[token] = (round_, i)
-            round_.tokens.append(token)
-            await self._nc.publish(
-                m.subject, m.data, reply=self._prefix + token, headers={"Nats-Msg-Id": m.msg_id}
-            )
-
-    def forget(self, tokens: Iterable[str]) -> None:
-        """Stop waiting for the answers to ``tokens``, freeing their room."""
-        for token in tokens:
-            if self._waiting.pop(token, None) is not None:
-                self._room.release()
+    async def publish(self, messages: Sequence[Message], timeout: float) -> list[bool]:
+        """Publish ``messages`` and wait at most ``timeout`` seconds for every
+        acknowledgement; True where JetStream answered "duplicate". Raises
+        :class:`PublishFailed`, ``TimeoutError``, or what publishing raises."""
+        if not messages:
+            return []
+        nc = self._nc
+        loop = asyncio.get_running_loop()
+        round_ = _Round(len(messages), loop.create_future())
+        tokens: list[str] = []
+        deadline = loop.time() + timeout
+        expiry = loop.call_at(deadline, _expire, round_.done)  # not wait_for: a task step less
+        try:
+            for i, m in enumerate(messages):
+                if not self._room.locked():
+                    await self._room.acquire()
+                else:  # room this round holds itself frees only when the round ends
+                    try:
+                        await asyncio.wait_for(self._room.acquire(), deadline - loop.time())
+                    except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
+                        break  # the expiry, due now, fails the round
+                if round_.done.done():  # failed or timed out, maybe while it waited for room
+                    self._room.release()  # the rest would be published for nothing
+                    break
+                self._sent += 1
+                token = str(self._sent)
+                self._waiting[token] = (round_, i)
+                tokens.append(token)
+                await nc.publish(
+                    m.subject, m.data, reply=self._prefix + token, headers={"Nats-Msg-Id": m.msg_id}
+                )
+            await round_.done
+            if round_.failure:
+                raise PublishFailed(round_.failure)
+        finally:
+            expiry.cancel()
+            if round_.done.done() and not round_.done.cancelled():
+                round_.done.exception()  # retrieved, even when publishing raised first
+            for token in tokens:  # the unanswered, when the round ended otherwise
+                if self._waiting.pop(token, None) is not None:
+                    self._room.release()
+        return round_.duplicates
 
     async def _answered(self, msg: Any) -> None:
         entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
@@ -138,9 +131,11 @@ class Publisher:
             return
         self._room.release()
         round_, index = entry
+        if round_.done.done():
+            return
         headers = msg.headers
         if headers and headers.get(_STATUS) == "503":
-            round_.end(PublishFailed("nobody serves the subject (no stream, or no leader)"))
+            round_.fail("nobody serves the subject (no stream, or no leader)")
             return
         try:
             answer = json.loads(msg.data)
@@ -148,22 +143,23 @@ class Publisher:
             duplicate = bool(answer.get("duplicate"))
             stored = "stream" in answer and "seq" in answer
         except (ValueError, AttributeError) as exc:
-            round_.end(PublishFailed(f"not a JetStream acknowledgement: {exc}"))
+            round_.fail(f"not a JetStream acknowledgement: {exc}")
             return
         if error is not None:
-            round_.end(PublishFailed(f"JetStream refused the publish: {_said(error)}"))
+            round_.fail(f"JetStream refused the publish: {_said(error)}")
             return
         if not stored:  # another responder on the subject, not a stream that stored it
-            round_.end(PublishFailed(f"not a JetStream acknowledgement: {msg.data[:200]!r}"))
+            round_.fail(f"not a JetStream acknowledgement: {msg.data[:200]!r}")
             return
         round_.duplicates[index] = duplicate
         round_.left -= 1
         if not round_.left:
-            round_.end()
+            round_.done.set_result(None)
 
 
-def _expire(round_: Round) -> None:
-    round_.end(TimeoutError("no acknowledgement from JetStream in time"))
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError("no acknowledgement from JetStream in time"))
 
 
 def _said(error: Any) -> str:
