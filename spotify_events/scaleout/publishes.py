@@ -96,8 +96,6 @@ class Publisher:
         expiry = loop.call_at(deadline, _expire, round_.done)  # not wait_for: a task step less
         try:
             for i, m in enumerate(messages):
-                if round_.done.done():
-                    break  # failed or timed out: the rest would be published for nothing
                 if not self._room.locked():
                     await self._room.acquire()
                 else:  # room this round holds itself frees only when the round ends
@@ -105,6 +103,9 @@ class Publisher:
                         await asyncio.wait_for(self._room.acquire(), deadline - loop.time())
                     except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
                         break  # the expiry, due now, fails the round
+                if round_.done.done():  # failed or timed out, maybe while it waited for room
+                    self._room.release()  # the rest would be published for nothing
+                    break
                 self._sent += 1
                 token = str(self._sent)
                 self._waiting[token] = (round_, i)

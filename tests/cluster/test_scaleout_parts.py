@@ -478,6 +478,33 @@ def test_a_round_longer_than_the_room_for_publishes_ends_at_its_own_bound(
         publisher.close()
 
 
+def test_a_round_that_failed_while_waiting_for_room_publishes_no_more(
+    node: NatsCluster, registry: SchemaRegistry
+) -> None:
+    """A round of more messages than ``max_in_flight`` waits for room before each
+    publish. Once it has failed (here its first answer is no acknowledgement), the rest
+    would be published for nothing (up to 1 MiB each, and the client retries the batch
+    anyway). The answer that failed it also freed the room its next publish waited
+    for, and that publish went out all the same."""
+    urls = node.urls.split(",")
+    settings = StreamSettings(name="NOSTREAM2", partitions=1, replicas=1)
+    publisher = JetStreamDelivery(urls, settings, publish_timeout=5, max_in_flight=1)
+    batch = ingested(envelopes(registry, [1, 2, 3], size=600_000))  # a slice per event
+    marker = ingested(envelopes(registry, [9]))
+    try:
+        with core_subscriber(urls, settings.subject(0), answer=b"{}") as received:
+            failed = publisher.deliver(batch)
+            assert failed.status is DeliveryStatus.UNAVAILABLE, failed
+            # published after it on the same connection: received after anything it sent
+            assert publisher.deliver(marker).status is DeliveryStatus.UNAVAILABLE
+            assert wait_for(lambda: len(received) >= 2, timeout=10)
+        first = batch_messages(batch, subject=settings.subject(0), max_bytes=1 << 20)[0]
+        assert received[0] == first.data
+        assert len(received) == 2, [len(r) for r in received]
+    finally:
+        publisher.close()
+
+
 def test_publishes_still_unanswered_when_the_server_goes_fail_at_once(
     tmp_path: Path, registry: SchemaRegistry
 ) -> None:
