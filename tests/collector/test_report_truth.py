@@ -9,9 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from collector_helpers import END_SONG, BatchMaker, expected_uids, post, read_uids, stream
+from collector_helpers import (
+    END_SONG,
+    BatchMaker,
+    expected_uids,
+    part_files,
+    post,
+    read_uids,
+    stream,
+)
 from support import wait_for
 
+from spotify_events.collector.buckets import avro_long
+from spotify_events.collector.guard import scan_container
 from spotify_events.collector.process import CollectorProcess
 from spotify_events.wire import Envelope
 
@@ -50,3 +60,25 @@ def test_numbers_held_for_a_schema_the_collector_lacks_stay_open_gaps_never_lost
     s = stream(cp.report(), "producer-a", END_SONG)
     assert (s["received"], s["open_gaps"], s["lost"], s["complete"]) == (5, 0, 0, True)
     assert read_uids(cp.data_dir) == expected_uids("producer-a", END_SONG, range(1, 6))
+
+
+def test_a_block_holding_more_records_than_it_declares_is_refused_not_half_read(
+    start_collector: Callable[..., CollectorProcess], maker: BatchMaker
+) -> None:
+    """A container block says how many records it holds; fastavro reads that many and
+    ignores the rest of the block. Three events under a count of one were answered 200
+    with ``accepted: 1``: two events of an acknowledged body neither written nor
+    rejected. The body is not a well-formed batch, so it is refused whole."""
+    cp = start_collector()
+    honest = maker.body(maker.envelopes(END_SONG, [1, 2, 3], now_ms()), codec="null")
+    scan = scan_container(honest, max_events=10, max_decoded_bytes=1 << 20)
+    ((count, data),) = scan.blocks
+    assert count == 3
+    sync = honest[scan.header_len - 16 : scan.header_len]
+    lying = honest[: scan.header_len] + avro_long(1) + avro_long(len(data)) + data + sync
+
+    answer = post(cp.url, lying)
+    assert answer.status_code == 400, answer.text
+    assert part_files(cp.data_dir) == []
+    assert cp.report()["streams"] == []
+    assert post(cp.url, honest).json() == {"accepted": 3, "duplicates": 0, "rejected": []}
