@@ -59,12 +59,14 @@ def account(
     out.rejected = rejected.count()
     dropped = drops.difference(received).difference(rejected)
     out.dropped = dropped.count()
+    # A number under two reasons of one kind (a rejection retried after a restart with
+    # another setting, worded differently) counts under the first only.
+    told = {"reject": received.copy(), "drop": received.union(rejected)}
     for (kind, reason), ranges in sorted(stream.marks.items()):
         if kind == "held":
             continue
-        mine = ranges.clipped(low, high).difference(received)
-        if kind == "drop":
-            mine = mine.difference(rejected)
+        mine = ranges.clipped(low, high).difference(told[kind])
+        told[kind].update(mine)
         n = mine.count()
         if n:
             target = out.rejected_reasons if kind == "reject" else out.dropped_reasons

@@ -82,3 +82,24 @@ def test_a_block_holding_more_records_than_it_declares_is_refused_not_half_read(
     assert part_files(cp.data_dir) == []
     assert cp.report()["streams"] == []
     assert post(cp.url, honest).json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+
+
+def test_a_number_rejected_for_two_reasons_counts_once_in_the_reasons(
+    start_collector: Callable[..., CollectorProcess], maker: BatchMaker
+) -> None:
+    """A rejection's reason can name a setting (``--max-future``), so the same number
+    retried after a restart with another setting is rejected again for a reason worded
+    differently. It is one rejected event: the reasons must add up to ``rejected``, as
+    they do for every other stream, instead of listing it under both."""
+    cp = start_collector()
+    ahead = now_ms() + 2 * 86_400_000
+    body = maker.body(maker.envelopes(END_SONG, [1], ahead))
+    assert [r["code"] for r in post(cp.url, body).json()["rejected"]] == ["too_far_in_future"]
+    cp.stop()
+    cp.args = ["--max-future", "3600"]
+    cp.start()
+    assert [r["code"] for r in post(cp.url, body).json()["rejected"]] == ["too_far_in_future"]
+
+    s = stream(cp.report(), "producer-a", END_SONG)
+    assert s["rejected"] == 1
+    assert sum(s["rejected_reasons"].values()) == 1, s["rejected_reasons"]
