@@ -160,6 +160,39 @@ def test_ledger_restored_from_an_older_copy_keeps_every_acknowledged_event(
     assert len(list((data / "_quarantine").rglob("NOTE.txt"))) == 1
 
 
+def test_ledger_older_than_a_closed_bucket_leaves_the_closed_bucket_as_it_is(
+    data: Path, clock: Clock, opened: list[LocalDelivery], tmp_path: Path
+) -> None:
+    """A ledger restored from before an hour closed holds that bucket open, with its parts
+    shorter than the files. The bucket's ``_CLOSED.json`` says it is closed, and a closed
+    bucket is never changed: its files stay byte for byte what the marker describes
+    (readers may have taken them already), and the report says the ledger is behind."""
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 100)
+    d.close()
+    backup = tmp_path / "ledger-backup.db"
+    shutil.copy(data / "_ledger.db", backup)
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 101, 200)
+    clock.now = T0 + 3600 + 600  # the hour plus its lateness: the bucket closes
+    assert d.close_due_buckets() == 1
+    d.close()
+    closed = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and "_ledger" not in p.name}
+    closed.pop(data / "_lock", None)
+    for leftover in data.glob("_ledger.db-*"):
+        leftover.unlink()
+    shutil.copy(backup, data / "_ledger.db")  # an operator restores last night's copy
+
+    for _ in range(2):  # said once, not at every start
+        d = open_delivery(data, clock, opened)
+        assert {p: p.read_bytes() for p in closed} == closed
+        assert read_uids(data) == expected(1, 200)
+        assert not (data / "_quarantine").exists()
+        (incident,) = incidents(d)
+        assert incident["kind"] == "closed_bucket_ahead_of_ledger"
+        d.close()
+
+
 @pytest.mark.parametrize("how", ["deleted", "emptied"])
 def test_lost_ledger_refuses_to_start_until_told_and_then_deletes_nothing(
     data: Path, clock: Clock, opened: list[LocalDelivery], how: str
