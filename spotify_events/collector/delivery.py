@@ -104,6 +104,7 @@ class LocalDelivery(Recovery, BatchApplier):
         self._files = OrderedDict()
         self._open_buckets = {}
         self._next_close_at = float("inf")
+        self._marker_retry = {}
         self._active = {}
         self._recent = {}
         self._missing = {}

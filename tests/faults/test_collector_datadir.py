@@ -432,3 +432,33 @@ def test_unwritable_part_file_is_left_as_it_is_and_new_events_go_to_a_new_part(
     assert read_uids(data) == expected(1, 200)
     (incident,) = incidents(d)
     assert incident["kind"] == "part_file_not_writable" and part.name in incident["detail"]
+
+
+def test_a_bucket_whose_marker_cannot_be_written_does_not_stop_every_batch(
+    data: Path, clock: Clock, opened: list[LocalDelivery], read_only: Any
+) -> None:
+    """Closing a bucket writes its ``_CLOSED.json``; when its directory refuses that
+    (made read-only by an operator), every later batch failed with a 503 on the same
+    write, since each group commit closes what is due first: one directory stopped the
+    collector. The bucket now waits for its marker (an incident says why) and batches
+    go on; the marker is written once the directory takes it."""
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 10)
+    (bucket,) = {p.parent for p in part_files(data)}
+    read_only(bucket)
+    clock.now = T0 + 3600 + 600  # the hour T0 is due to close
+    deliver(d, clock, 11, 20, at=clock.now)
+    deliver(d, clock, 21, 30, at=clock.now)
+    (incident,) = incidents(d)
+    assert incident["kind"] == "marker_not_written" and bucket.name in incident["detail"]
+    assert not (bucket / "_CLOSED.json").exists()
+
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(bucket)], check=True)
+    else:
+        bucket.chmod(0o700)
+    clock.now += 3600  # the next hour is due too, and the marker is tried again
+    assert d.close_due_buckets() == 2
+    assert json.loads((bucket / "_CLOSED.json").read_text())["events"] == 10
+    assert read_uids(data) == expected(1, 30)
+    assert len(incidents(d)) == 1
