@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -462,3 +463,36 @@ def test_a_bucket_whose_marker_cannot_be_written_does_not_stop_every_batch(
     assert json.loads((bucket / "_CLOSED.json").read_text())["events"] == 10
     assert read_uids(data) == expected(1, 30)
     assert len(incidents(d)) == 1
+
+
+def test_a_close_whose_ledger_commit_failed_never_rewrites_the_marker(
+    data: Path, clock: Clock, opened: list[LocalDelivery]
+) -> None:
+    """The closing timer writes a bucket's marker, then commits the ledger. When that
+    commit failed, memory held the bucket closed but still due, so the next tick wrote
+    the marker again with a new ``closed_at``: a ``_CLOSED.json`` readers may have taken
+    changed under them. The timer now rebuilds memory from the ledger first, as a batch
+    does, and the marker it finds is trusted as it is."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr to make the ledger's WAL refuse writes")
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 10)
+    wal = data / "_ledger.db-wal"
+    if subprocess.run(["chattr", "+i", str(wal)], capture_output=True).returncode:
+        pytest.skip("chattr +i does not work here")
+    try:
+        clock.now = T0 + 3600 + 600
+        with pytest.raises(sqlite3.Error):
+            d.close_due_buckets()
+    finally:
+        subprocess.run(["chattr", "-i", str(wal)], check=True)
+    (marker,) = data.rglob("_CLOSED.json")
+    written = marker.read_bytes()
+    clock.now += 100
+    d.close_due_buckets()
+    assert marker.read_bytes() == written
+    deliver(d, clock, 11, 20, at=T0)  # the hour is closed: its events go to the current one
+    assert marker.read_bytes() == written
+    assert read_uids(data) == expected(1, 20)
+    (closed,) = [b for b in d.report()["buckets"] if b["closed"]]
+    assert closed["closed_at"] == json.loads(written)["closed_at"]
