@@ -5,14 +5,16 @@ Pure functions over :class:`~.ledger.StreamState`, shared by the report, the
 Precedence for a sequence number: received, else rejected (by the collector or a
 ``rejected:`` drop notice), else dropped (drop notice), else missing. A missing
 number is an open gap until it has been below the announced watermark for the
-grace period, then lost.
+grace period, then lost; one the producer holds (its schema was unknown to the
+collector, ``held`` marks) stays an open gap however old: it is in the producer's
+queue, waiting for the schema to be deployed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ledger import StreamState
+from .ledger import MARK_KINDS, StreamState
 from .ranges import RangeSet
 
 
@@ -49,27 +51,34 @@ def account(
         return out
     received = stream.received.clipped(low, high)
     out.received = received.count()
-    rejects = RangeSet()
-    drops = RangeSet()
+    by_kind = {kind: RangeSet() for kind in MARK_KINDS}
     for (kind, _), ranges in stream.marks.items():
-        (rejects if kind == "reject" else drops).update(ranges.clipped(low, high))
+        by_kind[kind].update(ranges.clipped(low, high))
+    rejects, drops, held = by_kind["reject"], by_kind["drop"], by_kind["held"]
     rejected = rejects.difference(received)
     out.rejected = rejected.count()
     dropped = drops.difference(received).difference(rejected)
     out.dropped = dropped.count()
+    # A number under two reasons of one kind (a rejection retried after a restart with
+    # another setting, worded differently) counts under the first only.
+    told = {"reject": received.copy(), "drop": received.union(rejected)}
     for (kind, reason), ranges in sorted(stream.marks.items()):
-        mine = ranges.clipped(low, high).difference(received)
-        if kind == "drop":
-            mine = mine.difference(rejected)
+        if kind == "held":
+            continue
+        mine = ranges.clipped(low, high).difference(told[kind])
+        told[kind].update(mine)
         n = mine.count()
         if n:
             target = out.rejected_reasons if kind == "reject" else out.dropped_reasons
             target[reason] = target.get(reason, 0) + n
     missing = RangeSet([(low, high)]).difference(received).difference(rejects).difference(drops)
-    deadline = now - grace
     for start, end in missing:
         if len(out.gap_ranges) < max_gap_ranges:
             out.gap_ranges.append([start, end])
+    ageing = missing.difference(held)
+    out.open_gaps += missing.count() - ageing.count()
+    deadline = now - grace
+    for start, end in ageing:
         prev = 1
         for step_next, since in stream.steps:
             a, b = max(start, prev), min(end, step_next - 1)
@@ -93,5 +102,7 @@ def missing_count(stream: StreamState) -> int:
     high = stream.next_seq - 1
     if high < 1:
         return 0
-    marks = [ranges.clipped(1, high) for ranges in stream.marks.values()]
+    marks = [
+        ranges.clipped(1, high) for (kind, _), ranges in stream.marks.items() if kind != "held"
+    ]
     return high - stream.received.clipped(1, high).union(*marks).count()

@@ -1,5 +1,10 @@
 """Hourly buckets: opened on first use, closed once their hour plus the lateness has
-passed (a marker file with the summary; a closed bucket is never written again)."""
+passed (a marker file with the summary; a closed bucket is never written again).
+
+A bucket past its hour takes no more events whether or not it is closed yet (they go
+to the current hour, counted as skewed), so one whose marker cannot be written (its
+directory made read-only) waits and is tried again, instead of failing every batch.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from typing import Any
 from .buckets import bucket_dir, read_marker, write_marker
 from .ledger import BucketState, PartState
 from .parts import PartFiles
+
+#: How long a bucket whose marker could not be written waits before the next try.
+MARKER_RETRY_SECONDS = 60.0
 
 
 class BucketCloser(PartFiles):
@@ -50,10 +58,16 @@ class BucketCloser(PartFiles):
     def _close_deadline(self, hour: int) -> float:
         return (hour + 1) * 3600 + self.config.lateness
 
+    def _due_at(self, b: BucketState) -> float:
+        """When to close ``b``: its deadline, or the next try of a marker that failed."""
+        retry = self._marker_retry.get((b.event_type, b.hour), 0.0)
+        return max(self._close_deadline(b.hour), retry)
+
     def _close_due(self, now: float) -> int:
         if now < self._next_close_at:  # the per-batch fast path: nothing is due yet
             return 0
-        due = [b for b in self._open_buckets.values() if self._close_deadline(b.hour) <= now]
+        due = [b for b in self._open_buckets.values() if self._due_at(b) <= now]
+        closed = []
         for b in due:
             directory = os.path.join(self.data_dir, bucket_dir(b.event_type, b.hour))
             parts = [
@@ -69,18 +83,39 @@ class BucketCloser(PartFiles):
             summary = self._summary(b, parts, now)
             summary["closed"] = True
             summary["closed_at"] = now
-            if os.path.isdir(directory):
-                write_marker(directory, summary, self.config.modes, self.layout.marker)
+            if os.path.isdir(directory) and not self._wrote_marker(b, directory, summary, now):
+                continue
             b.closed, b.closed_at, b.summary = True, now, summary
-        if due:
-            self.ledger.save(buckets=due)
-            for b in due:
+            closed.append(b)
+        if closed:
+            self.ledger.save(buckets=closed)
+            for b in closed:
                 del self._open_buckets[(b.event_type, b.hour)]
         self._next_close_at = min(
-            (self._close_deadline(b.hour) for b in self._open_buckets.values()),
-            default=float("inf"),
+            (self._due_at(b) for b in self._open_buckets.values()), default=float("inf")
         )
-        return len(due)
+        return len(closed)
+
+    def _wrote_marker(
+        self, b: BucketState, directory: str, summary: dict[str, Any], now: float
+    ) -> bool:
+        """Write ``b``'s marker; if the directory refuses it, say so (once) and retry later."""
+        key = (b.event_type, b.hour)
+        try:
+            write_marker(directory, summary, self.config.modes, self.layout.marker)
+        except OSError as exc:
+            if key not in self._marker_retry:
+                self._collector_incident(
+                    self.state,
+                    "marker_not_written",
+                    f"{bucket_dir(b.event_type, b.hour)} cannot take its {self.layout.marker} "
+                    f"({exc.strerror}); the bucket takes no more events and stays open, its "
+                    f"marker tried again every {MARKER_RETRY_SECONDS:g} s",
+                )
+            self._marker_retry[key] = now + MARKER_RETRY_SECONDS
+            return False
+        self._marker_retry.pop(key, None)
+        return True
 
     def _summary(self, b: BucketState, parts: list[PartState], now: float) -> dict[str, Any]:
         from .report import bucket_summary

@@ -97,7 +97,8 @@ class Group:
 
 
 #: Rejection codes recorded in the ledger as rejected numbers. ``unknown_schema``
-#: events are held by the producer and arrive later; a ``conflict`` number was received.
+#: events are held by the producer and arrive later (``held`` marks); a ``conflict``
+#: number was received.
 _MARKED_CODES = frozenset(
     {
         "invalid_payload",
@@ -244,11 +245,16 @@ class BatchApplier(BucketCloser):
             return st
 
         # Streams exist only for registered types (at most one per producer and type);
-        # unknown schemas are held by the producer, conflicts are already received.
+        # conflicts are already received. Events of an unknown schema are held by the
+        # producer: below its watermark, they must not age into "lost".
         for rej in [*batch.rejections, *refused]:
-            if rej.event_type in self._types and rej.seq >= 1 and rej.code in _MARKED_CODES:
+            if rej.event_type not in self._types or rej.seq < 1:
+                continue
+            if rej.code in _MARKED_CODES:
                 stream_for(rej.event_type).mark("reject", rej.reason).add(rej.seq)
                 max_seq[rej.event_type] = max(max_seq.get(rej.event_type, 0), rej.seq)
+            elif rej.code == "unknown_schema":
+                stream_for(rej.event_type).mark("held", rej.code).add(rej.seq)  # one key
         for drop in facts.drops:
             if drop.event_type not in self._types:
                 continue

@@ -104,6 +104,7 @@ class LocalDelivery(Recovery, BatchApplier):
         self._files = OrderedDict()
         self._open_buckets = {}
         self._next_close_at = float("inf")
+        self._marker_retry = {}
         self._active = {}
         self._recent = {}
         self._missing = {}
@@ -201,11 +202,23 @@ class LocalDelivery(Recovery, BatchApplier):
 
     # -- timers and queries ---------------------------------------------------
     def close_due_buckets(self) -> int:
-        """Close every bucket whose hour plus lateness has passed; returns how many."""
+        """Close every bucket whose hour plus lateness has passed; returns how many.
+
+        A close that fails part way (a marker written, the ledger commit not) leaves
+        memory ahead of the ledger: as after a failed group commit, memory is rebuilt
+        from the ledger (and the markers on disk) before anything else is closed.
+        """
         with self._lock:
             if self._closed:
                 return 0
-            return self._close_due(self.clock())
+            try:
+                if self._needs_recovery:
+                    self._recover()
+                    self._needs_recovery = False
+                return self._close_due(self.clock())
+            except Exception:
+                self._needs_recovery = True
+                raise
 
     def report(self) -> dict[str, Any]:
         """The delivery report (:func:`.report.build_report`) as of one moment.

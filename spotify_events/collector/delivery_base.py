@@ -51,6 +51,7 @@ class DeliveryBase:
     _files: OrderedDict[str, PartFile]  # open part files, least recently used first
     _open_buckets: dict[tuple[str, int], BucketState]
     _next_close_at: float  # the earliest close deadline of an open bucket
+    _marker_retry: dict[tuple[str, int], float]  # (type, hour): next try of a failed marker
     _active: dict[tuple[str, int, str], PartState]  # (type, hour, fingerprint): appended to
     _missing: dict[tuple[str, str], int]  # per (producer, type): numbers not accounted for
     _missing_total: int

@@ -14,6 +14,8 @@ Loss accounting per (producer, event type):
 * ``marks``: ranges announced by drop notices, keyed by (kind, reason), where kind
   is ``drop`` or ``reject`` (drop notices whose reason starts with ``rejected:`` and
   events the collector itself rejected). Received beats rejected beats dropped.
+  Kind ``held``: numbers the collector answered ``unknown_schema``, which the
+  producer keeps and sends again once the schema is deployed; missing, never lost.
 * ``next_seq``: the highest announced next sequence number (the heartbeat
   watermark), raised implicitly past every number seen; ``steps`` records when
   each raise happened, so a missing number's age is known: it is an *open gap*
@@ -44,6 +46,8 @@ MAX_STEPS = 256
 #: Unbounded, 5000 rejections with distinct timestamps grew one stream's ledger row by
 #: 1.3 MB per batch, rewritten on every later batch (tests/faults/test_hostile_input.py).
 MAX_REASONS = 64
+#: The kinds of :attr:`StreamState.marks` (see the module docstring).
+MARK_KINDS = ("drop", "reject", "held")
 MAX_REASON_CHARS = 200
 OTHER_REASONS = "(other reasons)"
 

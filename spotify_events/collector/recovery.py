@@ -32,18 +32,10 @@ class Recovery(BatchApplier):
         self._active.clear()
         state = self.ledger.load()
         root = self.data_dir
-        for part in state.parts.values():
-            bucket = state.buckets.get((part.event_type, part.hour))
-            if part.quarantined or (bucket is not None and bucket.closed):
-                continue
-            if self._damaged(part, state):
-                continue
-            self._move_tail_aside(part, state)
-            key = (part.event_type, part.hour, part.fingerprint)
-            active = self._active.get(key)
-            if active is None or part.index > active.index:
-                self._active[key] = part
-        # A marker without a closed ledger row: we crashed between the two; trust the marker.
+        # A marker without a closed ledger row: we crashed between the two, or the ledger
+        # is older than the files. Trust the marker, before any part is looked at: a
+        # closed bucket's files are never changed.
+        adopted: set[tuple[str, int]] = set()
         for b in state.buckets.values():
             if not b.closed:
                 marker = read_marker(
@@ -52,6 +44,20 @@ class Recovery(BatchApplier):
                 if marker is not None:
                     b.closed, b.closed_at, b.summary = True, marker.get("closed_at"), marker
                     self.ledger.save(buckets=[b])
+                    adopted.add((b.event_type, b.hour))
+        for part in state.parts.values():
+            bucket = state.buckets.get((part.event_type, part.hour))
+            if part.quarantined or (bucket is not None and bucket.closed):
+                if (part.event_type, part.hour) in adopted:
+                    self._note_closed_tail(part, state)
+                continue
+            if self._damaged(part, state):
+                continue
+            self._move_tail_aside(part, state)
+            key = (part.event_type, part.hour, part.fingerprint)
+            active = self._active.get(key)
+            if active is None or part.index > active.index:
+                self._active[key] = part
         self._quarantine_unknown_parts(state)
         self.state = state
         self._open_buckets = {k: b for k, b in state.buckets.items() if not b.closed}
@@ -93,6 +99,24 @@ class Recovery(BatchApplier):
             f"{part.path} had {len(tail)} bytes past its committed length (a crash before "
             f"the ledger commit, whose events the producer retries, or a ledger older than "
             f"the files); they are kept in {where}",
+        )
+
+    def _note_closed_tail(self, part: PartState, state: LedgerState) -> None:
+        """Say (once: the bucket is now closed in the ledger too) that a part of a bucket
+        closed under a newer ledger holds bytes this ledger never committed. They stay
+        where they are, as the bucket's marker describes them; the numbers of their
+        events are not in this ledger, so the report may count those as missing."""
+        full = os.path.join(self.data_dir, part.path)
+        size = os.lstat(full).st_size if os.path.lexists(full) else 0
+        if size <= part.committed_len:
+            return
+        self._collector_incident(
+            state,
+            "closed_bucket_ahead_of_ledger",
+            f"{part.path} holds {size - part.committed_len} bytes past the length "
+            f"{part.committed_len} the ledger knows, in a bucket closed under a newer "
+            "ledger (was it restored from an older copy?); the closed bucket is left as "
+            "it is, so events the ledger does not know may be counted missing",
         )
 
     def _quarantine_unknown_parts(self, state: LedgerState) -> None:

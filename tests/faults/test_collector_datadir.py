@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -158,6 +159,39 @@ def test_ledger_restored_from_an_older_copy_keeps_every_acknowledged_event(
     assert read_uids(data) + quarantined_uids(data) == expected(1, 200)
     assert [i["kind"] for i in incidents(d)] == ["uncommitted_bytes"]
     assert len(list((data / "_quarantine").rglob("NOTE.txt"))) == 1
+
+
+def test_ledger_older_than_a_closed_bucket_leaves_the_closed_bucket_as_it_is(
+    data: Path, clock: Clock, opened: list[LocalDelivery], tmp_path: Path
+) -> None:
+    """A ledger restored from before an hour closed holds that bucket open, with its parts
+    shorter than the files. The bucket's ``_CLOSED.json`` says it is closed, and a closed
+    bucket is never changed: its files stay byte for byte what the marker describes
+    (readers may have taken them already), and the report says the ledger is behind."""
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 100)
+    d.close()
+    backup = tmp_path / "ledger-backup.db"
+    shutil.copy(data / "_ledger.db", backup)
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 101, 200)
+    clock.now = T0 + 3600 + 600  # the hour plus its lateness: the bucket closes
+    assert d.close_due_buckets() == 1
+    d.close()
+    closed = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and "_ledger" not in p.name}
+    closed.pop(data / "_lock", None)
+    for leftover in data.glob("_ledger.db-*"):
+        leftover.unlink()
+    shutil.copy(backup, data / "_ledger.db")  # an operator restores last night's copy
+
+    for _ in range(2):  # said once, not at every start
+        d = open_delivery(data, clock, opened)
+        assert {p: p.read_bytes() for p in closed} == closed
+        assert read_uids(data) == expected(1, 200)
+        assert not (data / "_quarantine").exists()
+        (incident,) = incidents(d)
+        assert incident["kind"] == "closed_bucket_ahead_of_ledger"
+        d.close()
 
 
 @pytest.mark.parametrize("how", ["deleted", "emptied"])
@@ -399,3 +433,66 @@ def test_unwritable_part_file_is_left_as_it_is_and_new_events_go_to_a_new_part(
     assert read_uids(data) == expected(1, 200)
     (incident,) = incidents(d)
     assert incident["kind"] == "part_file_not_writable" and part.name in incident["detail"]
+
+
+def test_a_bucket_whose_marker_cannot_be_written_does_not_stop_every_batch(
+    data: Path, clock: Clock, opened: list[LocalDelivery], read_only: Any
+) -> None:
+    """Closing a bucket writes its ``_CLOSED.json``; when its directory refuses that
+    (made read-only by an operator), every later batch failed with a 503 on the same
+    write, since each group commit closes what is due first: one directory stopped the
+    collector. The bucket now waits for its marker (an incident says why) and batches
+    go on; the marker is written once the directory takes it."""
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 10)
+    (bucket,) = {p.parent for p in part_files(data)}
+    read_only(bucket)
+    clock.now = T0 + 3600 + 600  # the hour T0 is due to close
+    deliver(d, clock, 11, 20, at=clock.now)
+    deliver(d, clock, 21, 30, at=clock.now)
+    (incident,) = incidents(d)
+    assert incident["kind"] == "marker_not_written" and bucket.name in incident["detail"]
+    assert not (bucket / "_CLOSED.json").exists()
+
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(bucket)], check=True)
+    else:
+        bucket.chmod(0o700)
+    clock.now += 3600  # the next hour is due too, and the marker is tried again
+    assert d.close_due_buckets() == 2
+    assert json.loads((bucket / "_CLOSED.json").read_text())["events"] == 10
+    assert read_uids(data) == expected(1, 30)
+    assert len(incidents(d)) == 1
+
+
+def test_a_close_whose_ledger_commit_failed_never_rewrites_the_marker(
+    data: Path, clock: Clock, opened: list[LocalDelivery]
+) -> None:
+    """The closing timer writes a bucket's marker, then commits the ledger. When that
+    commit failed, memory held the bucket closed but still due, so the next tick wrote
+    the marker again with a new ``closed_at``: a ``_CLOSED.json`` readers may have taken
+    changed under them. The timer now rebuilds memory from the ledger first, as a batch
+    does, and the marker it finds is trusted as it is."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr to make the ledger's WAL refuse writes")
+    d = open_delivery(data, clock, opened)
+    deliver(d, clock, 1, 10)
+    wal = data / "_ledger.db-wal"
+    if subprocess.run(["chattr", "+i", str(wal)], capture_output=True).returncode:
+        pytest.skip("chattr +i does not work here")
+    try:
+        clock.now = T0 + 3600 + 600
+        with pytest.raises(sqlite3.Error):
+            d.close_due_buckets()
+    finally:
+        subprocess.run(["chattr", "-i", str(wal)], check=True)
+    (marker,) = data.rglob("_CLOSED.json")
+    written = marker.read_bytes()
+    clock.now += 100
+    d.close_due_buckets()
+    assert marker.read_bytes() == written
+    deliver(d, clock, 11, 20, at=T0)  # the hour is closed: its events go to the current one
+    assert marker.read_bytes() == written
+    assert read_uids(data) == expected(1, 20)
+    (closed,) = [b for b in d.report()["buckets"] if b["closed"]]
+    assert closed["closed_at"] == json.loads(written)["closed_at"]
