@@ -38,9 +38,10 @@ class QueueEvents(QueueStore):
     def producer_for(self, events: Sequence[QueuedEvent]) -> tuple[str, dict[str, int]]:
         """(producer id, next-sequence watermark) a batch of ``events`` is sent under:
         events queued before the file was copied keep their old producer."""
-        legacy = self._legacy
-        if legacy is not None and events and events[0].id <= legacy.last_id:
-            return legacy.producer_id, legacy.next_seq
+        if events:
+            for legacy in self._legacy:
+                if events[0].id <= legacy.last_id:
+                    return legacy.producer_id, legacy.next_seq
         return self.producer_id, self.next_seqs()
 
     def append(
@@ -208,13 +209,16 @@ class QueueEvents(QueueStore):
         held schema are left out until the hold's next try is due."""
         now = time.time()
         upper = 2**63 - 1
-        legacy = self._legacy
-        if legacy is not None:
+        if self._legacy:
             # A batch carries one producer id: never mix events from before and after a copy.
-            if self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (legacy.last_id,)):
-                upper = legacy.last_id if after_id < legacy.last_id else upper
-            else:
-                self._legacy = None  # the copy's old events are all delivered
+            ((first_id,),) = self._read("SELECT min(id) FROM events")
+            # the producers whose events are all delivered are done with
+            self._legacy = tuple(
+                legacy
+                for legacy in self._legacy
+                if first_id is not None and first_id <= legacy.last_id
+            )
+            upper = next((e.last_id for e in self._legacy if e.last_id > after_id), upper)
         if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
             rows = self._read(
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events e "

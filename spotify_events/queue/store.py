@@ -90,7 +90,7 @@ class QueueStore:
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
         self.host = socket.gethostname()
-        self._legacy: _Legacy | None = None
+        self._legacy: tuple[_Legacy, ...] = ()  # oldest first (see _load_legacy)
         # Inspection tools look without claiming: a copy they open stays as it is.
         self.producer_id = self._claim_home() if claim_home else self._read_meta("producer_id")
 
@@ -233,9 +233,21 @@ class QueueStore:
 
     def _reidentify(self, conn: sqlite3.Connection, old: str, was: str, now: str) -> str:
         new = str(uuid.uuid4())
-        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        first_id, last_id = conn.execute(
+            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events"
+        ).fetchone()
         next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
-        legacy = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        legacy: dict[str, Any] = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        # A copy of a copy: the producers before ``old`` keep the events of theirs still
+        # queued (numbered in their own sequences, which ``old``'s would collide with).
+        row = conn.execute("SELECT value FROM meta WHERE key = 'legacy'").fetchone()
+        older = [
+            entry
+            for entry in _legacy_entries(row[0] if row else None)
+            if first_id and entry["last_id"] >= first_id
+        ]
+        if older:
+            legacy["older"] = older
         conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
         set_meta(conn, [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))])
         insert_incident(
@@ -254,12 +266,14 @@ class QueueStore:
         )
         return new
 
-    def _load_legacy(self) -> _Legacy | None:
+    def _load_legacy(self) -> tuple[_Legacy, ...]:
+        """The producers the file had before it was copied, oldest first: each one's
+        events are those with ids above the previous one's ``last_id`` up to its own."""
         row = self._read("SELECT value FROM meta WHERE key = 'legacy'")
-        if not row:
-            return None
-        data = json.loads(row[0][0])
-        return _Legacy(str(data["producer_id"]), int(data["last_id"]), dict(data["next_seq"]))
+        return tuple(
+            _Legacy(str(entry["producer_id"]), int(entry["last_id"]), dict(entry["next_seq"]))
+            for entry in _legacy_entries(row[0][0] if row else None)
+        )
 
     def _read_meta(self, key: str) -> str:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -472,11 +486,21 @@ class _CallerDeadline:
 
 
 class _Legacy(NamedTuple):
-    """The producer a copied file had: its queued events still ship under it."""
+    """A producer a copied file had: its queued events still ship under it."""
 
     producer_id: str
     last_id: int
     next_seq: dict[str, int]
+
+
+def _legacy_entries(value: str | None) -> list[dict[str, Any]]:
+    """The ``legacy`` meta row as a list of producers, oldest first: the producer the
+    file had before its last copy, and under ``older`` those before that whose events
+    were still queued then (a file written before ``older`` existed has just the one)."""
+    if value is None:
+        return []
+    data = json.loads(value)
+    return [*data.pop("older", []), data]
 
 
 class AppendCache(NamedTuple):

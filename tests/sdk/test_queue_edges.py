@@ -167,6 +167,41 @@ def test_reading_on_past_a_copied_files_old_events_reads_the_new_producers(
     assert clone.producer_for(new)[0] == clone.producer_id != clone.producer_for(old)[0]
 
 
+def test_a_copy_of_a_copy_sends_each_producers_events_under_that_producer(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A copy made before the first copy's old events were delivered: those events
+    still belong to the first producer. Sent under the second one instead, its seq 1
+    would name two different events and one of them would be lost as a duplicate."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A)])
+    first = queue.producer_id
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.append([ev(A)])
+    second = clone.producer_id
+    clone.close()
+    copy2 = tmp_path / "copy2.db"
+    shutil.copyfile(copy, copy2)
+    clone2 = make_queue(copy2)
+    clone2.append([ev(A)])
+    sent = []
+    after = 0
+    while batch := clone2.read_batch(after_id=after):
+        sent.append((clone2.producer_for(batch)[0], [e.seq for e in batch]))
+        after = batch[-1].id
+    assert sent == [(first, [1, 2]), (second, [1]), (clone2.producer_id, [1])]
+    assert clone2.producer_for([clone2.read_batch()[0]])[1] == {A: 3}  # the first's watermark
+    clone2.ack(1, 3)
+    clone2.close()
+    copy3 = tmp_path / "copy3.db"
+    shutil.copyfile(copy2, copy3)
+    clone3 = make_queue(copy3)
+    assert clone3.producer_for(clone3.read_batch())[0] == clone2.producer_id
+
+
 def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
     make_queue: MakeQueue,
 ) -> None:
