@@ -59,7 +59,7 @@ from .errors import QueueBusyError, QueueError
 from .queue import DurableQueue, QueueDepth, QueuedEvent
 from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
-from .wire import DropNotice, WireBatch, encode_batch
+from .wire import MAX_INCIDENTS_PER_BATCH, DropNotice, WireBatch, encode_batch
 
 logger = logging.getLogger("spotify_events.shipper")
 
@@ -258,7 +258,7 @@ class Shipper:
         self._linger_until = self._empty_since = None
         self._urgent.clear()
         drops = self.queue.unreported_drops()
-        incidents = self.queue.unreported_incidents()
+        incidents = self.queue.unreported_incidents(MAX_INCIDENTS_PER_BATCH)
         prepared = self._prefetch.take()
         if prepared is not None and not drops and not incidents:
             self._deliver(prepared.events, [], [], body=prepared.body)
@@ -275,7 +275,7 @@ class Shipper:
     def _idle_step(self) -> None:
         """Nothing to send: carry drop notices and incidents, or a heartbeat when due."""
         drops = self.queue.unreported_drops()
-        incidents = self.queue.unreported_incidents()
+        incidents = self.queue.unreported_incidents(MAX_INCIDENTS_PER_BATCH)
         if (
             drops
             or incidents

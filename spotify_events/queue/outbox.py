@@ -180,9 +180,10 @@ class QueueOutbox(QueueStore):
         with self.atomic() as conn:
             insert_incident(conn, kind, detail)
 
-    def unreported_incidents(self) -> list[tuple[int, dict[str, object]]]:
+    def unreported_incidents(self, limit: int = 100) -> list[tuple[int, dict[str, object]]]:
+        """Incidents the collector has not acknowledged yet, oldest first."""
         rows = self._read(
-            "SELECT id, kind, detail, created_at FROM incidents ORDER BY id LIMIT 100"
+            "SELECT id, kind, detail, created_at FROM incidents ORDER BY id LIMIT ?", (limit,)
         )
         return [(int(r[0]), {"kind": r[1], "detail": r[2], "at": r[3]}) for r in rows]
 

@@ -5,6 +5,7 @@ checked right after the answer that changed it, with no thread to wait for."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -14,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from collector_helpers import wsgi_call
+from support import SCHEMAS
 
+from spotify_events.collector.server import Collector as CollectorApp
+from spotify_events.collector.server import CollectorConfig
 from spotify_events.config import ClientConfig
 from spotify_events.decision import UNKNOWN_SCHEMA
 from spotify_events.queue import DROP_BUFFER_FULL, DurableQueue, PendingEvent
@@ -357,6 +362,43 @@ def test_incidents_ride_along_once_and_are_forgotten_when_acknowledged(
         [],
     ]
     assert queue.unreported_incidents() == []
+
+
+@pytest.fixture
+def real_collector(tmp_path: Path) -> Iterator[CollectorApp]:
+    """The reference collector, in-process: its answers and its report are the real ones."""
+    app = CollectorApp(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS)))
+    yield app
+    app.shutdown()
+
+
+def through(app: CollectorApp) -> MockTransport:
+    """A transport that posts each batch to ``app``'s batch route."""
+
+    def send(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        status, _, out = wsgi_call(app.app, "POST", "/v1/batches", body, dict(headers))
+        return SendResult(status, json.loads(out))
+
+    return MockTransport(send)
+
+
+def test_every_incident_reaches_the_collector_however_many_are_waiting(
+    make_queue: MakeQueue, real_collector: CollectorApp
+) -> None:
+    """The collector keeps at most 16 incidents of one batch: a batch carrying more
+    had the rest forgotten here as reported while the collector never kept them."""
+    queue = make_queue()
+    for n in range(20):
+        queue.record_incident("queue_file_deleted", f"incident {n}")
+    settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05)
+    shipper = Shipper(queue, through(real_collector), settings)
+    for _ in range(3):
+        shipper._idle_step()
+    assert queue.unreported_incidents() == []
+    kept = real_collector.delivery.report()["incidents"]
+    assert [i["detail"] for i in kept if i["producer_id"] == queue.producer_id] == [
+        f"incident {n}" for n in range(20)
+    ]
 
 
 def test_a_refusal_without_a_reason_dead_letters_under_the_default_reason(
