@@ -20,6 +20,7 @@ from .rows import (
     DROP_QUEUE_FULL,
     ROW_OVERHEAD,
     AppendResult,
+    DropRow,
     PendingRow,
     QueueDepth,
     QueuedEvent,
@@ -38,11 +39,19 @@ class QueueEvents(QueueStore):
     def producer_for(self, events: Sequence[QueuedEvent]) -> tuple[str, dict[str, int]]:
         """(producer id, next-sequence watermark) a batch of ``events`` is sent under:
         events queued before the file was copied keep their old producer."""
-        if events:
-            for legacy in self._legacy:
-                if events[0].id <= legacy.last_id:
-                    return legacy.producer_id, legacy.next_seq
-        return self.producer_id, self.next_seqs()
+        producer = self.producer_of(events[0].id) if events else None
+        return self.sender(producer or self.producer_id)
+
+    def sender(self, producer: str) -> tuple[str, dict[str, int]]:
+        """(producer id, next-sequence watermark) a batch under ``producer`` is sent with:
+        the file's own producer, or an earlier one of a copied file (its watermark as the
+        copy found it; none once it is forgotten)."""
+        if producer == self.producer_id:
+            return producer, self.next_seqs()
+        for legacy in self._legacy:
+            if legacy.producer_id == producer:
+                return producer, legacy.next_seq
+        return producer, {}
 
     def append(
         self,
@@ -87,11 +96,11 @@ class QueueEvents(QueueStore):
         if len(next_seq) < len(types):
             next_seq.update(self._load_next_seqs(conn, types - next_seq.keys()))
         now = time.time()
-        drops: list[tuple[str, int, int, int, str, float]] = []
+        drops: list[DropRow] = []
         for (event_type, reason), count in overflow.items():
             first = next_seq[event_type]
             next_seq[event_type] = first + count
-            drops.append((event_type, first, first + count - 1, count, reason, now))
+            drops.append((event_type, first, first + count - 1, count, reason, now, None))
             result.count_drop(reason, count)
 
         queue_bytes = (
@@ -118,7 +127,9 @@ class QueueEvents(QueueStore):
         stored = len(rows) // 6
         for event_type, seqs in refused.items():
             for first, last in runs(seqs):
-                drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
+                drops.append(
+                    (event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now, None)
+                )
             result.count_drop(DROP_QUEUE_FULL, len(seqs))
         for item in next_seq.items():  # usually one type per commit: execute beats executemany
             cursor.execute(
@@ -176,17 +187,17 @@ class QueueEvents(QueueStore):
         conn: sqlite3.Connection,
         excess: int,
         now: float,
-        drops: list[tuple[str, int, int, int, str, float]],
+        drops: list[DropRow],
     ) -> tuple[int, int]:
-        """Delete the oldest rows until ``excess`` bytes are freed; record their ranges.
-        Returns (events evicted, bytes freed)."""
+        """Delete the oldest rows until ``excess`` bytes are freed; record their ranges
+        (under the producer each event belongs to). Returns (events evicted, bytes freed)."""
         freed = 0
         last_id = None
-        victims: dict[str, list[int]] = {}
+        victims: dict[tuple[str | None, str], list[int]] = {}
         for row_id, event_type, seq, size in conn.execute(
             "SELECT id, event_type, seq, size FROM events ORDER BY id"
         ):
-            victims.setdefault(event_type, []).append(seq)
+            victims.setdefault((self.producer_of(row_id), event_type), []).append(seq)
             freed += size
             last_id = row_id
             if freed >= excess:
@@ -196,9 +207,11 @@ class QueueEvents(QueueStore):
         count = sum(len(s) for s in victims.values())
         conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
         bump_counters(conn, -freed, -count)
-        for event_type, seqs in victims.items():
+        for (producer, event_type), seqs in victims.items():
             for first, last in runs(sorted(seqs)):
-                drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
+                drops.append(
+                    (event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now, producer)
+                )
         return count, freed
 
     def read_batch(
@@ -209,16 +222,15 @@ class QueueEvents(QueueStore):
         held schema are left out until the hold's next try is due."""
         now = time.time()
         upper = 2**63 - 1
-        if self._legacy:
+        if self._legacy and not self._legacy_delivered:
             # A batch carries one producer id: never mix events from before and after a copy.
             ((first_id,),) = self._read("SELECT min(id) FROM events")
-            # the producers whose events are all delivered are done with
-            self._legacy = tuple(
-                legacy
-                for legacy in self._legacy
-                if first_id is not None and first_id <= legacy.last_id
-            )
-            upper = next((e.last_id for e in self._legacy if e.last_id > after_id), upper)
+            queued = [
+                e.last_id for e in self._legacy if first_id is not None and first_id <= e.last_id
+            ]
+            # ids only grow: once the old events are gone, none comes back
+            self._legacy_delivered = not queued
+            upper = next((last for last in queued if last > after_id), upper)
         if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
             rows = self._read(
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events e "

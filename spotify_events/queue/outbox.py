@@ -104,14 +104,14 @@ class QueueOutbox(QueueStore):
             for first, last in runs(sorted(e.id for e in events)):
                 moved += delete_range(conn, first, last)
             if notify_collector:
-                by_type: dict[str, list[int]] = {}
+                by_type: dict[tuple[str | None, str], list[int]] = {}
                 for e in events:
-                    by_type.setdefault(e.event_type, []).append(e.seq)
+                    by_type.setdefault((self.producer_of(e.id), e.event_type), []).append(e.seq)
                 insert_drops(
                     conn,
                     [
-                        (t, first, last, last - first + 1, f"rejected: {reason}", now)
-                        for t, seqs in by_type.items()
+                        (t, first, last, last - first + 1, f"rejected: {reason}", now, producer)
+                        for (producer, t), seqs in by_type.items()
                         for first, last in runs(sorted(seqs))
                     ],
                 )
@@ -145,13 +145,35 @@ class QueueOutbox(QueueStore):
             )
         ]
 
-    def unreported_drops(self, limit: int = 1000) -> list[tuple[int, DropNotice]]:
-        """Drop records the collector has not acknowledged yet, oldest first."""
-        rows = self._read(
-            "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops ORDER BY id LIMIT ?",
-            (limit,),
-        )
+    def unreported_drops(
+        self, limit: int = 1000, *, producer: str | None = None
+    ) -> list[tuple[int, DropNotice]]:
+        """Drop records the collector has not acknowledged yet, oldest first; with
+        ``producer``, only those counting that producer's numbers (a batch carries the
+        drop notices of the producer it is sent under)."""
+        if producer is None:
+            rows = self._read(
+                "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
+                "ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._read(
+                "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
+                "WHERE coalesce(producer_id, ?) = ? ORDER BY id LIMIT ?",
+                (self.producer_id, producer, limit),
+            )
         return [(int(r[0]), DropNotice(*r[1:])) for r in rows]
+
+    def drop_producers(self) -> list[str]:
+        """The producers unreported drop records count numbers of, the one with the
+        oldest record first: the file's own, and earlier ones of a copied file."""
+        rows = self._read(
+            "SELECT coalesce(producer_id, ?) AS producer FROM drops GROUP BY producer "
+            "ORDER BY min(id)",
+            (self.producer_id,),
+        )
+        return [str(r[0]) for r in rows]
 
     def mark_drops_reported(self, reported: Sequence[tuple[int, DropNotice]]) -> None:
         """Forget drop records the collector acknowledged, as they were when sent.

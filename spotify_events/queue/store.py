@@ -5,8 +5,9 @@ reopened lazily after a fork. The file carries the producer id and its home
 (host, path, inode): a file that finds itself elsewhere mints a new producer id
 for new events (events queued before keep the old one, see ``producer_for``).
 
-Format versions: 1 as first released; 2 adds the ``holds`` table (a version 1
-file is migrated in place when opened). Table creation and migration go through
+Format versions: 1 as first released; 2 adds the ``holds`` table; 3 adds
+``drops.producer_id`` (the earlier producer of a copied file whose events a drop
+record counts). An older file is migrated in place when opened. Table creation and migration go through
 sqlite-utils.
 """
 
@@ -44,7 +45,7 @@ logger = logging.getLogger("spotify_events.queue")
 _T = TypeVar("_T")
 
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
 APPLICATION_ID = 0x53455631  # "SEV1"
 #: The first and the longest pause between two tries for a lock another connection holds
@@ -91,6 +92,7 @@ class QueueStore:
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
         self.host = socket.gethostname()
         self._legacy: tuple[_Legacy, ...] = ()  # oldest first (see _load_legacy)
+        self._legacy_delivered = False  # no event of theirs queued any more (see read_batch)
         # Inspection tools look without claiming: a copy they open stays as it is.
         self.producer_id = self._claim_home() if claim_home else self._read_meta("producer_id")
 
@@ -184,6 +186,8 @@ class QueueStore:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             if version < 2:
                 _create_v2(conn)
+            if version < 3:
+                _create_v3(conn)
             if version < FORMAT_VERSION:
                 conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
@@ -249,6 +253,8 @@ class QueueStore:
         if older:
             legacy["older"] = older
         conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
+        # drop records not yet reported count the old producer's numbers, not the new one's
+        conn.execute("UPDATE drops SET producer_id = ? WHERE producer_id IS NULL", (old,))
         set_meta(conn, [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))])
         insert_incident(
             conn,
@@ -274,6 +280,14 @@ class QueueStore:
             _Legacy(str(entry["producer_id"]), int(entry["last_id"]), dict(entry["next_seq"]))
             for entry in _legacy_entries(row[0][0] if row else None)
         )
+
+    def producer_of(self, event_id: int) -> str | None:
+        """The earlier producer of a copied file that the queued event ``event_id``
+        belongs to; None for the file's own producer."""
+        for legacy in self._legacy:
+            if event_id <= legacy.last_id:
+                return legacy.producer_id
+        return None
 
     def _read_meta(self, key: str) -> str:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -563,6 +577,11 @@ def _create_v2(conn: sqlite3.Connection) -> None:
         "reason TEXT NOT NULL, since FLOAT NOT NULL, next_try FLOAT NOT NULL, "
         "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))"
     )
+
+
+def _create_v3(conn: sqlite3.Connection) -> None:
+    if "producer_id" not in {row[1] for row in conn.execute("PRAGMA table_info(drops)")}:
+        conn.execute("ALTER TABLE drops ADD COLUMN producer_id TEXT")
 
 
 def translate(path: Path, exc: sqlite3.DatabaseError) -> QueueError:

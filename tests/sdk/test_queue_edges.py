@@ -202,6 +202,36 @@ def test_a_copy_of_a_copy_sends_each_producers_events_under_that_producer(
     assert clone3.producer_for(clone3.read_batch())[0] == clone2.producer_id
 
 
+def test_a_copied_files_drop_records_stay_with_the_producer_whose_numbers_they_count(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """Drops recorded before the copy, and drops of the old events after it (an
+    eviction, a dead letter the collector was never told of), count the old producer's
+    numbers; the copy's own drops count the new one's, and never extend an old record."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A), ev(A)], overflow={(A, DROP_BUFFER_FULL): 1})  # A1 dropped
+    old = queue.producer_id
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy, max_queue_bytes=2 * (PAYLOAD + ROW_OVERHEAD))
+    new = clone.producer_id
+    clone.dead_letter(clone.read_batch()[-1:], "bad", notify_collector=True)  # the old A4
+    clone.append([ev(A)])  # the new A1 makes room by evicting the old A2
+    clone.append([], overflow={(A, DROP_BUFFER_FULL): 1})  # the new A2: follows the old A1
+    assert clone.drop_producers() == [old, new]
+
+    def notices(producer: str) -> list[tuple[int, int, str]]:
+        return [
+            (d.first_seq, d.last_seq, d.reason)
+            for _, d in clone.unreported_drops(producer=producer)
+        ]
+
+    assert notices(old) == [(1, 1, DROP_BUFFER_FULL), (4, 4, "rejected: bad"), (2, 2, "queue_full")]
+    assert notices(new) == [(2, 2, DROP_BUFFER_FULL)]
+    assert clone.sender(old) == (old, {A: 5}) and clone.sender(new) == (new, {A: 3})
+
+
 def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
     make_queue: MakeQueue,
 ) -> None:
