@@ -5,9 +5,7 @@ checked right after the answer that changed it, with no thread to wait for."""
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -16,23 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from collector_helpers import stream, wsgi_call
-from sdk_helpers import END_SONG
-from support import SCHEMAS
 
-from spotify_events import EventClient
-from spotify_events.collector.server import Collector as CollectorApp
-from spotify_events.collector.server import CollectorConfig
 from spotify_events.config import ClientConfig
 from spotify_events.decision import UNKNOWN_SCHEMA
-from spotify_events.queue import DROP_BUFFER_FULL, DROP_QUEUE_FULL, DurableQueue, PendingEvent
+from spotify_events.queue import DROP_BUFFER_FULL, DurableQueue, PendingEvent
 from spotify_events.shipper import Shipper, _reason
 from spotify_events.transport import MockTransport, SendResult
 from spotify_events.wire import DropNotice, decode_batch
 
 A = "test.events.Alpha"
 B = "test.events.Beta"
-END_SONG_TYPE = "spotify.events.playback.EndSong"
 FP = b"\x11" * 8
 FP2 = b"\x22" * 8
 TS = 1_763_158_400_000
@@ -366,97 +357,6 @@ def test_incidents_ride_along_once_and_are_forgotten_when_acknowledged(
         [],
     ]
     assert queue.unreported_incidents() == []
-
-
-@pytest.fixture
-def real_collector(tmp_path: Path) -> Iterator[CollectorApp]:
-    """The reference collector, in-process: its answers and its report are the real ones."""
-    app = CollectorApp(CollectorConfig(data_dir=str(tmp_path / "data"), schemas=str(SCHEMAS)))
-    yield app
-    app.shutdown()
-
-
-def through(app: CollectorApp) -> MockTransport:
-    """A transport that posts each batch to ``app``'s batch route."""
-
-    def send(body: bytes, headers: Mapping[str, str]) -> SendResult:
-        status, _, out = wsgi_call(app.app, "POST", "/v1/batches", body, dict(headers))
-        return SendResult(status, json.loads(out))
-
-    return MockTransport(send)
-
-
-def test_every_incident_reaches_the_collector_however_many_are_waiting(
-    make_queue: MakeQueue, real_collector: CollectorApp
-) -> None:
-    """The collector keeps at most 16 incidents of one batch: a batch carrying more
-    had the rest forgotten here as reported while the collector never kept them."""
-    queue = make_queue()
-    for n in range(20):
-        queue.record_incident("queue_file_deleted", f"incident {n}")
-    settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05)
-    shipper = Shipper(queue, through(real_collector), settings)
-    for _ in range(3):
-        shipper._idle_step()
-    assert queue.unreported_incidents() == []
-    kept = real_collector.delivery.report()["incidents"]
-    assert [i["detail"] for i in kept if i["producer_id"] == queue.producer_id] == [
-        f"incident {n}" for n in range(20)
-    ]
-
-
-@pytest.mark.parametrize(
-    ("policy", "old_counts", "new_counts"),
-    [
-        ("oldest", (0, 5), (5, 0)),  # the copy evicts the old producer's five events
-        ("newest", (5, 0), (0, 5)),  # the copy refuses its own five while the old ones wait
-    ],
-)
-def test_drops_in_a_copied_file_are_reported_under_the_producer_whose_events_they_were(
-    tmp_path: Path,
-    real_collector: CollectorApp,
-    policy: str,
-    old_counts: tuple[int, int],
-    new_counts: tuple[int, int],
-) -> None:
-    """A file copied with five events queued, whose copy then logs five more into room
-    for five. Each drop notice names numbers of one producer: sent under the other one
-    (with whatever batch went next), it claimed numbers that producer delivered, and the
-    producer whose events were dropped never heard of it."""
-    original, copy = tmp_path / "original.db", tmp_path / "copy.db"
-    offline = MockTransport(lambda body, headers: SendResult(None, error="offline"))
-    client = EventClient(
-        transport=offline, queue_path=str(original), schemas=str(SCHEMAS), durability="commit"
-    )
-    for _ in range(5):
-        client.log("EndSong", END_SONG)
-    old_producer, five_events = client.producer_id, client.stats().queue_bytes
-    client.close(timeout=0.1)
-    shutil.copyfile(original, copy)
-    online = threading.Event()
-    collector = through(real_collector)
-
-    def send(body: bytes, headers: Mapping[str, str]) -> SendResult:
-        return collector.send(body, headers) if online.is_set() else offline.send(body, headers)
-
-    client = EventClient(
-        transport=MockTransport(send),
-        queue_path=str(copy),
-        schemas=str(SCHEMAS),
-        max_queue_bytes=five_events,
-        drop_policy=policy,
-        durability="commit",
-    )
-    for _ in range(5):
-        client.log("EndSong", END_SONG)
-    assert client.stats().dropped == {DROP_QUEUE_FULL: 5}
-    online.set()
-    assert client.flush(timeout=30)
-    report = real_collector.delivery.report()
-    for producer, counts in ((old_producer, old_counts), (client.producer_id, new_counts)):
-        got = stream(report, producer, END_SONG_TYPE)
-        assert (got["received"], got["dropped"], got["lost"]) == (*counts, 0), producer
-    client.close(timeout=5)
 
 
 def test_a_refusal_without_a_reason_dead_letters_under_the_default_reason(
