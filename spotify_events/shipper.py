@@ -186,10 +186,8 @@ class Shipper:
         stopping. The wait reads through this shipper's connection, which its thread
         holds through any wait for another process's lock: the deadline ends that too."""
         with self.queue.waiting_until(deadline), suppress(QueueBusyError):
-            marks = self.queue.shipping_marks()
-            return self.wait_acked(
-                lambda: self.queue.shipped_through(*marks), max(0.0, deadline - time.monotonic())
-            )
+            done = self.queue.shipped_check(self.queue.shipping_marks())
+            return self.wait_acked(done, max(0.0, deadline - time.monotonic()))
         return False
 
     def stop(self, timeout: float) -> bool:

@@ -119,3 +119,44 @@ def test_drops_in_a_copied_file_are_reported_under_the_producer_whose_events_the
         got = stream(report, producer, END_SONG_TYPE)
         assert (got["received"], got["dropped"], got["lost"]) == (*counts, 0), producer
     client.close(timeout=5)
+
+
+def test_flush_is_not_done_while_events_it_waits_for_were_evicted_unreported(
+    tmp_path: Path,
+) -> None:
+    """The queue full (``drop_policy`` oldest, the collector unreachable): events logged
+    later evict those a flush waits for. They left the queue, but not by an
+    acknowledgement, and their drop record is newer than the flush's marks: flush()
+    said True with nothing delivered and the collector not told of the drop."""
+    sizing = EventClient(
+        transport=MockTransport(lambda body, headers: SendResult(None, error="offline")),
+        queue_path=str(tmp_path / "sizing.db"),
+        schemas=str(SCHEMAS),
+        durability="commit",
+    )
+    sizing.log("EndSong", END_SONG)
+    one_event = sizing.stats().queue_bytes
+    sizing.close(timeout=0.1)
+    clients: list[EventClient] = []
+
+    def offline(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        if clients:  # the first send: the flush is waiting by now
+            logging_more = clients.pop()
+            for _ in range(5):
+                logging_more.log("EndSong", END_SONG)
+        return SendResult(None, error="offline")
+
+    client = EventClient(
+        transport=MockTransport(offline),
+        queue_path=str(tmp_path / "queue.db"),
+        schemas=str(SCHEMAS),
+        durability="commit",
+        linger=60.0,  # the flush's hurry, not the linger, sends
+        max_queue_bytes=5 * one_event,
+    )
+    for _ in range(5):
+        client.log("EndSong", END_SONG)
+    clients.append(client)
+    assert not client.flush(timeout=2.0)
+    assert not clients and client.stats().dropped == {DROP_QUEUE_FULL: 5}
+    client.close(timeout=0.1)

@@ -270,3 +270,21 @@ def test_shipped_through_waits_for_the_events_and_the_drop_records_up_to_its_mar
     queue.mark_drops_reported(queue.unreported_drops(1))
     assert queue.shipped_through(*marks)
     assert not queue.shipped_through(queue.max_event_id(), marks[1])
+
+
+def test_a_shipped_check_waits_for_the_drop_record_of_events_evicted_after_its_marks(
+    make_queue: MakeQueue,
+) -> None:
+    """Events that leave by eviction were not delivered: the check is done only once
+    their drop record, newer than the marks, has reached the collector; drops recorded
+    after the events left are not waited for."""
+    queue = make_queue(max_queue_bytes=2 * (PAYLOAD + ROW_OVERHEAD))
+    queue.append([ev(A), ev(A)])
+    done = queue.shipped_check(queue.shipping_marks())
+    assert not done()
+    queue.append([ev(B), ev(B)])  # evicts both A events
+    assert not done()  # the collector has not heard of A 1..2
+    queue.append([], overflow={(B, DROP_BUFFER_FULL): 1})  # after they left: not waited for
+    (evicted, _) = queue.unreported_drops()
+    queue.mark_drops_reported([evicted])
+    assert done()
