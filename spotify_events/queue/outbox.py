@@ -93,10 +93,19 @@ class QueueOutbox(QueueStore):
         now = time.time()
         with self.atomic() as conn:
             conn.executemany(
-                "INSERT INTO dead_letters (event_type, seq, fingerprint, timestamp, payload, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO dead_letters (event_type, seq, fingerprint, timestamp, payload, "
+                "reason, created_at, producer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (e.event_type, e.seq, e.fingerprint, e.timestamp, e.payload, reason, now)
+                    (
+                        e.event_type,
+                        e.seq,
+                        e.fingerprint,
+                        e.timestamp,
+                        e.payload,
+                        reason,
+                        now,
+                        self.producer_of(e.id),
+                    )
                     for e in events
                 ],
             )
@@ -119,8 +128,13 @@ class QueueOutbox(QueueStore):
 
     def replay_dead_letters(self, event_type: str | None = None) -> int:
         """Put dead letters (all, or those of ``event_type``) back into the queue with
-        their original sequence numbers; the collector then counts them received."""
-        where, params = ("WHERE event_type = ?", (event_type,)) if event_type else ("", ())
+        their original sequence numbers; the collector then counts them received.
+
+        Only the file's own producer's: a replayed event is sent under the producer the
+        file has now, so one of a copied file's earlier producer stays a dead letter
+        (its number would name another event of the new producer)."""
+        where = "WHERE producer_id IS NULL" + (" AND event_type = ?" if event_type else "")
+        params = (event_type,) if event_type else ()
         with self.atomic() as conn:
             rows = conn.execute(
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM dead_letters "

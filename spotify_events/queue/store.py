@@ -6,8 +6,9 @@ reopened lazily after a fork. The file carries the producer id and its home
 for new events (events queued before keep the old one, see ``producer_for``).
 
 Format versions: 1 as first released; 2 adds the ``holds`` table; 3 adds
-``drops.producer_id`` (the earlier producer of a copied file whose events a drop
-record counts). An older file is migrated in place when opened. Table creation and migration go through
+``drops.producer_id`` and ``dead_letters.producer_id`` (the earlier producer of a
+copied file whose events a drop record counts, or whose event a dead letter is).
+An older file is migrated in place when opened. Table creation and migration go through
 sqlite-utils.
 """
 
@@ -253,8 +254,10 @@ class QueueStore:
         if older:
             legacy["older"] = older
         conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
-        # drop records not yet reported count the old producer's numbers, not the new one's
-        conn.execute("UPDATE drops SET producer_id = ? WHERE producer_id IS NULL", (old,))
+        # drop records not yet reported count the old producer's numbers, not the new one's,
+        # and the dead letters are the old producer's events
+        for table in ("drops", "dead_letters"):
+            conn.execute(f"UPDATE {table} SET producer_id = ? WHERE producer_id IS NULL", (old,))
         set_meta(conn, [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))])
         insert_incident(
             conn,
@@ -580,8 +583,9 @@ def _create_v2(conn: sqlite3.Connection) -> None:
 
 
 def _create_v3(conn: sqlite3.Connection) -> None:
-    if "producer_id" not in {row[1] for row in conn.execute("PRAGMA table_info(drops)")}:
-        conn.execute("ALTER TABLE drops ADD COLUMN producer_id TEXT")
+    for table in ("drops", "dead_letters"):
+        if "producer_id" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN producer_id TEXT")
 
 
 def translate(path: Path, exc: sqlite3.DatabaseError) -> QueueError:

@@ -232,6 +232,30 @@ def test_a_copied_files_drop_records_stay_with_the_producer_whose_numbers_they_c
     assert clone.sender(old) == (old, {A: 5}) and clone.sender(new) == (new, {A: 3})
 
 
+def test_dead_letters_of_a_copied_files_earlier_producer_are_not_replayed_under_the_new_one(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A replayed dead letter keeps its sequence number, and is sent under the producer
+    the file has now: one of a copied file's earlier producer went out as a number of
+    the new one, which that producer had delivered (a duplicate, then forgotten here, or
+    a conflict) or had yet to use (and its own event was then the conflict). It stays
+    a dead letter; its producer's report counts it as rejected."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A)])
+    queue.dead_letter(queue.read_batch()[:1], "bad", notify_collector=False)  # before the copy
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.dead_letter(clone.read_batch(), "bad", notify_collector=False)  # the old A2, after it
+    clone.append([ev(A)])
+    clone.dead_letter(clone.read_batch(), "bad", notify_collector=False)  # the new A1
+    assert clone.replay_dead_letters() == 1
+    assert clone.dead_letters() == [(A, 1, "bad"), (A, 2, "bad")]
+    batch = clone.read_batch()
+    assert [e.seq for e in batch] == [1] and clone.producer_for(batch)[0] == clone.producer_id
+
+
 def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
     make_queue: MakeQueue,
 ) -> None:

@@ -68,8 +68,13 @@ FORMAT_2_TABLES = [
     "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))",
 ]
 
-#: What format 3 added: the producer a drop record counts numbers of (NULL: the file's own).
-FORMAT_3_TABLES = [*FORMAT_2_TABLES, "ALTER TABLE drops ADD COLUMN producer_id TEXT"]
+#: What format 3 added: the producer a drop record counts numbers of, and the one a dead
+#: letter's event belongs to (NULL: the file's own).
+FORMAT_3_TABLES = [
+    *FORMAT_2_TABLES,
+    "ALTER TABLE drops ADD COLUMN producer_id TEXT",
+    "ALTER TABLE dead_letters ADD COLUMN producer_id TEXT",
+]
 
 
 def layout(conn: sqlite3.Connection) -> dict[str, object]:
