@@ -218,10 +218,10 @@ class QueueEvents(QueueStore):
         self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
     ) -> list[QueuedEvent]:
         """The oldest events after ``after_id``, in queue order, within both limits
-        (at least one event when any is queued, whatever its size). Events of a
-        held schema are left out until the hold's next try is due."""
+        (at least one event when any is queued, whatever its size), all of one producer.
+        Events of a held schema are left out until the hold's next try is due."""
         now = time.time()
-        upper = 2**63 - 1
+        bounds = [2**63 - 1]  # the last id of each producer's events still to read
         if self._legacy and not self._legacy_delivered:
             # A batch carries one producer id: never mix events from before and after a copy.
             ((first_id,),) = self._read("SELECT min(id) FROM events")
@@ -230,21 +230,27 @@ class QueueEvents(QueueStore):
             ]
             # ids only grow: once the old events are gone, none comes back
             self._legacy_delivered = not queued
-            upper = next((last for last in queued if last > after_id), upper)
+            bounds = [bound for bound in queued if bound > after_id] + bounds
         if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
-            rows = self._read(
+            sql = (
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events e "
                 "WHERE id > ? AND id <= ? AND NOT EXISTS (SELECT 1 FROM holds h WHERE "
                 "h.event_type = e.event_type AND h.fingerprint = e.fingerprint AND h.next_try > ?) "
-                "ORDER BY id LIMIT ?",
-                (after_id, upper, now, max_events),
+                "ORDER BY id LIMIT ?"
             )
+            params: tuple[int | float, ...] = (now, max_events)
         else:
-            rows = self._read(
+            sql = (
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events "
-                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                (after_id, upper, max_events),
+                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
             )
+            params = (max_events,)
+        for upper in bounds:
+            rows = self._read(sql, (after_id, upper, *params))
+            if rows:
+                break
+            # nothing this producer may send now (its events are held): the next one's
+            after_id = upper
         # Each row's size as the writers charge it; the loops run in C, since a
         # shipper reads every event the service logs.
         ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))

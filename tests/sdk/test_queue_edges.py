@@ -256,6 +256,29 @@ def test_dead_letters_of_a_copied_files_earlier_producer_are_not_replayed_under_
     assert [e.seq for e in batch] == [1] and clone.producer_for(batch)[0] == clone.producer_id
 
 
+def test_a_copied_files_held_old_events_do_not_hold_back_the_new_producers(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A read stops at the last event queued before the copy (one producer per batch).
+    When every old event left is held (its schema unknown to the collector), the read
+    found nothing there and stopped: the new producer's events waited as long as the
+    hold lasted, however deliverable."""
+    queue = make_queue()
+    queue.append([ev(A), ev(B)])
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.append([ev(B)])
+    old = clone.read_batch()
+    held = [e for e in old if e.event_type == A]
+    clone.hold(held, "unknown schema fingerprint", lambda attempts: 3600.0)
+    clone.ack_batch(old, keep=[e.id for e in held])
+    new = clone.read_batch()
+    assert [(e.event_type, e.seq) for e in new] == [(B, 1)]
+    assert clone.producer_for(new)[0] == clone.producer_id
+
+
 def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
     make_queue: MakeQueue,
 ) -> None:
