@@ -1,7 +1,9 @@
-"""What the collector hears about what did not reach it, judged by its own report: the
-reference collector runs in-process (its WSGI app behind ``MockTransport``), so every
-drop notice and incident is counted the way the loss report counts it. Drop records
-go under the producer whose numbers they count, and every queue incident arrives."""
+"""What the collector hears about what did not reach it, and when the SDK may say
+"delivered": the reference collector runs in-process (its WSGI app behind
+``MockTransport``), so its answers are the real ones and every drop notice and incident
+is counted the way its loss report counts it. Drop records go under the producer whose
+numbers they count, every queue incident arrives, a rejection is matched to its event
+however the answer names it, and flush() is not done while a drop is untold."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from spotify_events import EventClient
 from spotify_events.collector.server import Collector as CollectorApp
 from spotify_events.collector.server import CollectorConfig
 from spotify_events.config import ClientConfig
-from spotify_events.queue import DROP_QUEUE_FULL, DurableQueue
+from spotify_events.queue import DROP_QUEUE_FULL, DurableQueue, PendingEvent
 from spotify_events.shipper import Shipper
 from spotify_events.transport import MockTransport, SendResult
 
@@ -160,3 +162,17 @@ def test_flush_is_not_done_while_events_it_waits_for_were_evicted_unreported(
     assert not client.flush(timeout=2.0)
     assert not clients and client.stats().dropped == {DROP_QUEUE_FULL: 5}
     client.close(timeout=0.1)
+
+
+def test_an_event_whose_type_name_the_collector_shortens_is_still_held(
+    make_queue: MakeQueue, real_collector: CollectorApp
+) -> None:
+    """The collector names a rejected event by at most 200 characters of its type. An
+    event of a longer-named type it lacks the schema of matched no rejection here, so
+    the acknowledgement deleted it as delivered: neither held nor counted anywhere."""
+    long_type = "a" * 120 + "." + "B" * 100
+    queue = make_queue()
+    queue.append([PendingEvent(long_type, b"\x11" * 8, 1_763_158_400_000, b"\x00")])
+    settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05)
+    Shipper(queue, through(real_collector), settings)._deliver(queue.read_batch(), [], [])
+    assert [(hold.event_type, hold.events) for hold in queue.holds()] == [(long_type, 1)]
