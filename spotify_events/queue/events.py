@@ -191,6 +191,7 @@ class QueueEvents(QueueStore):
     ) -> tuple[int, int]:
         """Delete the oldest rows until ``excess`` bytes are freed; record their ranges
         (under the producer each event belongs to). Returns (events evicted, bytes freed)."""
+        self._follow_identity(conn)
         freed = 0
         last_id = None
         victims: dict[tuple[str | None, str], list[int]] = {}
@@ -221,6 +222,7 @@ class QueueEvents(QueueStore):
         (at least one event when any is queued, whatever its size), all of one producer.
         Events of a held schema are left out until the hold's next try is due."""
         now = time.time()
+        self._follow_identity()
         bounds = [2**63 - 1]  # the last id of each producer's events still to read
         if self._legacy and not self._legacy_delivered:
             # A batch carries one producer id: never mix events from before and after a copy.

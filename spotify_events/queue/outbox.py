@@ -182,6 +182,7 @@ class QueueOutbox(QueueStore):
     def drop_producers(self) -> list[str]:
         """The producers unreported drop records count numbers of, the one with the
         oldest record first: the file's own, and earlier ones of a copied file."""
+        self._follow_identity()
         rows = self._read(
             "SELECT coalesce(producer_id, ?) AS producer FROM drops GROUP BY producer "
             "ORDER BY min(id)",

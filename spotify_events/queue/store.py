@@ -276,13 +276,27 @@ class QueueStore:
         return new
 
     def _load_legacy(self) -> tuple[_Legacy, ...]:
-        """The producers the file had before it was copied, oldest first: each one's
-        events are those with ids above the previous one's ``last_id`` up to its own."""
         row = self._read("SELECT value FROM meta WHERE key = 'legacy'")
-        return tuple(
-            _Legacy(str(entry["producer_id"]), int(entry["last_id"]), dict(entry["next_seq"]))
-            for entry in _legacy_entries(row[0][0] if row else None)
-        )
+        return _legacy_chain(row[0][0] if row else None)
+
+    def _follow_identity(self, conn: sqlite3.Connection | None = None) -> None:
+        """Take up the producer the file has now, if another connection re-identified it
+        since we read it (a process that found the file away from its home): from then on
+        its events are numbered and sent under the new producer, ours before it under the
+        old one. One indexed read; ``conn``: inside a transaction already open on it."""
+        if conn is None:
+            rows = self._read("SELECT value FROM meta WHERE key = 'producer_id'")
+        else:
+            rows = conn.execute("SELECT value FROM meta WHERE key = 'producer_id'").fetchall()
+        if not rows or rows[0][0] == self.producer_id:
+            return
+        if conn is None:
+            legacy = self._read("SELECT value FROM meta WHERE key = 'legacy'")
+        else:
+            legacy = conn.execute("SELECT value FROM meta WHERE key = 'legacy'").fetchall()
+        self.producer_id = str(rows[0][0])
+        self._legacy = _legacy_chain(legacy[0][0] if legacy else None)
+        self._legacy_delivered = False
 
     def producer_of(self, event_id: int) -> str | None:
         """The earlier producer of a copied file that the queued event ``event_id``
@@ -508,6 +522,15 @@ class _Legacy(NamedTuple):
     producer_id: str
     last_id: int
     next_seq: dict[str, int]
+
+
+def _legacy_chain(value: str | None) -> tuple[_Legacy, ...]:
+    """The producers the file had before it was copied, oldest first: each one's events
+    are those with ids above the previous one's ``last_id`` up to its own."""
+    return tuple(
+        _Legacy(str(entry["producer_id"]), int(entry["last_id"]), dict(entry["next_seq"]))
+        for entry in _legacy_entries(value)
+    )
 
 
 def _legacy_entries(value: str | None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ events of a copied file, and the inspection queries (depth per type, flush's che
 from __future__ import annotations
 
 import shutil
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -277,6 +278,32 @@ def test_a_copied_files_held_old_events_do_not_hold_back_the_new_producers(
     new = clone.read_batch()
     assert [(e.event_type, e.seq) for e in new] == [(B, 1)]
     assert clone.producer_for(new)[0] == clone.producer_id
+
+
+def test_an_open_queue_follows_its_file_taking_a_new_producer_under_it(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process that finds the file away from its home (``queue replay`` from a
+    debugging container, say) gives it a new producer, which numbers from 1 again. A
+    queue open before kept sending under the producer it had read at open: its new
+    events went out under numbers that producer had delivered (taken as duplicates),
+    and a drop of the old events it evicted was put down to the new producer."""
+    service = make_queue(max_queue_bytes=3 * (PAYLOAD + ROW_OVERHEAD))
+    first = service.producer_id
+    service.append([ev(A), ev(A)])
+    service.ack_batch(service.read_batch())  # the first producer's A1 and A2 delivered
+    service.append([ev(A)])
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "gethostname", lambda: "a-debugging-container")
+        other = make_queue()
+    assert other.producer_id != first
+    service.append([], overflow={(B, DROP_BUFFER_FULL): 1})  # the new producer's B1
+    assert service.drop_producers() == [other.producer_id]
+    service.append([ev(A), ev(A), ev(A)])  # the new producer's 1..3; the old A3 evicted
+    batch = service.read_batch()
+    assert [e.seq for e in batch] == [1, 2, 3]
+    assert service.producer_for(batch)[0] == other.producer_id
+    assert service.drop_producers() == [other.producer_id, first]  # the evicted A3: the first's
 
 
 def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
