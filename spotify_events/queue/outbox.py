@@ -25,6 +25,13 @@ from .rows import (
 )
 from .store import QueueStore
 
+#: A drop record whose event type has events held (its schema unknown to the collector)
+#: waits until the hold is released; checked only while a hold exists.
+_NOT_HELD = (
+    "NOT EXISTS (SELECT 1 FROM holds h WHERE h.event_type = drops.event_type AND EXISTS "
+    "(SELECT 1 FROM events e WHERE e.event_type = h.event_type AND e.fingerprint = h.fingerprint))"
+)
+
 
 class QueueOutbox(QueueStore):
     """Drops, incidents, dead letters and holds of one queue file."""
@@ -162,9 +169,10 @@ class QueueOutbox(QueueStore):
     def unreported_drops(
         self, limit: int = 1000, *, producer: str | None = None
     ) -> list[tuple[int, DropNotice]]:
-        """Drop records the collector has not acknowledged yet, oldest first; with
-        ``producer``, only those counting that producer's numbers (a batch carries the
-        drop notices of the producer it is sent under)."""
+        """Drop records the collector has not acknowledged yet, oldest first. With
+        ``producer``, those a batch sent under that producer carries: the ones counting
+        its numbers, and not yet those of a type whose events are held (the collector
+        lacks its schema, and ignores drop notices of a type it does not know)."""
         if producer is None:
             rows = self._read(
                 "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
@@ -174,18 +182,19 @@ class QueueOutbox(QueueStore):
         else:
             rows = self._read(
                 "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
-                "WHERE coalesce(producer_id, ?) = ? ORDER BY id LIMIT ?",
+                f"WHERE coalesce(producer_id, ?) = ? AND {_NOT_HELD} ORDER BY id LIMIT ?",
                 (self.producer_id, producer, limit),
             )
         return [(int(r[0]), DropNotice(*r[1:])) for r in rows]
 
     def drop_producers(self) -> list[str]:
-        """The producers unreported drop records count numbers of, the one with the
-        oldest record first: the file's own, and earlier ones of a copied file."""
+        """The producers whose drop records are to be sent (see :meth:`unreported_drops`),
+        the one with the oldest record first: the file's own, and earlier ones of a
+        copied file."""
         self._follow_identity()
         rows = self._read(
-            "SELECT coalesce(producer_id, ?) AS producer FROM drops GROUP BY producer "
-            "ORDER BY min(id)",
+            f"SELECT coalesce(producer_id, ?) AS producer FROM drops WHERE {_NOT_HELD} "
+            "GROUP BY producer ORDER BY min(id)",
             (self.producer_id,),
         )
         return [str(r[0]) for r in rows]

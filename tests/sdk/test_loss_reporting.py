@@ -176,3 +176,74 @@ def test_an_event_whose_type_name_the_collector_shortens_is_still_held(
     settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05)
     Shipper(queue, through(real_collector), settings)._deliver(queue.read_batch(), [], [])
     assert [(hold.event_type, hold.events) for hold in queue.holds()] == [(long_type, 1)]
+
+
+def test_drops_of_a_type_the_collector_lacks_are_reported_once_it_knows_the_type(
+    tmp_path: Path, wait_for: Callable[..., bool]
+) -> None:
+    """A new event type deployed to services before the collector: its events are held,
+    and a full queue evicts them (``drop_policy`` oldest). The collector ignores drop
+    notices of a type it does not know, and the notice was forgotten here as reported:
+    once the collector had the schema, the evicted numbers were missing, not dropped."""
+    without = tmp_path / "schemas-without-endsong"
+    without.mkdir()
+    for schema in SCHEMAS.glob("*.avsc"):
+        if schema.name != "EndSong.avsc":
+            shutil.copy(schema, without)
+    behind = CollectorApp(CollectorConfig(data_dir=str(tmp_path / "d1"), schemas=str(without)))
+    deployed = CollectorApp(CollectorConfig(data_dir=str(tmp_path / "d2"), schemas=str(SCHEMAS)))
+    schema_deployed, evicted = threading.Event(), threading.Event()
+    answered_since_eviction: list[bytes] = []
+
+    def send(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        if schema_deployed.is_set():
+            return through(deployed).send(body, headers)
+        answer = through(behind).send(body, headers)
+        if evicted.is_set():
+            answered_since_eviction.append(body)
+        return answer
+
+    one_event = _one_event_bytes(tmp_path)
+    client = EventClient(
+        transport=MockTransport(send),
+        queue_path=str(tmp_path / "queue.db"),
+        schemas=str(SCHEMAS),
+        durability="commit",
+        max_queue_bytes=3 * one_event,
+        backoff_max=0.05,
+        hold_retry_max=0.1,
+        linger=0.0,
+    )
+    try:
+        for _ in range(3):
+            client.log("EndSong", END_SONG)
+        assert not client.flush(timeout=0.5)  # held: the collector lacks the schema
+        for _ in range(2):
+            client.log("EndSong", END_SONG)  # evicts EndSong 1 and 2, held
+        assert client.stats().dropped == {DROP_QUEUE_FULL: 2}
+        evicted.set()
+        # two more tries of the held events (the first may have been read before the eviction)
+        assert wait_for(lambda: len(answered_since_eviction) >= 2, timeout=10)
+        schema_deployed.set()
+        assert client.flush(timeout=10)
+        got = stream(deployed.delivery.report(), client.producer_id, END_SONG_TYPE)
+        assert (got["received"], got["dropped"], got["lost"], got["open_gaps"]) == (3, 2, 0, 0)
+    finally:
+        client.close(timeout=1.0)
+        behind.shutdown()
+        deployed.shutdown()
+
+
+def _one_event_bytes(tmp_path: Path) -> int:
+    """What one logged EndSong costs in a queue file."""
+    offline = MockTransport(lambda body, headers: SendResult(None, error="offline"))
+    sizing = EventClient(
+        transport=offline,
+        queue_path=str(tmp_path / "sizing.db"),
+        schemas=str(SCHEMAS),
+        durability="commit",
+    )
+    sizing.log("EndSong", END_SONG)
+    size = sizing.stats().queue_bytes
+    sizing.close(timeout=0.1)
+    return size
