@@ -107,8 +107,10 @@ class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
         :meth:`shipping_marks`: :meth:`shipped_through` those marks, and once the events
         have left, the drop records there were by then. An event also leaves when a full
         queue evicts it (``drop_policy`` oldest), and its drop record, committed with the
-        eviction, is newer than the marks: the collector must hear of it too."""
+        eviction, is newer than the marks: the collector must hear of it too. So must
+        it of the incidents there were when the check was made."""
         last_id, last_drop_id = marks
+        last_incident_id = self.last_incident_id()
         left = False
 
         def check() -> bool:
@@ -118,6 +120,8 @@ class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
                     return False
                 left = True
                 last_drop_id = max(last_drop_id, self.last_drop_id())
-            return self.shipped_through(last_id, last_drop_id)
+            if not self.shipped_through(last_id, last_drop_id):
+                return False
+            return not last_incident_id or not self.has_incidents_through(last_incident_id)
 
         return check

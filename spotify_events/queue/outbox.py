@@ -233,6 +233,14 @@ class QueueOutbox(QueueStore):
         )
         return [(int(r[0]), {"kind": r[1], "detail": r[2], "at": r[3]}) for r in rows]
 
+    def last_incident_id(self) -> int:
+        """Id of the newest incident not yet acknowledged by the collector (0: none)."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM incidents")[0][0])
+
+    def has_incidents_through(self, last_id: int) -> bool:
+        """True while any incident with id <= ``last_id`` is not yet acknowledged."""
+        return bool(self._read("SELECT 1 FROM incidents WHERE id <= ? LIMIT 1", (last_id,)))
+
     def mark_incidents_reported(self, ids: Sequence[int]) -> None:
         if ids:
             with self.atomic() as conn:

@@ -346,6 +346,22 @@ def test_shipped_through_waits_for_the_events_and_the_drop_records_up_to_its_mar
     assert not queue.shipped_through(queue.max_event_id(), marks[1])
 
 
+def test_a_shipped_check_waits_for_the_incidents_there_were_when_it_began(
+    make_queue: MakeQueue,
+) -> None:
+    """An incident is how the collector learns what happened to the queue file (events
+    lost with a damaged file, a copy): a drain that ended before it went left it in a
+    file about to be thrown away, and ``queue ship`` said everything was shipped."""
+    queue = make_queue()
+    queue.record_incident("queue_quarantined", "moved aside")
+    done = queue.shipped_check(queue.shipping_marks())
+    assert not done()
+    queue.record_incident("queue_file_deleted", "put back")  # after it began: not waited for
+    first, _ = queue.unreported_incidents()
+    queue.mark_incidents_reported([first[0]])
+    assert done()
+
+
 def test_a_shipped_check_waits_for_the_drop_record_of_events_evicted_after_its_marks(
     make_queue: MakeQueue,
 ) -> None:

@@ -125,3 +125,17 @@ def test_replay_says_which_dead_letters_of_a_copied_file_stay(tmp_path: Path) ->
     assert "2 dead letter(s) of an earlier producer of this copied file stay" in out
     code, out = _run("replay", str(original))  # at home: its own producer's
     assert code == 0 and "2 dead letter(s) back in the queue" in out and "stay" not in out
+
+
+def test_ship_sends_the_incidents_of_a_file_without_events(
+    tmp_path: Path, collector: CollectorProcess
+) -> None:
+    path = tmp_path / "q.db"
+    queue = DurableQueue(path)
+    queue.record_incident("queue_quarantined", "the old file was damaged; moved aside")
+    producer = queue.producer_id
+    queue.close()
+    code, out = _run("ship", str(path), "--endpoint", collector.endpoint, "--timeout", "30")
+    assert code == 0, out
+    told = [i["kind"] for i in collector.report()["incidents"] if i["producer_id"] == producer]
+    assert told == ["queue_quarantined"]
