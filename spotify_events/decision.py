@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .transport import Outcome
+from .wire import ECHOED_TYPE_CHARS
 
 if TYPE_CHECKING:
     from .queue import QueuedEvent
@@ -87,7 +88,7 @@ def sort_rejections(part: Sequence[QueuedEvent], body: Mapping[str, Any] | None)
     hold_reason = ""
     dead_letters: dict[str, list[QueuedEvent]] = {}
     for event in part:
-        rejection = rejected.get((event.event_type, event.seq))
+        rejection = rejected.get((event.event_type[:ECHOED_TYPE_CHARS], event.seq))
         if rejection is None:
             continue
         code, reason = rejection

@@ -75,10 +75,7 @@ class Pipeline:
         # waits for another process's lock, which this wait must not outlast.
         with self.writer_queue.waiting_until(deadline), self.shipper_queue.waiting_until(deadline):
             marks = self.writer_queue.shipping_marks()
-
-            def done() -> bool:
-                return self.shipper_queue.shipped_through(*marks)
-
+            done = self.shipper_queue.shipped_check(marks)
             if not (self.ships and self.shipper.holds_lease()) and not done():
                 self._ask_holder(marks)
             return self.shipper.wait_acked(done, max(0.0, deadline - time.monotonic()))

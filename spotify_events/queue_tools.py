@@ -137,9 +137,16 @@ def replay_command(path: str, event_type: str | None) -> None:
     queue = _open(path, claim_home=True)
     try:
         n = queue.replay_dead_letters(event_type)
+        left = sum(1 for t, _, _ in queue.dead_letters() if event_type in (None, t))
     finally:
         queue.close()
     click.echo(f"{n} dead letter(s) back in the queue")
+    if left:
+        click.echo(
+            f"{left} dead letter(s) of an earlier producer of this copied file stay: sent under "
+            "its new producer, their numbers would name other events",
+            err=True,
+        )
 
 
 @queue_group.command("ship")

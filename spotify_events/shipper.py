@@ -59,7 +59,7 @@ from .errors import QueueBusyError, QueueError
 from .queue import DurableQueue, QueueDepth, QueuedEvent
 from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
-from .wire import DropNotice, WireBatch, encode_batch
+from .wire import MAX_INCIDENTS_PER_BATCH, DropNotice, WireBatch, encode_batch
 
 logger = logging.getLogger("spotify_events.shipper")
 
@@ -80,6 +80,8 @@ LINGER_POLL = 0.05
 #: flush's request could end the wait: at 100 events/s the writer commits every 50 ms,
 #: so looking at LINGER_POLL would be waking per commit, which the trickle rule avoids.
 TRICKLE_POLL = 0.25
+#: (producer id, next-sequence watermark) a batch is sent under (``DurableQueue.sender``).
+Sender = tuple[str, dict[str, int]]
 #: A queued row (id, event_type, seq, fingerprint, timestamp, payload) as an envelope's fields.
 _ENVELOPE_FIELDS = itemgetter(2, 1, 3, 4, 5)
 
@@ -184,10 +186,8 @@ class Shipper:
         stopping. The wait reads through this shipper's connection, which its thread
         holds through any wait for another process's lock: the deadline ends that too."""
         with self.queue.waiting_until(deadline), suppress(QueueBusyError):
-            marks = self.queue.shipping_marks()
-            return self.wait_acked(
-                lambda: self.queue.shipped_through(*marks), max(0.0, deadline - time.monotonic())
-            )
+            done = self.queue.shipped_check(self.queue.shipping_marks())
+            return self.wait_acked(done, max(0.0, deadline - time.monotonic()))
         return False
 
     def stop(self, timeout: float) -> bool:
@@ -257,34 +257,46 @@ class Shipper:
             return
         self._linger_until = self._empty_since = None
         self._urgent.clear()
-        drops = self.queue.unreported_drops()
-        incidents = self.queue.unreported_incidents()
+        dropped_by = self.queue.drop_producers()
+        incidents = self.queue.unreported_incidents(MAX_INCIDENTS_PER_BATCH)
         prepared = self._prefetch.take()
-        if prepared is not None and not drops and not incidents:
+        if prepared is not None and not dropped_by and not incidents:
             self._deliver(prepared.events, [], [], body=prepared.body)
             return
         batch = self.queue.read_batch(
             max_events=self.settings.max_events, max_bytes=self.settings.max_bytes
         )
         self._answer_request(batch)
-        if batch:
-            self._deliver(batch, drops, incidents)
-        else:  # every queued event is held until its schema's next try
+        if not batch:  # every queued event is held until its schema's next try
             self._idle_step()
+            return
+        producer, _ = self.queue.producer_for(batch)
+        drops = self.queue.unreported_drops(producer=producer) if producer in dropped_by else []
+        self._deliver(batch, drops, incidents)
+        for other in dropped_by:
+            # Drop notices name numbers of one producer: those of another (a copied file's
+            # earlier one, or its own while the earlier one's events ship) go on their own.
+            if other != producer and not self._stop.is_set():
+                self._deliver_drops(other, [])
 
     def _idle_step(self) -> None:
         """Nothing to send: carry drop notices and incidents, or a heartbeat when due."""
-        drops = self.queue.unreported_drops()
-        incidents = self.queue.unreported_incidents()
-        if (
-            drops
-            or incidents
-            or time.monotonic() - self._last_send >= self.settings.heartbeat_interval
-        ):
-            self._deliver([], drops, incidents)
+        dropped_by = self.queue.drop_producers()
+        incidents = self.queue.unreported_incidents(MAX_INCIDENTS_PER_BATCH)
+        if dropped_by:
+            self._deliver_drops(dropped_by[0], incidents)
+            self._urgent.clear()
+            return
+        if incidents or time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
+            self._deliver([], [], incidents)
             self._urgent.clear()
             return
         self._idle_wait(self.settings.heartbeat_interval - (time.monotonic() - self._last_send))
+
+    def _deliver_drops(self, producer: str, incidents: list[tuple[int, dict[str, Any]]]) -> None:
+        """An empty batch under ``producer`` with its unreported drop notices."""
+        drops = self.queue.unreported_drops(producer=producer)
+        self._deliver([], drops, incidents, sender=self.queue.sender(producer))
 
     def _lingering(self, depth: QueueDepth) -> bool:
         """While a batch is not full, wait for more until ``linger`` has passed since
@@ -432,9 +444,11 @@ class Shipper:
         drops: list[tuple[int, DropNotice]],
         incidents: list[tuple[int, dict[str, Any]]],
         body: bytes | None = None,
+        sender: Sender | None = None,
     ) -> None:
         """Send ``events`` (plus drop notices and incidents) until each has left the
-        queue or we stop. ``body`` is the events already encoded (by the prefetcher)."""
+        queue or we stop. ``body`` is the events already encoded (by the prefetcher);
+        ``sender`` the producer an empty batch goes under (default: the file's own)."""
         parts: list[Sequence[QueuedEvent]] = [events]
         while parts and not self._stop.is_set():
             part = parts.pop()
@@ -444,7 +458,9 @@ class Shipper:
                 # a short batch the queue held no more: what arrives meanwhile makes
                 # another short batch, which the prefetcher would read only to drop.
                 self._prefetch.request(part[-1].id)
-            result = self._send_until_answered(part, drops, incidents, body if whole else None)
+            result = self._send_until_answered(
+                part, drops, incidents, body if whole else None, sender
+            )
             if result is None:
                 return  # stopping: the events stay queued for the next run
             outcome = result.outcome(len(part))
@@ -491,11 +507,12 @@ class Shipper:
         drops: list[tuple[int, DropNotice]],
         incidents: list[tuple[int, dict[str, Any]]],
         body: bytes | None = None,
+        sender: Sender | None = None,
     ) -> SendResult | None:
         """Send one part, retrying transient failures; None when asked to stop."""
         if body is None:
-            body = self._encode(part, [d for _, d in drops], [i for _, i in incidents])
-        producer, _ = self.queue.producer_for(part)
+            body = self._encode(part, [d for _, d in drops], [i for _, i in incidents], sender)
+        producer, _ = sender or self.queue.producer_for(part)
         headers = {"X-SE-Producer-Id": producer, "X-SE-Event-Count": str(len(part))}
         delays = _backoff_delays(self.settings.backoff_max)
         while not self._stop.is_set():
@@ -556,9 +573,13 @@ class Shipper:
         return None
 
     def _encode(
-        self, part: Sequence[QueuedEvent], drops: list[DropNotice], incidents: list[dict[str, Any]]
+        self,
+        part: Sequence[QueuedEvent],
+        drops: list[DropNotice],
+        incidents: list[dict[str, Any]],
+        sender: Sender | None = None,
     ) -> bytes:
-        producer, next_seq = self.queue.producer_for(part)
+        producer, next_seq = sender or self.queue.producer_for(part)
         batch = WireBatch(
             producer_id=producer,
             next_seq=next_seq,

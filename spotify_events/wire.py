@@ -90,6 +90,12 @@ META_SDK_VERSION = "se.sdk_version"
 #: Optional: JSON list of things that happened to the producer's queue itself
 #: (e.g. a damaged file moved aside), so the loss report can say why.
 META_INCIDENTS = "se.incidents"
+#: Most incidents one batch may carry: the collector keeps the first 16 of a batch and
+#: ignores the rest (README, the collector's limits), so a sender sends no more.
+MAX_INCIDENTS_PER_BATCH = 16
+#: The collector's answer names a rejected event by its sequence number and at most this
+#: many characters of its type: a sender matches rejections to its events by as much.
+ECHOED_TYPE_CHARS = 200
 
 _AVRO_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -35,6 +35,8 @@ The layout is fixed by ``FORMAT_VERSION`` (PRAGMA user_version) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .events import QueueEvents
 from .files import check_queue_path, quarantine
 from .lease import QueueLease
@@ -94,8 +96,32 @@ class DurableQueue(QueueEvents, QueueOutbox, QueueLease, QueueRestore):
     def shipped_through(self, last_id: int, last_drop_id: int) -> bool:
         """Whether every event up to ``last_id`` has left the queue (acknowledged or
         dead-lettered) and every drop record up to ``last_drop_id`` reached the
-        collector: what ``flush()``, an agent's drain and ``queue ship`` wait for."""
+        collector."""
         if self.has_events_through(last_id):
             return False
         pending = self.unreported_drops(1)
         return not pending or pending[0][0] > last_drop_id
+
+    def shipped_check(self, marks: tuple[int, int]) -> Callable[[], bool]:
+        """What ``flush()``, an agent's drain and ``queue ship`` wait for, from
+        :meth:`shipping_marks`: :meth:`shipped_through` those marks, and once the events
+        have left, the drop records there were by then. An event also leaves when a full
+        queue evicts it (``drop_policy`` oldest), and its drop record, committed with the
+        eviction, is newer than the marks: the collector must hear of it too. So must
+        it of the incidents there were when the check was made."""
+        last_id, last_drop_id = marks
+        last_incident_id = self.last_incident_id()
+        left = False
+
+        def check() -> bool:
+            nonlocal left, last_drop_id
+            if not left:
+                if self.has_events_through(last_id):
+                    return False
+                left = True
+                last_drop_id = max(last_drop_id, self.last_drop_id())
+            if not self.shipped_through(last_id, last_drop_id):
+                return False
+            return not last_incident_id or not self.has_incidents_through(last_incident_id)
+
+        return check

@@ -20,6 +20,7 @@ from .rows import (
     DROP_QUEUE_FULL,
     ROW_OVERHEAD,
     AppendResult,
+    DropRow,
     PendingRow,
     QueueDepth,
     QueuedEvent,
@@ -38,10 +39,19 @@ class QueueEvents(QueueStore):
     def producer_for(self, events: Sequence[QueuedEvent]) -> tuple[str, dict[str, int]]:
         """(producer id, next-sequence watermark) a batch of ``events`` is sent under:
         events queued before the file was copied keep their old producer."""
-        legacy = self._legacy
-        if legacy is not None and events and events[0].id <= legacy.last_id:
-            return legacy.producer_id, legacy.next_seq
-        return self.producer_id, self.next_seqs()
+        producer = self.producer_of(events[0].id) if events else None
+        return self.sender(producer or self.producer_id)
+
+    def sender(self, producer: str) -> tuple[str, dict[str, int]]:
+        """(producer id, next-sequence watermark) a batch under ``producer`` is sent with:
+        the file's own producer, or an earlier one of a copied file (its watermark as the
+        copy found it; none once it is forgotten)."""
+        if producer == self.producer_id:
+            return producer, self.next_seqs()
+        for legacy in self._legacy:
+            if legacy.producer_id == producer:
+                return producer, legacy.next_seq
+        return producer, {}
 
     def append(
         self,
@@ -86,11 +96,11 @@ class QueueEvents(QueueStore):
         if len(next_seq) < len(types):
             next_seq.update(self._load_next_seqs(conn, types - next_seq.keys()))
         now = time.time()
-        drops: list[tuple[str, int, int, int, str, float]] = []
+        drops: list[DropRow] = []
         for (event_type, reason), count in overflow.items():
             first = next_seq[event_type]
             next_seq[event_type] = first + count
-            drops.append((event_type, first, first + count - 1, count, reason, now))
+            drops.append((event_type, first, first + count - 1, count, reason, now, None))
             result.count_drop(reason, count)
 
         queue_bytes = (
@@ -117,7 +127,9 @@ class QueueEvents(QueueStore):
         stored = len(rows) // 6
         for event_type, seqs in refused.items():
             for first, last in runs(seqs):
-                drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
+                drops.append(
+                    (event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now, None)
+                )
             result.count_drop(DROP_QUEUE_FULL, len(seqs))
         for item in next_seq.items():  # usually one type per commit: execute beats executemany
             cursor.execute(
@@ -175,17 +187,18 @@ class QueueEvents(QueueStore):
         conn: sqlite3.Connection,
         excess: int,
         now: float,
-        drops: list[tuple[str, int, int, int, str, float]],
+        drops: list[DropRow],
     ) -> tuple[int, int]:
-        """Delete the oldest rows until ``excess`` bytes are freed; record their ranges.
-        Returns (events evicted, bytes freed)."""
+        """Delete the oldest rows until ``excess`` bytes are freed; record their ranges
+        (under the producer each event belongs to). Returns (events evicted, bytes freed)."""
+        self._follow_identity(conn)
         freed = 0
         last_id = None
-        victims: dict[str, list[int]] = {}
+        victims: dict[tuple[str | None, str], list[int]] = {}
         for row_id, event_type, seq, size in conn.execute(
             "SELECT id, event_type, seq, size FROM events ORDER BY id"
         ):
-            victims.setdefault(event_type, []).append(seq)
+            victims.setdefault((self.producer_of(row_id), event_type), []).append(seq)
             freed += size
             last_id = row_id
             if freed >= excess:
@@ -195,40 +208,51 @@ class QueueEvents(QueueStore):
         count = sum(len(s) for s in victims.values())
         conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
         bump_counters(conn, -freed, -count)
-        for event_type, seqs in victims.items():
+        for (producer, event_type), seqs in victims.items():
             for first, last in runs(sorted(seqs)):
-                drops.append((event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now))
+                drops.append(
+                    (event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now, producer)
+                )
         return count, freed
 
     def read_batch(
         self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
     ) -> list[QueuedEvent]:
         """The oldest events after ``after_id``, in queue order, within both limits
-        (at least one event when any is queued, whatever its size). Events of a
-        held schema are left out until the hold's next try is due."""
+        (at least one event when any is queued, whatever its size), all of one producer.
+        Events of a held schema are left out until the hold's next try is due."""
         now = time.time()
-        upper = 2**63 - 1
-        legacy = self._legacy
-        if legacy is not None:
+        self._follow_identity()
+        bounds = [2**63 - 1]  # the last id of each producer's events still to read
+        if self._legacy and not self._legacy_delivered:
             # A batch carries one producer id: never mix events from before and after a copy.
-            if self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (legacy.last_id,)):
-                upper = legacy.last_id if after_id < legacy.last_id else upper
-            else:
-                self._legacy = None  # the copy's old events are all delivered
+            ((first_id,),) = self._read("SELECT min(id) FROM events")
+            queued = [
+                e.last_id for e in self._legacy if first_id is not None and first_id <= e.last_id
+            ]
+            # ids only grow: once the old events are gone, none comes back
+            self._legacy_delivered = not queued
+            bounds = [bound for bound in queued if bound > after_id] + bounds
         if self._read("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (now,)):
-            rows = self._read(
+            sql = (
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events e "
                 "WHERE id > ? AND id <= ? AND NOT EXISTS (SELECT 1 FROM holds h WHERE "
                 "h.event_type = e.event_type AND h.fingerprint = e.fingerprint AND h.next_try > ?) "
-                "ORDER BY id LIMIT ?",
-                (after_id, upper, now, max_events),
+                "ORDER BY id LIMIT ?"
             )
+            params: tuple[int | float, ...] = (now, max_events)
         else:
-            rows = self._read(
+            sql = (
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events "
-                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                (after_id, upper, max_events),
+                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
             )
+            params = (max_events,)
+        for upper in bounds:
+            rows = self._read(sql, (after_id, upper, *params))
+            if rows:
+                break
+            # nothing this producer may send now (its events are held): the next one's
+            after_id = upper
         # Each row's size as the writers charge it; the loops run in C, since a
         # shipper reads every event the service logs.
         ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))

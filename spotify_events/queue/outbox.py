@@ -25,6 +25,13 @@ from .rows import (
 )
 from .store import QueueStore
 
+#: A drop record whose event type has events held (its schema unknown to the collector)
+#: waits until the hold is released; checked only while a hold exists.
+_NOT_HELD = (
+    "NOT EXISTS (SELECT 1 FROM holds h WHERE h.event_type = drops.event_type AND EXISTS "
+    "(SELECT 1 FROM events e WHERE e.event_type = h.event_type AND e.fingerprint = h.fingerprint))"
+)
+
 
 class QueueOutbox(QueueStore):
     """Drops, incidents, dead letters and holds of one queue file."""
@@ -93,10 +100,19 @@ class QueueOutbox(QueueStore):
         now = time.time()
         with self.atomic() as conn:
             conn.executemany(
-                "INSERT INTO dead_letters (event_type, seq, fingerprint, timestamp, payload, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO dead_letters (event_type, seq, fingerprint, timestamp, payload, "
+                "reason, created_at, producer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (e.event_type, e.seq, e.fingerprint, e.timestamp, e.payload, reason, now)
+                    (
+                        e.event_type,
+                        e.seq,
+                        e.fingerprint,
+                        e.timestamp,
+                        e.payload,
+                        reason,
+                        now,
+                        self.producer_of(e.id),
+                    )
                     for e in events
                 ],
             )
@@ -104,14 +120,14 @@ class QueueOutbox(QueueStore):
             for first, last in runs(sorted(e.id for e in events)):
                 moved += delete_range(conn, first, last)
             if notify_collector:
-                by_type: dict[str, list[int]] = {}
+                by_type: dict[tuple[str | None, str], list[int]] = {}
                 for e in events:
-                    by_type.setdefault(e.event_type, []).append(e.seq)
+                    by_type.setdefault((self.producer_of(e.id), e.event_type), []).append(e.seq)
                 insert_drops(
                     conn,
                     [
-                        (t, first, last, last - first + 1, f"rejected: {reason}", now)
-                        for t, seqs in by_type.items()
+                        (t, first, last, last - first + 1, f"rejected: {reason}", now, producer)
+                        for (producer, t), seqs in by_type.items()
                         for first, last in runs(sorted(seqs))
                     ],
                 )
@@ -119,8 +135,13 @@ class QueueOutbox(QueueStore):
 
     def replay_dead_letters(self, event_type: str | None = None) -> int:
         """Put dead letters (all, or those of ``event_type``) back into the queue with
-        their original sequence numbers; the collector then counts them received."""
-        where, params = ("WHERE event_type = ?", (event_type,)) if event_type else ("", ())
+        their original sequence numbers; the collector then counts them received.
+
+        Only the file's own producer's: a replayed event is sent under the producer the
+        file has now, so one of a copied file's earlier producer stays a dead letter
+        (its number would name another event of the new producer)."""
+        where = "WHERE producer_id IS NULL" + (" AND event_type = ?" if event_type else "")
+        params = (event_type,) if event_type else ()
         with self.atomic() as conn:
             rows = conn.execute(
                 "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM dead_letters "
@@ -145,13 +166,38 @@ class QueueOutbox(QueueStore):
             )
         ]
 
-    def unreported_drops(self, limit: int = 1000) -> list[tuple[int, DropNotice]]:
-        """Drop records the collector has not acknowledged yet, oldest first."""
-        rows = self._read(
-            "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops ORDER BY id LIMIT ?",
-            (limit,),
-        )
+    def unreported_drops(
+        self, limit: int = 1000, *, producer: str | None = None
+    ) -> list[tuple[int, DropNotice]]:
+        """Drop records the collector has not acknowledged yet, oldest first. With
+        ``producer``, those a batch sent under that producer carries: the ones counting
+        its numbers, and not yet those of a type whose events are held (the collector
+        lacks its schema, and ignores drop notices of a type it does not know)."""
+        if producer is None:
+            rows = self._read(
+                "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
+                "ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._read(
+                "SELECT id, event_type, first_seq, last_seq, count, reason FROM drops "
+                f"WHERE coalesce(producer_id, ?) = ? AND {_NOT_HELD} ORDER BY id LIMIT ?",
+                (self.producer_id, producer, limit),
+            )
         return [(int(r[0]), DropNotice(*r[1:])) for r in rows]
+
+    def drop_producers(self) -> list[str]:
+        """The producers whose drop records are to be sent (see :meth:`unreported_drops`),
+        the one with the oldest record first: the file's own, and earlier ones of a
+        copied file."""
+        self._follow_identity()
+        rows = self._read(
+            f"SELECT coalesce(producer_id, ?) AS producer FROM drops WHERE {_NOT_HELD} "
+            "GROUP BY producer ORDER BY min(id)",
+            (self.producer_id,),
+        )
+        return [str(r[0]) for r in rows]
 
     def mark_drops_reported(self, reported: Sequence[tuple[int, DropNotice]]) -> None:
         """Forget drop records the collector acknowledged, as they were when sent.
@@ -180,11 +226,20 @@ class QueueOutbox(QueueStore):
         with self.atomic() as conn:
             insert_incident(conn, kind, detail)
 
-    def unreported_incidents(self) -> list[tuple[int, dict[str, object]]]:
+    def unreported_incidents(self, limit: int = 100) -> list[tuple[int, dict[str, object]]]:
+        """Incidents the collector has not acknowledged yet, oldest first."""
         rows = self._read(
-            "SELECT id, kind, detail, created_at FROM incidents ORDER BY id LIMIT 100"
+            "SELECT id, kind, detail, created_at FROM incidents ORDER BY id LIMIT ?", (limit,)
         )
         return [(int(r[0]), {"kind": r[1], "detail": r[2], "at": r[3]}) for r in rows]
+
+    def last_incident_id(self) -> int:
+        """Id of the newest incident not yet acknowledged by the collector (0: none)."""
+        return int(self._read("SELECT coalesce(max(id), 0) FROM incidents")[0][0])
+
+    def has_incidents_through(self, last_id: int) -> bool:
+        """True while any incident with id <= ``last_id`` is not yet acknowledged."""
+        return bool(self._read("SELECT 1 FROM incidents WHERE id <= ? LIMIT 1", (last_id,)))
 
     def mark_incidents_reported(self, ids: Sequence[int]) -> None:
         if ids:

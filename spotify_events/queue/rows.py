@@ -88,24 +88,28 @@ def bump_counters(conn: sqlite3.Connection | sqlite3.Cursor, size: int, events: 
     )
 
 
-def insert_drops(
-    conn: sqlite3.Connection, drops: Iterable[tuple[str, int, int, int, str, float]]
-) -> None:
-    """Record drop ranges, extending the previous record of the same type and reason
-    when the new range follows it: a full queue evicting on every commit then keeps
-    one growing row instead of adding a row per commit (disk stays bounded)."""
-    for event_type, first, last, count, reason, created_at in drops:
+#: A drop range as :func:`insert_drops` records it: (event type, first seq, last seq,
+#: count, reason, created at, producer id). The producer is None for the file's own
+#: producer, else the earlier producer of a copied file whose events were dropped.
+DropRow = tuple[str, int, int, int, str, float, str | None]
+
+
+def insert_drops(conn: sqlite3.Connection, drops: Iterable[DropRow]) -> None:
+    """Record drop ranges, extending the previous record of the same producer, type
+    and reason when the new range follows it: a full queue evicting on every commit
+    then keeps one growing row instead of adding a row per commit (disk stays bounded)."""
+    for event_type, first, last, count, reason, created_at, producer in drops:
         extended = conn.execute(
             "UPDATE drops SET last_seq = ?, count = count + ? WHERE id = ("
             "SELECT id FROM drops WHERE event_type = ? AND reason = ? AND last_seq = ? "
-            "ORDER BY id DESC LIMIT 1)",
-            (last, count, event_type, reason, first - 1),
+            "AND producer_id IS ? ORDER BY id DESC LIMIT 1)",
+            (last, count, event_type, reason, first - 1, producer),
         ).rowcount
         if not extended:
             conn.execute(
-                "INSERT INTO drops (event_type, first_seq, last_seq, count, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (event_type, first, last, count, reason, created_at),
+                "INSERT INTO drops (event_type, first_seq, last_seq, count, reason, created_at, "
+                "producer_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event_type, first, last, count, reason, created_at, producer),
             )
 
 

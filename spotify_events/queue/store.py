@@ -5,8 +5,10 @@ reopened lazily after a fork. The file carries the producer id and its home
 (host, path, inode): a file that finds itself elsewhere mints a new producer id
 for new events (events queued before keep the old one, see ``producer_for``).
 
-Format versions: 1 as first released; 2 adds the ``holds`` table (a version 1
-file is migrated in place when opened). Table creation and migration go through
+Format versions: 1 as first released; 2 adds the ``holds`` table; 3 adds
+``drops.producer_id`` and ``dead_letters.producer_id`` (the earlier producer of a
+copied file whose events a drop record counts, or whose event a dead letter is).
+An older file is migrated in place when opened. Table creation and migration go through
 sqlite-utils.
 """
 
@@ -44,7 +46,7 @@ logger = logging.getLogger("spotify_events.queue")
 _T = TypeVar("_T")
 
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
 APPLICATION_ID = 0x53455631  # "SEV1"
 #: The first and the longest pause between two tries for a lock another connection holds
@@ -90,7 +92,8 @@ class QueueStore:
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._conn: sqlite3.Connection | None = self._connect(verify=verify)
         self.host = socket.gethostname()
-        self._legacy: _Legacy | None = None
+        self._legacy: tuple[_Legacy, ...] = ()  # oldest first (see _load_legacy)
+        self._legacy_delivered = False  # no event of theirs queued any more (see read_batch)
         # Inspection tools look without claiming: a copy they open stays as it is.
         self.producer_id = self._claim_home() if claim_home else self._read_meta("producer_id")
 
@@ -184,6 +187,8 @@ class QueueStore:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             if version < 2:
                 _create_v2(conn)
+            if version < 3:
+                _create_v3(conn)
             if version < FORMAT_VERSION:
                 conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
@@ -233,10 +238,26 @@ class QueueStore:
 
     def _reidentify(self, conn: sqlite3.Connection, old: str, was: str, now: str) -> str:
         new = str(uuid.uuid4())
-        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        first_id, last_id = conn.execute(
+            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events"
+        ).fetchone()
         next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
-        legacy = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        legacy: dict[str, Any] = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
+        # A copy of a copy: the producers before ``old`` keep the events of theirs still
+        # queued (numbered in their own sequences, which ``old``'s would collide with).
+        row = conn.execute("SELECT value FROM meta WHERE key = 'legacy'").fetchone()
+        older = [
+            entry
+            for entry in _legacy_entries(row[0] if row else None)
+            if first_id and entry["last_id"] >= first_id
+        ]
+        if older:
+            legacy["older"] = older
         conn.execute("DELETE FROM sequences")  # the new producer numbers from 1
+        # drop records not yet reported count the old producer's numbers, not the new one's,
+        # and the dead letters are the old producer's events
+        for table in ("drops", "dead_letters"):
+            conn.execute(f"UPDATE {table} SET producer_id = ? WHERE producer_id IS NULL", (old,))
         set_meta(conn, [("producer_id", new), ("home", now), ("legacy", json.dumps(legacy))])
         insert_incident(
             conn,
@@ -254,12 +275,36 @@ class QueueStore:
         )
         return new
 
-    def _load_legacy(self) -> _Legacy | None:
+    def _load_legacy(self) -> tuple[_Legacy, ...]:
         row = self._read("SELECT value FROM meta WHERE key = 'legacy'")
-        if not row:
-            return None
-        data = json.loads(row[0][0])
-        return _Legacy(str(data["producer_id"]), int(data["last_id"]), dict(data["next_seq"]))
+        return _legacy_chain(row[0][0] if row else None)
+
+    def _follow_identity(self, conn: sqlite3.Connection | None = None) -> None:
+        """Take up the producer the file has now, if another connection re-identified it
+        since we read it (a process that found the file away from its home): from then on
+        its events are numbered and sent under the new producer, ours before it under the
+        old one. One indexed read; ``conn``: inside a transaction already open on it."""
+        if conn is None:
+            rows = self._read("SELECT value FROM meta WHERE key = 'producer_id'")
+        else:
+            rows = conn.execute("SELECT value FROM meta WHERE key = 'producer_id'").fetchall()
+        if not rows or rows[0][0] == self.producer_id:
+            return
+        if conn is None:
+            legacy = self._read("SELECT value FROM meta WHERE key = 'legacy'")
+        else:
+            legacy = conn.execute("SELECT value FROM meta WHERE key = 'legacy'").fetchall()
+        self.producer_id = str(rows[0][0])
+        self._legacy = _legacy_chain(legacy[0][0] if legacy else None)
+        self._legacy_delivered = False
+
+    def producer_of(self, event_id: int) -> str | None:
+        """The earlier producer of a copied file that the queued event ``event_id``
+        belongs to; None for the file's own producer."""
+        for legacy in self._legacy:
+            if event_id <= legacy.last_id:
+                return legacy.producer_id
+        return None
 
     def _read_meta(self, key: str) -> str:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -472,11 +517,30 @@ class _CallerDeadline:
 
 
 class _Legacy(NamedTuple):
-    """The producer a copied file had: its queued events still ship under it."""
+    """A producer a copied file had: its queued events still ship under it."""
 
     producer_id: str
     last_id: int
     next_seq: dict[str, int]
+
+
+def _legacy_chain(value: str | None) -> tuple[_Legacy, ...]:
+    """The producers the file had before it was copied, oldest first: each one's events
+    are those with ids above the previous one's ``last_id`` up to its own."""
+    return tuple(
+        _Legacy(str(entry["producer_id"]), int(entry["last_id"]), dict(entry["next_seq"]))
+        for entry in _legacy_entries(value)
+    )
+
+
+def _legacy_entries(value: str | None) -> list[dict[str, Any]]:
+    """The ``legacy`` meta row as a list of producers, oldest first: the producer the
+    file had before its last copy, and under ``older`` those before that whose events
+    were still queued then (a file written before ``older`` existed has just the one)."""
+    if value is None:
+        return []
+    data = json.loads(value)
+    return [*data.pop("older", []), data]
 
 
 class AppendCache(NamedTuple):
@@ -539,6 +603,12 @@ def _create_v2(conn: sqlite3.Connection) -> None:
         "reason TEXT NOT NULL, since FLOAT NOT NULL, next_try FLOAT NOT NULL, "
         "attempts INTEGER NOT NULL, PRIMARY KEY (event_type, fingerprint))"
     )
+
+
+def _create_v3(conn: sqlite3.Connection) -> None:
+    for table in ("drops", "dead_letters"):
+        if "producer_id" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN producer_id TEXT")
 
 
 def translate(path: Path, exc: sqlite3.DatabaseError) -> QueueError:

@@ -602,7 +602,7 @@ def test_a_version_1_file_is_migrated_in_place_and_keeps_its_events(
     assert [e.seq for e in reopened.read_batch()] == [1]
     assert reopened.holds() == []
     with sqlite3.connect(queue_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 3
     conn.close()
 
 

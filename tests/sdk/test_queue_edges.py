@@ -7,6 +7,7 @@ events of a copied file, and the inspection queries (depth per type, flush's che
 from __future__ import annotations
 
 import shutil
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -167,6 +168,144 @@ def test_reading_on_past_a_copied_files_old_events_reads_the_new_producers(
     assert clone.producer_for(new)[0] == clone.producer_id != clone.producer_for(old)[0]
 
 
+def test_a_copy_of_a_copy_sends_each_producers_events_under_that_producer(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A copy made before the first copy's old events were delivered: those events
+    still belong to the first producer. Sent under the second one instead, its seq 1
+    would name two different events and one of them would be lost as a duplicate."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A)])
+    first = queue.producer_id
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.append([ev(A)])
+    second = clone.producer_id
+    clone.close()
+    copy2 = tmp_path / "copy2.db"
+    shutil.copyfile(copy, copy2)
+    clone2 = make_queue(copy2)
+    clone2.append([ev(A)])
+    sent = []
+    after = 0
+    while batch := clone2.read_batch(after_id=after):
+        sent.append((clone2.producer_for(batch)[0], [e.seq for e in batch]))
+        after = batch[-1].id
+    assert sent == [(first, [1, 2]), (second, [1]), (clone2.producer_id, [1])]
+    assert clone2.producer_for([clone2.read_batch()[0]])[1] == {A: 3}  # the first's watermark
+    clone2.ack(1, 3)
+    clone2.close()
+    copy3 = tmp_path / "copy3.db"
+    shutil.copyfile(copy2, copy3)
+    clone3 = make_queue(copy3)
+    assert clone3.producer_for(clone3.read_batch())[0] == clone2.producer_id
+
+
+def test_a_copied_files_drop_records_stay_with_the_producer_whose_numbers_they_count(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """Drops recorded before the copy, and drops of the old events after it (an
+    eviction, a dead letter the collector was never told of), count the old producer's
+    numbers; the copy's own drops count the new one's, and never extend an old record."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A), ev(A)], overflow={(A, DROP_BUFFER_FULL): 1})  # A1 dropped
+    old = queue.producer_id
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy, max_queue_bytes=2 * (PAYLOAD + ROW_OVERHEAD))
+    new = clone.producer_id
+    clone.dead_letter(clone.read_batch()[-1:], "bad", notify_collector=True)  # the old A4
+    clone.append([ev(A)])  # the new A1 makes room by evicting the old A2
+    clone.append([], overflow={(A, DROP_BUFFER_FULL): 1})  # the new A2: follows the old A1
+    assert clone.drop_producers() == [old, new]
+
+    def notices(producer: str) -> list[tuple[int, int, str]]:
+        return [
+            (d.first_seq, d.last_seq, d.reason)
+            for _, d in clone.unreported_drops(producer=producer)
+        ]
+
+    assert notices(old) == [(1, 1, DROP_BUFFER_FULL), (4, 4, "rejected: bad"), (2, 2, "queue_full")]
+    assert notices(new) == [(2, 2, DROP_BUFFER_FULL)]
+    assert clone.sender(old) == (old, {A: 5}) and clone.sender(new) == (new, {A: 3})
+
+
+def test_dead_letters_of_a_copied_files_earlier_producer_are_not_replayed_under_the_new_one(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A replayed dead letter keeps its sequence number, and is sent under the producer
+    the file has now: one of a copied file's earlier producer went out as a number of
+    the new one, which that producer had delivered (a duplicate, then forgotten here, or
+    a conflict) or had yet to use (and its own event was then the conflict). It stays
+    a dead letter; its producer's report counts it as rejected."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A)])
+    queue.dead_letter(queue.read_batch()[:1], "bad", notify_collector=False)  # before the copy
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.dead_letter(clone.read_batch(), "bad", notify_collector=False)  # the old A2, after it
+    clone.append([ev(A)])
+    clone.dead_letter(clone.read_batch(), "bad", notify_collector=False)  # the new A1
+    assert clone.replay_dead_letters() == 1
+    assert clone.dead_letters() == [(A, 1, "bad"), (A, 2, "bad")]
+    batch = clone.read_batch()
+    assert [e.seq for e in batch] == [1] and clone.producer_for(batch)[0] == clone.producer_id
+
+
+def test_a_copied_files_held_old_events_do_not_hold_back_the_new_producers(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A read stops at the last event queued before the copy (one producer per batch).
+    When every old event left is held (its schema unknown to the collector), the read
+    found nothing there and stopped: the new producer's events waited as long as the
+    hold lasted, however deliverable."""
+    queue = make_queue()
+    queue.append([ev(A), ev(B)])
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.append([ev(B)])
+    old = clone.read_batch()
+    held = [e for e in old if e.event_type == A]
+    clone.hold(held, "unknown schema fingerprint", lambda attempts: 3600.0)
+    clone.ack_batch(old, keep=[e.id for e in held])
+    new = clone.read_batch()
+    assert [(e.event_type, e.seq) for e in new] == [(B, 1)]
+    assert clone.producer_for(new)[0] == clone.producer_id
+
+
+def test_an_open_queue_follows_its_file_taking_a_new_producer_under_it(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process that finds the file away from its home (``queue replay`` from a
+    debugging container, say) gives it a new producer, which numbers from 1 again. A
+    queue open before kept sending under the producer it had read at open: its new
+    events went out under numbers that producer had delivered (taken as duplicates),
+    and a drop of the old events it evicted was put down to the new producer."""
+    service = make_queue(max_queue_bytes=3 * (PAYLOAD + ROW_OVERHEAD))
+    first = service.producer_id
+    service.append([ev(A), ev(A)])
+    service.ack_batch(service.read_batch())  # the first producer's A1 and A2 delivered
+    service.append([ev(A)])
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "gethostname", lambda: "a-debugging-container")
+        other = make_queue()
+    assert other.producer_id != first
+    service.append([], overflow={(B, DROP_BUFFER_FULL): 1})  # the new producer's B1
+    assert service.drop_producers() == [other.producer_id]
+    service.append([ev(A), ev(A), ev(A)])  # the new producer's 1..3; the old A3 evicted
+    batch = service.read_batch()
+    assert [e.seq for e in batch] == [1, 2, 3]
+    assert service.producer_for(batch)[0] == other.producer_id
+    assert service.drop_producers() == [other.producer_id, first]  # the evicted A3: the first's
+
+
 def test_depth_by_type_counts_each_type_and_names_its_oldest_timestamp(
     make_queue: MakeQueue,
 ) -> None:
@@ -205,3 +344,37 @@ def test_shipped_through_waits_for_the_events_and_the_drop_records_up_to_its_mar
     queue.mark_drops_reported(queue.unreported_drops(1))
     assert queue.shipped_through(*marks)
     assert not queue.shipped_through(queue.max_event_id(), marks[1])
+
+
+def test_a_shipped_check_waits_for_the_incidents_there_were_when_it_began(
+    make_queue: MakeQueue,
+) -> None:
+    """An incident is how the collector learns what happened to the queue file (events
+    lost with a damaged file, a copy): a drain that ended before it went left it in a
+    file about to be thrown away, and ``queue ship`` said everything was shipped."""
+    queue = make_queue()
+    queue.record_incident("queue_quarantined", "moved aside")
+    done = queue.shipped_check(queue.shipping_marks())
+    assert not done()
+    queue.record_incident("queue_file_deleted", "put back")  # after it began: not waited for
+    first, _ = queue.unreported_incidents()
+    queue.mark_incidents_reported([first[0]])
+    assert done()
+
+
+def test_a_shipped_check_waits_for_the_drop_record_of_events_evicted_after_its_marks(
+    make_queue: MakeQueue,
+) -> None:
+    """Events that leave by eviction were not delivered: the check is done only once
+    their drop record, newer than the marks, has reached the collector; drops recorded
+    after the events left are not waited for."""
+    queue = make_queue(max_queue_bytes=2 * (PAYLOAD + ROW_OVERHEAD))
+    queue.append([ev(A), ev(A)])
+    done = queue.shipped_check(queue.shipping_marks())
+    assert not done()
+    queue.append([ev(B), ev(B)])  # evicts both A events
+    assert not done()  # the collector has not heard of A 1..2
+    queue.append([], overflow={(B, DROP_BUFFER_FULL): 1})  # after they left: not waited for
+    (evicted, _) = queue.unreported_drops()
+    queue.mark_drops_reported([evicted])
+    assert done()

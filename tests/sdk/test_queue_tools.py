@@ -5,6 +5,7 @@ report moves them from rejected to received."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from support import SCHEMAS, free_port
 from spotify_events import EventClient
 from spotify_events.cli import main
 from spotify_events.collector.process import CollectorProcess
-from spotify_events.queue import DurableQueue
+from spotify_events.queue import DurableQueue, PendingEvent
 
 TYPE = "spotify.events.playback.EndSong"
 
@@ -110,3 +111,31 @@ def test_tools_name_a_missing_file_and_ship_reports_what_is_left(tmp_path: Path)
         "0.5",
     )
     assert code == 1 and "1 event(s) still in" in out
+
+
+def test_replay_says_which_dead_letters_of_a_copied_file_stay(tmp_path: Path) -> None:
+    original, copy = tmp_path / "q.db", tmp_path / "copy.db"
+    queue = DurableQueue(original)
+    queue.append([PendingEvent(TYPE, b"\x11" * 8, 0, b"x")] * 2)
+    queue.dead_letter(queue.read_batch(), "payload does not decode", notify_collector=False)
+    queue.close()
+    shutil.copyfile(original, copy)
+    code, out = _run("replay", str(copy))
+    assert code == 0 and "0 dead letter(s) back in the queue" in out
+    assert "2 dead letter(s) of an earlier producer of this copied file stay" in out
+    code, out = _run("replay", str(original))  # at home: its own producer's
+    assert code == 0 and "2 dead letter(s) back in the queue" in out and "stay" not in out
+
+
+def test_ship_sends_the_incidents_of_a_file_without_events(
+    tmp_path: Path, collector: CollectorProcess
+) -> None:
+    path = tmp_path / "q.db"
+    queue = DurableQueue(path)
+    queue.record_incident("queue_quarantined", "the old file was damaged; moved aside")
+    producer = queue.producer_id
+    queue.close()
+    code, out = _run("ship", str(path), "--endpoint", collector.endpoint, "--timeout", "30")
+    assert code == 0, out
+    told = [i["kind"] for i in collector.report()["incidents"] if i["producer_id"] == producer]
+    assert told == ["queue_quarantined"]
