@@ -31,7 +31,15 @@ from fastavro.read import LOGICAL_READERS
 
 from ..errors import BatchDecodeError, CollectorError, ConfigError
 from ..schemas import EventSchema, SchemaRegistry
-from ..wire import DropNotice, Envelope, decode_batch, is_avro_full_name, is_envelope_schema
+from ..wire import (
+    ECHOED_TYPE_CHARS,
+    MAX_INCIDENTS_PER_BATCH,
+    DropNotice,
+    Envelope,
+    decode_batch,
+    is_avro_full_name,
+    is_envelope_schema,
+)
 from .envelopes import decode_envelopes
 from .guard import GuardError, scan_container
 from .ledger import COLLECTOR_SOURCE
@@ -312,7 +320,7 @@ def _incidents(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "detail": str(i.get("detail", ""))[:500],
             "at": i.get("at"),
         }
-        for i in raw[:16]
+        for i in raw[:MAX_INCIDENTS_PER_BATCH]
         if _finite_number(i.get("at"))
     ]
 
@@ -326,5 +334,5 @@ def _finite_number(value: object) -> bool:
 
 def _printable(name: str) -> str:
     """A bounded, printable echo of a client-supplied name for the response body."""
-    short = name[:200]
+    short = name[:ECHOED_TYPE_CHARS]
     return short if short.isprintable() else short.encode("unicode_escape").decode("ascii")
