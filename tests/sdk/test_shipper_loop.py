@@ -230,6 +230,8 @@ def test_the_lease_of_a_dead_process_is_taken_over_by_the_loop_too(
         "host:not-a-pid:x",
         f"elsewhere:{os.getpid()}:x",  # a pid on another host says nothing about ours
     ],
+    # ids without the pid: pytest-xdist's workers must collect the same test names
+    ids=["no-colons", "not-a-pid", "pid-elsewhere"],
 )
 def test_a_holder_that_is_not_a_dead_process_here_is_left_alone(
     make_shipper: Make, other_queue: DurableQueue, holder: str
