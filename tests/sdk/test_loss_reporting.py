@@ -130,15 +130,7 @@ def test_flush_is_not_done_while_events_it_waits_for_were_evicted_unreported(
     later evict those a flush waits for. They left the queue, but not by an
     acknowledgement, and their drop record is newer than the flush's marks: flush()
     said True with nothing delivered and the collector not told of the drop."""
-    sizing = EventClient(
-        transport=MockTransport(lambda body, headers: SendResult(None, error="offline")),
-        queue_path=str(tmp_path / "sizing.db"),
-        schemas=str(SCHEMAS),
-        durability="commit",
-    )
-    sizing.log("EndSong", END_SONG)
-    one_event = sizing.stats().queue_bytes
-    sizing.close(timeout=0.1)
+    one_event = _one_event_bytes(tmp_path)
     clients: list[EventClient] = []
 
     def offline(body: bytes, headers: Mapping[str, str]) -> SendResult:
