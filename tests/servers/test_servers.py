@@ -227,17 +227,22 @@ def test_gunicorn_uvicorn_worker_max_requests_delivers_each_event_once(
     attempted: set[str] = set()
 
     def serve(i: int) -> str | None:
-        # A recycling UvicornWorker may reset a connection it accepted: try again under a
-        # new id, so an event logged for an answer the client never saw is still countable.
-        for attempt in range(5):
-            uid = f"{i}.{attempt}"
+        # A recycling UvicornWorker may reset a connection it accepted, and on a loaded
+        # machine its replacement takes a while (five quick tries all failed once in CI):
+        # try again under a new id, so an event logged for an answer the client never saw
+        # is still countable, until one is answered.
+        tries: list[str] = []
+
+        def answered() -> bool:
+            uid = f"{i}.{len(tries)}"
+            tries.append(uid)
             attempted.add(uid)
             try:
-                if _get(f"{base}/items/{uid}?user{uid}").status_code == 200:
-                    return uid
+                return _get(f"{base}/items/{uid}?user{uid}").status_code == 200
             except requests.ConnectionError:
-                continue
-        return None
+                return False
+
+        return tries[-1] if wait_for(answered, timeout=30, interval=0.01) else None
 
     try:
         server.wait_up(f"{base}/items/probe")
