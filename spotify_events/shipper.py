@@ -270,7 +270,7 @@ class Shipper:
         if not batch:  # every queued event is held until its schema's next try
             self._idle_step()
             return
-        producer, _ = self.queue.producer_for(batch)
+        producer = self.queue.batch_producer(batch)
         drops = self.queue.unreported_drops(producer=producer) if producer in dropped_by else []
         self._deliver(batch, drops, incidents)
         for other in dropped_by:
@@ -512,7 +512,7 @@ class Shipper:
         """Send one part, retrying transient failures; None when asked to stop."""
         if body is None:
             body = self._encode(part, [d for _, d in drops], [i for _, i in incidents], sender)
-        producer, _ = sender or self.queue.producer_for(part)
+        producer = sender[0] if sender else self.queue.batch_producer(part)
         headers = {"X-SE-Producer-Id": producer, "X-SE-Event-Count": str(len(part))}
         delays = _backoff_delays(self.settings.backoff_max)
         while not self._stop.is_set():

@@ -39,8 +39,13 @@ class QueueEvents(QueueStore):
     def producer_for(self, events: Sequence[QueuedEvent]) -> tuple[str, dict[str, int]]:
         """(producer id, next-sequence watermark) a batch of ``events`` is sent under:
         events queued before the file was copied keep their old producer."""
+        return self.sender(self.batch_producer(events))
+
+    def batch_producer(self, events: Sequence[QueuedEvent]) -> str:
+        """The producer id a batch of ``events`` is sent under (see :meth:`producer_for`),
+        without reading its watermark."""
         producer = self.producer_of(events[0].id) if events else None
-        return self.sender(producer or self.producer_id)
+        return producer or self.producer_id
 
     def sender(self, producer: str) -> tuple[str, dict[str, int]]:
         """(producer id, next-sequence watermark) a batch under ``producer`` is sent with:

@@ -284,16 +284,17 @@ class QueueStore:
         since we read it (a process that found the file away from its home): from then on
         its events are numbered and sent under the new producer, ours before it under the
         old one. One indexed read; ``conn``: inside a transaction already open on it."""
-        if conn is None:
-            rows = self._read("SELECT value FROM meta WHERE key = 'producer_id'")
-        else:
-            rows = conn.execute("SELECT value FROM meta WHERE key = 'producer_id'").fetchall()
+
+        def meta(key: str) -> list[tuple[Any, ...]]:
+            sql, params = "SELECT value FROM meta WHERE key = ?", (key,)
+            if conn is None:
+                return self._read(sql, params)
+            return conn.execute(sql, params).fetchall()
+
+        rows = meta("producer_id")
         if not rows or rows[0][0] == self.producer_id:
             return
-        if conn is None:
-            legacy = self._read("SELECT value FROM meta WHERE key = 'legacy'")
-        else:
-            legacy = conn.execute("SELECT value FROM meta WHERE key = 'legacy'").fetchall()
+        legacy = meta("legacy")
         self.producer_id = str(rows[0][0])
         self._legacy = _legacy_chain(legacy[0][0] if legacy else None)
         self._legacy_delivered = False
