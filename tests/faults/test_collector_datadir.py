@@ -140,20 +140,34 @@ def test_second_collector_on_the_same_data_dir_exits_naming_the_holder(data: Pat
 
 
 # -- 2: the ledger deleted, emptied, rolled back, garbage -------------------------------------
-def test_ledger_restored_from_an_older_copy_keeps_every_acknowledged_event(
+def backed_up_then_delivered(
     data: Path, clock: Clock, opened: list[LocalDelivery], tmp_path: Path
-) -> None:
+) -> tuple[LocalDelivery, Path]:
+    """Events 1-100 delivered and the ledger copied aside, then 101-200 delivered (and
+    acknowledged: the producer deletes them from its queue) by the delivery returned."""
     d = open_delivery(data, clock, opened)
     deliver(d, clock, 1, 100)
     d.close()
     backup = tmp_path / "ledger-backup.db"
     shutil.copy(data / "_ledger.db", backup)
     d = open_delivery(data, clock, opened)
-    deliver(d, clock, 101, 200)  # acknowledged: the producer deletes them from its queue
-    d.close()
+    deliver(d, clock, 101, 200)
+    return d, backup
+
+
+def restore_ledger(data: Path, backup: Path) -> None:
+    """An operator restores last night's copy of the ledger."""
     for leftover in data.glob("_ledger.db-*"):
         leftover.unlink()
-    shutil.copy(backup, data / "_ledger.db")  # an operator restores last night's copy
+    shutil.copy(backup, data / "_ledger.db")
+
+
+def test_ledger_restored_from_an_older_copy_keeps_every_acknowledged_event(
+    data: Path, clock: Clock, opened: list[LocalDelivery], tmp_path: Path
+) -> None:
+    d, backup = backed_up_then_delivered(data, clock, opened, tmp_path)
+    d.close()
+    restore_ledger(data, backup)
 
     d = open_delivery(data, clock, opened)
     assert read_uids(data) + quarantined_uids(data) == expected(1, 200)
@@ -168,21 +182,13 @@ def test_ledger_older_than_a_closed_bucket_leaves_the_closed_bucket_as_it_is(
     shorter than the files. The bucket's ``_CLOSED.json`` says it is closed, and a closed
     bucket is never changed: its files stay byte for byte what the marker describes
     (readers may have taken them already), and the report says the ledger is behind."""
-    d = open_delivery(data, clock, opened)
-    deliver(d, clock, 1, 100)
-    d.close()
-    backup = tmp_path / "ledger-backup.db"
-    shutil.copy(data / "_ledger.db", backup)
-    d = open_delivery(data, clock, opened)
-    deliver(d, clock, 101, 200)
+    d, backup = backed_up_then_delivered(data, clock, opened, tmp_path)
     clock.now = T0 + 3600 + 600  # the hour plus its lateness: the bucket closes
     assert d.close_due_buckets() == 1
     d.close()
     closed = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and "_ledger" not in p.name}
     closed.pop(data / "_lock", None)
-    for leftover in data.glob("_ledger.db-*"):
-        leftover.unlink()
-    shutil.copy(backup, data / "_ledger.db")  # an operator restores last night's copy
+    restore_ledger(data, backup)
 
     for _ in range(2):  # said once, not at every start
         d = open_delivery(data, clock, opened)
