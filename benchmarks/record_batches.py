@@ -167,14 +167,14 @@ class EnvelopeWriter:
 # -- the prototype queue -----------------------------------------------------------------
 
 BLOCKS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "CREATE TABLE IF NOT EXISTS prototype_blocks (id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "events INTEGER NOT NULL, size INTEGER NOT NULL, oldest INTEGER NOT NULL, "
     "ranges TEXT NOT NULL, body BLOB NOT NULL)"
 )
 
 
 class BlockQueue:
-    """A format-2 queue file (made by the real DurableQueue) with a ``blocks`` table:
+    """A format-2 queue file (made by the real DurableQueue) with a ``prototype_blocks`` table:
     one row per commit group. One connection, like one DurableQueue instance; a
     client would hold two (writer, shipper)."""
 
@@ -238,7 +238,7 @@ class BlockQueue:
             self.encode_seconds += time.thread_time() - encode_started
             ranges = {t: [first[t], next_seq[t] - 1] for t in types}
             block_id = conn.execute(
-                "INSERT INTO blocks (events, size, oldest, ranges, body) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO prototype_blocks (events, size, oldest, ranges, body) VALUES (?, ?, ?, ?, ?)",
                 (len(events), size, oldest, json.dumps(ranges), body),
             ).lastrowid
             for item in next_seq.items():
@@ -263,7 +263,7 @@ class BlockQueue:
     def read_blocks(self, max_events: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
         """(id, events, body) of the oldest whole blocks within both limits (at least one)."""
         self.conn.execute("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (time.time(),))
-        cursor = self.conn.execute("SELECT id, events, size, body FROM blocks ORDER BY id")
+        cursor = self.conn.execute("SELECT id, events, size, body FROM prototype_blocks ORDER BY id")
         blocks: list[tuple[int, int, bytes]] = []
         events = size = 0
         for block_id, n, block_size, body in cursor:
@@ -303,11 +303,11 @@ class BlockQueue:
         conn.execute("BEGIN IMMEDIATE")
         try:
             count, size = conn.execute(
-                "SELECT coalesce(sum(events), 0), coalesce(sum(size), 0) FROM blocks "
+                "SELECT coalesce(sum(events), 0), coalesce(sum(size), 0) FROM prototype_blocks "
                 "WHERE id BETWEEN ? AND ?",
                 (first_id, last_id),
             ).fetchone()
-            conn.execute("DELETE FROM blocks WHERE id BETWEEN ? AND ?", (first_id, last_id))
+            conn.execute("DELETE FROM prototype_blocks WHERE id BETWEEN ? AND ?", (first_id, last_id))
             bump_counters(conn, -size, -count)
             conn.execute("COMMIT")
         except BaseException:

@@ -56,10 +56,10 @@ import backoff
 
 from .decision import Action, decide, sort_rejections
 from .errors import QueueBusyError, QueueError
-from .queue import DurableQueue, QueueDepth, QueuedEvent
+from .queue import DurableQueue, QueuedBatch, QueueDepth, QueuedEvent
 from .settings import ShipperSettings
 from .transport import Outcome, SendResult, Transport
-from .wire import MAX_INCIDENTS_PER_BATCH, DropNotice, WireBatch, encode_batch
+from .wire import MAX_INCIDENTS_PER_BATCH, DropNotice, WireBatch, encode_batch, join_envelopes
 
 logger = logging.getLogger("spotify_events.shipper")
 
@@ -263,7 +263,7 @@ class Shipper:
         if prepared is not None and not dropped_by and not incidents:
             self._deliver(prepared.events, [], [], body=prepared.body)
             return
-        batch = self.queue.read_batch(
+        batch = self.queue.read_shipment(
             max_events=self.settings.max_events, max_bytes=self.settings.max_bytes
         )
         self._answer_request(batch)
@@ -381,7 +381,7 @@ class Shipper:
         the file until those events leave the queue; taken as still asking, it would
         ship every later batch at its first commit, without linger, while the hold lasts."""
         request = self._request
-        if request is not None and (not batch or batch[-1].id >= request[0]):
+        if request is not None and (not batch or last_id(batch) >= request[0]):
             self._request_read, self._request = request, None
 
     def _idle_wait(self, seconds: float) -> None:
@@ -457,7 +457,7 @@ class Shipper:
                 # While this full batch is on the wire, read and encode the next one. After
                 # a short batch the queue held no more: what arrives meanwhile makes
                 # another short batch, which the prefetcher would read only to drop.
-                self._prefetch.request(part[-1].id)
+                self._prefetch.request(last_id(part))
             result = self._send_until_answered(
                 part, drops, incidents, body if whole else None, sender
             )
@@ -589,6 +589,8 @@ class Shipper:
             sdk_version=self.settings.sdk_version,
             incidents=incidents,
         )
+        if isinstance(part, QueuedBatch):  # blocks go as they are stored
+            return encode_batch(batch, encoded=join_envelopes(part.encoded()))
         return encode_batch(batch, envelopes=map(_ENVELOPE_FIELDS, part))
 
     def _accept(
@@ -618,7 +620,12 @@ class Shipper:
                 self.counters.acknowledged -= acknowledged
                 raise
             held_keys = {(e.event_type, e.fingerprint) for e in held}
-            self._release_holds({(e.event_type, e.fingerprint) for e in part} - held_keys)
+            schemas = (
+                part.schemas()
+                if isinstance(part, QueuedBatch)
+                else {(e.event_type, e.fingerprint) for e in part}
+            )
+            self._release_holds(schemas - held_keys)
         if drops:
             self.queue.mark_drops_reported(drops)
         with self._acked:
@@ -700,7 +707,7 @@ class Shipper:
 
 class _Prepared(NamedTuple):
     after_id: int
-    events: list[QueuedEvent]
+    events: Sequence[QueuedEvent]
     body: bytes
 
 
@@ -764,7 +771,7 @@ class _Prefetcher:
                 self._wanted, self._busy = None, True
             prepared = None
             try:
-                events = shipper.queue.read_batch(
+                events = shipper.queue.read_shipment(
                     after_id=after_id,
                     max_events=shipper.settings.max_events,
                     max_bytes=shipper.settings.max_bytes,
@@ -780,6 +787,11 @@ class _Prefetcher:
                 if self._wanted is None:  # not superseded meanwhile
                     self._ready = prepared
                 self._cond.notify_all()
+
+
+def last_id(events: Sequence[QueuedEvent]) -> int:
+    """The id of the last of ``events`` (a shipment's without decoding its blocks)."""
+    return events.last_id if isinstance(events, QueuedBatch) else events[-1].id
 
 
 def _backoff_delays(cap: float) -> Iterator[float]:

@@ -8,7 +8,9 @@ each fact has one definition (docs/architecture.md, "Wire format"):
   captured batch; :func:`is_envelope_schema` is the one check that a container holds it.
 * the batch facts in the container metadata (``se.*`` keys): producer, watermarks,
   :class:`DropNotice` runs, incidents, service, host, SDK version;
-* :func:`encode_batch` / :func:`decode_batch`, a :class:`WireBatch` to bytes and back.
+* :func:`encode_batch` / :func:`decode_batch`, a :class:`WireBatch` to bytes and back;
+* :func:`write_envelopes` / :func:`read_envelopes`, the envelope encoder (also the
+  queue's, which stores a commit group's envelopes encoded) and its inverse.
 
 Encoding one event's payload is the SDK's job (:mod:`spotify_events.encoding`).
 """
@@ -179,13 +181,18 @@ EnvelopeFields = tuple[int, str, bytes, int, bytes]
 
 
 def encode_batch(
-    batch: WireBatch, codec: str = WIRE_CODEC, *, envelopes: Iterable[EnvelopeFields] | None = None
+    batch: WireBatch,
+    codec: str = WIRE_CODEC,
+    *,
+    envelopes: Iterable[EnvelopeFields] | None = None,
+    encoded: Iterable[tuple[int, bytes]] | None = None,
 ) -> bytes:
     """Write ``batch`` as an Avro object container (the HTTP body).
 
     ``envelopes``, when given, are written instead of ``batch.envelopes``: a shipper
     maps its queued rows to plain tuples in C rather than build an :class:`Envelope`
-    per event, on a path every logged event takes."""
+    per event, on a path every logged event takes. ``encoded``, when given, are the
+    envelopes already in Avro binary, as container blocks (:func:`join_envelopes`)."""
     metadata = {
         META_PRODUCER: batch.producer_id,
         META_NEXT_SEQ: json.dumps(batch.next_seq, separators=(",", ":"), sort_keys=True),
@@ -196,13 +203,25 @@ def encode_batch(
     }
     if batch.incidents:
         metadata[META_INCIDENTS] = json.dumps(batch.incidents, separators=(",", ":"))
+    if encoded is None:
+        encoded = write_envelopes(batch.envelopes if envelopes is None else envelopes)
+    return container(_ENVELOPE_SCHEMA_JSON, metadata, encoded, codec)
+
+
+def write_envelopes(envelopes: Iterable[EnvelopeFields]) -> list[tuple[int, bytes]]:
+    """``envelopes`` in Avro binary as :data:`ENVELOPE_SCHEMA` says, byte for byte what
+    fastavro writes (tests/sdk/test_container.py, tests/sdk/test_envelope_codec.py), cut
+    into container blocks of about ``_BLOCK_BYTES``: (record count, bytes) each.
+
+    The one envelope encoder: a shipper encodes queued rows with it when it sends them,
+    and the queue a commit group's envelopes when it stores them as a block (their
+    bytes then go into a container as they are, :func:`join_envelopes`). Raises
+    ValueError for an envelope no Avro reader could read back."""
     blocks: list[tuple[int, bytes]] = []
     block = bytearray()
     count = 0
     names: dict[str, bytes] = {}
-    for seq, event_type, fingerprint, timestamp, payload in (
-        batch.envelopes if envelopes is None else envelopes
-    ):
+    for seq, event_type, fingerprint, timestamp, payload in envelopes:
         if not MIN_EVENT_MILLIS <= timestamp <= MAX_EVENT_MILLIS:
             raise ValueError(
                 f"{event_type} seq {seq}: timestamp {timestamp} ms is outside years 1-9999"
@@ -223,7 +242,62 @@ def encode_batch(
             block, count = bytearray(), 0
     if count:
         blocks.append((count, bytes(block)))
-    return container(_ENVELOPE_SCHEMA_JSON, metadata, blocks, codec)
+    return blocks
+
+
+def join_envelopes(pieces: Iterable[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Encoded envelopes — (record count, bytes) pieces as :func:`write_envelopes` made
+    them — as container blocks: pieces joined, never re-encoded, a block closed once
+    it reaches ``_BLOCK_BYTES``."""
+    blocks: list[tuple[int, bytes]] = []
+    parts: list[bytes] = []
+    count = size = 0
+    for n, data in pieces:
+        parts.append(data)
+        count += n
+        size += len(data)
+        if size >= _BLOCK_BYTES:
+            blocks.append((count, b"".join(parts)))
+            parts, count, size = [], 0, 0
+    if count:
+        blocks.append((count, b"".join(parts)))
+    return blocks
+
+
+def read_envelopes(data: bytes) -> list[EnvelopeFields]:
+    """The envelopes :func:`write_envelopes` wrote into ``data``, in order. For bytes
+    this SDK stored itself (a queue block): a malformed one raises ValueError."""
+    out: list[EnvelopeFields] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        seq, pos = _read_long(data, pos)
+        length, pos = _read_long(data, pos)
+        event_type = data[pos : pos + length].decode()
+        pos += length
+        fingerprint = data[pos : pos + 8]
+        pos += 8
+        timestamp, pos = _read_long(data, pos)
+        length, pos = _read_long(data, pos)
+        payload = data[pos : pos + length]
+        pos += length
+        if len(fingerprint) != 8 or pos > end or length < 0:
+            raise ValueError("truncated envelope")
+        out.append((seq, event_type, fingerprint, timestamp, payload))
+    return out
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """Avro's zigzag varint at ``pos``: (value, position after it)."""
+    n = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
 
 
 def _string_bytes(text: str) -> bytes:

@@ -12,7 +12,8 @@ One SQLite file in WAL mode owns everything that must survive the process:
 * the next sequence number per event type (assigned inside the committing
   transaction, so numbers are contiguous from 1 and never reused, across drains,
   restarts and processes sharing the file),
-* the events themselves, in commit order,
+* the events themselves, in commit order: a commit group as a block of encoded
+  envelopes, a single event (or one of an older file) as a row,
 * drop records (sequence ranges dropped on purpose, with the reason, until the
   collector has been told),
 * dead letters (events the collector rejected),
@@ -26,6 +27,7 @@ The layout is fixed by ``FORMAT_VERSION`` (PRAGMA user_version) and
 
 * :mod:`.store`: the connection, the file's identity and home, migration, transactions;
 * :mod:`.events`: append (writer thread), read and acknowledge (shipper thread);
+* :mod:`.blocks`: commit groups stored as encoded envelopes, and exploding them into rows;
 * :mod:`.outbox`: drops, incidents, dead letters, holds;
 * :mod:`.lease`: the shipping lease;
 * :mod:`.files` and :mod:`.restore`: the file as a file (path checks, quarantine,
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .blocks import QueuedBatch
 from .events import QueueEvents
 from .files import check_queue_path, quarantine
 from .lease import QueueLease
@@ -73,6 +76,7 @@ __all__ = [
     "PendingEvent",
     "PendingRow",
     "QueueDepth",
+    "QueuedBatch",
     "QueuedEvent",
     "check_queue_path",
     "quarantine",

@@ -9,6 +9,7 @@ measurement on a 2-core machine while another thread logged in a loop).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from bisect import bisect_right
@@ -16,6 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate
 
 from ..settings import DropPolicy
+from ..wire import EnvelopeFields
+from .blocks import (
+    BLOCK_MAX_EVENTS,
+    BLOCK_MIN_EVENTS,
+    Block,
+    QueuedBatch,
+    delete_range,
+    explode,
+    store_blocks,
+)
 from .rows import (
     DROP_QUEUE_FULL,
     ROW_OVERHEAD,
@@ -25,7 +36,6 @@ from .rows import (
     QueueDepth,
     QueuedEvent,
     bump_counters,
-    delete_range,
     insert_drops,
     insert_rows,
     runs,
@@ -44,7 +54,10 @@ class QueueEvents(QueueStore):
     def batch_producer(self, events: Sequence[QueuedEvent]) -> str:
         """The producer id a batch of ``events`` is sent under (see :meth:`producer_for`),
         without reading its watermark."""
-        producer = self.producer_of(events[0].id) if events else None
+        if not events:
+            return self.producer_id
+        first_id = events.first_id if isinstance(events, QueuedBatch) else events[0].id
+        producer = self.producer_of(first_id)
         return producer or self.producer_id
 
     def sender(self, producer: str) -> tuple[str, dict[str, int]]:
@@ -113,7 +126,8 @@ class QueueEvents(QueueStore):
             if cache
             else conn.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0]
         )
-        rows: list[object] = []
+        envelopes: list[EnvelopeFields] = []
+        sizes: list[int] = []
         added = 0
         refused: dict[str, list[int]] = {}
         for event_type, fp, ts, payload in events:
@@ -126,10 +140,11 @@ class QueueEvents(QueueStore):
             ):
                 refused.setdefault(event_type, []).append(seq)
                 continue
-            rows += (event_type, seq, fp, ts, payload, size)
+            envelopes.append((seq, event_type, fp, ts, payload))
+            sizes.append(size)
             added += size
-        insert_rows(cursor, rows)
-        stored = len(rows) // 6
+        last_id, held = self._store(cursor, envelopes, sizes, cache)
+        stored = len(envelopes)
         for event_type, seqs in refused.items():
             for first, last in runs(seqs):
                 drops.append(
@@ -158,7 +173,40 @@ class QueueEvents(QueueStore):
             if cache is None
             else cache.data_version
         )
-        return AppendCache(version, {**known, **next_seq}, queue_bytes, conn.total_changes)
+        return AppendCache(
+            version, {**known, **next_seq}, queue_bytes, conn.total_changes, last_id, held
+        )
+
+    def _store(
+        self,
+        cursor: sqlite3.Cursor,
+        envelopes: list[EnvelopeFields],
+        sizes: list[int],
+        cache: AppendCache | None,
+    ) -> tuple[int | None, frozenset[tuple[str, bytes]] | None]:
+        """Store numbered events: a group as blocks (:mod:`.blocks`), a single event
+        (the ``commit`` level) as a row. A group holding an event of a held schema is
+        stored as rows too (no block holds one), and so is one holding an envelope no
+        reader could read back: such an event fails at its send, as it always has,
+        not the commit of its whole group. Returns what the cache learnt: the last id
+        of the events' id space, and the held schemas."""
+        last_id = cache.last_id if cache else None
+        held = cache.held if cache else None
+        if not envelopes:
+            return last_id, held
+        if len(envelopes) >= BLOCK_MIN_EVENTS:
+            if held is None:
+                held = frozenset(cursor.execute("SELECT event_type, fingerprint FROM holds"))
+            if not held or {(e[1], e[2]) for e in envelopes}.isdisjoint(held):
+                try:
+                    return store_blocks(cursor, envelopes, sizes, last_id), held
+                except ValueError:
+                    pass
+        rows: list[object] = []
+        for (seq, event_type, fp, ts, payload), size in zip(envelopes, sizes, strict=True):
+            rows += (event_type, seq, fp, ts, payload, size)
+        insert_rows(cursor, rows)
+        return cursor.lastrowid, held
 
     def _valid_cache(self, conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> AppendCache | None:
         """Our cached sequence numbers and byte count, if no other connection wrote
@@ -197,6 +245,17 @@ class QueueEvents(QueueStore):
         """Delete the oldest rows until ``excess`` bytes are freed; record their ranges
         (under the producer each event belongs to). Returns (events evicted, bytes freed)."""
         self._follow_identity(conn)
+        # The oldest blocks within the excess become rows first; the rows are then
+        # evicted one by one, exactly as many as the excess needs.
+        freed, through = 0, None
+        for piece_id, size in conn.execute(
+            "SELECT id, size FROM events UNION ALL SELECT first_id, size FROM blocks ORDER BY 1"
+        ):
+            freed, through = freed + size, piece_id
+            if freed >= excess:
+                break
+        if through is not None:
+            explode(conn, 0, through)
         freed = 0
         last_id = None
         victims: dict[tuple[str | None, str], list[int]] = {}
@@ -225,13 +284,36 @@ class QueueEvents(QueueStore):
     ) -> list[QueuedEvent]:
         """The oldest events after ``after_id``, in queue order, within both limits
         (at least one event when any is queued, whatever its size), all of one producer.
-        Events of a held schema are left out until the hold's next try is due."""
+        Events of a held schema are left out until the hold's next try is due. Blocks
+        come decoded and may be cut (an acknowledgement of part of one explodes it)."""
+        pieces = self._read_pieces(after_id, max_events, max_bytes, whole_blocks=False)
+        rows = [e for e in QueuedBatch(pieces).events() if e.id > after_id][:max_events]
+        # Each row's size as the writers charge it; the loops run in C, since a
+        # shipper reads every event the service logs.
+        ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))
+        fits = max(1, bisect_right(ends, max_bytes))
+        return rows[:fits]
+
+    def read_shipment(
+        self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
+    ) -> QueuedBatch:
+        """What :meth:`read_batch` reads, for sending: whole blocks only, their bytes
+        not decoded. A first block alone over a limit (a batch limit below the block
+        size) is exploded into rows and the read made again."""
+        return QueuedBatch(self._read_pieces(after_id, max_events, max_bytes, whole_blocks=True))
+
+    def _read_pieces(
+        self, after_id: int, max_events: int, max_bytes: int, *, whole_blocks: bool
+    ) -> list[Block | QueuedEvent]:
         now = time.time()
         self._follow_identity()
         bounds = [2**63 - 1]  # the last id of each producer's events still to read
         if self._legacy and not self._legacy_delivered:
             # A batch carries one producer id: never mix events from before and after a copy.
-            ((first_id,),) = self._read("SELECT min(id) FROM events")
+            ((first_id,),) = self._read(
+                "SELECT min(m) FROM (SELECT min(id) AS m FROM events "
+                "UNION ALL SELECT min(first_id) FROM blocks)"
+            )
             queued = [
                 e.last_id for e in self._legacy if first_id is not None and first_id <= e.last_id
             ]
@@ -252,17 +334,87 @@ class QueueEvents(QueueStore):
                 "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
             )
             params = (max_events,)
+        pieces: list[Block | QueuedEvent] = []
         for upper in bounds:
-            rows = self._read(sql, (after_id, upper, *params))
-            if rows:
+            pieces = self._pieces_between(
+                after_id, upper, sql, params, max_events, max_bytes, whole_blocks
+            )
+            if pieces:
                 break
             # nothing this producer may send now (its events are held): the next one's
             after_id = upper
-        # Each row's size as the writers charge it; the loops run in C, since a
-        # shipper reads every event the service logs.
-        ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))
-        fits = max(1, bisect_right(ends, max_bytes))
-        return list(map(QueuedEvent._make, rows[:fits]))
+        return pieces
+
+    def _pieces_between(
+        self,
+        after_id: int,
+        upper: int,
+        sql: str,
+        params: tuple[int | float, ...],
+        max_events: int,
+        max_bytes: int,
+        whole_blocks: bool,
+    ) -> list[Block | QueuedEvent]:
+        """Rows and blocks with ids in ``(after_id, upper]``, merged in id order, up to
+        the limits (``whole_blocks``: stopping before a block that would cross one; else
+        taking it, for the caller to cut). Blocks' bytes are read in a second statement,
+        of the blocks chosen only; one that left meanwhile (acknowledged, exploded by
+        another connection) makes the read start again."""
+        while True:
+            rows = self._read(sql, (after_id, upper, *params))
+            # a block holding ``after_id`` and later ids too starts at most a block's
+            # worth before it (the first bound keeps the read on the index)
+            metas = self._read(
+                "SELECT first_id, last_id, size FROM blocks WHERE first_id > ? AND last_id > ? "
+                "AND last_id <= ? ORDER BY first_id LIMIT ?",
+                (after_id - BLOCK_MAX_EVENTS, after_id, upper, max_events),
+            )
+            if not metas:  # rows only, as many as fit (at least one, whatever its size)
+                ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))
+                return list(map(QueuedEvent._make, rows[: max(1, bisect_right(ends, max_bytes))]))
+            chosen: list[QueuedEvent | int] = []  # rows, and blocks by first id
+            count = size = i = j = 0
+            exploded = False
+            while (i < len(rows) or j < len(metas)) and count < max_events and size < max_bytes:
+                if j >= len(metas) or (i < len(rows) and rows[i][0] < metas[j][0]):
+                    row = QueuedEvent._make(rows[i])
+                    i += 1
+                    row_size = len(row.payload) + ROW_OVERHEAD
+                    if whole_blocks and chosen and size + row_size > max_bytes:
+                        break
+                    chosen.append(row)
+                    count, size = count + 1, size + row_size
+                    continue
+                first, last, block_size = metas[j]
+                j += 1
+                n = last - max(first, after_id + 1) + 1
+                if whole_blocks and (
+                    count + n > max_events or size + block_size > max_bytes or first <= after_id
+                ):
+                    if not chosen:  # alone over a limit, or partly read: it ships as rows
+                        with self.atomic() as conn:
+                            explode(conn, first, last)
+                        exploded = True
+                    break
+                chosen.append(first)
+                count, size = count + n, size + block_size
+            if exploded:
+                continue
+            wanted = [c for c in chosen if isinstance(c, int)]
+            blocks = (
+                {
+                    row[0]: Block(*row)
+                    for row in self._read(
+                        "SELECT first_id, last_id, size, summary, data FROM blocks "
+                        "WHERE first_id BETWEEN ? AND ?",
+                        (wanted[0], wanted[-1]),
+                    )
+                }
+                if wanted
+                else {}
+            )
+            if all(first in blocks for first in wanted):
+                return [blocks[c] if isinstance(c, int) else c for c in chosen]
 
     def ack_batch(self, batch: Sequence[QueuedEvent], *, keep: Sequence[int] = ()) -> int:
         """Delete the events of ``batch`` (as :meth:`read_batch` gave them) but ``keep``:
@@ -271,6 +423,9 @@ class QueueEvents(QueueStore):
         the usual case, is one range."""
         if not batch:
             return 0
+        if isinstance(batch, QueuedBatch) and not keep:  # a shipment: its ids, undecoded
+            with self.atomic() as conn:
+                return sum(delete_range(conn, first, last) for first, last in batch.spans())
         first_id, last_id = batch[0].id, batch[-1].id
         if last_id - first_id + 1 == len(batch):
             return self.ack(first_id, last_id, keep=keep)
@@ -303,22 +458,41 @@ class QueueEvents(QueueStore):
         (events,), (size,) = self._read(
             "SELECT value FROM counters WHERE name IN ('events', 'bytes') ORDER BY name DESC"
         )
-        oldest = self._read("SELECT timestamp FROM events ORDER BY id LIMIT 1")
-        return QueueDepth(int(events), int(size), int(oldest[0][0]) if oldest else None)
+        heads = self._read(
+            "SELECT * FROM (SELECT id, timestamp FROM events ORDER BY id LIMIT 1) UNION ALL "
+            "SELECT * FROM (SELECT first_id, timestamp FROM blocks ORDER BY first_id LIMIT 1)"
+        )
+        oldest = min(heads)[1] if heads else None
+        return QueueDepth(int(events), int(size), None if oldest is None else int(oldest))
 
     def max_event_id(self) -> int:
-        row = self._read("SELECT coalesce(max(id), 0) FROM events")
+        row = self._read(
+            "SELECT max(coalesce((SELECT max(id) FROM events), 0), coalesce((SELECT last_id "
+            "FROM blocks ORDER BY first_id DESC LIMIT 1), 0))"
+        )
         return int(row[0][0])
 
     def has_events_through(self, last_id: int) -> bool:
         """True while any event with id <= ``last_id`` is still queued (flush's condition)."""
-        return bool(self._read("SELECT 1 FROM events WHERE id <= ? LIMIT 1", (last_id,)))
+        return bool(
+            self._read(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE id <= ?) "
+                "OR EXISTS (SELECT 1 FROM blocks WHERE first_id <= ?)",
+                (last_id, last_id),
+            )[0][0]
+        )
 
     def depth_by_type(self) -> dict[str, tuple[int, int | None]]:
         """Per event type: (events queued, timestamp ms of the oldest) (for inspection)."""
-        return {
+        out: dict[str, tuple[int, int | None]] = {
             str(t): (int(n), None if oldest is None else int(oldest))
             for t, n, oldest in self._read(
                 "SELECT event_type, count(*), min(timestamp) FROM events GROUP BY event_type"
             )
         }
+        for (summary,) in self._read("SELECT summary FROM blocks"):
+            for event_type, info in json.loads(summary).items():
+                n, oldest = out.get(event_type, (0, None))
+                oldest = info["oldest"] if oldest is None else min(oldest, info["oldest"])
+                out[event_type] = (n + info["count"], oldest)
+        return out

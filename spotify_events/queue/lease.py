@@ -60,8 +60,9 @@ class QueueLease(QueueStore):
         last_id, last_drop_id = json.loads(rows[0][0])
         (pending,) = self._read(
             "SELECT EXISTS (SELECT 1 FROM events WHERE id <= ?) "
+            "OR EXISTS (SELECT 1 FROM blocks WHERE first_id <= ?) "
             "OR EXISTS (SELECT 1 FROM drops WHERE id <= ?)",
-            (last_id, last_drop_id),
+            (last_id, last_id, last_drop_id),
         )
         return (int(last_id), int(last_drop_id)) if pending[0] else None
 

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from ..wire import DropNotice
+from .blocks import delete_range, explode_schemas
 from .rows import (
     ROW_OVERHEAD,
     Hold,
     QueuedEvent,
     bump_counters,
-    delete_range,
     insert_drops,
     insert_incident,
     insert_rows,
@@ -59,6 +59,7 @@ class QueueOutbox(QueueStore):
                     "attempts = excluded.attempts",
                     (event_type, fingerprint, reason, now, now + retry_in(attempts), attempts),
                 )
+            explode_schemas(conn, set(keys))  # reads skip held events: rows, never blocks
 
     def release_holds(self, keys: Iterable[tuple[str, bytes]]) -> int:
         """Forget holds whose schema the collector has now accepted; how many existed."""

@@ -143,18 +143,6 @@ def insert_rows(conn: sqlite3.Connection | sqlite3.Cursor, flat: list[object]) -
         conn.execute(_insert_sql(len(chunk) // 6), chunk)
 
 
-def delete_range(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
-    """Delete the events with ids in ``[first_id, last_id]``, keeping the counters right."""
-    count, size = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE id BETWEEN ? AND ?",
-        (first_id, last_id),
-    ).fetchone()
-    if count:
-        conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first_id, last_id))
-        bump_counters(conn, -size, -count)
-    return int(count)
-
-
 _INSERT_SQL: dict[int, str] = {}
 
 

@@ -7,7 +7,9 @@ for new events (events queued before keep the old one, see ``producer_for``).
 
 Format versions: 1 as first released; 2 adds the ``holds`` table; 3 adds
 ``drops.producer_id`` and ``dead_letters.producer_id`` (the earlier producer of a
-copied file whose events a drop record counts, or whose event a dead letter is).
+copied file whose events a drop record counts, or whose event a dead letter is); 4 adds
+the ``blocks`` table (commit groups as encoded envelopes, see :mod:`.blocks`): rows an
+older file holds stay rows and ship as they are.
 An older file is migrated in place when opened. Table creation and migration go through
 sqlite-utils.
 """
@@ -38,6 +40,7 @@ from ..errors import (
     QueueVersionError,
 )
 from ..settings import QueueSettings
+from .blocks import create_blocks_table
 from .files import check_queue_path, file_identity
 from .rows import INSERT_CHUNK, insert_incident, set_meta
 
@@ -46,7 +49,7 @@ logger = logging.getLogger("spotify_events.queue")
 _T = TypeVar("_T")
 
 #: Bumped on every incompatible change of the file layout; stored as PRAGMA user_version.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Marks the file as ours (PRAGMA application_id), so a foreign SQLite file is not adopted.
 APPLICATION_ID = 0x53455631  # "SEV1"
 #: The first and the longest pause between two tries for a lock another connection holds
@@ -189,6 +192,8 @@ class QueueStore:
                 _create_v2(conn)
             if version < 3:
                 _create_v3(conn)
+            if version < 4:
+                create_blocks_table(conn)
             if version < FORMAT_VERSION:
                 conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
             conn.execute("COMMIT")
@@ -239,7 +244,8 @@ class QueueStore:
     def _reidentify(self, conn: sqlite3.Connection, old: str, was: str, now: str) -> str:
         new = str(uuid.uuid4())
         first_id, last_id = conn.execute(
-            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events"
+            "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM (SELECT id FROM events "
+            "UNION ALL SELECT first_id FROM blocks UNION ALL SELECT last_id FROM blocks)"
         ).fetchone()
         next_seq = dict(conn.execute("SELECT event_type, next_seq FROM sequences"))
         legacy: dict[str, Any] = {"producer_id": old, "last_id": last_id, "next_seq": next_seq}
@@ -552,6 +558,8 @@ class AppendCache(NamedTuple):
     next_seq: dict[str, int]
     queue_bytes: int
     total_changes: int  # this connection's row changes when the cache was made
+    last_id: int | None  # the events' id space's last id (None: not known)
+    held: frozenset[tuple[str, bytes]] | None  # the held schemas (None: not read)
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import stored_bytes, stored_events
 
 from spotify_events.errors import (
     ConfigError,
@@ -49,8 +50,7 @@ def ev(event_type: str = A, payload: bytes = b"x" * 52, ts: int = TS) -> Pending
 
 def stored(path: Path) -> list[tuple[str, int]]:
     """(event type, seq) of every stored event in queue order, read over a separate connection."""
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT event_type, seq FROM events ORDER BY id").fetchall()
+    return [(e.event_type, e.seq) for e in stored_events(path)]
 
 
 def drop_rows(path: Path) -> list[tuple[str, int, int, int, str]]:
@@ -64,9 +64,9 @@ def accounted_seqs(path: Path, acked: dict[str, list[int]] | None = None) -> dic
     """Every sequence number the file accounts for, per type: stored, dropped, dead-lettered
     (plus the ones the test acked). Each number must appear exactly once."""
     seqs: dict[str, list[int]] = {t: list(s) for t, s in (acked or {}).items()}
+    for t, s in stored(path):
+        seqs.setdefault(t, []).append(s)
     with sqlite3.connect(path) as conn:
-        for t, s in conn.execute("SELECT event_type, seq FROM events"):
-            seqs.setdefault(t, []).append(s)
         for t, s in conn.execute("SELECT event_type, seq FROM dead_letters"):
             seqs.setdefault(t, []).append(s)
         for t, first, last, count, reason in conn.execute(
@@ -86,12 +86,10 @@ def assert_contiguous(seqs: dict[str, list[int]], next_seqs: dict[str, int]) -> 
 
 
 def assert_depth_consistent(queue: DurableQueue) -> None:
-    with sqlite3.connect(queue.path) as conn:
-        count, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
-        oldest = conn.execute("SELECT timestamp FROM events ORDER BY id LIMIT 1").fetchone()
+    events = stored_events(queue.path)
     depth = queue.depth()
-    assert (depth.events, depth.bytes) == (count, size)
-    assert depth.oldest_timestamp == (oldest[0] if oldest else None)
+    assert (depth.events, depth.bytes) == (len(events), stored_bytes(queue.path))
+    assert depth.oldest_timestamp == (events[0].timestamp if events else None)
 
 
 # -- basics ----------------------------------------------------------------------------
@@ -437,8 +435,9 @@ def test_two_processes_append_contiguous_unique_sequences(
     assert_contiguous(accounted_seqs(queue_path), queue.next_seqs())
     assert_depth_consistent(queue)
     # each process's events are in its own order within each type (seq follows commit order)
-    with sqlite3.connect(queue_path) as conn:
-        all_rows = conn.execute("SELECT event_type, payload FROM events ORDER BY seq").fetchall()
+    all_rows = [
+        (e.event_type, e.payload) for e in sorted(stored_events(queue_path), key=lambda e: e.seq)
+    ]
     for tag in ("p1", "p2"):
         for t in (A, B):
             mine = [
@@ -602,7 +601,7 @@ def test_a_version_1_file_is_migrated_in_place_and_keeps_its_events(
     assert [e.seq for e in reopened.read_batch()] == [1]
     assert reopened.holds() == []
     with sqlite3.connect(queue_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION == 4
     conn.close()
 
 

@@ -4,25 +4,22 @@ at an exact instant of an injected clock."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from queue_helpers import A, B, MakeQueue, ev
+from support import stored_bytes, stored_events
 
 from spotify_events.wire import DropNotice
 
 
 def ids(path: Path) -> list[int]:
-    with sqlite3.connect(path) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM events ORDER BY id")]
+    return [e.id for e in stored_events(path)]
 
 
 def counters(path: Path) -> tuple[int, int]:
     """(events, bytes) as the queue's counters say, and as the rows say: must agree."""
-    with sqlite3.connect(path) as conn:
-        count, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
-    return int(count), int(size)
+    return len(stored_events(path)), stored_bytes(path)
 
 
 @pytest.mark.parametrize(

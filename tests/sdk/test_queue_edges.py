@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from queue_helpers import PAYLOAD, TS, A, B, MakeQueue, ev
+from support import stored_events
 from writer_helpers import Blocker
 
 from spotify_events.errors import QueueError
@@ -23,8 +24,7 @@ from spotify_events.queue import DROP_BUFFER_FULL, ROW_OVERHEAD
 
 def stored(path: Path) -> list[tuple[int, str, int]]:
     """(id, event type, seq) of every stored event, over a separate connection."""
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT id, event_type, seq FROM events ORDER BY id").fetchall()
+    return [(e.id, e.event_type, e.seq) for e in stored_events(path)]
 
 
 @pytest.mark.parametrize(
@@ -63,9 +63,13 @@ def test_an_append_refused_half_way_leaves_nothing_and_the_next_one_numbers_on(
 ) -> None:
     queue = make_queue()
     queue.append([ev(A)])
-    with sqlite3.connect(queue_path) as other:  # a trigger refuses Beta rows mid-insert
+    with sqlite3.connect(queue_path) as other:  # triggers refuse Beta rows and blocks mid-insert
         other.execute(
             f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_type = '{B}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+        )
+        other.execute(
+            f"CREATE TRIGGER refuse_block BEFORE INSERT ON blocks WHEN NEW.summary LIKE '%{B}%' "
             "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
         )
     with pytest.raises(QueueError) as caught:
@@ -75,6 +79,7 @@ def test_an_append_refused_half_way_leaves_nothing_and_the_next_one_numbers_on(
     assert stored(queue_path) == [(1, A, 1)]
     with sqlite3.connect(queue_path) as other:
         other.execute("DROP TRIGGER refuse")
+        other.execute("DROP TRIGGER refuse_block")
     queue.append([ev(A), ev(B)])
     assert [row[1:] for row in stored(queue_path)] == [(A, 1), (A, 2), (B, 1)]
     assert queue.next_seqs() == {A: 3, B: 2}

@@ -75,6 +75,12 @@ FORMAT_3_TABLES = [
     "ALTER TABLE drops ADD COLUMN producer_id TEXT",
     "ALTER TABLE dead_letters ADD COLUMN producer_id TEXT",
 ]
+FORMAT_4_TABLES = [
+    *FORMAT_3_TABLES,
+    "CREATE TABLE blocks (first_id INTEGER PRIMARY KEY, last_id INTEGER NOT NULL, "
+    "size INTEGER NOT NULL, timestamp INTEGER NOT NULL, summary TEXT NOT NULL, "
+    "data BLOB NOT NULL)",
+]
 
 
 def layout(conn: sqlite3.Connection) -> dict[str, object]:
@@ -221,7 +227,7 @@ def test_a_first_release_file_upgraded_in_place_keeps_every_row_and_numbers_on(
     assert [(e.event_type, e.seq) for e in queue.read_batch()][-1] == (A, 5)
     queue.hold([batch[0]], "unknown schema", lambda attempts: 3600.0)  # format 2's table
     assert [h.event_type for h in queue.holds()] == [A]
-    assert sql(queue_path, "PRAGMA user_version") == [(3,)]
+    assert sql(queue_path, "PRAGMA user_version") == [(4,)]
     assert sql(queue_path, "PRAGMA application_id") == [(APPLICATION_ID,)]
     assert sql(queue_path, "PRAGMA journal_mode") == [("wal",)]
 
@@ -244,14 +250,14 @@ def test_a_new_queue_file_is_marked_as_ours_at_the_current_format(
     assert sql(queue_path, "SELECT count(*) FROM incidents") == [(0,)]
 
 
-def test_a_new_queue_file_has_exactly_the_format_3_layout(
+def test_a_new_queue_file_has_exactly_the_format_4_layout(
     make_queue: MakeQueue, queue_path: Path
 ) -> None:
     """A change to the tables without a new FORMAT_VERSION would let an older SDK
     open a file it cannot use (or a newer one misread an older file)."""
     make_queue().close()
     expected = sqlite3.connect(":memory:")
-    for ddl in FORMAT_3_TABLES:
+    for ddl in FORMAT_4_TABLES:
         expected.execute(ddl)
     conn = sqlite3.connect(queue_path)
     try:
@@ -259,7 +265,7 @@ def test_a_new_queue_file_has_exactly_the_format_3_layout(
     finally:
         conn.close()
         expected.close()
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
 
 
 def test_an_empty_file_becomes_a_queue(make_queue: MakeQueue, queue_path: Path) -> None:

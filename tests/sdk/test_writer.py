@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from queue_helpers import TS, A, MakeQueue
+from support import stored_events
 from writer_helpers import FP, PAYLOAD, SIZE, Blocker, MakeWriter, drops
 
 from spotify_events.queue import DROP_BUFFER_FULL, DROP_WRITE_FAILED, PendingEvent
@@ -31,8 +32,7 @@ def number(payload: bytes) -> int:
 
 
 def rows(path: Path) -> list[tuple[str, int, bytes]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT event_type, seq, payload FROM events ORDER BY id").fetchall()
+    return [(e.event_type, e.seq, e.payload) for e in stored_events(path)]
 
 
 def assert_contiguous(path: Path) -> dict[str, int]:

@@ -11,7 +11,6 @@ so a regression fails the test instead of hanging the suite.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from queue_helpers import TS, A, MakeQueue
-from support import wait_for
+from support import stored_events, wait_for
 from writer_helpers import FP, PAYLOAD, SIZE, Blocker, MakeWriter, drops
 
 from spotify_events import writer as writer_module
@@ -42,8 +41,7 @@ def ev(n: int = 0, payload: int = PAYLOAD, ts: int = TS) -> PendingEvent:
 
 
 def numbers(path: Path) -> list[int]:
-    with sqlite3.connect(path) as conn:
-        return [int(p[:8]) for (p,) in conn.execute("SELECT payload FROM events ORDER BY id")]
+    return [int(e.payload[:8]) for e in stored_events(path)]
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -92,8 +90,7 @@ def test_timestamps_at_the_64_bit_limits_are_buffered_and_one_beyond_is_refused(
         assert str(refused.value) == f"{A}: timestamp {ts} does not fit a 64-bit integer"
     assert writer.counters.logged == 2
     assert writer.stop(timeout=10)
-    with sqlite3.connect(queue_path) as conn:
-        stored = conn.execute("SELECT timestamp FROM events ORDER BY id").fetchall()
+    stored = [(e.timestamp,) for e in stored_events(queue_path)]
     assert stored == [(INT64_MAX,), (INT64_MIN,)]
 
 

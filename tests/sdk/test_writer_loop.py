@@ -7,7 +7,6 @@ wait instead of sleeping, so every pause is compared as a number."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from queue_helpers import TS, A, MakeQueue
 from sdk_helpers import ModuleClock
-from support import wait_for
+from support import stored_events, wait_for
 from writer_helpers import FP, Blocker, MakeWriter
 
 from spotify_events import writer as writer_module
@@ -55,8 +54,7 @@ def ev() -> PendingEvent:
 
 
 def rows(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    return len(stored_events(path))
 
 
 def test_the_pause_after_a_failed_commit_doubles_up_to_two_seconds_and_resets_on_success(
