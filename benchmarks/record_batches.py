@@ -263,7 +263,9 @@ class BlockQueue:
     def read_blocks(self, max_events: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
         """(id, events, body) of the oldest whole blocks within both limits (at least one)."""
         self.conn.execute("SELECT 1 FROM holds WHERE next_try > ? LIMIT 1", (time.time(),))
-        cursor = self.conn.execute("SELECT id, events, size, body FROM prototype_blocks ORDER BY id")
+        cursor = self.conn.execute(
+            "SELECT id, events, size, body FROM prototype_blocks ORDER BY id"
+        )
         blocks: list[tuple[int, int, bytes]] = []
         events = size = 0
         for block_id, n, block_size, body in cursor:
@@ -307,7 +309,9 @@ class BlockQueue:
                 "WHERE id BETWEEN ? AND ?",
                 (first_id, last_id),
             ).fetchone()
-            conn.execute("DELETE FROM prototype_blocks WHERE id BETWEEN ? AND ?", (first_id, last_id))
+            conn.execute(
+                "DELETE FROM prototype_blocks WHERE id BETWEEN ? AND ?", (first_id, last_id)
+            )
             bump_counters(conn, -size, -count)
             conn.execute("COMMIT")
         except BaseException:
