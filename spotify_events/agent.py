@@ -97,7 +97,8 @@ class FileAgent:
 
     def open(self) -> None:
         """Open the queue and start shipping it."""
-        self.queue = DurableQueue(self.path, self.config.queue_settings())
+        # a service on an older SDK may still write the file: leave its format as it is
+        self.queue = DurableQueue(self.path, self.config.queue_settings(), upgrade=False)
         if self._left_holder is not None:
             # A file put back from a copy still names the shipper we left as lease holder;
             # it is ours and gone, so free the lease instead of standing by for its TTL.

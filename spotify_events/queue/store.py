@@ -74,8 +74,16 @@ class QueueStore:
         verify: bool = False,
         claim_home: bool = True,
         clock: Callable[[], float] = time.time,  # wall-clock seconds; times the shipping lease
+        upgrade: bool = True,
     ) -> None:
-        """``settings`` default to :class:`~spotify_events.config.ClientConfig`'s."""
+        """``settings`` default to :class:`~spotify_events.config.ClientConfig`'s.
+
+        ``upgrade=False`` (a process that only ships, never appends: the agent) leaves
+        an existing format-3 file at format 3, adding only the empty ``blocks`` table
+        its reads look at: a service on an older SDK that still writes the file would
+        be refused at its next open (after a fork, say) by a newer format. Writers
+        upgrade files; agents are upgraded first."""
+        self._upgrade = upgrade
         if settings is None:
             settings = ClientConfig().queue_settings()
         self.settings = settings
@@ -192,10 +200,10 @@ class QueueStore:
                 _create_v2(conn)
             if version < 3:
                 _create_v3(conn)
-            if version < 4:
-                create_blocks_table(conn)
-            if version < FORMAT_VERSION:
-                conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            create_blocks_table(conn)
+            target = FORMAT_VERSION if self._upgrade or version == 0 else max(version, 3)
+            if version < target:
+                conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

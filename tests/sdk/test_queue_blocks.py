@@ -449,3 +449,32 @@ def test_a_format_3_file_with_queued_events_migrates_and_ships_them_first(
     assert collector.batches == [[(A, 1), (A, 2), (A, 3), (A, 4), (A, 5)]]
     assert queue.depth().events == 0
     assert_counters_right(queue)
+
+
+def test_a_shipping_only_open_leaves_a_format_3_file_at_format_3(
+    make_queue: MakeQueue, queue_path: Path
+) -> None:
+    """An agent newer than the service whose file it ships must not lift the file past
+    what that service reads: the service would be refused at its next open."""
+    old = make_queue()
+    old.append([ev(A)])
+    old.append([ev(A)])
+    old.close()
+    with sqlite3.connect(queue_path) as conn:
+        conn.execute("DROP TABLE blocks")
+        conn.execute("PRAGMA user_version=3")
+    conn.close()
+    agent = DurableQueue(queue_path, upgrade=False)
+    try:
+        with sqlite3.connect(queue_path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        conn.close()
+        shipment = agent.read_shipment()
+        assert [e.seq for e in shipment] == [1, 2]
+        assert agent.ack_batch(shipment) == 2
+    finally:
+        agent.close()
+    make_queue()  # a writer of this SDK upgrades it
+    with sqlite3.connect(queue_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION
+    conn.close()
