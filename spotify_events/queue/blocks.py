@@ -72,7 +72,8 @@ class Block(NamedTuple):
     data: bytes
 
     @property
-    def events_held(self) -> int:
+    def event_count(self) -> int:
+        """How many events it holds (its ids are contiguous)."""
         return self.last_id - self.first_id + 1
 
     def events(self) -> list[QueuedEvent]:
@@ -86,6 +87,7 @@ class Block(NamedTuple):
         ]
 
     def schemas(self) -> set[tuple[str, bytes]]:
+        """(event type, fingerprint) of its events, from its summary."""
         return {
             (event_type, bytes.fromhex(fp))
             for event_type, info in json.loads(self.summary).items()
@@ -248,7 +250,7 @@ class QueuedBatch(Sequence[QueuedEvent]):
 
     def __init__(self, pieces: list[Block | QueuedEvent]) -> None:
         self._pieces = pieces
-        self._count = sum(p.events_held if isinstance(p, Block) else 1 for p in pieces)
+        self._count = sum(p.event_count if isinstance(p, Block) else 1 for p in pieces)
         self._events: list[QueuedEvent] | None = None
 
     def __len__(self) -> int:
@@ -321,7 +323,7 @@ class QueuedBatch(Sequence[QueuedEvent]):
                 if rows:
                     out += write_envelopes(rows)
                     rows = []
-                out.append((piece.events_held, piece.data))
+                out.append((piece.event_count, piece.data))
             else:
                 rows.append(
                     (piece.seq, piece.event_type, piece.fingerprint, piece.timestamp, piece.payload)
