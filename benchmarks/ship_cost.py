@@ -5,7 +5,7 @@ cores they share with the sink; this takes the shipping half apart. It fills a q
 file with ``--events`` EndSong events (``shipping="agent"``, so nothing ships while it
 fills), then:
 
-* **read + encode**: ``read_batch`` and the shipper's own ``_encode`` over the whole
+* **read + encode**: ``read_shipment`` and the shipper's own ``_encode`` over the whole
   queue in batches of ``--batch`` events, ``--rounds`` times, in this thread
   (``time.thread_time()``): the work the prefetch thread does for every event;
 * **drain**: a ``spotify-events agent``'s shipper (the same ``FileAgent``) in this
@@ -55,7 +55,7 @@ def fill(queue_path: Path, events: int) -> None:
 
 
 def read_and_encode(queue_path: Path, events: int, batch: int, rounds: int) -> tuple[float, float]:
-    """Median thread-CPU µs per event of ``read_batch`` and of ``Shipper._encode``."""
+    """Median thread-CPU µs per event of ``read_shipment`` and of ``Shipper._encode``."""
     ((path, config),) = agent_configs([str(queue_path)], UNUSED_ENDPOINT)
     queue = DurableQueue(path, config.queue_settings())
     shipper = Shipper(queue, HttpTransport(config.transport_settings()), config.shipper_settings())
@@ -65,14 +65,14 @@ def read_and_encode(queue_path: Path, events: int, batch: int, rounds: int) -> t
             after, read, encode = 0, 0.0, 0.0
             while True:
                 started = time.thread_time()
-                part = queue.read_batch(after_id=after, max_events=batch, max_bytes=1 << 30)
+                part = queue.read_shipment(after_id=after, max_events=batch, max_bytes=1 << 30)
                 read += time.thread_time() - started
                 if not part:
                     break
                 started = time.thread_time()
                 shipper._encode(part, [], [])
                 encode += time.thread_time() - started
-                after = part[-1].id
+                after = part.last_id
             reads.append(read / events * 1e6)
             encodes.append(encode / events * 1e6)
     finally:
@@ -121,7 +121,7 @@ def main() -> None:
         fill(queue_path, args.events)
         read, encode = read_and_encode(queue_path, args.events, args.batch, args.rounds)
         print(f"{args.events:,} queued events, batches of {args.batch:,}, medians of {args.rounds}")
-        print(f"  read_batch        : {read:6.2f} us an event (thread CPU)")
+        print(f"  read_shipment     : {read:6.2f} us an event (thread CPU)")
         print(f"  Shipper._encode   : {encode:6.2f} us an event")
         with sink_process(False, workdir, "ids") as base:
             drained = drain(queue_path, args.events, base)
