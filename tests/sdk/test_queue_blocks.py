@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -478,3 +479,24 @@ def test_a_shipping_only_open_leaves_a_format_3_file_at_format_3(
     with sqlite3.connect(queue_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT_VERSION
     conn.close()
+
+
+def test_a_shipment_never_mixes_blocks_from_before_and_after_a_copy(
+    make_queue: MakeQueue, queue_path: Path, tmp_path: Path
+) -> None:
+    """A copied file's blocks queued before the copy ship under its old producer, whole
+    and apart from the new producer's blocks: no block straddles the copy's last id."""
+    queue = make_queue()
+    queue.append([ev(A), ev(A), ev(B)])
+    queue.close()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(queue_path, copy)
+    clone = make_queue(copy)
+    clone.append([ev(A), ev(B)])
+    assert [(f, last) for f, last, _ in blocks(copy)] == [(1, 3), (4, 5)]
+    old = clone.read_shipment()
+    assert (old.first_id, old.last_id) == (1, 3) and row_ids(copy) == []
+    new = clone.read_shipment(after_id=old.last_id)
+    assert [(e.event_type, e.seq) for e in new] == [(A, 1), (B, 1)]
+    assert clone.batch_producer(new) == clone.producer_id != clone.batch_producer(old)
+    assert clone.producer_for(old)[1] == {A: 3, B: 2}  # the old producer's watermark
