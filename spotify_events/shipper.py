@@ -670,13 +670,16 @@ class Shipper:
     def _dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
     ) -> None:
-        self.queue.dead_letter(events, reason, notify_collector=notify_collector)
-        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + len(
-            events
-        )
+        """Dead-letter those of ``events`` still queued (see
+        :meth:`~.queue.outbox.QueueOutbox.dead_letter`: another shipper of the file may
+        have dead-lettered them already)."""
+        moved = self.queue.dead_letter(events, reason, notify_collector=notify_collector)
+        if not moved:
+            return
+        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + moved
         logger.warning(
             "spotify-events: collector rejected %d %s event(s) (seq %d..%d): %s; moved to dead letters",
-            len(events),
+            moved,
             events[0].event_type,
             events[0].seq,
             events[-1].seq,
