@@ -596,8 +596,10 @@ class Shipper:
     ) -> None:
         rejections = sort_rejections(part, result.body)
         held = rejections.held
-        for reason, events in rejections.dead_letters.items():
+        rejected = sum(
             self._dead_letter(events, reason, notify_collector=False)
+            for reason, events in rejections.dead_letters.items()
+        )
         if held:
             self._hold(held, rejections.hold_reason)
         # Counted before the queue forgets the events: flush() watches the queue, so a
@@ -611,12 +613,14 @@ class Shipper:
             self.counters.heartbeats += 1
         if part:
             try:
-                self.queue.ack_batch(part, keep=[e.id for e in held])
+                deleted = self.queue.ack_batch(part, keep=[e.id for e in held])
             except QueueError:
                 # Still queued (another process held the lock, close() cut the wait): they
                 # are sent again and counted when that answer is acknowledged.
                 self.counters.acknowledged -= acknowledged
                 raise
+            # Those a full queue evicted while the batch was out are counted in dropped.
+            self.counters.acknowledged -= acknowledged - rejected - deleted
             held_keys = {(e.event_type, e.fingerprint) for e in held}
             self._release_holds({(e.event_type, e.fingerprint) for e in part} - held_keys)
         if drops:
@@ -669,13 +673,13 @@ class Shipper:
 
     def _dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
-    ) -> None:
-        """Dead-letter those of ``events`` still queued (see
+    ) -> int:
+        """Dead-letter those of ``events`` still queued; how many that was (see
         :meth:`~.queue.outbox.QueueOutbox.dead_letter`: another shipper of the file may
-        have dead-lettered them already)."""
+        have dead-lettered them already, a full queue evicted them)."""
         moved = self.queue.dead_letter(events, reason, notify_collector=notify_collector)
         if not moved:
-            return
+            return 0
         self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + moved
         logger.warning(
             "spotify-events: collector rejected %d %s event(s) (seq %d..%d): %s; moved to dead letters",
@@ -687,6 +691,7 @@ class Shipper:
         )
         with self._acked:
             self._acked.notify_all()
+        return moved
 
     def _set_state(self, state: str, message: str, level: int = logging.WARNING) -> None:
         if state == self._state:
