@@ -229,6 +229,10 @@ class Shipper:
         while not self._stop.is_set():
             try:
                 self._step()
+            except QueueBusyError as exc:
+                # A wait for another process's lock cut short by this process forking (or
+                # by close()): nothing is lost, the step runs again once the fork is done.
+                logger.debug("spotify-events shipper step cut short: %s", exc)
             except Exception as exc:  # never let the thread die: log once per error text
                 self._note_error(f"shipper error: {type(exc).__name__}: {exc}")
                 logger.exception("spotify-events shipper step failed; retrying")

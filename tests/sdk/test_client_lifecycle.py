@@ -129,6 +129,63 @@ def test_a_fork_does_not_wait_while_another_process_holds_the_write_lock(
     assert sink.count() == 2 and client.stats().dropped == {}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_cuts_the_shipper_s_wait_for_the_write_lock_quietly(
+    sink: Sink, make_client: MakeClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipper thread, acknowledging a batch while another process holds the write
+    lock, gives way to a fork as the writer does; its step runs again afterwards, with
+    no error logged for what is not one, and the event is acknowledged once."""
+    path = tmp_path / "queue.db"
+    answering = threading.Event()
+    release = threading.Event()
+
+    def hold_the_answer(payload: bytes) -> bool:
+        answering.set()
+        release.wait(30)
+        return False
+
+    sink.poison = hold_the_answer
+    client = make_client(endpoint=sink.endpoint, queue_path=str(path))
+    client.log("EndSong", END_SONG)
+    client._pipeline.shipper.hurry()
+    assert wait_for(answering.is_set)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        release.set()  # the answer arrives; the acknowledgement waits for the lock
+        queue_lock = client._pipeline.shipper_queue._lock
+
+        def shipper_waiting() -> bool:
+            if not queue_lock.acquire(blocking=False):
+                return True
+            queue_lock.release()
+            return False
+
+        assert wait_for(shipper_waiting)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        took = time.monotonic() - started
+        os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.communicate("\n", timeout=30)
+    assert took < QUEUE_BUSY_TIMEOUT / 2
+    assert client.flush(timeout=30)
+    assert sink.count() == 1 and client.stats().dropped == {}
+    shipper_errors = [
+        r for r in caplog.records if r.name == "spotify_events.shipper" and r.levelno >= 40
+    ]
+    assert shipper_errors == []
+
+
 def _log_in_worker(client: EventClient, n: int) -> None:
     for i in range(n):
         client.log("EndSong", {**END_SONG, "ms_played": i})
