@@ -245,10 +245,19 @@ class BatchApplier(BucketCloser):
             return st
 
         # Streams exist only for registered types (at most one per producer and type);
-        # conflicts are already received. Events of an unknown schema are held by the
+        # conflicts are already received. A refused number the stream has received
+        # (in an earlier batch, or this one) is answered as a duplicate: the producer
+        # may forget its copy. Events of an unknown schema are held by the
         # producer: below its watermark, they must not age into "lost".
+        received_before = result.received_before
         for rej in [*batch.rejections, *refused]:
             if rej.event_type not in self._types or rej.seq < 1:
+                continue
+            known = streams.get((producer, rej.event_type))
+            if rej.code != "conflict" and known is not None and rej.seq in known.received:
+                stream_for(rej.event_type).duplicates += 1
+                dup_by_type[rej.event_type] = dup_by_type.get(rej.event_type, 0) + 1
+                received_before.add((rej.event_type, rej.seq))
                 continue
             if rej.code in _MARKED_CODES:
                 stream_for(rej.event_type).mark("reject", rej.reason).add(rej.seq)
@@ -271,6 +280,12 @@ class BatchApplier(BucketCloser):
         for st in dirty_streams.values():
             st.last_seen = now
             st.service, st.host, st.sdk_version = facts.service, facts.host, facts.sdk_version
+        if received_before:
+            refused[:] = [
+                r
+                for r in refused
+                if r.code == "conflict" or (r.event_type, r.seq) not in received_before
+            ]
         group.streams.update(dirty_streams)
         result.accepted = sum(acc_by_type.values())
         result.duplicates = sum(dup_by_type.values())

@@ -37,6 +37,10 @@ class DeliveryResult:
     accepted_by_type: dict[str, int] = field(default_factory=dict)
     duplicates_by_type: dict[str, int] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)  # refused by delivery
+    #: (event type, seq) of ingest's rejections whose number the ledger had already
+    #: received: answered as duplicates, so a producer never dead-letters a copy of an
+    #: event the collector holds (e.g. one a stricter setting now refuses).
+    received_before: set[tuple[str, int]] = field(default_factory=set)
     message: str = ""
 
 

@@ -335,6 +335,33 @@ def test_same_seq_with_a_different_payload_is_a_conflict_in_the_report(app: Coll
     assert stream["conflicts"] == 10 and report["totals"]["conflicts"] == 10
 
 
+def test_a_number_already_received_is_a_duplicate_whatever_refuses_it_now(
+    tmp_path: Path,
+) -> None:
+    """An event taken under one setting and sent again after a stricter one (here: an
+    hour ahead, then at most a minute ahead) was answered "rejected", and the producer
+    dead-lettered a copy of an event the collector holds. A number the stream has
+    received is a duplicate, whatever the rest of the request says; a new number with
+    the same problem is still refused."""
+    maker = BatchMaker(REGISTRY, "resender")
+    ahead = now_ms() + 3_600_000
+    lenient = _collector(tmp_path / "data", max_future_seconds=7200.0)
+    try:
+        status, out = post_app(lenient, maker.body(maker.envelopes(END_SONG, [1, 2], ahead)))
+        assert (status, out["accepted"]) == (200, 2), out
+    finally:
+        lenient.shutdown()
+    strict = _collector(tmp_path / "data", max_future_seconds=60.0)
+    try:
+        status, out = post_app(strict, maker.body(maker.envelopes(END_SONG, [1, 2, 3], ahead)))
+        assert status == 200 and (out["accepted"], out["duplicates"]) == (0, 2), out
+        assert [(r["seq"], r["code"]) for r in out["rejected"]] == [(3, "too_far_in_future")]
+        (s,) = strict.delivery.report()["streams"]
+        assert (s["received"], s["duplicates"], s["rejected"]) == (2, 2, 1)
+    finally:
+        strict.shutdown()
+
+
 # -- 13: messages -----------------------------------------------------------------------------
 def run_cli(*args: str, prelude: str = "", timeout: float = 30.0) -> tuple[int | None, str, str]:
     """``spotify-events ARGS`` in a child (after ``prelude``); (code, stdout, stderr)."""
