@@ -109,6 +109,11 @@ class StreamState:
             (_, _), (ns2, t2) = self.steps[0], self.steps[1]
             self.steps[0:2] = [(ns2, t2)]
 
+    def mark_ranges(self) -> int:
+        """Ranges held by all marks (with ``len(received)``, what the collector's
+        ``max_ranges_per_stream`` bounds)."""
+        return sum(len(ranges) for ranges in self.marks.values())
+
     def mark(self, kind: str, reason: str) -> RangeSet:
         key = (kind, reason[:MAX_REASON_CHARS])
         ranges = self.marks.get(key)

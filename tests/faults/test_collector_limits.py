@@ -362,6 +362,47 @@ def test_a_number_already_received_is_a_duplicate_whatever_refuses_it_now(
         strict.shutdown()
 
 
+def test_numbers_out_of_order_with_gaps_cannot_grow_a_stream_past_its_range_limit(
+    tmp_path: Path,
+) -> None:
+    """Descending numbers with gaps made one range each, every insert shifting all the
+    ranges after it (170k of them took 3 s under the delivery lock) and the stream's
+    ledger row grew with each. Past ``max_ranges_per_stream`` an event that would open
+    a range is rejected (``too_many_ranges``; the SDK keeps it in its dead letters) and
+    a drop notice that would is not recorded; numbers that join a range are still
+    taken, nothing taken is lost, and an incident names the stream once."""
+    c = _collector(tmp_path / "data", max_ranges_per_stream=4)
+    try:
+        maker = BatchMaker(REGISTRY, "scatter")
+        ts = now_ms()
+        status, out = post_app(c, maker.body(maker.envelopes(END_SONG, [20, 18, 16, 14, 12], ts)))
+        assert status == 200 and out["accepted"] == 4, out
+        assert [(r["seq"], r["code"]) for r in out["rejected"]] == [(12, "too_many_ranges")]
+        status, out = post_app(
+            c,
+            maker.body(
+                maker.envelopes(END_SONG, [21, 15, 10], ts),  # extends, bridges, opens a 4th
+                drops=[DropNotice(END_SONG, 1, 5, 5, "queue_full")],  # would open a 5th
+            ),
+        )
+        assert (status, out["accepted"], out["rejected"]) == (200, 3, []), out
+        status, out = post_app(c, maker.body(maker.envelopes(END_SONG, [12, 11], ts)))
+        assert status == 200 and out["accepted"] == 1, out
+        assert [(r["seq"], r["code"]) for r in out["rejected"]] == [(12, "too_many_ranges")]
+        (stream,) = c.delivery.state.streams.values()
+        assert list(stream.received) == [(10, 11), (14, 16), (18, 18), (20, 21)]
+        assert stream.marks == {}
+        (s,) = c.delivery.report()["streams"]
+        assert (s["received"], s["dropped"]) == (8, 0)
+        incidents = [i for i in c.delivery.report()["incidents"] if i["kind"] == "too_many_ranges"]
+        assert len(incidents) == 1 and "'scatter'" in incidents[0]["detail"]
+        assert read_uids(tmp_path / "data") == Counter(
+            f"{END_SONG}/scatter:{n}" for n in (10, 11, 14, 15, 16, 18, 20, 21)
+        )
+    finally:
+        c.shutdown()
+
+
 # -- 13: messages -----------------------------------------------------------------------------
 def run_cli(*args: str, prelude: str = "", timeout: float = 30.0) -> tuple[int | None, str, str]:
     """``spotify-events ARGS`` in a child (after ``prelude``); (code, stdout, stderr)."""
