@@ -18,6 +18,7 @@ from typing import Any
 import fastavro
 import pytest
 
+from spotify_events.container import container
 from spotify_events.errors import BatchDecodeError
 from spotify_events.wire import (
     ENVELOPE_SCHEMA,
@@ -123,6 +124,24 @@ def test_incidents_that_are_not_a_list_of_objects_are_refused(incidents: str) ->
     body = _container([], **{"se.producer_id": "p", "se.incidents": incidents})
     with pytest.raises(BatchDecodeError, match=r"se\.incidents must be a JSON list of objects"):
         decode_batch(body)
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate", "zstandard"])
+def test_a_block_holding_more_records_than_it_declares_is_refused(codec: str) -> None:
+    """fastavro reads as many records as a block declares and ignores the rest of it:
+    three envelopes under a count of one decoded as one, so the SDK's tools (and any
+    reader of a captured batch) saw a batch the collector refuses. Both read records
+    through one reader, which refuses the body."""
+    records = io.BytesIO()
+    for seq in (1, 2, 3):
+        fastavro.schemaless_writer(records, ENVELOPE_SCHEMA, {**GOOD, "seq": seq})
+    schema = json.dumps(_envelope_schema())
+    meta = {"se.producer_id": "p"}
+    honest = container(schema, meta, [(3, records.getvalue())], codec)
+    assert [e.seq for e in decode_batch(honest).envelopes] == [1, 2, 3]
+    lying = container(schema, meta, [(1, records.getvalue())], codec)
+    with pytest.raises(BatchDecodeError, match="bytes past its 1 records"):
+        decode_batch(lying)
 
 
 def test_the_lowest_sequence_number_1_is_a_valid_watermark() -> None:
