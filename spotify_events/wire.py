@@ -74,6 +74,10 @@ _ENVELOPE_SCHEMA_JSON = json.dumps(
 #: A block is closed once its encoded records reach this size (fastavro's sync_interval).
 _BLOCK_BYTES = 1 << 20
 _MIN_LONG, _MAX_LONG = INTEGER_RANGES["long"]
+#: A sequence number is an Avro ``long``: no producer can number an event past this, so
+#: no watermark (``se.next_seq``) or drop notice may reach beyond it. JSON carries any
+#: integer; unchecked, a 400-digit watermark made the collector's /metrics fail.
+MAX_SEQ = _MAX_LONG
 
 #: Media type of a wire batch body.
 CONTENT_TYPE = "avro/binary"
@@ -151,7 +155,7 @@ class DropNotice:
             raise ValueError("drop notice event_type and reason must be strings")
         if not all(type(n) is int for n in (first, last, count)):
             raise ValueError("drop notice first_seq, last_seq and count must be integers")
-        if first < 1 or last < first:
+        if first < 1 or last < first or last > MAX_SEQ:
             raise ValueError(f"drop notice with bad range {first}..{last}")
         if count != last - first + 1:
             raise ValueError(f"drop notice count {count} does not match its range {first}..{last}")
@@ -369,9 +373,11 @@ def _meta(meta: Mapping[str, Any], key: str, default: str | None = None) -> str:
 def _parse_next_seq(text: str) -> dict[str, int]:
     data = json.loads(text)
     if not isinstance(data, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 1 for k, v in data.items()
+        isinstance(k, str) and type(v) is int and 1 <= v <= MAX_SEQ + 1 for k, v in data.items()
     ):
-        raise BatchDecodeError(f"{META_NEXT_SEQ} must map event types to sequence numbers >= 1")
+        raise BatchDecodeError(
+            f"{META_NEXT_SEQ} must map event types to sequence numbers from 1 to 2**63"
+        )
     return data
 
 

@@ -169,6 +169,26 @@ def test_made_up_types_in_heartbeats_and_drops_create_no_state(app: Collector) -
     assert [s["event_type"] for s in app.delivery.report()["streams"]] == [END_SONG]
 
 
+def test_a_watermark_or_drop_notice_past_the_last_possible_number_is_refused(
+    app: Collector,
+) -> None:
+    """A sequence number is an Avro long, so no producer has numbered past 2**63 - 1;
+    JSON carries any integer, and a 400-digit watermark was taken and broke /metrics
+    (503 from then on). Up to the last possible number is taken; past it, a 400 that
+    names the fact."""
+    huge = 10**400
+    for body, fact in (
+        (heartbeat("far", {END_SONG: huge}, []), "se.next_seq"),
+        (heartbeat("far", {}, [DropNotice(END_SONG, 1, huge, huge, "queue_full")]), "se.drops"),
+    ):
+        status, out = post_app(app, body)
+        assert status == 400 and fact in out["error"], out
+    assert app.delivery.report()["streams"] == []
+    assert post_app(app, heartbeat("edge", {END_SONG: 2**63}, []))[0] == 200
+    status, text = scrape(app, None)
+    assert status == 200 and b"spotify_events_collector_missing_events 9.2" in text, text
+
+
 def test_queue_incidents_kept_per_producer_are_bounded(app: Collector) -> None:
     from spotify_events.collector.dedupe import MAX_INCIDENTS_PER_PRODUCER
 

@@ -195,7 +195,15 @@ def test_a_timestamp_declared_as_a_plain_long_is_read_as_milliseconds() -> None:
         ({}, r"^container metadata lacks 'se\.producer_id'$"),
         (
             {"se.next_seq": '{"a.B": 0}'},
-            r"^se\.next_seq must map event types to sequence numbers >= 1$",
+            r"^se\.next_seq must map event types to sequence numbers from 1 to 2\*\*63$",
+        ),
+        (
+            {"se.next_seq": json.dumps({"a.B": 2**63 + 1})},
+            r"^se\.next_seq must map event types to sequence numbers from 1 to 2\*\*63$",
+        ),
+        (
+            {"se.drops": json.dumps([{**DROP, "last_seq": 2**63, "count": 2**63}])},
+            rf"^bad drop notice in se\.drops: drop notice with bad range 1\.\.{2**63}$",
         ),
         ({"se.drops": "{}"}, r"^se\.drops must be a JSON list$"),
         ({"se.drops": "[{}]"}, r"^bad drop notice in se\.drops: 'event_type'$"),
