@@ -19,7 +19,14 @@ from .buckets import HOUR_MS
 from .closer import BucketCloser
 from .delivery_base import log
 from .ingest import IngestedBatch, Rejection
-from .ledger import INCIDENT_PREFIX, BucketState, PartState, ProducerInBucket, StreamState
+from .ledger import (
+    INCIDENT_PREFIX,
+    BucketState,
+    PartState,
+    ProducerInBucket,
+    StreamState,
+    incident_identity,
+)
 from .ranges import TooManyRanges
 from .seam import DeliveryResult, DeliveryStatus
 
@@ -348,12 +355,15 @@ class BatchApplier(BucketCloser):
 
     def _record_incidents(self, producer: str, incidents: list[dict[str, Any]]) -> None:
         """Keep a producer's queue incidents (e.g. a damaged file moved aside) for the
-        report; keyed by producer, kind and time, so a retried batch adds nothing."""
+        report. One is known by its kind, time and detail, whichever producer id brings
+        it (the SDK sends them with whatever batch goes next), so one sent again after
+        a retry or a crash adds nothing."""
         kept = self._incidents_kept.get(producer, 0)
+        seen = self._incidents_seen
         rows = []
         for i in incidents:
             key = f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}"
-            if key in self.state.meta:
+            if key in self.state.meta or incident_identity(i) in seen:
                 continue
             if kept >= MAX_INCIDENTS_PER_PRODUCER:
                 if producer not in self._incidents_refused:
@@ -365,6 +375,7 @@ class BatchApplier(BucketCloser):
                     )
                 break
             kept += 1
+            seen.add(incident_identity(i))
             rows.append((key, json.dumps({"producer_id": producer, **i})))
         self._incidents_kept[producer] = kept
         if not rows:

@@ -58,6 +58,13 @@ COLLECTOR_INCIDENT_PREFIX = INCIDENT_PREFIX + "collector:"
 #: Who the collector's own incidents are attributed to in the report; no producer id.
 COLLECTOR_SOURCE = "(collector)"
 
+
+def incident_identity(incident: dict[str, Any]) -> tuple[object, object, object]:
+    """What tells one queue incident from another: the wire carries no id, and kind,
+    time (the producer's float clock) and detail are one however often it is sent."""
+    return incident.get("kind"), incident.get("at"), incident.get("detail")
+
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
