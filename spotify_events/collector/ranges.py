@@ -22,8 +22,10 @@ import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 
+from ..errors import SpotifyEventsError
 
-class TooManyRanges(ValueError):
+
+class TooManyRanges(SpotifyEventsError, ValueError):
     """Adding the number would open a range past the set's ``limit``; nothing changed."""
 
 
