@@ -25,6 +25,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     ├── PullFailed                         JetStream cannot serve a worker's pull requests
     ├── PublishFailed                      JetStream refused a collector's publish (or has no leader)
     ├── NatsServerError(RuntimeError)      no usable nats-server (tests, demo --cluster)
+    ├── TooManyRanges(ValueError)          a number would open a range past a set's limit
     └── CollectorError                     the collector refuses a whole body (answered 400/413)
         ├── GuardError(ValueError)         refused before decoding (collector/guard.py)
         └── IngestError                    refused while decoding it (collector/ingest.py)

@@ -113,6 +113,8 @@ class LocalDelivery(Recovery, BatchApplier):
         self._incidents = 0
         self._incidents_kept = {}
         self._incidents_refused = set()
+        self._incidents_seen = set()
+        self._range_limited = set()
         modes = self.config.modes
         prepare_data_dir(self.data_dir, modes)
         # A partition's ledger and lock live in its own directory: workers share DATA_DIR.

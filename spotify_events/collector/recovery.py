@@ -13,7 +13,7 @@ from collections import Counter
 from .buckets import bucket_dir, header_length, read_marker
 from .datadir import LOCK_FILE, DataDirError, FileModes
 from .dedupe import BatchApplier
-from .ledger import INCIDENT_PREFIX, LEDGER_FILE, LedgerState, PartState
+from .ledger import INCIDENT_PREFIX, LEDGER_FILE, LedgerState, PartState, incident_identity
 
 
 class Recovery(BatchApplier):
@@ -68,11 +68,9 @@ class Recovery(BatchApplier):
         self._missing.clear()
         self._missing_total = 0
         self._count_missing(state.streams.values())
-        self._incidents_kept = Counter(
-            str(json.loads(value).get("producer_id"))
-            for key, value in state.meta.items()
-            if key.startswith(INCIDENT_PREFIX)
-        )
+        kept = [json.loads(v) for k, v in state.meta.items() if k.startswith(INCIDENT_PREFIX)]
+        self._incidents_kept = Counter(str(i.get("producer_id")) for i in kept)
+        self._incidents_seen = {incident_identity(i) for i in kept}
 
     def _move_tail_aside(self, part: PartState, state: LedgerState) -> None:
         """Bytes past the committed length: keep a readable copy, then cut the part back."""
