@@ -14,6 +14,7 @@ from .buckets import bucket_dir, header_length, read_marker
 from .datadir import LOCK_FILE, DataDirError, FileModes
 from .dedupe import BatchApplier
 from .ledger import INCIDENT_PREFIX, LEDGER_FILE, LedgerState, PartState, incident_identity
+from .partitions import BucketLayout
 
 
 class Recovery(BatchApplier):
@@ -208,3 +209,24 @@ def foreign_entries(data_dir: str) -> list[str]:
     own = {LOCK_FILE, LEDGER_FILE, LEDGER_FILE + "-wal", LEDGER_FILE + "-shm"}
     with os.scandir(data_dir) as it:
         return sorted(e.name for e in it if e.name not in own)
+
+
+def owned_part_files(data_dir: str, event_types: frozenset[str], layout: BucketLayout) -> list[str]:
+    """Part files of ``layout`` in the buckets of ``data_dir`` (paths relative to it).
+
+    A partition's ledger directory holds nothing else, so it looks empty when the
+    ledger is lost; its part files sit in the bucket directories it shares with the
+    other partitions. Only real directories of registered types are walked.
+    """
+    found = []
+    for etype in sorted(event_types):
+        top = os.path.join(data_dir, etype)
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for directory, _, files in os.walk(top):
+            found += [
+                os.path.relpath(os.path.join(directory, n), data_dir)
+                for n in sorted(files)
+                if layout.owns(n)
+            ]
+    return found

@@ -26,6 +26,7 @@ from support import SCHEMAS, free_port, wait_for
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
 
 import spotify_events.scaleout.pull as pull_module
+from spotify_events.collector.datadir import DataDirError
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import BatchFacts, IngestedBatch, Rejection
 from spotify_events.collector.partitions import finalize_hours, partition_layout
@@ -828,6 +829,29 @@ def test_an_hour_is_closed_only_when_every_partition_closed_it(
     assert report["totals"]["received"] == 6 and report["totals"]["lost"] == 0
     assert [b["events"] for b in report["buckets"]] == [6]
     assert {s["producer_id"] for s in report["streams"]} == {"prod-0", "prod-1"}
+
+
+def test_a_partition_whose_ledger_is_lost_is_not_started_afresh_over_its_files(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """A partition's ledger lives apart from its part files (they share the buckets
+    with the other partitions): with the ledger gone, its next owner must refuse, as the
+    single-process collector does, instead of starting an empty ledger whose recovery
+    moves the partition's acknowledged part files out of their buckets."""
+    data = tmp_path / "data"
+    d = LocalDelivery(data, registry, layout=partition_layout(1))
+    batch = ingested(envelopes(registry, [1, 2, 3]), next_seq={END_SONG: 4})
+    assert d.deliver_all([batch])[0].accepted == 3
+    d.close()
+    parts = sorted((data / END_SONG).rglob("part-p0001-*.avro"))
+    assert len(parts) == 1
+    for f in (data / "_partitions" / "p0001").glob("_ledger.db*"):
+        f.unlink()
+    with pytest.raises(DataDirError, match="part-p0001-"):
+        LocalDelivery(data, registry, layout=partition_layout(1))
+    assert sorted((data / END_SONG).rglob("part-p0001-*.avro")) == parts  # left where it was
+    # another partition without a ledger yet (its first owner) starts as before
+    LocalDelivery(data, registry, layout=partition_layout(2)).close()
 
 
 def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRegistry) -> None:
