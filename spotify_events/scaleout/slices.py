@@ -39,7 +39,7 @@ from itertools import accumulate, islice, repeat
 from operator import itemgetter, lt
 from typing import Any
 
-from ..collector.ingest import BatchFacts, IngestedBatch, Rejection
+from ..collector.ingest import MAX_TIMESTAMP_MS, BatchFacts, IngestedBatch, Rejection
 from ..errors import SpotifyEventsError
 from ..wire import DropNotice, Envelope
 
@@ -263,12 +263,16 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     ends = list(accumulate(map(_INDEX_LEN, entries), initial=index_end))
     if ends[-1] != len(data):
         raise SliceDecodeError("slice payloads do not match the index")
+    stamps = list(map(_INDEX_TS, entries))
+    if stamps and (min(stamps) < 0 or max(stamps) > MAX_TIMESTAMP_MS):
+        # ingest refuses these; no bucket path can be built from one
+        raise SliceDecodeError("an event timestamp is out of range")
     payloads = map(data.__getitem__, map(slice, ends[:-1], ends[1:]))
     fields = zip(
         map(_SEQ, entries),
         repeat(event_type),
         repeat(fingerprint),
-        map(_INDEX_TS, entries),
+        stamps,
         payloads,
     )
     events = list(map(_new_envelope, fields))  # tuple.__new__: no Python frame per event

@@ -1009,6 +1009,75 @@ def test_an_undecodable_stream_message_is_moved_aside_not_lost(
         assert worker.stop() == 0
 
 
+def test_a_slice_the_worker_cannot_deliver_does_not_hold_back_the_ones_beside_it(
+    node: NatsCluster, tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """Slices that decode but cannot be written (a timestamp no bucket path can be built
+    from; a schema the worker does not have, as when collectors got a new schema
+    first) used to fail the whole group commit they were fetched with: every message
+    of it was naked and came back together, again and again. The first is now moved
+    aside like an undecodable message, the second waits in the stream alone, and the
+    slices beside them are delivered."""
+    settings = StreamSettings(name="UNDELIVERABLE", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+    good_events = envelopes(registry, [1, 2, 3])
+    (bad_ts,) = envelopes(registry, [1])
+    (new_schema,) = envelopes(registry, [1])
+    batches = [
+        ingested([bad_ts._replace(timestamp=1 << 62)], producer_id="far-future"),
+        ingested([new_schema._replace(fingerprint=b"\x01" * 8)], producer_id="new-schema"),
+        ingested(good_events, producer_id="good", next_seq={END_SONG: 4}),
+    ]
+    messages = [
+        m
+        for b in batches
+        for m in batch_messages(b, subject="UNDELIVERABLE.p.0", max_bytes=64 << 10)
+    ]
+
+    async def publish() -> None:  # all before the worker starts: one fetch takes them all
+        nc = await connect(node.urls.split(","), name="undeliverable")
+        try:
+            js = nc.jetstream(timeout=5)
+            for m in messages:
+                await js.publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = deliver_worker(node, data, "UNDELIVERABLE", "--lease-ttl", "1").start()
+    try:
+
+        def received() -> dict[str, int]:
+            try:
+                report = load_report(data, now=time.time())
+            except (OSError, DataDirError):  # no ledger yet, or one being created
+                return {}
+            return {s["producer_id"]: s["received"] for s in report["streams"]}
+
+        assert wait_for(lambda: received().get("good") == 3, timeout=30), received()
+        kept = data / "_partitions" / "p0000" / "quarantine"
+        assert wait_for(lambda: kept.is_dir() and len(list(kept.iterdir())) == 1, timeout=10)
+        assert next(kept.iterdir()).read_bytes() == messages[0].data
+        assert "new-schema" not in received()  # not written, not dropped: still in the stream
+        metrics = requests.get(worker.url + "/metrics", timeout=5).text
+        assert 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0' in metrics
+    finally:
+        assert worker.stop() == 0
+    pending = asyncio.run(_consumer_pending(node, "UNDELIVERABLE", "deliver_p0"))
+    assert pending == 1  # the slice of the unknown schema, for a worker that has it
+
+
+async def _consumer_pending(node: NatsCluster, stream: str, durable: str) -> int:
+    """Messages of a consumer not yet acknowledged: waiting, or delivered and unacked."""
+    nc = await connect(node.urls.split(","), name="pending")
+    try:
+        info = await nc.jetstream(timeout=5).consumer_info(stream, durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    finally:
+        await close(nc)
+
+
 def test_worker_serves_the_completeness_page_behind_its_token(
     node: NatsCluster, tmp_path: Path
 ) -> None:
