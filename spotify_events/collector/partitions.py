@@ -30,7 +30,16 @@ from datetime import datetime, timezone
 
 from .buckets import CLOSED_MARKER, part_name, read_marker
 from .datadir import fsync_dir
-from .ledger import LEDGER_FILE, BucketState, Ledger, LedgerState, ProducerInBucket, StreamState
+from .ledger import (
+    COLLECTOR_INCIDENT_PREFIX,
+    COLLECTOR_SOURCE,
+    LEDGER_FILE,
+    BucketState,
+    Ledger,
+    LedgerState,
+    ProducerInBucket,
+    StreamState,
+)
 
 PARTITIONS_DIR = "_partitions"
 
@@ -100,7 +109,25 @@ def _merge(into: LedgerState, state: LedgerState, *, several: bool) -> None:
     into.parts.update(state.parts)
     for skey, st in state.streams.items():
         mine = into.streams.get(skey)
-        into.streams[skey] = st if mine is None else _merge_stream(mine, st)
+        if mine is None:
+            into.streams[skey] = st
+            continue
+        twice = _merge_stream(mine, st)
+        if twice:  # each ledger deduplicated only its own: these are in the buckets twice
+            producer, etype = skey
+            key = f"{COLLECTOR_INCIDENT_PREFIX}twice:{producer}:{etype}"
+            earlier = json.loads(into.meta[key])["count"] if key in into.meta else 0
+            into.meta[key] = json.dumps(
+                {
+                    "producer_id": COLLECTOR_SOURCE,
+                    "kind": "delivered_by_two_partitions",
+                    "count": earlier + twice,
+                    "detail": f"{earlier + twice} event(s) of producer {producer}, {etype}, "
+                    "were delivered by more than one partition (a batch retried across a "
+                    "change of partition count): they are in the buckets twice",
+                    "at": mine.last_seen,
+                }
+            )
     for bkey, b in state.buckets.items():
         mine_b = into.buckets.get(bkey)
         if mine_b is None:
@@ -111,9 +138,12 @@ def _merge(into: LedgerState, state: LedgerState, *, several: bool) -> None:
             _merge_bucket(mine_b, b)
 
 
-def _merge_stream(a: StreamState, b: StreamState) -> StreamState:
-    """One (producer, type) seen by two partitions: only after a change of partition count."""
+def _merge_stream(a: StreamState, b: StreamState) -> int:
+    """One (producer, type) seen by two partitions: only after a change of partition count.
+    Adds ``b`` into ``a``; returns how many numbers both had received."""
+    separately = a.received.count() + b.received.count()
     a.received.update(b.received)
+    twice = separately - a.received.count()
     a.duplicates += b.duplicates
     a.next_seq = max(a.next_seq, b.next_seq)
     a.steps = sorted({*a.steps, *b.steps})
@@ -127,7 +157,7 @@ def _merge_stream(a: StreamState, b: StreamState) -> StreamState:
             b.host,
             b.sdk_version,
         )
-    return a
+    return twice
 
 
 def _merge_bucket(a: BucketState, b: BucketState) -> None:

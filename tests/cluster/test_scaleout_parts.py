@@ -854,6 +854,25 @@ def test_a_partition_whose_ledger_is_lost_is_not_started_afresh_over_its_files(
     LocalDelivery(data, registry, layout=partition_layout(2)).close()
 
 
+def test_the_report_names_events_two_partitions_both_wrote(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """After a change of partition count a producer's retried batch can be delivered by
+    its old partition and its new one, each ledger deduplicating only its own: the
+    events are in the buckets twice. Adding the ledgers up hid that (the union of the
+    received numbers counts them once); the report now says it."""
+    data = tmp_path / "data"
+    for p, seqs in ((0, [1, 2, 3]), (1, [3, 4])):
+        d = LocalDelivery(data, registry, layout=partition_layout(p))
+        d.deliver_all([ingested(envelopes(registry, seqs), next_seq={END_SONG: 5})])
+        d.close()
+    report = load_report(data, now=time.time())
+    assert report["totals"]["received"] == 4
+    assert [b["events"] for b in report["buckets"]] == [5]  # seq 3 is written twice
+    (twice,) = [i for i in report["incidents"] if i["kind"] == "delivered_by_two_partitions"]
+    assert "prod-1" in twice["detail"] and "1 event" in twice["detail"]
+
+
 def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRegistry) -> None:
     data = tmp_path / "data"
     for p in range(3):
