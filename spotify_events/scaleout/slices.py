@@ -233,28 +233,35 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     try:
         header = json.loads(data[7:pos])
         control = header.get("control") or {}
+        # the delivery half takes these as they are: anything else fails its commit
+        texts = [header[k] for k in ("producer_id", "service", "host", "sdk_version")]
+        event_type = header.get("event_type", "")
+        if not all(isinstance(t, str) for t in (*texts, event_type)):
+            raise TypeError("a producer or event type field is not a string")
+        incidents = list(control.get("incidents", []))
+        if not all(isinstance(i, dict) and "kind" in i and "at" in i for i in incidents):
+            raise TypeError("an incident is not an object with its kind and time")
         facts = BatchFacts(
-            producer_id=header["producer_id"],
+            producer_id=texts[0],
             next_seq={str(k): int(v) for k, v in control.get("next_seq", {}).items()},
             drops=[
-                DropNotice(t, int(a), int(b), int(n), str(r))
+                DropNotice(str(t), int(a), int(b), int(n), str(r))
                 for t, a, b, n, r in control.get("drops", [])
             ],
-            service=header["service"],
-            host=header["host"],
-            sdk_version=header["sdk_version"],
+            service=texts[1],
+            host=texts[2],
+            sdk_version=texts[3],
             received_at=received_at,
             body_bytes=len(data),
-            incidents=list(control.get("incidents", [])),
+            incidents=incidents,
         )
         rejections = [
-            Rejection(event_type=t, seq=int(s), code=str(c), reason=str(r))
+            Rejection(event_type=str(t), seq=int(s), code=str(c), reason=str(r))
             for t, s, c, r in control.get("rejections", [])
         ]
-        event_type = header.get("event_type", "")
         fingerprint = bytes.fromhex(header.get("fingerprint", ""))
         count = int(header.get("count", 0))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # Attribute: not a dict
         raise SliceDecodeError(f"bad slice header: {type(exc).__name__}: {exc}") from exc
     index_end = pos + count * _INDEX.size
     if count < 0 or index_end > len(data):

@@ -1097,6 +1097,55 @@ async def _consumer_pending(node: NatsCluster, stream: str, durable: str) -> int
         await close(nc)
 
 
+def test_a_slice_header_of_the_wrong_shape_is_moved_aside_and_blocks_nothing(
+    node: NatsCluster, tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """A slice header that is JSON but not the object decoding expects (not an object;
+    a producer id that is no string) raised past the decoder's checks: the first
+    killed the partition's consumer loop before it answered any message, so every
+    next owner fetched it first and died the same way; the second failed each group
+    commit it was in. Both are now undecodable messages: kept, counted, terminated."""
+    settings = StreamSettings(name="SHAPES", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+
+    def slice_with(header: Any) -> bytes:
+        head = json.dumps(header).encode()
+        return b"SE1" + len(head).to_bytes(4, "big") + head
+
+    control = {"service": "s", "host": "h", "sdk_version": "1", "count": 0}
+    poison = [slice_with([]), slice_with({**control, "producer_id": ["a", "list"]})]
+    good = batch_messages(
+        ingested(envelopes(registry, [1, 2]), producer_id="good", next_seq={END_SONG: 3}),
+        subject="SHAPES.p.0",
+        max_bytes=64 << 10,
+    )
+
+    async def publish() -> None:
+        nc = await connect(node.urls.split(","), name="shapes")
+        try:
+            js = nc.jetstream(timeout=5)
+            for data in poison:
+                await js.publish("SHAPES.p.0", data)
+            for m in good:
+                await js.publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = deliver_worker(node, data, "SHAPES", "--lease-ttl", "1").start()
+    try:
+        kept = data / "_partitions" / "p0000" / "quarantine"
+        assert wait_for(lambda: kept.is_dir() and len(list(kept.iterdir())) == 2, timeout=30)
+        assert sorted(f.read_bytes() for f in kept.iterdir()) == sorted(poison)
+        committed = 'spotify_events_deliver_messages_total{outcome="committed"} 1.0'
+        assert wait_for(lambda: committed in requests.get(worker.url + "/metrics", timeout=5).text)
+    finally:
+        assert worker.stop() == 0
+    report = load_report(data, now=time.time())
+    assert [(s["producer_id"], s["received"]) for s in report["streams"]] == [("good", 2)]
+
+
 def test_worker_serves_the_completeness_page_behind_its_token(
     node: NatsCluster, tmp_path: Path
 ) -> None:
