@@ -91,7 +91,8 @@ def ledger_dirs(data_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def load_state(data_dir: str | os.PathLike[str]) -> LedgerState:
-    """The ledger of a data directory: the root's, or every partition's added up."""
+    """The ledger of a data directory: the root's, or every partition's added up; a
+    partition directory without a ledger is a collector incident of the result."""
     dirs = ledger_dirs(data_dir) or [os.fspath(data_dir)]  # the last one raises "no ledger"
     merged = LedgerState()
     for directory in dirs:
@@ -100,6 +101,19 @@ def load_state(data_dir: str | os.PathLike[str]) -> LedgerState:
             _merge(merged, ledger.load(), several=len(dirs) > 1)
         finally:
             ledger.close()
+    parts = os.path.join(os.fspath(data_dir), PARTITIONS_DIR)
+    for name in sorted(os.listdir(parts)) if os.path.isdir(parts) else []:
+        directory = os.path.join(parts, name)
+        if directory not in dirs and os.path.isdir(directory):
+            merged.meta[f"{COLLECTOR_INCIDENT_PREFIX}no-ledger:{name}"] = json.dumps(
+                {
+                    "producer_id": COLLECTOR_SOURCE,
+                    "kind": "partition_ledger_missing",
+                    "detail": f"{PARTITIONS_DIR}/{name} has no ledger: the events of that "
+                    "partition are not counted here (restore its ledger from a backup)",
+                    "at": os.stat(directory).st_mtime,
+                }
+            )
     return merged
 
 

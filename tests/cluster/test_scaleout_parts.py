@@ -873,6 +873,26 @@ def test_the_report_names_events_two_partitions_both_wrote(
     assert "prod-1" in twice["detail"] and "1 event" in twice["detail"]
 
 
+def test_the_report_says_which_partition_has_no_ledger(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """Adding up the partitions' ledgers skipped a partition directory without one, and
+    the report counted the other partitions' events as if they were all there were."""
+    data = tmp_path / "data"
+    for p in (0, 1):
+        d = LocalDelivery(data, registry, layout=partition_layout(p))
+        d.deliver_all(
+            [ingested(envelopes(registry, [1, 2]), producer_id=f"q{p}", next_seq={END_SONG: 3})]
+        )
+        d.close()
+    for f in (data / "_partitions" / "p0001").glob("_ledger.db*"):
+        f.unlink()
+    report = load_report(data, now=time.time())
+    assert report["totals"]["received"] == 2
+    (missing,) = [i for i in report["incidents"] if i["kind"] == "partition_ledger_missing"]
+    assert "p0001" in missing["detail"]
+
+
 def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRegistry) -> None:
     data = tmp_path / "data"
     for p in range(3):
