@@ -1095,12 +1095,13 @@ def test_a_slice_the_worker_cannot_deliver_does_not_hold_back_the_ones_beside_it
             return {s["producer_id"]: s["received"] for s in report["streams"]}
 
         assert wait_for(lambda: received().get("good") == 3, timeout=30), received()
-        kept = data / "_partitions" / "p0000" / "quarantine"
-        assert wait_for(lambda: kept.is_dir() and len(list(kept.iterdir())) == 1, timeout=10)
-        assert next(kept.iterdir()).read_bytes() == messages[0].data
+        invalid = 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0'
+        assert wait_for(  # counted once its bytes are kept
+            lambda: invalid in requests.get(worker.url + "/metrics", timeout=5).text, timeout=10
+        )
+        (kept,) = (data / "_partitions" / "p0000" / "quarantine").iterdir()
+        assert kept.read_bytes() == messages[0].data
         assert "new-schema" not in received()  # not written, not dropped: still in the stream
-        metrics = requests.get(worker.url + "/metrics", timeout=5).text
-        assert 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0' in metrics
     finally:
         assert worker.stop() == 0
     pending = asyncio.run(_consumer_pending(node, "UNDELIVERABLE", "deliver_p0"))
@@ -1155,11 +1156,19 @@ def test_a_slice_header_of_the_wrong_shape_is_moved_aside_and_blocks_nothing(
     data = tmp_path / "data"
     worker = deliver_worker(node, data, "SHAPES", "--lease-ttl", "1").start()
     try:
+
+        def metrics() -> str:
+            return str(requests.get(worker.url + "/metrics", timeout=5).text)
+
+        # counted once their bytes are kept
+        assert wait_for(
+            lambda: 'spotify_events_deliver_messages_total{outcome="invalid"} 2.0' in metrics(),
+            timeout=30,
+        )
         kept = data / "_partitions" / "p0000" / "quarantine"
-        assert wait_for(lambda: kept.is_dir() and len(list(kept.iterdir())) == 2, timeout=30)
         assert sorted(f.read_bytes() for f in kept.iterdir()) == sorted(poison)
         committed = 'spotify_events_deliver_messages_total{outcome="committed"} 1.0'
-        assert wait_for(lambda: committed in requests.get(worker.url + "/metrics", timeout=5).text)
+        assert wait_for(lambda: committed in metrics())
     finally:
         assert worker.stop() == 0
     report = load_report(data, now=time.time())
