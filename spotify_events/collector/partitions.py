@@ -22,14 +22,17 @@ events for it, and :func:`load_state` adds them up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ..errors import SpotifyEventsError
 from .buckets import CLOSED_MARKER, part_name, read_marker
-from .datadir import fsync_dir
+from .datadir import O_CLOEXEC, O_DIRECTORY, fsync_dir
 from .ledger import (
     COLLECTOR_INCIDENT_PREFIX,
     COLLECTOR_SOURCE,
@@ -40,6 +43,11 @@ from .ledger import (
     ProducerInBucket,
     StreamState,
 )
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock
+    fcntl = None  # type: ignore[assignment]
 
 PARTITIONS_DIR = "_partitions"
 
@@ -63,6 +71,27 @@ class BucketLayout:
 
 
 SINGLE = BucketLayout()
+
+
+class HourClosedError(SpotifyEventsError):
+    """A partition's first part file in an hour that every partition has closed."""
+
+
+@contextlib.contextmanager
+def hour_lock(hour_dir: str) -> Iterator[None]:
+    """An exclusive ``flock`` on an hour directory. A partition creates its first part
+    file in the hour under it, after checking there is no ``_CLOSED.json``, and the
+    marker is written under it from the part files then present: either the marker
+    counts the partition, or the partition sees the marker and writes elsewhere."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(hour_dir, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
 
 
 def partition_tag(partition: int) -> str:
@@ -206,7 +235,9 @@ def finalize_hours(
     partition without part files in the directory had nothing for that hour, and
     after the hour's deadline (hour end + lateness) it never will: delivery puts
     later arrivals in the current hour. ``settle`` covers a commit that began just
-    before the deadline. The marker is written under a unique temporary name and
+    before the deadline; one that reaches the hour later still finds the marker under
+    :func:`hour_lock` and fails (its messages come back, for the current hour) rather
+    than add a partition the marker does not count. The marker is written under a unique temporary name and
     linked into place, so two workers finishing the same hour never overwrite each
     other. Returns the directories closed now.
     """
@@ -222,8 +253,9 @@ def finalize_hours(
                 hour = _hour_of_dir(day, hour_dir)
                 if hour is None or now < (hour + 1) * 3600 + lateness + settle:
                     continue
-                if _close_hour(hour_dir, now):
-                    closed.append(hour_dir)
+                with hour_lock(hour_dir):
+                    if _close_hour(hour_dir, now):
+                        closed.append(hour_dir)
     return closed
 
 

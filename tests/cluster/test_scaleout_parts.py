@@ -893,6 +893,37 @@ def test_the_report_says_which_partition_has_no_ledger(
     assert "p0001" in missing["detail"]
 
 
+def test_no_partition_starts_a_part_file_in_an_hour_already_closed_for_every_partition(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """``_CLOSED.json`` lists the partitions with part files in the hour when it is
+    written; a partition whose commit read its clock before the hour's deadline and
+    created its first part file there only after the marker (a commit stalled longer
+    than the settle time, or a worker's clock behind) put events in a closed hour that
+    its marker does not count. Such a commit now fails and its messages come back."""
+    hour = FIXED_TS // 3_600_000
+    deadline = (hour + 1) * 3600 + 600
+    late = [deadline - 1.0]  # partition 2's commit: its clock reading precedes the deadline
+    data = tmp_path / "data"
+    now = [deadline - 100.0]
+    first = LocalDelivery(data, registry, layout=partition_layout(0), clock=lambda: now[0])
+    stalled = LocalDelivery(data, registry, layout=partition_layout(2), clock=lambda: late[0])
+    first.deliver_all([ingested(envelopes(registry, [1, 2]), producer_id="a")])
+    now[0] = deadline + 20
+    first.close_due_buckets()
+    (hour_dir,) = finalize_hours(data, now=deadline + 20, lateness=600, settle=10)
+    (result,) = stalled.deliver_all([ingested(envelopes(registry, [1, 2, 3]), producer_id="c")])
+    assert result.status is DeliveryStatus.UNAVAILABLE
+    assert not list(Path(hour_dir).glob("part-p0002-*"))
+    late[0] = deadline + 30  # redelivered: past the deadline, the events go to the current hour
+    (result,) = stalled.deliver_all([ingested(envelopes(registry, [1, 2, 3]), producer_id="c")])
+    assert result.status is DeliveryStatus.OK and result.skewed == 3
+    assert not list(Path(hour_dir).glob("part-p0002-*"))
+    assert json.loads((Path(hour_dir) / "_CLOSED.json").read_text())["events"] == 2
+    first.close()
+    stalled.close()
+
+
 def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRegistry) -> None:
     data = tmp_path / "data"
     for p in range(3):
