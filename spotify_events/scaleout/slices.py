@@ -224,6 +224,16 @@ def _control_messages(
     return out
 
 
+def _incident_shaped(incident: object) -> bool:
+    """An incident as ingest passes it on: the ledger keys and compares them by these."""
+    return (
+        isinstance(incident, dict)
+        and isinstance(incident.get("kind"), str)
+        and isinstance(incident.get("at"), (int, float))
+        and isinstance(incident.get("detail", ""), str)
+    )
+
+
 def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     """A stream message back into the :class:`IngestedBatch` the delivery half takes."""
     if data[:3] != MAGIC or len(data) < 7:
@@ -239,8 +249,8 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
         if not all(isinstance(t, str) for t in (*texts, event_type)):
             raise TypeError("a producer or event type field is not a string")
         incidents = list(control.get("incidents", []))
-        if not all(isinstance(i, dict) and "kind" in i and "at" in i for i in incidents):
-            raise TypeError("an incident is not an object with its kind and time")
+        if not all(map(_incident_shaped, incidents)):
+            raise TypeError("an incident is not an object of a kind, a time and a detail")
         facts = BatchFacts(
             producer_id=texts[0],
             next_seq={str(k): int(v) for k, v in control.get("next_seq", {}).items()},

@@ -1153,10 +1153,11 @@ def test_a_slice_header_of_the_wrong_shape_is_moved_aside_and_blocks_nothing(
     node: NatsCluster, tmp_path: Path, registry: SchemaRegistry
 ) -> None:
     """A slice header that is JSON but not the object decoding expects (not an object;
-    a producer id that is no string) raised past the decoder's checks: the first
-    killed the partition's consumer loop before it answered any message, so every
-    next owner fetched it first and died the same way; the second failed each group
-    commit it was in. Both are now undecodable messages: kept, counted, terminated."""
+    a producer id that is no string; an incident whose detail is no text) raised past
+    the decoder's checks: the first killed the partition's consumer loop before it
+    answered any message, so every next owner fetched it first and died the same way;
+    the others failed each group commit they were in. All are now undecodable
+    messages: kept, counted, terminated."""
     settings = StreamSettings(name="SHAPES", partitions=1, replicas=1)
     asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
 
@@ -1165,7 +1166,12 @@ def test_a_slice_header_of_the_wrong_shape_is_moved_aside_and_blocks_nothing(
         return b"SE1" + len(head).to_bytes(4, "big") + head
 
     control = {"service": "s", "host": "h", "sdk_version": "1", "count": 0}
-    poison = [slice_with([]), slice_with({**control, "producer_id": ["a", "list"]})]
+    incident = {"kind": "queue_damaged", "at": 1.5, "detail": ["not", "text"]}
+    poison = [
+        slice_with([]),
+        slice_with({**control, "producer_id": ["a", "list"]}),
+        slice_with({**control, "producer_id": "p", "control": {"incidents": [incident]}}),
+    ]
     good = batch_messages(
         ingested(envelopes(registry, [1, 2]), producer_id="good", next_seq={END_SONG: 3}),
         subject="SHAPES.p.0",
@@ -1193,7 +1199,7 @@ def test_a_slice_header_of_the_wrong_shape_is_moved_aside_and_blocks_nothing(
 
         # counted once their bytes are kept
         assert wait_for(
-            lambda: 'spotify_events_deliver_messages_total{outcome="invalid"} 2.0' in metrics(),
+            lambda: 'spotify_events_deliver_messages_total{outcome="invalid"} 3.0' in metrics(),
             timeout=30,
         )
         kept = data / "_partitions" / "p0000" / "quarantine"
