@@ -19,6 +19,7 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   └── QueueBusyError                 a caller's own deadline passed while another process wrote
     ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
     ├── DataDirError                       the collector's data directory is unsafe to use
+    ├── HourClosedError                    a part file started in an hour already closed (retried)
     ├── StreamConfigError                  the JetStream stream exists with other settings
     ├── SliceDecodeError                   a stream message that is not a slice (quarantined)
     ├── LeaseLost                          a delivery worker no longer owns its partition
