@@ -122,3 +122,41 @@ def test_bench_ingest_wsgi_app(benchmark: Any, collector: Collector) -> None:
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     _report(benchmark, "WSGI app")
+
+
+def test_bench_descending_numbers_with_gaps(benchmark: Any, collector: Collector) -> None:
+    """One hostile batch of 100k events numbered 200000, 199998, ..., 2: each needs a
+    range of its own, opened in front of all the others. Past the collector's
+    ``max_ranges_per_stream`` (10,000) they are refused, so the delivery lock is held
+    for a bounded time (README, the collector's limits). Each round is a new producer."""
+    n = 100_000
+    encoder = EventEncoder(collector.registry.get(END_SONG))
+    payload = encoder.encode(
+        {
+            "user_id": "user-1",
+            "track_id": "spotify:track:0000000000000000000001",
+            "ms_played": 1,
+            "reason_start": "CLICKROW",
+            "reason_end": "TRACKDONE",
+            "platform": "web",
+            "shuffle": False,
+            "offline": False,
+            "context_uri": None,
+            "conn_country": "SE",
+        }
+    )
+    ts = int(time.time() * 1000)
+    fingerprint = encoder.schema.fingerprint
+    envelopes = [Envelope(2 * i, END_SONG, fingerprint, ts, payload) for i in range(n, 0, -1)]
+
+    def setup() -> tuple[tuple[Any], dict[str, Any]]:
+        body = encode_batch(WireBatch(str(uuid.uuid4()), envelopes, {END_SONG: 2 * n + 1}))
+        return (collector.ingest.parse(body),), {}
+
+    def run(batch: Any) -> None:
+        result = collector.delivery.deliver(batch)
+        assert result.accepted + len(result.rejections) == n
+
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    mean = benchmark.stats.stats.mean
+    print(f"\ndescending numbers with gaps: {mean:.2f} s per batch of {n:,}")

@@ -19,12 +19,14 @@ catch ``SpotifyEventsError`` and know it is ours::
     │   └── QueueBusyError                 a caller's own deadline passed while another process wrote
     ├── MissingExtraError(ImportError)     a feature's optional extra is not installed
     ├── DataDirError                       the collector's data directory is unsafe to use
+    ├── HourClosedError                    a part file started in an hour already closed (retried)
     ├── StreamConfigError                  the JetStream stream exists with other settings
     ├── SliceDecodeError                   a stream message that is not a slice (quarantined)
     ├── LeaseLost                          a delivery worker no longer owns its partition
     ├── PullFailed                         JetStream cannot serve a worker's pull requests
     ├── PublishFailed                      JetStream refused a collector's publish (or has no leader)
     ├── NatsServerError(RuntimeError)      no usable nats-server (tests, demo --cluster)
+    ├── TooManyRanges(ValueError)          a number would open a range past a set's limit
     └── CollectorError                     the collector refuses a whole body (answered 400/413)
         ├── GuardError(ValueError)         refused before decoding (collector/guard.py)
         └── IngestError                    refused while decoding it (collector/ingest.py)

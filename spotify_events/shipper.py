@@ -229,6 +229,10 @@ class Shipper:
         while not self._stop.is_set():
             try:
                 self._step()
+            except QueueBusyError as exc:
+                # A wait for another process's lock cut short by this process forking (or
+                # by close()): nothing is lost, the step runs again once the fork is done.
+                logger.debug("spotify-events shipper step cut short: %s", exc)
             except Exception as exc:  # never let the thread die: log once per error text
                 self._note_error(f"shipper error: {type(exc).__name__}: {exc}")
                 logger.exception("spotify-events shipper step failed; retrying")
@@ -598,8 +602,10 @@ class Shipper:
     ) -> None:
         rejections = sort_rejections(part, result.body)
         held = rejections.held
-        for reason, events in rejections.dead_letters.items():
+        rejected = sum(
             self._dead_letter(events, reason, notify_collector=False)
+            for reason, events in rejections.dead_letters.items()
+        )
         if held:
             self._hold(held, rejections.hold_reason)
         # Counted before the queue forgets the events: flush() watches the queue, so a
@@ -613,12 +619,14 @@ class Shipper:
             self.counters.heartbeats += 1
         if part:
             try:
-                self.queue.ack_batch(part, keep=[e.id for e in held])
+                deleted = self.queue.ack_batch(part, keep=[e.id for e in held])
             except QueueError:
                 # Still queued (another process held the lock, close() cut the wait): they
                 # are sent again and counted when that answer is acknowledged.
                 self.counters.acknowledged -= acknowledged
                 raise
+            # Those a full queue evicted while the batch was out are counted in dropped.
+            self.counters.acknowledged -= acknowledged - rejected - deleted
             held_keys = {(e.event_type, e.fingerprint) for e in held}
             schemas = (
                 part.schemas()
@@ -676,14 +684,17 @@ class Shipper:
 
     def _dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
-    ) -> None:
-        self.queue.dead_letter(events, reason, notify_collector=notify_collector)
-        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + len(
-            events
-        )
+    ) -> int:
+        """Dead-letter those of ``events`` still queued; how many that was (see
+        :meth:`~.queue.outbox.QueueOutbox.dead_letter`: another shipper of the file may
+        have dead-lettered them already, a full queue evicted them)."""
+        moved = self.queue.dead_letter(events, reason, notify_collector=notify_collector)
+        if not moved:
+            return 0
+        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + moved
         logger.warning(
             "spotify-events: collector rejected %d %s event(s) (seq %d..%d): %s; moved to dead letters",
-            len(events),
+            moved,
             events[0].event_type,
             events[0].seq,
             events[-1].seq,
@@ -691,6 +702,7 @@ class Shipper:
         )
         with self._acked:
             self._acked.notify_all()
+        return moved
 
     def _set_state(self, state: str, message: str, level: int = logging.WARNING) -> None:
         if state == self._state:

@@ -152,7 +152,11 @@ class CollectorApp:
             m.events.labels(label(etype), "accepted").inc(n)
         for etype, n in result.duplicates_by_type.items():
             m.events.labels(label(etype), "duplicate").inc(n)
-        rejections = [*batch.rejections, *result.rejections]
+        received = result.received_before
+        rejections = [
+            *(r for r in batch.rejections if (r.event_type, r.seq) not in received),
+            *result.rejections,
+        ]
         for rej in rejections:
             m.events.labels(label(rej.event_type), "rejected").inc()
         if result.skewed:

@@ -98,6 +98,14 @@ from .config import CollectorConfig, collector_default
     "(code too_many_hours).",
 )
 @click.option(
+    "--max-ranges-per-stream",
+    default=collector_default("max_ranges_per_stream"),
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Ranges of sequence numbers one (producer, event type) may need; events that "
+    "would open another are rejected (code too_many_ranges).",
+)
+@click.option(
     "--max-future",
     "max_future_seconds",
     default=collector_default("max_future_seconds"),
@@ -135,6 +143,7 @@ def collector_command(
     channel_timeout: float,
     max_open_files: int,
     max_hours_per_batch: int,
+    max_ranges_per_stream: int,
     max_future_seconds: float,
     group_readable: bool,
     adopt_data_dir: bool,
@@ -193,6 +202,7 @@ def collector_command(
             channel_timeout=channel_timeout,
             max_open_files=max_open_files,
             max_hours_per_batch=max_hours_per_batch,
+            max_ranges_per_stream=max_ranges_per_stream,
             max_future_seconds=max_future_seconds,
             group_readable=group_readable,
             adopt_data_dir=adopt_data_dir,

@@ -39,6 +39,7 @@ class CollectorConfig:
     channel_timeout: float = 60.0
     max_open_files: int = DeliveryConfig.max_open_files
     max_hours_per_batch: int = DeliveryConfig.max_hours_per_batch
+    max_ranges_per_stream: int = DeliveryConfig.max_ranges_per_stream
     max_future_seconds: float = IngestLimits.max_future_seconds
     group_readable: bool = False
     adopt_data_dir: bool = False
@@ -46,7 +47,13 @@ class CollectorConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be 0..65535")
-        for name in ("threads", "connection_limit", "max_open_files", "max_hours_per_batch"):
+        for name in (
+            "threads",
+            "connection_limit",
+            "max_open_files",
+            "max_hours_per_batch",
+            "max_ranges_per_stream",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         for name in ("close_interval", "channel_timeout", "max_future_seconds"):

@@ -19,7 +19,15 @@ from .buckets import HOUR_MS
 from .closer import BucketCloser
 from .delivery_base import log
 from .ingest import IngestedBatch, Rejection
-from .ledger import INCIDENT_PREFIX, BucketState, PartState, ProducerInBucket, StreamState
+from .ledger import (
+    INCIDENT_PREFIX,
+    BucketState,
+    PartState,
+    ProducerInBucket,
+    StreamState,
+    incident_identity,
+)
+from .ranges import TooManyRanges
 from .seam import DeliveryResult, DeliveryStatus
 
 #: Most queue incidents the ledger keeps per producer (up to 16 arrive per batch); later
@@ -175,6 +183,7 @@ class BatchApplier(BucketCloser):
                     recent = self._recent[skey] = RecentPayloads(cfg.conflict_window)
                 run = _Run(stream, bucket, skewed, fingerprint)
                 runs.append(run)
+                room = cfg.max_ranges_per_stream - stream.mark_ranges()  # for received
                 add, append_payload, append_seq = run.add, run.payloads.append, run.seqs.append
                 put, conflicts = recent.put, recent.conflicts
             if run is None:
@@ -183,7 +192,12 @@ class BatchApplier(BucketCloser):
             checksum = zlib.crc32(env.payload, env.timestamp & 0xFFFFFFFF)
             if env.timestamp > run.newest:
                 run.newest = env.timestamp
-            if add(env.seq):
+            try:
+                added = add(env.seq, room)
+            except TooManyRanges:
+                refused.append(self._too_many_ranges(run.stream, env.seq))
+                continue
+            if added:
                 append_payload(env.payload)
                 append_seq(env.seq)
                 put(env.seq, checksum)
@@ -244,24 +258,50 @@ class BatchApplier(BucketCloser):
             dirty_streams[skey] = st
             return st
 
+        ranges_of: dict[str, int] = {}  # each marked stream's ranges, kept up to date
+
+        def mark(etype: str, kind: str, reason: str, first: int, last: int) -> None:
+            """Record [first, last] under (kind, reason), within the stream's range limit:
+            past it the numbers are not recorded (they count as missing), said once."""
+            st = stream_for(etype)
+            ranges = st.mark(kind, reason)
+            total = ranges_of.get(etype)
+            if total is None:
+                total = len(st.received) + st.mark_ranges()
+            before = len(ranges)
+            try:
+                ranges.add_range(first, last, cfg.max_ranges_per_stream - (total - before))
+            except TooManyRanges:
+                self._too_many_ranges(st, first)
+                if not ranges:  # made just now: it would hold a reason's place for nothing
+                    st.marks = {key: r for key, r in st.marks.items() if r}
+            ranges_of[etype] = total + len(ranges) - before
+
         # Streams exist only for registered types (at most one per producer and type);
-        # conflicts are already received. Events of an unknown schema are held by the
+        # conflicts are already received. A refused number the stream has received
+        # (in an earlier batch, or this one) is answered as a duplicate: the producer
+        # may forget its copy. Events of an unknown schema are held by the
         # producer: below its watermark, they must not age into "lost".
+        received_before = result.received_before
         for rej in [*batch.rejections, *refused]:
             if rej.event_type not in self._types or rej.seq < 1:
                 continue
+            known = streams.get((producer, rej.event_type))
+            if rej.code != "conflict" and known is not None and rej.seq in known.received:
+                stream_for(rej.event_type).duplicates += 1
+                dup_by_type[rej.event_type] = dup_by_type.get(rej.event_type, 0) + 1
+                received_before.add((rej.event_type, rej.seq))
+                continue
             if rej.code in _MARKED_CODES:
-                stream_for(rej.event_type).mark("reject", rej.reason).add(rej.seq)
+                mark(rej.event_type, "reject", rej.reason, rej.seq, rej.seq)
                 max_seq[rej.event_type] = max(max_seq.get(rej.event_type, 0), rej.seq)
             elif rej.code == "unknown_schema":
-                stream_for(rej.event_type).mark("held", rej.code).add(rej.seq)  # one key
+                mark(rej.event_type, "held", rej.code, rej.seq, rej.seq)  # one key
         for drop in facts.drops:
             if drop.event_type not in self._types:
                 continue
             kind = "reject" if drop.reason.startswith("rejected:") else "drop"
-            stream_for(drop.event_type).mark(kind, drop.reason).add_range(
-                drop.first_seq, drop.last_seq
-            )
+            mark(drop.event_type, kind, drop.reason, drop.first_seq, drop.last_seq)
             max_seq[drop.event_type] = max(max_seq.get(drop.event_type, 0), drop.last_seq)
         for etype, seq in max_seq.items():
             stream_for(etype).announce(seq + 1, now, grace)
@@ -271,10 +311,40 @@ class BatchApplier(BucketCloser):
         for st in dirty_streams.values():
             st.last_seen = now
             st.service, st.host, st.sdk_version = facts.service, facts.host, facts.sdk_version
+        if received_before:
+            refused[:] = [
+                r
+                for r in refused
+                if r.code == "conflict" or (r.event_type, r.seq) not in received_before
+            ]
         group.streams.update(dirty_streams)
         result.accepted = sum(acc_by_type.values())
         result.duplicates = sum(dup_by_type.values())
         return result
+
+    def _too_many_ranges(self, stream: StreamState, seq: int) -> Rejection:
+        """Refuse ``seq``: recording it would take ``stream`` past its range limit. The
+        first time per stream and process, an incident names the stream."""
+        limit = self.config.max_ranges_per_stream
+        key = (stream.producer_id, stream.event_type)
+        if key not in self._range_limited:
+            self._range_limited.add(key)
+            self._collector_incident(
+                self.state,
+                "too_many_ranges",
+                f"producer {stream.producer_id!r}, {stream.event_type}: its sequence numbers "
+                f"need more than {limit} ranges (numbers out of order with gaps); numbers "
+                "that would open a new range are refused (events, code too_many_ranges) or "
+                "not recorded (drop notices, rejections: they count as missing). Raise "
+                "--max-ranges-per-stream if the producer is genuine",
+            )
+        return Rejection(
+            stream.event_type,
+            seq,
+            "too_many_ranges",
+            f"this stream's sequence numbers need more than {limit} ranges (out of order "
+            "with gaps); the collector keeps no more",
+        )
 
     def _count_missing(self, streams: Any) -> None:
         for st in streams:
@@ -285,12 +355,15 @@ class BatchApplier(BucketCloser):
 
     def _record_incidents(self, producer: str, incidents: list[dict[str, Any]]) -> None:
         """Keep a producer's queue incidents (e.g. a damaged file moved aside) for the
-        report; keyed by producer, kind and time, so a retried batch adds nothing."""
+        report. One is known by its kind, time and detail, whichever producer id brings
+        it (the SDK sends them with whatever batch goes next), so one sent again after
+        a retry or a crash adds nothing."""
         kept = self._incidents_kept.get(producer, 0)
+        seen = self._incidents_seen
         rows = []
         for i in incidents:
             key = f"{INCIDENT_PREFIX}{producer}:{i['kind']}:{i['at']}"
-            if key in self.state.meta:
+            if key in self.state.meta or incident_identity(i) in seen:
                 continue
             if kept >= MAX_INCIDENTS_PER_PRODUCER:
                 if producer not in self._incidents_refused:
@@ -302,6 +375,7 @@ class BatchApplier(BucketCloser):
                     )
                 break
             kept += 1
+            seen.add(incident_identity(i))
             rows.append((key, json.dumps({"producer_id": producer, **i})))
         self._incidents_kept[producer] = kept
         if not rows:

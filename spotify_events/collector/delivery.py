@@ -40,9 +40,15 @@ from .datadir import DataDirLock, Quarantine, make_dirs
 from .dedupe import BatchApplier, Group
 from .delivery_base import log
 from .ingest import IngestedBatch
-from .ledger import Ledger, LedgerState
+from .ledger import LEDGER_FILE, Ledger, LedgerState
 from .partitions import SINGLE, BucketLayout
-from .recovery import Recovery, check_type_names, foreign_entries, prepare_data_dir
+from .recovery import (
+    Recovery,
+    check_type_names,
+    foreign_entries,
+    owned_part_files,
+    prepare_data_dir,
+)
 from .seam import DeliveryConfig, DeliveryResult, DeliveryStatus
 
 if TYPE_CHECKING:
@@ -113,6 +119,8 @@ class LocalDelivery(Recovery, BatchApplier):
         self._incidents = 0
         self._incidents_kept = {}
         self._incidents_refused = set()
+        self._incidents_seen = set()
+        self._range_limited = set()
         modes = self.config.modes
         prepare_data_dir(self.data_dir, modes)
         # A partition's ledger and lock live in its own directory: workers share DATA_DIR.
@@ -124,7 +132,20 @@ class LocalDelivery(Recovery, BatchApplier):
         try:
             existing = foreign_entries(ledger_dir)
             refusal = ""
-            if existing and not self.config.adopt_data_dir:
+            ledger_file = os.path.join(ledger_dir, LEDGER_FILE)
+            if layout.ledger_dir and not (
+                os.path.exists(ledger_file) and os.path.getsize(ledger_file)
+            ):
+                # A partition's part files are not under its ledger directory.
+                existing += owned_part_files(self.data_dir, self._types, layout)
+            if existing and not self.config.adopt_data_dir and layout.ledger_dir:
+                refusal = (
+                    f"{ledger_dir} has no ledger, but the partition has files "
+                    f"({', '.join(existing[:5])}). If its ledger was lost, restore it from a "
+                    "backup; to start a new one anyway, move the partition's part files out "
+                    "of the data directory first."
+                )
+            elif existing and not self.config.adopt_data_dir:
                 refusal = (
                     f"{self.data_dir} holds files ({', '.join(existing[:5])}) but no collector "
                     "ledger. If the ledger was lost, restore it from a backup; to start a new "

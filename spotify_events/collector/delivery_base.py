@@ -58,6 +58,8 @@ class DeliveryBase:
     _incidents: int  # collector incidents recorded by this process
     _incidents_kept: dict[str, int]  # queue incidents in the ledger, by producer
     _incidents_refused: set[str]
+    _incidents_seen: set[tuple[object, object, object]]  # incident_identity of those kept
+    _range_limited: set[tuple[str, str]]  # streams told of as past max_ranges_per_stream
 
     def _collector_incident(self, state: LedgerState, kind: str, detail: str) -> None:
         """Record (durably, at once) something the collector itself found wrong on disk."""

@@ -15,14 +15,13 @@ of the ``se.*`` keys. Any other writer schema takes the plain ``decode_batch`` p
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
 from ..errors import BatchDecodeError
-from ..wire import ENVELOPE_SCHEMA, Envelope
+from ..wire import ENVELOPE_SCHEMA, Envelope, block_records
 from .buckets import avro_long
 
 _RAW_ENVELOPE = fastavro.parse_schema(
@@ -51,31 +50,19 @@ _RAW_HEADER = _header.getvalue()
 def decode_envelopes(blocks: Sequence[tuple[int, bytes]]) -> list[Envelope]:
     """Envelopes from decompressed container blocks of (record count, data).
 
-    fastavro reads as many records as a block declares and ignores what follows them,
-    so a block holding more than its count would have events acknowledged in a 200
-    that were never read: each block must end where its last record does.
+    Each block must end where its last record does, as in ``decode_batch``: both read
+    records through :func:`spotify_events.wire.block_records`.
     """
     parts = [_RAW_HEADER]
     for count, data in blocks:
         parts += [avro_long(count), avro_long(len(data)), data, _SYNC]
-    out: list[Envelope] = []
     try:
         read = fastavro.block_reader(io.BytesIO(b"".join(parts)))
-        for (count, data), block in zip(blocks, read, strict=True):
-            records: Iterator[Any] = iter(block)
-            out += [
-                Envelope(r["seq"], r["event_type"], r["fingerprint"], r["timestamp"], r["payload"])
-                for r in records
-            ]
-            # bytes_: the block's data, read to where its records end (an attribute of
-            # fastavro's Block its type stubs leave out)
-            left = len(data) - block.bytes_.tell()  # type: ignore[attr-defined]
-            if left:
-                raise BatchDecodeError(
-                    f"a container block holds {left} bytes past its {count} records"
-                )
+        return [
+            Envelope(r["seq"], r["event_type"], r["fingerprint"], r["timestamp"], r["payload"])
+            for r in block_records(read)
+        ]
     except BatchDecodeError:
         raise
     except Exception as exc:  # fastavro raises a zoo of types on corrupt input
         raise BatchDecodeError(f"undecodable batch: {type(exc).__name__}: {exc}") from exc
-    return out

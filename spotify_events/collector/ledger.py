@@ -58,6 +58,13 @@ COLLECTOR_INCIDENT_PREFIX = INCIDENT_PREFIX + "collector:"
 #: Who the collector's own incidents are attributed to in the report; no producer id.
 COLLECTOR_SOURCE = "(collector)"
 
+
+def incident_identity(incident: dict[str, Any]) -> tuple[object, object, object]:
+    """What tells one queue incident from another: the wire carries no id, and kind,
+    time (the producer's float clock) and detail are one however often it is sent."""
+    return incident.get("kind"), incident.get("at"), incident.get("detail")
+
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
@@ -108,6 +115,11 @@ class StreamState:
         while len(self.steps) > MAX_STEPS:  # merging makes gaps look younger, never older
             (_, _), (ns2, t2) = self.steps[0], self.steps[1]
             self.steps[0:2] = [(ns2, t2)]
+
+    def mark_ranges(self) -> int:
+        """Ranges held by all marks (with ``len(received)``, what the collector's
+        ``max_ranges_per_stream`` bounds)."""
+        return sum(len(ranges) for ranges in self.marks.values())
 
     def mark(self, kind: str, reason: str) -> RangeSet:
         key = (kind, reason[:MAX_REASON_CHARS])

@@ -22,15 +22,32 @@ events for it, and :func:`load_state` adds them up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ..errors import SpotifyEventsError
 from .buckets import CLOSED_MARKER, part_name, read_marker
-from .datadir import fsync_dir
-from .ledger import LEDGER_FILE, BucketState, Ledger, LedgerState, ProducerInBucket, StreamState
+from .datadir import O_CLOEXEC, O_DIRECTORY, fsync_dir
+from .ledger import (
+    COLLECTOR_INCIDENT_PREFIX,
+    COLLECTOR_SOURCE,
+    LEDGER_FILE,
+    BucketState,
+    Ledger,
+    LedgerState,
+    ProducerInBucket,
+    StreamState,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock
+    fcntl = None  # type: ignore[assignment]
 
 PARTITIONS_DIR = "_partitions"
 
@@ -54,6 +71,27 @@ class BucketLayout:
 
 
 SINGLE = BucketLayout()
+
+
+class HourClosedError(SpotifyEventsError):
+    """A partition's first part file in an hour that every partition has closed."""
+
+
+@contextlib.contextmanager
+def hour_lock(hour_dir: str) -> Iterator[None]:
+    """An exclusive ``flock`` on an hour directory. A partition creates its first part
+    file in the hour under it, after checking there is no ``_CLOSED.json``, and the
+    marker is written under it from the part files then present: either the marker
+    counts the partition, or the partition sees the marker and writes elsewhere."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(hour_dir, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
 
 
 def partition_tag(partition: int) -> str:
@@ -82,7 +120,8 @@ def ledger_dirs(data_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def load_state(data_dir: str | os.PathLike[str]) -> LedgerState:
-    """The ledger of a data directory: the root's, or every partition's added up."""
+    """The ledger of a data directory: the root's, or every partition's added up; a
+    partition directory without a ledger is a collector incident of the result."""
     dirs = ledger_dirs(data_dir) or [os.fspath(data_dir)]  # the last one raises "no ledger"
     merged = LedgerState()
     for directory in dirs:
@@ -91,6 +130,19 @@ def load_state(data_dir: str | os.PathLike[str]) -> LedgerState:
             _merge(merged, ledger.load(), several=len(dirs) > 1)
         finally:
             ledger.close()
+    parts = os.path.join(os.fspath(data_dir), PARTITIONS_DIR)
+    for name in sorted(os.listdir(parts)) if os.path.isdir(parts) else []:
+        directory = os.path.join(parts, name)
+        if directory not in dirs and os.path.isdir(directory):
+            merged.meta[f"{COLLECTOR_INCIDENT_PREFIX}no-ledger:{name}"] = json.dumps(
+                {
+                    "producer_id": COLLECTOR_SOURCE,
+                    "kind": "partition_ledger_missing",
+                    "detail": f"{PARTITIONS_DIR}/{name} has no ledger: the events of that "
+                    "partition are not counted here (restore its ledger from a backup)",
+                    "at": os.stat(directory).st_mtime,
+                }
+            )
     return merged
 
 
@@ -100,7 +152,25 @@ def _merge(into: LedgerState, state: LedgerState, *, several: bool) -> None:
     into.parts.update(state.parts)
     for skey, st in state.streams.items():
         mine = into.streams.get(skey)
-        into.streams[skey] = st if mine is None else _merge_stream(mine, st)
+        if mine is None:
+            into.streams[skey] = st
+            continue
+        twice = _merge_stream(mine, st)
+        if twice:  # each ledger deduplicated only its own: these are in the buckets twice
+            producer, etype = skey
+            key = f"{COLLECTOR_INCIDENT_PREFIX}twice:{producer}:{etype}"
+            earlier = json.loads(into.meta[key])["count"] if key in into.meta else 0
+            into.meta[key] = json.dumps(
+                {
+                    "producer_id": COLLECTOR_SOURCE,
+                    "kind": "delivered_by_two_partitions",
+                    "count": earlier + twice,
+                    "detail": f"{earlier + twice} event(s) of producer {producer}, {etype}, "
+                    "were delivered by more than one partition (a batch retried across a "
+                    "change of partition count): they are in the buckets twice",
+                    "at": mine.last_seen,
+                }
+            )
     for bkey, b in state.buckets.items():
         mine_b = into.buckets.get(bkey)
         if mine_b is None:
@@ -111,9 +181,12 @@ def _merge(into: LedgerState, state: LedgerState, *, several: bool) -> None:
             _merge_bucket(mine_b, b)
 
 
-def _merge_stream(a: StreamState, b: StreamState) -> StreamState:
-    """One (producer, type) seen by two partitions: only after a change of partition count."""
+def _merge_stream(a: StreamState, b: StreamState) -> int:
+    """One (producer, type) seen by two partitions: only after a change of partition count.
+    Adds ``b`` into ``a``; returns how many numbers both had received."""
+    separately = a.received.count() + b.received.count()
     a.received.update(b.received)
+    twice = separately - a.received.count()
     a.duplicates += b.duplicates
     a.next_seq = max(a.next_seq, b.next_seq)
     a.steps = sorted({*a.steps, *b.steps})
@@ -127,7 +200,7 @@ def _merge_stream(a: StreamState, b: StreamState) -> StreamState:
             b.host,
             b.sdk_version,
         )
-    return a
+    return twice
 
 
 def _merge_bucket(a: BucketState, b: BucketState) -> None:
@@ -162,7 +235,9 @@ def finalize_hours(
     partition without part files in the directory had nothing for that hour, and
     after the hour's deadline (hour end + lateness) it never will: delivery puts
     later arrivals in the current hour. ``settle`` covers a commit that began just
-    before the deadline. The marker is written under a unique temporary name and
+    before the deadline; one that reaches the hour later still finds the marker under
+    :func:`hour_lock` and fails (its messages come back, for the current hour) rather
+    than add a partition the marker does not count. The marker is written under a unique temporary name and
     linked into place, so two workers finishing the same hour never overwrite each
     other. Returns the directories closed now.
     """
@@ -178,8 +253,9 @@ def finalize_hours(
                 hour = _hour_of_dir(day, hour_dir)
                 if hour is None or now < (hour + 1) * 3600 + lateness + settle:
                     continue
-                if _close_hour(hour_dir, now):
-                    closed.append(hour_dir)
+                with hour_lock(hour_dir):
+                    if _close_hour(hour_dir, now):
+                        closed.append(hour_dir)
     return closed
 
 

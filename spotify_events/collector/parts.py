@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 
-from .buckets import PartFile, bucket_dir, part_damage
+from .buckets import CLOSED_MARKER, PartFile, bucket_dir, part_damage
 from .datadir import fsync_dir, make_dirs, open_part
 from .delivery_base import DeliveryBase
 from .ledger import LedgerState, PartState
+from .partitions import HourClosedError, hour_lock
 
 
 class PartFiles(DeliveryBase):
@@ -69,7 +70,18 @@ class PartFiles(DeliveryBase):
         full = os.path.join(self.data_dir, part.path)
         directory = make_dirs(self.data_dir, os.path.dirname(part.path), self.config.modes)
         new = part.committed_len == 0
-        pf = self._files[part.path] = PartFile(full, open_part(full, self.config.modes, new=new))
+        if new and self.layout.part_tag:  # one partition of several: see hour_lock
+            with hour_lock(directory):
+                if os.path.exists(os.path.join(directory, CLOSED_MARKER)):
+                    raise HourClosedError(
+                        f"{part.path}: every partition closed the hour before this one's "
+                        "first part file there (a commit that read its clock before the "
+                        "hour's deadline and got here after it); not written"
+                    )
+                fd = open_part(full, self.config.modes, new=True)
+        else:
+            fd = open_part(full, self.config.modes, new=new)
+        pf = self._files[part.path] = PartFile(full, fd)
         if new:
             fsync_dir(directory)
         return pf

@@ -5,13 +5,28 @@ Producers number events 1, 2, 3, ... and ship them mostly in order, so the set
 is almost always one range plus a few holes; storing ranges keeps it a few
 bytes per stream no matter how many events arrive, and the common case (the
 next number appended to the last range) is O(1).
+
+Numbers sent out of order with gaps between them (hostile, or a producer that drops
+every other event) make one range each, and opening a range in the middle shifts
+the list after it: a memmove of the set's size. So a caller that takes numbers from
+clients passes ``limit``: a number or range that would open a new range in a set
+already holding ``limit`` ranges raises :class:`TooManyRanges` and changes nothing.
+A lookup is a bisection, an insert therefore O(log n + limit), and merging two sets
+is one linear pass.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
+
+from ..errors import SpotifyEventsError
+
+
+class TooManyRanges(SpotifyEventsError, ValueError):
+    """Adding the number would open a range past the set's ``limit``; nothing changed."""
 
 
 class RangeSet:
@@ -59,8 +74,10 @@ class RangeSet:
         return new
 
     # -- mutation -------------------------------------------------------------
-    def add(self, n: int) -> bool:
-        """Add one number; False when it was already present (a duplicate)."""
+    def add(self, n: int, limit: int | None = None) -> bool:
+        """Add one number; False when it was already present (a duplicate).
+
+        TooManyRanges if it joins no range and the set holds ``limit`` ranges already."""
         ends = self._ends
         if ends and n == ends[-1] + 1:  # the common case: the next number in order
             ends[-1] = n
@@ -79,26 +96,52 @@ class RangeSet:
         elif joins_right:
             starts[i + 1] = n
         else:
+            if limit is not None and len(starts) >= limit:
+                raise TooManyRanges(f"{n} would open range {len(starts) + 1} of at most {limit}")
             starts.insert(i + 1, n)
             ends.insert(i + 1, n)
         return True
 
-    def add_range(self, start: int, end: int) -> None:
-        """Add every integer in ``[start, end]`` (merging what overlaps or touches)."""
+    def add_range(self, start: int, end: int, limit: int | None = None) -> None:
+        """Add every integer in ``[start, end]`` (merging what overlaps or touches).
+
+        TooManyRanges if it touches no range and the set holds ``limit`` ranges already."""
         if end < start:
             return
         starts, ends = self._starts, self._ends
+        if ends and start == ends[-1] + 1:  # in order, right after the last range
+            ends[-1] = end
+            return
         lo = bisect_right(ends, start - 2)  # first range that ends at or after start-1
         hi = bisect_right(starts, end + 1)  # ranges before hi start at or before end+1
         if lo < hi:
             start = min(start, starts[lo])
             end = max(end, ends[hi - 1])
+        elif limit is not None and len(starts) >= limit:
+            raise TooManyRanges(
+                f"{start}..{end} would open range {len(starts) + 1} of at most {limit}"
+            )
         starts[lo:hi] = [start]
         ends[lo:hi] = [end]
 
     def update(self, other: RangeSet) -> None:
-        for start, end in other:
-            self.add_range(start, end)
+        """Add every number of ``other``: one merge of the two sorted lists."""
+        if not other._starts:
+            return
+        if not self._starts or other._starts[0] > self._ends[-1] + 1:
+            self._starts += other._starts
+            self._ends += other._ends
+            return
+        starts: list[int] = []
+        ends: list[int] = []
+        for start, end in heapq.merge(self, other):
+            if ends and start <= ends[-1] + 1:
+                if end > ends[-1]:
+                    ends[-1] = end
+            else:
+                starts.append(start)
+                ends.append(end)
+        self._starts, self._ends = starts, ends
 
     # -- set algebra ----------------------------------------------------------
     def union(self, *others: RangeSet) -> RangeSet:
@@ -129,7 +172,14 @@ class RangeSet:
 
     def clipped(self, low: int, high: int) -> RangeSet:
         """The part of the set inside ``[low, high]``."""
-        return RangeSet((max(s, low), min(e, high)) for s, e in self if e >= low and s <= high)
+        new = RangeSet()
+        lo = bisect_left(self._ends, low)  # the first range ending at or after low
+        hi = bisect_right(self._starts, high)  # ranges before hi start at or before high
+        if lo < hi:
+            new._starts, new._ends = self._starts[lo:hi], self._ends[lo:hi]
+            new._starts[0] = max(new._starts[0], low)
+            new._ends[-1] = min(new._ends[-1], high)
+        return new
 
     # -- storage --------------------------------------------------------------
     def to_list(self) -> list[list[int]]:

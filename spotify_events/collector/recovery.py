@@ -13,7 +13,8 @@ from collections import Counter
 from .buckets import bucket_dir, header_length, read_marker
 from .datadir import LOCK_FILE, DataDirError, FileModes
 from .dedupe import BatchApplier
-from .ledger import INCIDENT_PREFIX, LEDGER_FILE, LedgerState, PartState
+from .ledger import INCIDENT_PREFIX, LEDGER_FILE, LedgerState, PartState, incident_identity
+from .partitions import BucketLayout
 
 
 class Recovery(BatchApplier):
@@ -68,11 +69,9 @@ class Recovery(BatchApplier):
         self._missing.clear()
         self._missing_total = 0
         self._count_missing(state.streams.values())
-        self._incidents_kept = Counter(
-            str(json.loads(value).get("producer_id"))
-            for key, value in state.meta.items()
-            if key.startswith(INCIDENT_PREFIX)
-        )
+        kept = [json.loads(v) for k, v in state.meta.items() if k.startswith(INCIDENT_PREFIX)]
+        self._incidents_kept = Counter(str(i.get("producer_id")) for i in kept)
+        self._incidents_seen = {incident_identity(i) for i in kept}
 
     def _move_tail_aside(self, part: PartState, state: LedgerState) -> None:
         """Bytes past the committed length: keep a readable copy, then cut the part back."""
@@ -210,3 +209,24 @@ def foreign_entries(data_dir: str) -> list[str]:
     own = {LOCK_FILE, LEDGER_FILE, LEDGER_FILE + "-wal", LEDGER_FILE + "-shm"}
     with os.scandir(data_dir) as it:
         return sorted(e.name for e in it if e.name not in own)
+
+
+def owned_part_files(data_dir: str, event_types: frozenset[str], layout: BucketLayout) -> list[str]:
+    """Part files of ``layout`` in the buckets of ``data_dir`` (paths relative to it).
+
+    A partition's ledger directory holds nothing else, so it looks empty when the
+    ledger is lost; its part files sit in the bucket directories it shares with the
+    other partitions. Only real directories of registered types are walked.
+    """
+    found = []
+    for etype in sorted(event_types):
+        top = os.path.join(data_dir, etype)
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for directory, _, files in os.walk(top):
+            found += [
+                os.path.relpath(os.path.join(directory, n), data_dir)
+                for n in sorted(files)
+                if layout.owns(n)
+            ]
+    return found

@@ -37,6 +37,10 @@ class DeliveryResult:
     accepted_by_type: dict[str, int] = field(default_factory=dict)
     duplicates_by_type: dict[str, int] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)  # refused by delivery
+    #: (event type, seq) of ingest's rejections whose number the ledger had already
+    #: received: answered as duplicates, so a producer never dead-letters a copy of an
+    #: event the collector holds (e.g. one a stricter setting now refuses).
+    received_before: set[tuple[str, int]] = field(default_factory=set)
     message: str = ""
 
 
@@ -63,6 +67,10 @@ class DeliveryConfig:
     max_open_files: int = 256  # part files kept open; the least recently used is closed
     max_hours_per_batch: int = 32  # distinct (type, hour) buckets one batch may write to
     conflict_window: int = 1024  # last N numbers per stream whose payload checksum is kept
+    #: Ranges of sequence numbers (received plus marked) a (producer, type) stream may
+    #: need: out-of-order numbers with gaps make one each, held in memory, rewritten to
+    #: the ledger with every batch of the stream and shifted on each insert.
+    max_ranges_per_stream: int = 10_000
     modes: FileModes = field(default_factory=FileModes)
     adopt_data_dir: bool = False  # start a new ledger in a data dir that has files
 
@@ -75,6 +83,11 @@ class DeliveryConfig:
             raise ConfigError(f"codec must be one of {BUCKET_CODECS}")
         if self.max_part_bytes < 1024:
             raise ConfigError("max_part_bytes must be >= 1024")
-        for name in ("max_open_files", "max_hours_per_batch", "conflict_window"):
+        for name in (
+            "max_open_files",
+            "max_hours_per_batch",
+            "conflict_window",
+            "max_ranges_per_stream",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")

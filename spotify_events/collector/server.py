@@ -59,6 +59,7 @@ class Collector:
                 codec=config.codec,
                 max_open_files=config.max_open_files,
                 max_hours_per_batch=config.max_hours_per_batch,
+                max_ranges_per_stream=config.max_ranges_per_stream,
                 modes=FileModes.group_readable() if config.group_readable else FileModes(),
                 adopt_data_dir=config.adopt_data_dir,
             ),

@@ -8,6 +8,7 @@ yet: their events stay queued but unread until the next try).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -90,7 +91,10 @@ class QueueOutbox(QueueStore):
     def dead_letter(
         self, events: Sequence[QueuedEvent], reason: str, *, notify_collector: bool
     ) -> int:
-        """Move rejected events out of the queue into ``dead_letters`` with ``reason``.
+        """Move rejected events out of the queue into ``dead_letters`` with ``reason``;
+        how many were still queued. Only those move: one that left meanwhile was
+        dead-lettered or acknowledged by another shipper of the file (the lease handed
+        over while this one's batch was out), or evicted by a full queue.
 
         ``notify_collector`` also records them as a drop notice: needed when the
         collector never saw them (a 400 batch), not when its 200 body already
@@ -100,6 +104,9 @@ class QueueOutbox(QueueStore):
             return 0
         now = time.time()
         with self.atomic() as conn:
+            events = self._still_queued(conn, events)
+            if not events:
+                return 0
             conn.executemany(
                 "INSERT INTO dead_letters (event_type, seq, fingerprint, timestamp, payload, "
                 "reason, created_at, producer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -133,6 +140,20 @@ class QueueOutbox(QueueStore):
                     ],
                 )
         return moved
+
+    @staticmethod
+    def _still_queued(conn: sqlite3.Connection, events: Sequence[QueuedEvent]) -> list[QueuedEvent]:
+        """Those of ``events`` still in the queue (read inside the caller's transaction)."""
+        queued: set[int] = set()
+        ids = sorted(e.id for e in events)
+        for first, last in runs(ids):
+            queued.update(
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM events WHERE id BETWEEN ? AND ?", (first, last)
+                )
+            )
+        return [e for e in events if e.id in queued]
 
     def replay_dead_letters(self, event_type: str | None = None) -> int:
         """Put dead letters (all, or those of ``event_type``) back into the queue with

@@ -97,6 +97,7 @@ class QueueStore:
         self._callers = threading.local()  # .deadline: a calling thread's own (see waiting_until)
         self.clock = clock
         self._lock = threading.RLock()
+        self._forking = False  # see before_fork
         self._cache: AppendCache | None = None
         self._cursor: sqlite3.Cursor | None = None  # see _cursor_of
         self._closed = False
@@ -392,6 +393,11 @@ class QueueStore:
                     raise QueueBusyError(
                         f"{self.path}: another process held the write lock past the caller's deadline"
                     ) from exc
+                if self._forking:
+                    raise QueueBusyError(
+                        f"{self.path}: stopped waiting for another process's write lock: "
+                        "this process is forking"
+                    ) from exc
             time.sleep(pause)
             pause = min(2 * pause, LOCK_RETRY_MAX)
 
@@ -430,7 +436,17 @@ class QueueStore:
         believed it already held the WAL's shared-memory lock and never took it;
         once the parent let go, another process reset the WAL index under the
         child and committed events vanished (in one test run: 34,500 committed,
-        10,414 left). With no connection open at fork, the child starts clean."""
+        10,414 left). With no connection open at fork, the child starts clean.
+
+        A thread of ours waiting for another process's write lock holds ``_lock``
+        for as long as that process keeps it, up to the busy timeout, and the fork
+        waited as long. Such a wait now ends at its next try (within
+        ``LOCK_RETRY_MAX``) with :class:`QueueBusyError`, as a caller's deadline
+        ends it, and its caller tries again after the fork: the writer keeps the
+        events buffered, the shipper sends the batch again. Stepping aside and
+        carrying on instead could deadlock: restoring the file holds the peers'
+        locks too, which the fork takes next."""
+        self._forking = True
         self._lock.acquire()
         conn, self._conn = self._conn, None
         self._cache = self._cursor = None
@@ -440,12 +456,14 @@ class QueueStore:
 
     def after_fork_in_parent(self) -> None:
         """In the parent after ``os.fork()``: carry on (the connection reopens on use)."""
+        self._forking = False
         self._lock.release()
 
     def after_fork_in_child(self) -> None:
         """In the child: a fresh lock (the old one is held by the forking thread's
         copy); the connection reopens on first use."""
         self._lock = threading.RLock()
+        self._forking = False
         self._cache = self._cursor = None
         self._conn = None
 

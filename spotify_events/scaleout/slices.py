@@ -39,7 +39,7 @@ from itertools import accumulate, islice, repeat
 from operator import itemgetter, lt
 from typing import Any
 
-from ..collector.ingest import BatchFacts, IngestedBatch, Rejection
+from ..collector.ingest import MAX_TIMESTAMP_MS, BatchFacts, IngestedBatch, Rejection
 from ..errors import SpotifyEventsError
 from ..wire import DropNotice, Envelope
 
@@ -224,6 +224,16 @@ def _control_messages(
     return out
 
 
+def _incident_shaped(incident: object) -> bool:
+    """An incident as ingest passes it on: the ledger keys and compares them by these."""
+    return (
+        isinstance(incident, dict)
+        and isinstance(incident.get("kind"), str)
+        and isinstance(incident.get("at"), (int, float))
+        and isinstance(incident.get("detail", ""), str)
+    )
+
+
 def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     """A stream message back into the :class:`IngestedBatch` the delivery half takes."""
     if data[:3] != MAGIC or len(data) < 7:
@@ -233,28 +243,35 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     try:
         header = json.loads(data[7:pos])
         control = header.get("control") or {}
+        # the delivery half takes these as they are: anything else fails its commit
+        texts = [header[k] for k in ("producer_id", "service", "host", "sdk_version")]
+        event_type = header.get("event_type", "")
+        if not all(isinstance(t, str) for t in (*texts, event_type)):
+            raise TypeError("a producer or event type field is not a string")
+        incidents = list(control.get("incidents", []))
+        if not all(map(_incident_shaped, incidents)):
+            raise TypeError("an incident is not an object of a kind, a time and a detail")
         facts = BatchFacts(
-            producer_id=header["producer_id"],
+            producer_id=texts[0],
             next_seq={str(k): int(v) for k, v in control.get("next_seq", {}).items()},
             drops=[
-                DropNotice(t, int(a), int(b), int(n), str(r))
+                DropNotice(str(t), int(a), int(b), int(n), str(r))
                 for t, a, b, n, r in control.get("drops", [])
             ],
-            service=header["service"],
-            host=header["host"],
-            sdk_version=header["sdk_version"],
+            service=texts[1],
+            host=texts[2],
+            sdk_version=texts[3],
             received_at=received_at,
             body_bytes=len(data),
-            incidents=list(control.get("incidents", [])),
+            incidents=incidents,
         )
         rejections = [
-            Rejection(event_type=t, seq=int(s), code=str(c), reason=str(r))
+            Rejection(event_type=str(t), seq=int(s), code=str(c), reason=str(r))
             for t, s, c, r in control.get("rejections", [])
         ]
-        event_type = header.get("event_type", "")
         fingerprint = bytes.fromhex(header.get("fingerprint", ""))
         count = int(header.get("count", 0))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # Attribute: not a dict
         raise SliceDecodeError(f"bad slice header: {type(exc).__name__}: {exc}") from exc
     index_end = pos + count * _INDEX.size
     if count < 0 or index_end > len(data):
@@ -263,12 +280,16 @@ def decode_message(data: bytes, *, received_at: float) -> IngestedBatch:
     ends = list(accumulate(map(_INDEX_LEN, entries), initial=index_end))
     if ends[-1] != len(data):
         raise SliceDecodeError("slice payloads do not match the index")
+    stamps = list(map(_INDEX_TS, entries))
+    if stamps and (min(stamps) < 0 or max(stamps) > MAX_TIMESTAMP_MS):
+        # ingest refuses these; no bucket path can be built from one
+        raise SliceDecodeError("an event timestamp is out of range")
     payloads = map(data.__getitem__, map(slice, ends[:-1], ends[1:]))
     fields = zip(
         map(_SEQ, entries),
         repeat(event_type),
         repeat(fingerprint),
-        map(_INDEX_TS, entries),
+        stamps,
         payloads,
     )
     events = list(map(_new_envelope, fields))  # tuple.__new__: no Python frame per event

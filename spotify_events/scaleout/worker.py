@@ -6,7 +6,8 @@ through a :class:`~.pull.PullFeed` (a pull request kept open), feeding the
 collector's own delivery half (:class:`~spotify_events.collector.delivery.
 LocalDelivery`, one per partition, its ledger under ``DATA_DIR/_partitions/``).
 Per batch taken from the feed (every message it holds, up to ``fetch_batch``
-messages and :data:`COMMIT_MAX_BYTES`): decode the slices, check the lease (the
+messages and :data:`COMMIT_MAX_BYTES`): decode the slices (one it cannot write is set
+aside alone, not committed with the others), check the lease (the
 fence: locally, and against the bucket when no renewal has confirmed it within a
 third of the TTL), make them durable in one group commit, and only then acknowledge
 them to JetStream. A crash before the acks means redelivery, and the ledger counts
@@ -193,8 +194,7 @@ class PartitionRunner:
         good: list[Any] = []
         for msg in msgs:
             try:
-                batches.append(decode_message(msg.data, received_at=time.time()))
-                good.append(msg)
+                batch = decode_message(msg.data, received_at=time.time())
             except SliceDecodeError as exc:  # not deliverable: moved aside, counted, logged
                 w.metrics.messages.labels("invalid").inc()
                 seq = msg.metadata.sequence.stream
@@ -207,6 +207,22 @@ class PartitionRunner:
                     path,
                 )
                 await _quietly(msg.term())
+                continue
+            unknown = self._unknown_schema(batch)
+            if unknown:  # alone: in the group commit it would fail every message with it
+                w.metrics.messages.labels("retried").inc()
+                log.warning(
+                    "partition %d: message %s holds events of %s; kept in the stream, "
+                    "tried again in %.0f s",
+                    self.partition,
+                    msg.metadata.sequence.stream,
+                    unknown,
+                    w.config.ack_wait,
+                )
+                await _quietly(msg.nak(delay=w.config.ack_wait))
+                continue
+            batches.append(batch)
+            good.append(msg)
         if not batches:
             return
         await w.renewals_first()
@@ -239,6 +255,18 @@ class PartitionRunner:
             log.warning("partition %d: commit failed (%s); redelivering", self.partition, message)
             w.metrics.messages.labels("retried").inc(len(good))
             await _answer_each(good, "nak", delay=1)
+
+    def _unknown_schema(self, batch: IngestedBatch) -> str:
+        """What a slice's schema is, if this worker's registry does not have it ("" if
+        it does): collectors with a newer schema set accepted its events; a worker
+        given that schema writes them."""
+        if not batch.events:
+            return ""
+        event = batch.events[0]  # a slice holds one event type and schema
+        schema = self.worker.registry.by_fingerprint(event.fingerprint)
+        if schema is not None and schema.full_name == event.event_type:
+            return ""
+        return f"{event.event_type} schema {event.fingerprint.hex()}, which this worker lacks"
 
     def _quarantine(self, stream_seq: int, data: bytes) -> str:
         """Keep an undecodable message's bytes (fsynced) before it leaves the stream."""

@@ -26,6 +26,7 @@ from support import SCHEMAS, free_port, wait_for
 pytest.importorskip("nats", reason="needs the nats extra: pip install 'spotify-events[nats]'")
 
 import spotify_events.scaleout.pull as pull_module
+from spotify_events.collector.datadir import DataDirError
 from spotify_events.collector.delivery import LocalDelivery
 from spotify_events.collector.ingest import BatchFacts, IngestedBatch, Rejection
 from spotify_events.collector.partitions import finalize_hours, partition_layout
@@ -830,6 +831,99 @@ def test_an_hour_is_closed_only_when_every_partition_closed_it(
     assert {s["producer_id"] for s in report["streams"]} == {"prod-0", "prod-1"}
 
 
+def test_a_partition_whose_ledger_is_lost_is_not_started_afresh_over_its_files(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """A partition's ledger lives apart from its part files (they share the buckets
+    with the other partitions): with the ledger gone, its next owner must refuse, as the
+    single-process collector does, instead of starting an empty ledger whose recovery
+    moves the partition's acknowledged part files out of their buckets."""
+    data = tmp_path / "data"
+    d = LocalDelivery(data, registry, layout=partition_layout(1))
+    batch = ingested(envelopes(registry, [1, 2, 3]), next_seq={END_SONG: 4})
+    assert d.deliver_all([batch])[0].accepted == 3
+    d.close()
+    parts = sorted((data / END_SONG).rglob("part-p0001-*.avro"))
+    assert len(parts) == 1
+    for f in (data / "_partitions" / "p0001").glob("_ledger.db*"):
+        f.unlink()
+    with pytest.raises(DataDirError, match="part-p0001-"):
+        LocalDelivery(data, registry, layout=partition_layout(1))
+    assert sorted((data / END_SONG).rglob("part-p0001-*.avro")) == parts  # left where it was
+    # another partition without a ledger yet (its first owner) starts as before
+    LocalDelivery(data, registry, layout=partition_layout(2)).close()
+
+
+def test_the_report_names_events_two_partitions_both_wrote(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """After a change of partition count a producer's retried batch can be delivered by
+    its old partition and its new one, each ledger deduplicating only its own: the
+    events are in the buckets twice. Adding the ledgers up hid that (the union of the
+    received numbers counts them once); the report now says it."""
+    data = tmp_path / "data"
+    for p, seqs in ((0, [1, 2, 3]), (1, [3, 4])):
+        d = LocalDelivery(data, registry, layout=partition_layout(p))
+        d.deliver_all([ingested(envelopes(registry, seqs), next_seq={END_SONG: 5})])
+        d.close()
+    report = load_report(data, now=time.time())
+    assert report["totals"]["received"] == 4
+    assert [b["events"] for b in report["buckets"]] == [5]  # seq 3 is written twice
+    (twice,) = [i for i in report["incidents"] if i["kind"] == "delivered_by_two_partitions"]
+    assert "prod-1" in twice["detail"] and "1 event" in twice["detail"]
+
+
+def test_the_report_says_which_partition_has_no_ledger(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """Adding up the partitions' ledgers skipped a partition directory without one, and
+    the report counted the other partitions' events as if they were all there were."""
+    data = tmp_path / "data"
+    for p in (0, 1):
+        d = LocalDelivery(data, registry, layout=partition_layout(p))
+        d.deliver_all(
+            [ingested(envelopes(registry, [1, 2]), producer_id=f"q{p}", next_seq={END_SONG: 3})]
+        )
+        d.close()
+    for f in (data / "_partitions" / "p0001").glob("_ledger.db*"):
+        f.unlink()
+    report = load_report(data, now=time.time())
+    assert report["totals"]["received"] == 2
+    (missing,) = [i for i in report["incidents"] if i["kind"] == "partition_ledger_missing"]
+    assert "p0001" in missing["detail"]
+
+
+def test_no_partition_starts_a_part_file_in_an_hour_already_closed_for_every_partition(
+    tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """``_CLOSED.json`` lists the partitions with part files in the hour when it is
+    written; a partition whose commit read its clock before the hour's deadline and
+    created its first part file there only after the marker (a commit stalled longer
+    than the settle time, or a worker's clock behind) put events in a closed hour that
+    its marker does not count. Such a commit now fails and its messages come back."""
+    hour = FIXED_TS // 3_600_000
+    deadline = (hour + 1) * 3600 + 600
+    late = [deadline - 1.0]  # partition 2's commit: its clock reading precedes the deadline
+    data = tmp_path / "data"
+    now = [deadline - 100.0]
+    first = LocalDelivery(data, registry, layout=partition_layout(0), clock=lambda: now[0])
+    stalled = LocalDelivery(data, registry, layout=partition_layout(2), clock=lambda: late[0])
+    first.deliver_all([ingested(envelopes(registry, [1, 2]), producer_id="a")])
+    now[0] = deadline + 20
+    first.close_due_buckets()
+    (hour_dir,) = finalize_hours(data, now=deadline + 20, lateness=600, settle=10)
+    (result,) = stalled.deliver_all([ingested(envelopes(registry, [1, 2, 3]), producer_id="c")])
+    assert result.status is DeliveryStatus.UNAVAILABLE
+    assert not list(Path(hour_dir).glob("part-p0002-*"))
+    late[0] = deadline + 30  # redelivered: past the deadline, the events go to the current hour
+    (result,) = stalled.deliver_all([ingested(envelopes(registry, [1, 2, 3]), producer_id="c")])
+    assert result.status is DeliveryStatus.OK and result.skewed == 3
+    assert not list(Path(hour_dir).glob("part-p0002-*"))
+    assert json.loads((Path(hour_dir) / "_CLOSED.json").read_text())["events"] == 2
+    first.close()
+    stalled.close()
+
+
 def test_report_command_reads_every_partition(tmp_path: Path, registry: SchemaRegistry) -> None:
     data = tmp_path / "data"
     for p in range(3):
@@ -983,6 +1077,139 @@ def test_an_undecodable_stream_message_is_moved_aside_not_lost(
         assert wait_for(lambda: counted in requests.get(worker.url + "/metrics", timeout=5).text)
     finally:
         assert worker.stop() == 0
+
+
+def test_a_slice_the_worker_cannot_deliver_does_not_hold_back_the_ones_beside_it(
+    node: NatsCluster, tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """Slices that decode but cannot be written (a timestamp no bucket path can be built
+    from; a schema the worker does not have, as when collectors got a new schema
+    first) used to fail the whole group commit they were fetched with: every message
+    of it was naked and came back together, again and again. The first is now moved
+    aside like an undecodable message, the second waits in the stream alone, and the
+    slices beside them are delivered."""
+    settings = StreamSettings(name="UNDELIVERABLE", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+    good_events = envelopes(registry, [1, 2, 3])
+    (bad_ts,) = envelopes(registry, [1])
+    (new_schema,) = envelopes(registry, [1])
+    batches = [
+        ingested([bad_ts._replace(timestamp=1 << 62)], producer_id="far-future"),
+        ingested([new_schema._replace(fingerprint=b"\x01" * 8)], producer_id="new-schema"),
+        ingested(good_events, producer_id="good", next_seq={END_SONG: 4}),
+    ]
+    messages = [
+        m
+        for b in batches
+        for m in batch_messages(b, subject="UNDELIVERABLE.p.0", max_bytes=64 << 10)
+    ]
+
+    async def publish() -> None:  # all before the worker starts: one fetch takes them all
+        nc = await connect(node.urls.split(","), name="undeliverable")
+        try:
+            js = nc.jetstream(timeout=5)
+            for m in messages:
+                await js.publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = deliver_worker(node, data, "UNDELIVERABLE", "--lease-ttl", "1").start()
+    try:
+
+        def received() -> dict[str, int]:
+            try:
+                report = load_report(data, now=time.time())
+            except (OSError, DataDirError):  # no ledger yet, or one being created
+                return {}
+            return {s["producer_id"]: s["received"] for s in report["streams"]}
+
+        assert wait_for(lambda: received().get("good") == 3, timeout=30), received()
+        invalid = 'spotify_events_deliver_messages_total{outcome="invalid"} 1.0'
+        assert wait_for(  # counted once its bytes are kept
+            lambda: invalid in requests.get(worker.url + "/metrics", timeout=5).text, timeout=10
+        )
+        (kept,) = (data / "_partitions" / "p0000" / "quarantine").iterdir()
+        assert kept.read_bytes() == messages[0].data
+        assert "new-schema" not in received()  # not written, not dropped: still in the stream
+    finally:
+        assert worker.stop() == 0
+    pending = asyncio.run(_consumer_pending(node, "UNDELIVERABLE", "deliver_p0"))
+    assert pending == 1  # the slice of the unknown schema, for a worker that has it
+
+
+async def _consumer_pending(node: NatsCluster, stream: str, durable: str) -> int:
+    """Messages of a consumer not yet acknowledged: waiting, or delivered and unacked."""
+    nc = await connect(node.urls.split(","), name="pending")
+    try:
+        info = await nc.jetstream(timeout=5).consumer_info(stream, durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    finally:
+        await close(nc)
+
+
+def test_a_slice_header_of_the_wrong_shape_is_moved_aside_and_blocks_nothing(
+    node: NatsCluster, tmp_path: Path, registry: SchemaRegistry
+) -> None:
+    """A slice header that is JSON but not the object decoding expects (not an object;
+    a producer id that is no string; an incident whose detail is no text) raised past
+    the decoder's checks: the first killed the partition's consumer loop before it
+    answered any message, so every next owner fetched it first and died the same way;
+    the others failed each group commit they were in. All are now undecodable
+    messages: kept, counted, terminated."""
+    settings = StreamSettings(name="SHAPES", partitions=1, replicas=1)
+    asyncio.run(prepare_stream(node.urls.split(","), settings, 30))
+
+    def slice_with(header: Any) -> bytes:
+        head = json.dumps(header).encode()
+        return b"SE1" + len(head).to_bytes(4, "big") + head
+
+    control = {"service": "s", "host": "h", "sdk_version": "1", "count": 0}
+    incident = {"kind": "queue_damaged", "at": 1.5, "detail": ["not", "text"]}
+    poison = [
+        slice_with([]),
+        slice_with({**control, "producer_id": ["a", "list"]}),
+        slice_with({**control, "producer_id": "p", "control": {"incidents": [incident]}}),
+    ]
+    good = batch_messages(
+        ingested(envelopes(registry, [1, 2]), producer_id="good", next_seq={END_SONG: 3}),
+        subject="SHAPES.p.0",
+        max_bytes=64 << 10,
+    )
+
+    async def publish() -> None:
+        nc = await connect(node.urls.split(","), name="shapes")
+        try:
+            js = nc.jetstream(timeout=5)
+            for data in poison:
+                await js.publish("SHAPES.p.0", data)
+            for m in good:
+                await js.publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id})
+        finally:
+            await close(nc)
+
+    asyncio.run(publish())
+    data = tmp_path / "data"
+    worker = deliver_worker(node, data, "SHAPES", "--lease-ttl", "1").start()
+    try:
+
+        def metrics() -> str:
+            return str(requests.get(worker.url + "/metrics", timeout=5).text)
+
+        # counted once their bytes are kept
+        assert wait_for(
+            lambda: 'spotify_events_deliver_messages_total{outcome="invalid"} 3.0' in metrics(),
+            timeout=30,
+        )
+        kept = data / "_partitions" / "p0000" / "quarantine"
+        assert sorted(f.read_bytes() for f in kept.iterdir()) == sorted(poison)
+        committed = 'spotify_events_deliver_messages_total{outcome="committed"} 1.0'
+        assert wait_for(lambda: committed in metrics())
+    finally:
+        assert worker.stop() == 0
+    report = load_report(data, now=time.time())
+    assert [(s["producer_id"], s["received"]) for s in report["streams"]] == [("good", 2)]
 
 
 def test_worker_serves_the_completeness_page_behind_its_token(

@@ -414,10 +414,35 @@ def test_queue_incidents_are_kept_once_each_and_at_most_100_per_producer(
         r.getMessage() for r in caplog.records if "further ones are not kept" in r.getMessage()
     ]
     assert refusals == ["producer p1 has reported 100 queue incidents; further ones are not kept"]
-    send("p2", 0, 1)  # another producer's are still kept
+    send("p2", 200, 1)  # another producer's are still kept
     assert len(kept()["p2"]) == 1
     d.close()
     d = open_delivery()  # after a restart the count per producer is where it was
     send("p1", 500, 3)
-    send("p2", 1, 1)
+    send("p2", 201, 1)
     assert (len(kept()["p1"]), len(kept()["p2"])) == (100, 2)
+
+
+def test_an_incident_sent_again_under_another_producer_id_is_kept_once(
+    open_delivery: OpenDelivery, maker: BatchMaker, clock: FakeClock
+) -> None:
+    """The SDK sends a queue file's incidents with whatever batch goes next: under the
+    producer id of the drop notices or events it carries (a copied file's earlier id),
+    or the file's own. A crash between the acknowledgement and forgetting them sends
+    them again, maybe under another id, and they were kept (and counted) twice. The
+    wire carries no incident id; kind, time (the queue's float clock) and detail
+    together are one, whichever producer id brings them, also after a restart."""
+    told = [{"kind": "queue_file_lost", "detail": "queue.db moved aside", "at": 1765.25}]
+
+    def send(d: LocalDelivery, producer: str) -> None:
+        batch = Ingest(maker.registry, clock=clock).parse(incident_body(maker, producer, told))
+        assert d.deliver(batch).status is DeliveryStatus.OK
+
+    d = open_delivery()
+    send(d, "copied-earlier-id")
+    send(d, "own-id")
+    assert [i["producer_id"] for i in d.report()["incidents"]] == ["copied-earlier-id"]
+    d.close()
+    d = open_delivery()
+    send(d, "own-id")
+    assert len(d.report()["incidents"]) == 1

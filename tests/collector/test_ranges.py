@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spotify_events.collector.ranges import RangeSet
+from spotify_events.collector.ranges import RangeSet, TooManyRanges
 
 
 def model(r: RangeSet) -> set[int]:
@@ -116,3 +116,34 @@ def test_rangeset_behaves_like_a_set(
     assert model(grown) == grown_model
     assert model(a) == model_a  # copy() shares nothing
     assert a.max() == (max(model_a) if model_a else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=ranges_lists,
+    adds=st.lists(st.tuples(st.integers(1, 70), st.integers(0, 3), st.booleans()), max_size=30),
+    limit=st.integers(1, 6),
+)
+def test_a_limited_set_never_holds_more_ranges_and_a_refused_add_changes_nothing(
+    first: list[tuple[int, int]], adds: list[tuple[int, int, bool]], limit: int
+) -> None:
+    """The ledger passes a limit so out-of-order numbers with gaps cannot grow a
+    stream's ranges (and each insert's cost) without bound: what would open a range
+    past it is refused whole, and whatever joins an existing range is still taken."""
+    r = RangeSet(first[:limit])
+    want = model(r)
+    for start, extra, one in adds:
+        end = start if one else start + extra
+        before = list(r)
+        opens = not any(s - 1 <= end and start <= e + 1 for s, e in before)
+        try:
+            if one:
+                r.add(start, limit)
+            else:
+                r.add_range(start, end, limit)
+        except TooManyRanges:
+            assert opens and len(before) >= limit and list(r) == before
+            continue
+        want |= set(range(start, end + 1))
+        assert model(r) == want and len(r) <= limit
+        assert_canonical(r)

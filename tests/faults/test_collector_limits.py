@@ -169,6 +169,26 @@ def test_made_up_types_in_heartbeats_and_drops_create_no_state(app: Collector) -
     assert [s["event_type"] for s in app.delivery.report()["streams"]] == [END_SONG]
 
 
+def test_a_watermark_or_drop_notice_past_the_last_possible_number_is_refused(
+    app: Collector,
+) -> None:
+    """A sequence number is an Avro long, so no producer has numbered past 2**63 - 1;
+    JSON carries any integer, and a 400-digit watermark was taken and broke /metrics
+    (503 from then on). Up to the last possible number is taken; past it, a 400 that
+    names the fact."""
+    huge = 10**400
+    for body, fact in (
+        (heartbeat("far", {END_SONG: huge}, []), "se.next_seq"),
+        (heartbeat("far", {}, [DropNotice(END_SONG, 1, huge, huge, "queue_full")]), "se.drops"),
+    ):
+        status, out = post_app(app, body)
+        assert status == 400 and fact in out["error"], out
+    assert app.delivery.report()["streams"] == []
+    assert post_app(app, heartbeat("edge", {END_SONG: 2**63}, []))[0] == 200
+    status, text = scrape(app, None)
+    assert status == 200 and b"spotify_events_collector_missing_events 9.2" in text, text
+
+
 def test_queue_incidents_kept_per_producer_are_bounded(app: Collector) -> None:
     from spotify_events.collector.dedupe import MAX_INCIDENTS_PER_PRODUCER
 
@@ -178,7 +198,7 @@ def test_queue_incidents_kept_per_producer_are_bounded(app: Collector) -> None:
 
     for n in range(MAX_INCIDENTS_PER_PRODUCER // 16 + 5):
         assert post_app(app, incidents("chatty", n * 16))[0] == 200
-    assert post_app(app, incidents("quiet", 0))[0] == 200
+    assert post_app(app, incidents("quiet", 5000))[0] == 200
     kept = Counter(i["producer_id"] for i in app.delivery.report()["incidents"])
     assert kept == {"chatty": MAX_INCIDENTS_PER_PRODUCER, "quiet": 16}
     app.delivery.close()  # the bound holds across a restart too
@@ -333,6 +353,74 @@ def test_same_seq_with_a_different_payload_is_a_conflict_in_the_report(app: Coll
     report = app.delivery.report()
     (stream,) = report["streams"]
     assert stream["conflicts"] == 10 and report["totals"]["conflicts"] == 10
+
+
+def test_a_number_already_received_is_a_duplicate_whatever_refuses_it_now(
+    tmp_path: Path,
+) -> None:
+    """An event taken under one setting and sent again after a stricter one (here: an
+    hour ahead, then at most a minute ahead) was answered "rejected", and the producer
+    dead-lettered a copy of an event the collector holds. A number the stream has
+    received is a duplicate, whatever the rest of the request says; a new number with
+    the same problem is still refused."""
+    maker = BatchMaker(REGISTRY, "resender")
+    ahead = now_ms() + 3_600_000
+    lenient = _collector(tmp_path / "data", max_future_seconds=7200.0)
+    try:
+        status, out = post_app(lenient, maker.body(maker.envelopes(END_SONG, [1, 2], ahead)))
+        assert (status, out["accepted"]) == (200, 2), out
+    finally:
+        lenient.shutdown()
+    strict = _collector(tmp_path / "data", max_future_seconds=60.0)
+    try:
+        status, out = post_app(strict, maker.body(maker.envelopes(END_SONG, [1, 2, 3], ahead)))
+        assert status == 200 and (out["accepted"], out["duplicates"]) == (0, 2), out
+        assert [(r["seq"], r["code"]) for r in out["rejected"]] == [(3, "too_far_in_future")]
+        (s,) = strict.delivery.report()["streams"]
+        assert (s["received"], s["duplicates"], s["rejected"]) == (2, 2, 1)
+    finally:
+        strict.shutdown()
+
+
+def test_numbers_out_of_order_with_gaps_cannot_grow_a_stream_past_its_range_limit(
+    tmp_path: Path,
+) -> None:
+    """Descending numbers with gaps made one range each, every insert shifting all the
+    ranges after it (170k of them took 3 s under the delivery lock) and the stream's
+    ledger row grew with each. Past ``max_ranges_per_stream`` an event that would open
+    a range is rejected (``too_many_ranges``; the SDK keeps it in its dead letters) and
+    a drop notice that would is not recorded; numbers that join a range are still
+    taken, nothing taken is lost, and an incident names the stream once."""
+    c = _collector(tmp_path / "data", max_ranges_per_stream=4)
+    try:
+        maker = BatchMaker(REGISTRY, "scatter")
+        ts = now_ms()
+        status, out = post_app(c, maker.body(maker.envelopes(END_SONG, [20, 18, 16, 14, 12], ts)))
+        assert status == 200 and out["accepted"] == 4, out
+        assert [(r["seq"], r["code"]) for r in out["rejected"]] == [(12, "too_many_ranges")]
+        status, out = post_app(
+            c,
+            maker.body(
+                maker.envelopes(END_SONG, [21, 15, 10], ts),  # extends, bridges, opens a 4th
+                drops=[DropNotice(END_SONG, 1, 5, 5, "queue_full")],  # would open a 5th
+            ),
+        )
+        assert (status, out["accepted"], out["rejected"]) == (200, 3, []), out
+        status, out = post_app(c, maker.body(maker.envelopes(END_SONG, [12, 11], ts)))
+        assert status == 200 and out["accepted"] == 1, out
+        assert [(r["seq"], r["code"]) for r in out["rejected"]] == [(12, "too_many_ranges")]
+        (stream,) = c.delivery.state.streams.values()
+        assert list(stream.received) == [(10, 11), (14, 16), (18, 18), (20, 21)]
+        assert stream.marks == {}
+        (s,) = c.delivery.report()["streams"]
+        assert (s["received"], s["dropped"]) == (8, 0)
+        incidents = [i for i in c.delivery.report()["incidents"] if i["kind"] == "too_many_ranges"]
+        assert len(incidents) == 1 and "'scatter'" in incidents[0]["detail"]
+        assert read_uids(tmp_path / "data") == Counter(
+            f"{END_SONG}/scatter:{n}" for n in (10, 11, 14, 15, 16, 18, 20, 21)
+        )
+    finally:
+        c.shutdown()
 
 
 # -- 13: messages -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import fastavro
 import pytest
 
+from spotify_events.container import container
 from spotify_events.errors import BatchDecodeError
 from spotify_events.wire import (
     ENVELOPE_SCHEMA,
@@ -125,6 +126,24 @@ def test_incidents_that_are_not_a_list_of_objects_are_refused(incidents: str) ->
         decode_batch(body)
 
 
+@pytest.mark.parametrize("codec", ["null", "deflate", "zstandard"])
+def test_a_block_holding_more_records_than_it_declares_is_refused(codec: str) -> None:
+    """fastavro reads as many records as a block declares and ignores the rest of it:
+    three envelopes under a count of one decoded as one, so the SDK's tools (and any
+    reader of a captured batch) saw a batch the collector refuses. Both read records
+    through one reader, which refuses the body."""
+    records = io.BytesIO()
+    for seq in (1, 2, 3):
+        fastavro.schemaless_writer(records, ENVELOPE_SCHEMA, {**GOOD, "seq": seq})
+    schema = json.dumps(_envelope_schema())
+    meta = {"se.producer_id": "p"}
+    honest = container(schema, meta, [(3, records.getvalue())], codec)
+    assert [e.seq for e in decode_batch(honest).envelopes] == [1, 2, 3]
+    lying = container(schema, meta, [(1, records.getvalue())], codec)
+    with pytest.raises(BatchDecodeError, match="bytes past its 1 records"):
+        decode_batch(lying)
+
+
 def test_the_lowest_sequence_number_1_is_a_valid_watermark() -> None:
     body = _container([], **{"se.producer_id": "p", "se.next_seq": '{"a.B": 1}'})
     assert decode_batch(body).next_seq == {"a.B": 1}
@@ -176,7 +195,15 @@ def test_a_timestamp_declared_as_a_plain_long_is_read_as_milliseconds() -> None:
         ({}, r"^container metadata lacks 'se\.producer_id'$"),
         (
             {"se.next_seq": '{"a.B": 0}'},
-            r"^se\.next_seq must map event types to sequence numbers >= 1$",
+            r"^se\.next_seq must map event types to sequence numbers from 1 to 2\*\*63$",
+        ),
+        (
+            {"se.next_seq": json.dumps({"a.B": 2**63 + 1})},
+            r"^se\.next_seq must map event types to sequence numbers from 1 to 2\*\*63$",
+        ),
+        (
+            {"se.drops": json.dumps([{**DROP, "last_seq": 2**63, "count": 2**63}])},
+            rf"^bad drop notice in se\.drops: drop notice with bad range 1\.\.{2**63}$",
         ),
         ({"se.drops": "{}"}, r"^se\.drops must be a JSON list$"),
         ({"se.drops": "[{}]"}, r"^bad drop notice in se\.drops: 'event_type'$"),

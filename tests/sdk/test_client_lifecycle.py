@@ -1,11 +1,15 @@
 """A client's life around its host: log() racing close(), a forked child's stats(),
-multiprocessing children leaving through os._exit(), a client dropped without close()."""
+a fork while another process holds the queue's write lock, multiprocessing children
+leaving through os._exit(), a client dropped without close()."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from sdk_helpers import END_SONG, Sink, wait_for
 
 from spotify_events import EventClient
 from spotify_events.errors import ClientClosedError
+from spotify_events.settings import QUEUE_BUSY_TIMEOUT
 
 EndSong = "spotify.events.playback.EndSong"
 MakeClient = Callable[..., EventClient]
@@ -68,6 +73,117 @@ def test_forked_child_can_read_stats_from_any_thread_before_logging(
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+#: Another process in a long write transaction on the queue file, until told to end it.
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_does_not_wait_while_another_process_holds_the_write_lock(
+    sink: Sink, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The writer thread waits for another process's write lock holding its queue's
+    lock, which ``os.fork()`` takes (the queue's fork hook): the fork waited as long
+    as that process kept the lock, up to the busy timeout, holding up the host. The
+    wait now gives way to the fork, and the event is committed once the lock is free."""
+    path = tmp_path / "queue.db"
+    client = make_client(endpoint=sink.endpoint, queue_path=str(path))
+    client.log("EndSong", END_SONG)
+    assert client.flush(timeout=30)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        client.log("EndSong", {**END_SONG, "ms_played": 1})
+        queue_lock = client._pipeline.writer_queue._lock
+
+        def writer_waiting() -> bool:
+            if not queue_lock.acquire(blocking=False):
+                return True
+            queue_lock.release()
+            return False
+
+        assert wait_for(writer_waiting)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        took = time.monotonic() - started
+        os.waitpid(pid, 0)
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert took < QUEUE_BUSY_TIMEOUT / 2
+    assert client.flush(timeout=30)
+    assert sink.count() == 2 and client.stats().dropped == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_cuts_the_shipper_s_wait_for_the_write_lock_quietly(
+    sink: Sink, make_client: MakeClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipper thread, acknowledging a batch while another process holds the write
+    lock, gives way to a fork as the writer does; its step runs again afterwards, with
+    no error logged for what is not one, and the event is acknowledged once."""
+    path = tmp_path / "queue.db"
+    answering = threading.Event()
+    release = threading.Event()
+
+    def hold_the_answer(payload: bytes) -> bool:
+        answering.set()
+        release.wait(30)
+        return False
+
+    sink.poison = hold_the_answer
+    client = make_client(endpoint=sink.endpoint, queue_path=str(path))
+    client.log("EndSong", END_SONG)
+    client._pipeline.shipper.hurry()
+    assert wait_for(answering.is_set)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        release.set()  # the answer arrives; the acknowledgement waits for the lock
+        queue_lock = client._pipeline.shipper_queue._lock
+
+        def shipper_waiting() -> bool:
+            if not queue_lock.acquire(blocking=False):
+                return True
+            queue_lock.release()
+            return False
+
+        assert wait_for(shipper_waiting)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        took = time.monotonic() - started
+        os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.communicate("\n", timeout=30)
+    assert took < QUEUE_BUSY_TIMEOUT / 2
+    assert client.flush(timeout=30)
+    assert sink.count() == 1 and client.stats().dropped == {}
+    shipper_errors = [
+        r for r in caplog.records if r.name == "spotify_events.shipper" and r.levelno >= 40
+    ]
+    assert shipper_errors == []
 
 
 def _log_in_worker(client: EventClient, n: int) -> None:

@@ -156,6 +156,51 @@ def test_flush_is_not_done_while_events_it_waits_for_were_evicted_unreported(
     client.close(timeout=0.1)
 
 
+def test_events_evicted_while_their_batch_is_in_flight_count_as_dropped_only(
+    tmp_path: Path, real_collector: CollectorApp
+) -> None:
+    """The collector holds a batch of three while two more events fill the queue
+    (``drop_policy`` oldest) and evict two of the three. Their drop record is
+    committed and counted in ``dropped``; the acknowledgement then deleted only the
+    third, yet all three were counted acknowledged as well: five events, seven counts."""
+    one_event = _one_event_bytes(tmp_path)
+    collector = through(real_collector)
+    in_flight, evicted = threading.Event(), threading.Event()
+
+    def holding(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        if not in_flight.is_set():
+            in_flight.set()
+            evicted.wait(30)
+        return collector.send(body, headers)
+
+    client = EventClient(
+        transport=MockTransport(holding),
+        queue_path=str(tmp_path / "queue.db"),
+        schemas=str(SCHEMAS),
+        durability="commit",
+        linger=60.0,  # the flush's hurry sends the three as one batch
+        max_queue_bytes=3 * one_event,
+    )
+    try:
+        for _ in range(3):
+            client.log("EndSong", END_SONG)
+        flushed: list[bool] = []
+        flushing = threading.Thread(target=lambda: flushed.append(client.flush(timeout=30)))
+        flushing.start()
+        assert in_flight.wait(30)
+        for _ in range(2):
+            client.log("EndSong", END_SONG)  # evicts EndSong 1 and 2, on the wire
+        evicted.set()
+        flushing.join(30)
+        assert flushed == [True]
+        stats = client.stats()
+        assert (stats.committed, stats.dropped) == (5, {DROP_QUEUE_FULL: 2})
+        assert stats.acknowledged == 3
+    finally:
+        evicted.set()
+        client.close(timeout=1.0)
+
+
 def test_an_event_whose_type_name_the_collector_shortens_is_still_held(
     make_queue: MakeQueue, real_collector: CollectorApp
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -431,3 +432,38 @@ def test_each_newly_held_schema_is_logged_with_its_event_count(
     assert len(said) == 2
     assert f". 2 {B} event(s) so far are held" in said[0]
     assert f"schema {A} (fingerprint {FP.hex()})" in said[1] and f". 1 {A} event(s)" in said[1]
+
+
+def test_a_lease_handover_mid_batch_dead_letters_a_refused_event_once(
+    make_queue: MakeQueue, collector: Collector
+) -> None:
+    """Two shippers on one file (a service and ``spotify-events agent``): the service's
+    send outlives its lease (a slow collector), the agent takes the lease over and
+    dead-letters the refused event; then the service's answer arrives and it
+    dead-lettered the same event again, with a second drop notice for the collector."""
+    settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05)
+    collector.answer = lambda sent: SendResult(400) if sent else ack(sent)
+    service_queue = make_queue()
+    # the agent's clock is past the service's lease: it lapsed while the send was out
+    agent_queue = make_queue(clock=lambda: time.time() + 2 * settings.lease_ttl)
+    agent = Shipper(agent_queue, MockTransport(collector), settings)
+    handed_over = threading.Event()
+
+    def slow_collector(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        if not handed_over.is_set():
+            handed_over.set()
+            assert agent.may_ship()
+            agent._deliver(agent_queue.read_batch(), [], [])
+        return collector(body, headers)
+
+    service = Shipper(service_queue, MockTransport(slow_collector), settings)
+    service_queue.append([ev(A)])
+    assert service.may_ship()
+    service._deliver(service_queue.read_batch(), [], [])
+    assert handed_over.is_set()
+    reason = "HTTP 400: collector refused the event"
+    assert service_queue.dead_letters() == [(A, 1, reason)]
+    assert [n for _, n in service_queue.unreported_drops()] == [
+        DropNotice(A, 1, 1, 1, f"rejected: {reason}")
+    ]
+    assert (agent.counters.dead_lettered, service.counters.dead_lettered) == ({reason: 1}, {})
