@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from ..wire import DropNotice
-from .blocks import delete_range, explode_schemas
+from .blocks import delete_range, explode, explode_schemas
 from .rows import (
     ROW_OVERHEAD,
     Hold,
@@ -104,6 +104,7 @@ class QueueOutbox(QueueStore):
             return 0
         now = time.time()
         with self.atomic() as conn:
+            explode(conn, min(e.id for e in events), max(e.id for e in events))  # as rows
             events = self._still_queued(conn, events)
             if not events:
                 return 0
