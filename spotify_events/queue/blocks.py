@@ -97,12 +97,16 @@ class Block(NamedTuple):
         ]
 
     def schemas(self) -> set[tuple[str, bytes]]:
-        """(event type, fingerprint) of its events, from its summary."""
-        return {
-            (event_type, bytes.fromhex(fp))
-            for event_type, info in json.loads(self.summary).items()
-            for fp in info["fingerprints"]
-        }
+        """(event type, fingerprint) of its events, from its summary (ValueError when
+        the summary does not read back: the file damaged on disk)."""
+        try:
+            return {
+                (event_type, bytes.fromhex(fp))
+                for event_type, info in json.loads(self.summary).items()
+                for fp in info["fingerprints"]
+            }
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"unreadable block summary: {exc!r}") from exc
 
 
 def store_blocks(
@@ -257,11 +261,20 @@ def explode_schemas(
         for first_id, last_id, summary in conn.execute(
             "SELECT first_id, last_id, summary FROM blocks"
         ).fetchall()
-        if not keys.isdisjoint(Block(first_id, last_id, 0, summary, b"").schemas())
+        if _may_hold(Block(first_id, last_id, 0, summary, b""), keys)
     ]
     for first_id, last_id in victims:
         explode(conn, first_id, last_id, producer_of)
     return len(victims)
+
+
+def _may_hold(block: Block, keys: AbstractSet[tuple[str, bytes]]) -> bool:
+    """Whether ``block`` may hold an event of one of the schemas ``keys``: yes when its
+    summary does not say (exploded, its events name their schemas as rows)."""
+    try:
+        return not keys.isdisjoint(block.schemas())
+    except ValueError:
+        return True
 
 
 def delete_range(
@@ -365,7 +378,10 @@ class QueuedBatch(Sequence[QueuedEvent]):
         out: set[tuple[str, bytes]] = set()
         for piece in self._pieces:
             if isinstance(piece, Block):
-                out |= piece.schemas()
+                try:
+                    out |= piece.schemas()
+                except ValueError:  # its summary damaged: its events say
+                    out |= {(e.event_type, e.fingerprint) for e in piece.events()}
             else:
                 out.add((piece.event_type, piece.fingerprint))
         return out

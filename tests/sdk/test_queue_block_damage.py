@@ -11,9 +11,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from queue_helpers import FP, PAYLOAD, TS, A, B, MakeQueue
+from queue_helpers import FP, FP2, PAYLOAD, TS, A, B, MakeQueue
 from sdk_helpers import Sink
-from support import stored_bytes, stored_events
+from support import stored_bytes, stored_events, wait_for
 
 from spotify_events.config import ClientConfig
 from spotify_events.queue import ROW_OVERHEAD, DurableQueue, PendingEvent
@@ -36,6 +36,16 @@ def damage_first_block(path: Path) -> None:
         conn.execute(
             "UPDATE blocks SET data = ? WHERE first_id = ?",
             (data[:1] + b"\xff" * 12 + data[13:], first_id),
+        )
+    conn.close()
+
+
+def damage_first_summary(path: Path) -> None:
+    """Cut the oldest block's summary short: its bytes still read back, its JSON does not."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE blocks SET summary = substr(summary, 1, 10) "
+            "WHERE first_id = (SELECT min(first_id) FROM blocks)"
         )
     conn.close()
 
@@ -86,3 +96,30 @@ def test_oldest_eviction_of_a_damaged_block_records_it_and_the_append_commits(
     ]
     depth = queue.depth()
     assert (depth.events, depth.bytes) == (4, stored_bytes(queue_path))
+
+
+def test_a_damaged_summary_does_not_stop_a_hold_and_its_events_ship(
+    make_queue: MakeQueue, queue_path: Path, sink: Sink
+) -> None:
+    """A hold explodes every block that may hold the schema: one whose summary does not
+    say is exploded too (as rows its events name their schemas)."""
+    queue = make_queue()
+    queue.append(group(5, A))  # A 1..5: its summary damaged
+    queue.append([PendingEvent(B, FP2, TS, b"unknown" + b"p" * PAYLOAD) for _ in range(3)])
+    damage_first_summary(queue_path)
+    sink.reject = lambda payload: (
+        "unknown_schema: not registered" if b"unknown" in payload else None
+    )
+    config = ClientConfig(endpoint=sink.endpoint)
+    transport = HttpTransport(config.transport_settings())
+    shipper = Shipper(queue, transport, replace(config.shipper_settings(), backoff_max=0.05))
+    try:
+        shipper.start()
+        assert wait_for(lambda: queue.depth().events == 3, timeout=20)
+    finally:
+        shipper.stop(5.0)
+        transport.close()
+    assert sink.seqs(A) == [1, 2, 3, 4, 5]
+    assert [(h.event_type, h.events) for h in queue.holds()] == [(B, 3)]
+    assert "shipper error" not in (shipper.counters.last_error or "")  # the step never failed
+    assert (queue.depth().events, queue.depth().bytes) == (3, stored_bytes(queue_path))
