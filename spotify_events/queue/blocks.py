@@ -87,13 +87,16 @@ class Block(NamedTuple):
         return self.last_id - self.first_id + 1
 
     def events(self) -> list[QueuedEvent]:
-        """Its events as rows would hold them."""
+        """Its events as rows would hold them. ValueError when its bytes do not read
+        back as exactly its ids' worth of envelopes (the file damaged on disk: rows
+        would take the next block's ids, or events numbers that are not theirs)."""
+        envelopes = read_envelopes(self.data)
+        if len(envelopes) != self.event_count:
+            raise ValueError(f"{len(envelopes)} envelopes in a block of {self.event_count} ids")
         first = self.first_id
         return [
             QueuedEvent(first + i, event_type, seq, fingerprint, timestamp, payload)
-            for i, (seq, event_type, fingerprint, timestamp, payload) in enumerate(
-                read_envelopes(self.data)
-            )
+            for i, (seq, event_type, fingerprint, timestamp, payload) in enumerate(envelopes)
         ]
 
     def schemas(self) -> set[tuple[str, bytes]]:

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from queue_helpers import FP, FP2, PAYLOAD, TS, A, B, MakeQueue
 from sdk_helpers import Sink
-from support import stored_bytes, stored_events, wait_for
+from support import SCHEMAS, stored_bytes, stored_events, wait_for
 
+from spotify_events.collector.ingest import Ingest, IngestError
 from spotify_events.config import ClientConfig
 from spotify_events.queue import ROW_OVERHEAD, DurableQueue, PendingEvent
 from spotify_events.queue.blocks import DROP_BLOCK_UNREADABLE
+from spotify_events.schemas import SchemaRegistry
 from spotify_events.shipper import Shipper
-from spotify_events.transport import HttpTransport
+from spotify_events.transport import HttpTransport, MockTransport, SendResult
+from spotify_events.wire import DropNotice, decode_batch
 
 
 def group(n: int, event_type: str = A) -> list[PendingEvent]:
@@ -123,3 +127,45 @@ def test_a_damaged_summary_does_not_stop_a_hold_and_its_events_ship(
     assert [(h.event_type, h.events) for h in queue.holds()] == [(B, 3)]
     assert "shipper error" not in (shipper.counters.last_error or "")  # the step never failed
     assert (queue.depth().events, queue.depth().bytes) == (3, stored_bytes(queue_path))
+
+
+def test_a_block_reading_back_more_events_than_its_ids_is_reported_not_exploded(
+    make_queue: MakeQueue, queue_path: Path
+) -> None:
+    """Damage that leaves the bytes walkable can still make a block read back more
+    events than its ids hold. The collector refuses the batch (more records than its
+    block declares); exploded as they read, the block's events would take the next
+    block's ids (a UNIQUE failure at every try). Answered through the collector's own
+    reader, in process."""
+    queue = make_queue()
+    queue.append(group(4, A))  # ids 1..4
+    queue.append(group(4, B))  # ids 5..8
+    with sqlite3.connect(queue_path) as conn:
+        (data,) = conn.execute("SELECT data FROM blocks WHERE first_id = 1").fetchone()
+        one = len(data) // 4  # four envelopes of one length
+        conn.execute("UPDATE blocks SET data = ? WHERE first_id = 1", (data + data[:one],))
+    conn.close()
+    ingest = Ingest(SchemaRegistry(SCHEMAS))
+    received: list[tuple[str, int]] = []
+    notices: list[DropNotice] = []
+
+    def collector(body: bytes, headers: Mapping[str, str]) -> SendResult:
+        try:
+            ingest.parse(body)
+        except IngestError as exc:
+            return SendResult(400, {"error": str(exc)})
+        batch = decode_batch(body)
+        received.extend((e.event_type, e.seq) for e in batch.envelopes)
+        notices.extend(batch.drops)
+        return SendResult(200, {"accepted": len(batch.envelopes), "duplicates": 0, "rejected": []})
+
+    settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05)
+    shipper = Shipper(queue, MockTransport(collector), settings)
+    try:
+        shipper.start()
+        assert shipper.wait_shipped(time.monotonic() + 20)
+    finally:
+        shipper.stop(5.0)
+    assert sorted(received) == [(B, 1), (B, 2), (B, 3), (B, 4)]
+    assert [(n.event_type, n.first_seq, n.last_seq) for n in notices] == [(A, 1, 4)]
+    assert (queue.depth().events, queue.depth().bytes) == (0, 0)
