@@ -1,8 +1,9 @@
-"""A block whose bytes no longer read back (the file damaged on disk, where SQLite keeps
-no checksum) must not wedge the queue: the events behind it still ship, and the
-damaged block's numbers are reported dropped, from its summary, exactly. Real queue
-files; a real shipper thread posting to the scripted collector on loopback, which
-answers an undecodable body with 400 as the collector does."""
+"""A block whose bytes or summary no longer read back (the file damaged on disk, where
+SQLite keeps no checksum) must not wedge the queue: the events behind it still ship,
+and the damaged block's numbers are reported dropped, from its summary, exactly. Real
+queue files; a real shipper thread posting to the scripted collector on loopback (which
+answers an undecodable body with 400, as the collector does), or to an in-process
+transport answering through the collector's own reader."""
 
 from __future__ import annotations
 
