@@ -25,10 +25,12 @@ from .transport import HttpTransport
 
 
 def _open(path: str, *, claim_home: bool) -> DurableQueue:
+    """The queue file at ``path``, opened as the agent opens it (``upgrade=False``): no
+    tool stores a block, so none lifts a file past the format its service's SDK reads."""
     if not Path(path).is_file():
         raise click.ClickException(f"no queue file at {path}")
     try:
-        return DurableQueue(path, claim_home=claim_home)
+        return DurableQueue(path, claim_home=claim_home, upgrade=False)
     except SpotifyEventsError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -477,10 +477,12 @@ class Shipper:
                 drops, incidents = [], []  # reported; later parts need not carry them again
             elif decision.action is Action.SPLIT:
                 # 413: too big, or 400: something inside is poison. Halve and resend,
-                # first half first so acks stay in queue order.
+                # first half first so acks stay in queue order. Apart, a shipment's
+                # blocks go as rows (a block that does not read back is reported dropped).
+                if isinstance(part, QueuedBatch):
+                    part = self.queue.unpack(part)
                 middle = len(part) // 2
-                parts.append(part[middle:])
-                parts.append(part[:middle])
+                parts += [half for half in (part[middle:], part[:middle]) if half]
             elif decision.action is Action.DEAD_LETTER:
                 # The collector takes an empty batch but not this one event: it is poison.
                 reason = _reason(result, "collector refused the event")

@@ -28,15 +28,19 @@ hold is made; the writer stores rows while a group holds a held schema).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import time
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import accumulate
 from typing import Any, NamedTuple, overload
 
 from ..wire import EnvelopeFields, read_envelopes, write_envelopes
-from .rows import ROW_OVERHEAD, QueuedEvent, bump_counters, runs
+from .rows import ROW_OVERHEAD, QueuedEvent, bump_counters, insert_drops, insert_incident, runs
+
+logger = logging.getLogger("spotify_events.queue")
 
 #: Fewest events stored as a block: one event alone (the ``commit`` durability level, one
 #: event per transaction) stays a row.
@@ -46,6 +50,12 @@ BLOCK_MIN_EVENTS = 2
 BLOCK_MAX_EVENTS = 1000
 #: Most bytes (as charged: payload plus ``ROW_OVERHEAD``) in one block, a container block's worth.
 BLOCK_MAX_BYTES = 1 << 20
+#: Drop reason of the events of a block whose bytes no longer read back (the file was
+#: damaged on disk; SQLite keeps no checksum of a value): its summary names their numbers.
+DROP_BLOCK_UNREADABLE = "queue_block_unreadable"
+
+#: The earlier producer of a copied file that an event id belongs to (None: the file's own).
+ProducerOf = Callable[[int], "str | None"]
 
 _INSERT_BLOCK = (
     "INSERT INTO blocks (first_id, last_id, size, timestamp, summary, data) "
@@ -77,22 +87,29 @@ class Block(NamedTuple):
         return self.last_id - self.first_id + 1
 
     def events(self) -> list[QueuedEvent]:
-        """Its events as rows would hold them."""
+        """Its events as rows would hold them. ValueError when its bytes do not read
+        back as exactly its ids' worth of envelopes (the file damaged on disk: rows
+        would take the next block's ids, or events numbers that are not theirs)."""
+        envelopes = read_envelopes(self.data)
+        if len(envelopes) != self.event_count:
+            raise ValueError(f"{len(envelopes)} envelopes in a block of {self.event_count} ids")
         first = self.first_id
         return [
             QueuedEvent(first + i, event_type, seq, fingerprint, timestamp, payload)
-            for i, (seq, event_type, fingerprint, timestamp, payload) in enumerate(
-                read_envelopes(self.data)
-            )
+            for i, (seq, event_type, fingerprint, timestamp, payload) in enumerate(envelopes)
         ]
 
     def schemas(self) -> set[tuple[str, bytes]]:
-        """(event type, fingerprint) of its events, from its summary."""
-        return {
-            (event_type, bytes.fromhex(fp))
-            for event_type, info in json.loads(self.summary).items()
-            for fp in info["fingerprints"]
-        }
+        """(event type, fingerprint) of its events, from its summary (ValueError when
+        the summary does not read back: the file damaged on disk)."""
+        try:
+            return {
+                (event_type, bytes.fromhex(fp))
+                for event_type, info in json.loads(self.summary).items()
+                for fp in info["fingerprints"]
+            }
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"unreadable block summary: {exc!r}") from exc
 
 
 def store_blocks(
@@ -177,23 +194,67 @@ def insert_numbered_rows(conn: sqlite3.Connection, events: Iterable[QueuedEvent]
     )
 
 
-def explode(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
+def explode(
+    conn: sqlite3.Connection, first_id: int, last_id: int, producer_of: ProducerOf
+) -> tuple[int, int]:
     """Rewrite every block holding an id in ``[first_id, last_id]`` as ``events`` rows
     with the same ids and sequence numbers (the counters stay: a block is charged as
     its rows). Inside the caller's transaction, so a crash leaves either the block or
-    its rows. Returns how many blocks."""
+    its rows. A block whose bytes no longer read back is deleted instead and its
+    numbers recorded as dropped (:func:`drop_unreadable`): kept, it would stop every
+    path that explodes it, and the shipping of everything behind it, for good.
+    Returns (events, bytes) so dropped."""
     blocks = conn.execute(
         "SELECT first_id, last_id, size, summary, data FROM blocks "
         "WHERE first_id <= ? AND last_id >= ?",
         (last_id, first_id),
     ).fetchall()
+    lost = lost_bytes = 0
     for row in blocks:
-        insert_numbered_rows(conn, Block(*row).events())
+        block = Block(*row)
+        try:
+            events = block.events()
+        except ValueError as exc:
+            drop_unreadable(conn, block, producer_of(block.first_id), exc)
+            lost, lost_bytes = lost + block.event_count, lost_bytes + block.size
+        else:
+            insert_numbered_rows(conn, events)
         conn.execute("DELETE FROM blocks WHERE first_id = ?", (row[0],))
-    return len(blocks)
+    return lost, lost_bytes
 
 
-def explode_schemas(conn: sqlite3.Connection, keys: AbstractSet[tuple[str, bytes]]) -> int:
+def drop_unreadable(
+    conn: sqlite3.Connection, block: Block, producer: str | None, error: ValueError
+) -> None:
+    """Account for a block that is about to be deleted because its bytes do not read
+    back: its numbers as drop records (its summary, stored apart from the bytes, holds
+    them per type), an incident naming its ids, the counters lowered by its charge."""
+    try:
+        summary = json.loads(block.summary)
+        ranges = [
+            (event_type, first, last, last - first + 1)
+            for event_type, info in summary.items()
+            for first, last in info["runs"]
+        ]
+    except (ValueError, TypeError, KeyError):  # its summary damaged too: the incident tells
+        ranges = []
+    now = time.time()
+    insert_drops(
+        conn,
+        [(t, first, last, n, DROP_BLOCK_UNREADABLE, now, producer) for t, first, last, n in ranges],
+    )
+    detail = (
+        f"queue block of ids {block.first_id}..{block.last_id} ({block.event_count} events) "
+        f"does not read back ({error}); its numbers are reported dropped"
+    )
+    insert_incident(conn, DROP_BLOCK_UNREADABLE, detail)
+    bump_counters(conn, -block.size, -block.event_count)
+    logger.error("spotify-events: %s", detail)
+
+
+def explode_schemas(
+    conn: sqlite3.Connection, keys: AbstractSet[tuple[str, bytes]], producer_of: ProducerOf
+) -> int:
     """Explode every block holding an event of one of the schemas ``keys`` (type,
     fingerprint): a hold keeps such events as rows, which reads skip until its next try."""
     if not keys:
@@ -203,14 +264,25 @@ def explode_schemas(conn: sqlite3.Connection, keys: AbstractSet[tuple[str, bytes
         for first_id, last_id, summary in conn.execute(
             "SELECT first_id, last_id, summary FROM blocks"
         ).fetchall()
-        if not keys.isdisjoint(Block(first_id, last_id, 0, summary, b"").schemas())
+        if _may_hold(Block(first_id, last_id, 0, summary, b""), keys)
     ]
     for first_id, last_id in victims:
-        explode(conn, first_id, last_id)
+        explode(conn, first_id, last_id, producer_of)
     return len(victims)
 
 
-def delete_range(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
+def _may_hold(block: Block, keys: AbstractSet[tuple[str, bytes]]) -> bool:
+    """Whether ``block`` may hold an event of one of the schemas ``keys``: yes when its
+    summary does not say (exploded, its events name their schemas as rows)."""
+    try:
+        return not keys.isdisjoint(block.schemas())
+    except ValueError:
+        return True
+
+
+def delete_range(
+    conn: sqlite3.Connection, first_id: int, last_id: int, producer_of: ProducerOf
+) -> int:
     """Delete the events with ids in ``[first_id, last_id]``, blocks and rows, keeping
     the counters right. A block the range cuts is exploded first and loses only its
     rows inside the range."""
@@ -219,7 +291,7 @@ def delete_range(conn: sqlite3.Connection, first_id: int, last_id: int) -> int:
         "OR (first_id <= ? AND last_id > ?)",
         (first_id, first_id, last_id, last_id),
     ).fetchall():
-        explode(conn, block_first, block_last)
+        explode(conn, block_first, block_last, producer_of)
     in_blocks, block_bytes = conn.execute(
         "SELECT coalesce(sum(last_id - first_id + 1), 0), coalesce(sum(size), 0) FROM blocks "
         "WHERE first_id >= ? AND last_id <= ?",
@@ -309,7 +381,10 @@ class QueuedBatch(Sequence[QueuedEvent]):
         out: set[tuple[str, bytes]] = set()
         for piece in self._pieces:
             if isinstance(piece, Block):
-                out |= piece.schemas()
+                try:
+                    out |= piece.schemas()
+                except ValueError:  # its summary damaged: its events say
+                    out |= {(e.event_type, e.fingerprint) for e in piece.events()}
             else:
                 out.add((piece.event_type, piece.fingerprint))
         return out

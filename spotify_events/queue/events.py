@@ -254,21 +254,22 @@ class QueueEvents(QueueStore):
             freed, through = freed + size, piece_id
             if freed >= excess:
                 break
+        unreadable_bytes = 0  # a block that does not read back is dropped, its bytes freed
         if through is not None:
-            explode(conn, 0, through)
+            unreadable_bytes = explode(conn, 0, through, self.producer_of)[1]
         freed = 0
         last_id = None
         victims: dict[tuple[str | None, str], list[int]] = {}
         for row_id, event_type, seq, size in conn.execute(
             "SELECT id, event_type, seq, size FROM events ORDER BY id"
         ):
+            if unreadable_bytes + freed >= excess:
+                break
             victims.setdefault((self.producer_of(row_id), event_type), []).append(seq)
             freed += size
             last_id = row_id
-            if freed >= excess:
-                break
         if last_id is None:
-            return 0, 0
+            return 0, unreadable_bytes
         count = sum(len(s) for s in victims.values())
         conn.execute("DELETE FROM events WHERE id <= ?", (last_id,))
         bump_counters(conn, -freed, -count)
@@ -277,7 +278,7 @@ class QueueEvents(QueueStore):
                 drops.append(
                     (event_type, first, last, last - first + 1, DROP_QUEUE_FULL, now, producer)
                 )
-        return count, freed
+        return count, unreadable_bytes + freed
 
     def read_batch(
         self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
@@ -393,7 +394,7 @@ class QueueEvents(QueueStore):
                 ):
                     if not chosen:  # alone over a limit, or partly read: it ships as rows
                         with self.atomic() as conn:
-                            explode(conn, first, last)
+                            explode(conn, first, last, self.producer_of)
                         exploded = True
                     break
                 chosen.append(first)
@@ -416,6 +417,25 @@ class QueueEvents(QueueStore):
             if all(first in blocks for first in wanted):
                 return [blocks[c] if isinstance(c, int) else c for c in chosen]
 
+    def unpack(self, batch: QueuedBatch) -> list[QueuedEvent]:
+        """A shipment's events as rows, for a path that sends them apart (a split): its
+        blocks exploded in the file first, so that one whose bytes do not read back is
+        recorded as dropped (see :func:`~.blocks.explode`) instead of stopping the
+        shipper at every try; the events it still holds (an eviction may have taken some)."""
+        spans = batch.spans()
+        with self.atomic() as conn:
+            for first, last in spans:
+                explode(conn, first, last, self.producer_of)
+            return [
+                QueuedEvent._make(row)
+                for first, last in spans
+                for row in conn.execute(
+                    "SELECT id, event_type, seq, fingerprint, timestamp, payload FROM events "
+                    "WHERE id BETWEEN ? AND ? ORDER BY id",
+                    (first, last),
+                )
+            ]
+
     def ack_batch(self, batch: Sequence[QueuedEvent], *, keep: Sequence[int] = ()) -> int:
         """Delete the events of ``batch`` (as :meth:`read_batch` gave them) but ``keep``:
         exactly those, never an event between two of them that the read left out (one
@@ -425,14 +445,17 @@ class QueueEvents(QueueStore):
             return 0
         if isinstance(batch, QueuedBatch) and not keep:  # a shipment: its ids, undecoded
             with self.atomic() as conn:
-                return sum(delete_range(conn, first, last) for first, last in batch.spans())
+                return sum(
+                    delete_range(conn, first, last, self.producer_of)
+                    for first, last in batch.spans()
+                )
         first_id, last_id = batch[0].id, batch[-1].id
         if last_id - first_id + 1 == len(batch):
             return self.ack(first_id, last_id, keep=keep)
         kept = set(keep)
         spans = list(runs([e.id for e in batch if e.id not in kept]))
         with self.atomic() as conn:
-            return sum(delete_range(conn, first, last) for first, last in spans)
+            return sum(delete_range(conn, first, last, self.producer_of) for first, last in spans)
 
     def ack(self, first_id: int, last_id: int, *, keep: Sequence[int] = ()) -> int:
         """Delete the events with ids in ``[first_id, last_id]``: the collector has them.
@@ -440,14 +463,14 @@ class QueueEvents(QueueStore):
         range changes nothing (it must not stretch a deletion past ``last_id``)."""
         with self.atomic() as conn:
             if not keep:
-                return delete_range(conn, first_id, last_id)
+                return delete_range(conn, first_id, last_id, self.producer_of)
             deleted, start = 0, first_id
             for kept in sorted(k for k in keep if k <= last_id):
                 if kept > start:
-                    deleted += delete_range(conn, start, kept - 1)
+                    deleted += delete_range(conn, start, kept - 1, self.producer_of)
                 start = max(start, kept + 1)
             if start <= last_id:
-                deleted += delete_range(conn, start, last_id)
+                deleted += delete_range(conn, start, last_id, self.producer_of)
             return deleted
 
     def next_seqs(self) -> dict[str, int]:

@@ -60,7 +60,8 @@ class QueueOutbox(QueueStore):
                     "attempts = excluded.attempts",
                     (event_type, fingerprint, reason, now, now + retry_in(attempts), attempts),
                 )
-            explode_schemas(conn, set(keys))  # reads skip held events: rows, never blocks
+            # reads skip held events: rows, never blocks
+            explode_schemas(conn, set(keys), self.producer_of)
 
     def release_holds(self, keys: Iterable[tuple[str, bytes]]) -> int:
         """Forget holds whose schema the collector has now accepted; how many existed."""
@@ -127,7 +128,7 @@ class QueueOutbox(QueueStore):
             )
             moved = 0
             for first, last in runs(sorted(e.id for e in events)):
-                moved += delete_range(conn, first, last)
+                moved += delete_range(conn, first, last, self.producer_of)
             if notify_collector:
                 by_type: dict[tuple[str | None, str], list[int]] = {}
                 for e in events:
