@@ -105,7 +105,7 @@ class QueueOutbox(QueueStore):
             return 0
         now = time.time()
         with self.atomic() as conn:
-            explode(conn, min(e.id for e in events), max(e.id for e in events))  # as rows
+            explode(conn, min(e.id for e in events), max(e.id for e in events), self.producer_of)
             events = self._still_queued(conn, events)
             if not events:
                 return 0
