@@ -1,6 +1,6 @@
 """Fixtures for SDK tests: a scripted sink on loopback, a client factory that
-closes every client it made, and QueueWriters and a write-lock holder for the
-writer tests."""
+closes every client it made, QueueWriters and a write-lock holder for the
+writer tests, and shippers answered by a scripted collector without HTTP."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 from sdk_helpers import Sink
+from shipper_helpers import Collector, MakeShipper
 from support import SCHEMAS, free_port
 from writer_helpers import Blocker, MakeWriter
 
 from spotify_events import EventClient
 from spotify_events.config import ClientConfig
 from spotify_events.queue import DurableQueue
+from spotify_events.shipper import Shipper
+from spotify_events.transport import MockTransport
 from spotify_events.writer import QueueWriter
 
 
@@ -85,3 +88,27 @@ def blocker(queue_path: Path) -> Iterator[Callable[[], Blocker]]:
     for b in made:
         b.release()
         b.conn.close()
+
+
+@pytest.fixture
+def collector() -> Collector:
+    return Collector()
+
+
+@pytest.fixture
+def make_shipper(
+    make_queue: Callable[..., DurableQueue], collector: Collector
+) -> Iterator[MakeShipper]:
+    """``make_shipper(**shipper settings) -> (Shipper, DurableQueue)`` on the test's
+    queue file, sending to ``collector``; every shipper made is stopped at teardown."""
+    made: list[Shipper] = []
+
+    def _make(**options: Any) -> tuple[Shipper, DurableQueue]:
+        queue = make_queue()
+        settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05, **options)
+        made.append(Shipper(queue, MockTransport(collector), settings))
+        return made[-1], queue
+
+    yield _make
+    for shipper in made:
+        shipper.stop(timeout=5)

@@ -14,23 +14,19 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 from queue_helpers import FP, FP2, PAYLOAD, TS, A, B, MakeQueue, ev
+from shipper_helpers import Collector, ack
 from support import stored_bytes, stored_events
 
-from spotify_events.config import ClientConfig
 from spotify_events.decision import UNKNOWN_SCHEMA
 from spotify_events.queue import FORMAT_VERSION, ROW_OVERHEAD, DurableQueue, PendingEvent
 from spotify_events.queue.blocks import BLOCK_MAX_EVENTS
 from spotify_events.queue_tools import describe_queue
 from spotify_events.shipper import Shipper
-from spotify_events.transport import MockTransport, SendResult
-from spotify_events.wire import decode_batch
+from spotify_events.transport import SendResult
 
 
 def blocks(path: Path) -> list[tuple[int, int, dict[str, Any]]]:
@@ -60,46 +56,6 @@ def assert_counters_right(queue: DurableQueue) -> None:
     events = stored_events(queue.path)
     depth = queue.depth()
     assert (depth.events, depth.bytes) == (len(events), stored_bytes(queue.path))
-
-
-class Collector:
-    """Answers each batch with ``answer((event type, seq) of its events)``, recording them."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[str, int]]] = []
-        self.answer: Callable[[list[tuple[str, int]]], SendResult] = ack
-
-    def __call__(self, body: bytes, headers: Mapping[str, str]) -> SendResult:
-        sent = [(e.event_type, e.seq) for e in decode_batch(body).envelopes]
-        self.batches.append(sent)
-        return self.answer(sent)
-
-
-def ack(sent: list[tuple[str, int]], rejected: list[dict[str, Any]] | None = None) -> SendResult:
-    rejected = rejected or []
-    return SendResult(
-        200, {"accepted": len(sent) - len(rejected), "duplicates": 0, "rejected": rejected}
-    )
-
-
-@pytest.fixture
-def collector() -> Collector:
-    return Collector()
-
-
-@pytest.fixture
-def make_shipper(make_queue: MakeQueue, collector: Collector) -> Any:
-    made: list[Shipper] = []
-
-    def _make(**options: Any) -> tuple[Shipper, DurableQueue]:
-        queue = make_queue()
-        settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05, **options)
-        made.append(Shipper(queue, MockTransport(collector), settings))
-        return made[-1], queue
-
-    yield _make
-    for shipper in made:
-        shipper.stop(timeout=5)
 
 
 def ship_all(shipper: Shipper, queue: DurableQueue) -> None:

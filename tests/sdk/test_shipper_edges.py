@@ -9,19 +9,20 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from shipper_helpers import Collector, ack
 
 from spotify_events.config import ClientConfig
 from spotify_events.decision import UNKNOWN_SCHEMA
 from spotify_events.queue import DROP_BUFFER_FULL, DurableQueue, PendingEvent
 from spotify_events.shipper import Shipper, _reason
 from spotify_events.transport import MockTransport, SendResult
-from spotify_events.wire import DropNotice, decode_batch
+from spotify_events.wire import DropNotice
 
 A = "test.events.Alpha"
 B = "test.events.Beta"
@@ -30,62 +31,6 @@ FP2 = b"\x22" * 8
 TS = 1_763_158_400_000
 
 MakeQueue = Callable[..., DurableQueue]
-Answer = Callable[[list[tuple[str, int]]], SendResult]
-
-
-def ack(
-    sent: list[tuple[str, int]], rejected: list[dict[str, Any]] | None = None, **extra: Any
-) -> SendResult:
-    """The collector's acknowledgement of ``sent``: the rejected ones listed, the rest accepted."""
-    rejected = rejected or []
-    duplicates = int(extra.pop("duplicates", 0))
-    body = {
-        "accepted": len(sent) - len(rejected) - duplicates,
-        "duplicates": duplicates,
-        "rejected": rejected,
-        **extra,
-    }
-    return SendResult(200, body)
-
-
-class Collector:
-    """Answers each batch with ``answer((event type, seq) of its events)``, recording them."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[str, int]]] = []
-        self.drops: list[list[DropNotice]] = []
-        self.incidents: list[list[dict[str, Any]]] = []
-        self.answer: Answer = ack
-
-    def __call__(self, body: bytes, headers: Mapping[str, str]) -> SendResult:
-        batch = decode_batch(body)
-        sent = [(e.event_type, e.seq) for e in batch.envelopes]
-        self.batches.append(sent)
-        self.drops.append(list(batch.drops))
-        self.incidents.append(list(batch.incidents))
-        return self.answer(sent)
-
-
-@pytest.fixture
-def collector() -> Collector:
-    return Collector()
-
-
-@pytest.fixture
-def make_shipper(
-    make_queue: MakeQueue, collector: Collector
-) -> Iterator[Callable[..., tuple[Shipper, DurableQueue]]]:
-    made: list[Shipper] = []
-
-    def _make(**options: Any) -> tuple[Shipper, DurableQueue]:
-        queue = make_queue()
-        settings = replace(ClientConfig().shipper_settings(), backoff_max=0.05, **options)
-        made.append(Shipper(queue, MockTransport(collector), settings))
-        return made[-1], queue
-
-    yield _make
-    for shipper in made:
-        shipper.stop(timeout=5)
 
 
 def ev(event_type: str = A, fingerprint: bytes = FP) -> PendingEvent:
