@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,42 @@ conn.execute("ROLLBACK")
 """
 
 
+@contextmanager
+def write_lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another process holds ``path``'s write lock while the block runs."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+def fork_once_waiting(queue_lock: threading.RLock) -> float:
+    """Once a thread of ours holds ``queue_lock`` (waiting inside it for the other
+    process's lock), fork a child that exits at once; how long ``os.fork()`` took."""
+
+    def held() -> bool:
+        if not queue_lock.acquire(blocking=False):
+            return True
+        queue_lock.release()
+        return False
+
+    assert wait_for(held)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    took = time.monotonic() - started
+    os.waitpid(pid, 0)
+    return took
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_does_not_wait_while_another_process_holds_the_write_lock(
     sink: Sink, make_client: MakeClient, tmp_path: Path
@@ -98,32 +135,9 @@ def test_a_fork_does_not_wait_while_another_process_holds_the_write_lock(
     client = make_client(endpoint=sink.endpoint, queue_path=str(path))
     client.log("EndSong", END_SONG)
     assert client.flush(timeout=30)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with write_lock_held_elsewhere(path):
         client.log("EndSong", {**END_SONG, "ms_played": 1})
-        queue_lock = client._pipeline.writer_queue._lock
-
-        def writer_waiting() -> bool:
-            if not queue_lock.acquire(blocking=False):
-                return True
-            queue_lock.release()
-            return False
-
-        assert wait_for(writer_waiting)
-        started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        took = time.monotonic() - started
-        os.waitpid(pid, 0)
-    finally:
-        holder.communicate("\n", timeout=30)
+        took = fork_once_waiting(client._pipeline.writer_queue._lock)
     assert took < QUEUE_BUSY_TIMEOUT / 2
     assert client.flush(timeout=30)
     assert sink.count() == 2 and client.stats().dropped == {}
@@ -150,33 +164,12 @@ def test_a_fork_cuts_the_shipper_s_wait_for_the_write_lock_quietly(
     client.log("EndSong", END_SONG)
     client._pipeline.shipper.hurry()
     assert wait_for(answering.is_set)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        release.set()  # the answer arrives; the acknowledgement waits for the lock
-        queue_lock = client._pipeline.shipper_queue._lock
-
-        def shipper_waiting() -> bool:
-            if not queue_lock.acquire(blocking=False):
-                return True
-            queue_lock.release()
-            return False
-
-        assert wait_for(shipper_waiting)
-        started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        took = time.monotonic() - started
-        os.waitpid(pid, 0)
+        with write_lock_held_elsewhere(path):
+            release.set()  # the answer arrives; the acknowledgement waits for the lock
+            took = fork_once_waiting(client._pipeline.shipper_queue._lock)
     finally:
         release.set()
-        holder.communicate("\n", timeout=30)
     assert took < QUEUE_BUSY_TIMEOUT / 2
     assert client.flush(timeout=30)
     assert sink.count() == 1 and client.stats().dropped == {}
