@@ -53,6 +53,9 @@ BLOCK_MAX_BYTES = 1 << 20
 #: Drop reason of the events of a block whose bytes no longer read back (the file was
 #: damaged on disk; SQLite keeps no checksum of a value): its summary names their numbers.
 DROP_BLOCK_UNREADABLE = "queue_block_unreadable"
+#: What inspection names the events of a block whose summary and bytes both no longer
+#: read back: their types are not known.
+UNREADABLE_BLOCK = "(unreadable block)"
 
 #: The earlier producer of a copied file that an event id belongs to (None: the file's own).
 ProducerOf = Callable[[int], "str | None"]

@@ -21,6 +21,7 @@ from ..wire import EnvelopeFields
 from .blocks import (
     BLOCK_MAX_EVENTS,
     BLOCK_MIN_EVENTS,
+    UNREADABLE_BLOCK,
     Block,
     QueuedBatch,
     delete_range,
@@ -513,9 +514,30 @@ class QueueEvents(QueueStore):
                 "SELECT event_type, count(*), min(timestamp) FROM events GROUP BY event_type"
             )
         }
-        for (summary,) in self._read("SELECT summary FROM blocks"):
-            for event_type, info in json.loads(summary).items():
+        for first_id, summary in self._read("SELECT first_id, summary FROM blocks"):
+            for event_type, count, first_ts in self._block_depth(first_id, summary):
                 n, oldest = out.get(event_type, (0, None))
-                oldest = info["oldest"] if oldest is None else min(oldest, info["oldest"])
-                out[event_type] = (n + info["count"], oldest)
+                out[event_type] = (n + count, first_ts if oldest is None else min(oldest, first_ts))
         return out
+
+    def _block_depth(self, first_id: int, summary: str) -> list[tuple[str, int, int]]:
+        """(event type, events, oldest timestamp) of one block, from its summary; from its
+        events when the summary does not read back, and under :data:`UNREADABLE_BLOCK`
+        when they do not either (the file damaged on disk: inspecting it must still work)."""
+        try:
+            return [(t, int(i["count"]), int(i["oldest"])) for t, i in json.loads(summary).items()]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass
+        ((last_id, size, timestamp, data),) = self._read(
+            "SELECT last_id, size, timestamp, data FROM blocks WHERE first_id = ?", (first_id,)
+        )
+        block = Block(first_id, last_id, size, summary, data)
+        try:
+            events = block.events()
+        except ValueError:
+            return [(UNREADABLE_BLOCK, block.event_count, int(timestamp))]
+        depth: dict[str, tuple[int, int]] = {}
+        for e in events:
+            n, oldest = depth.get(e.event_type, (0, e.timestamp))
+            depth[e.event_type] = (n + 1, min(oldest, e.timestamp))
+        return [(t, n, oldest) for t, (n, oldest) in depth.items()]

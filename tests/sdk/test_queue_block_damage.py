@@ -20,7 +20,8 @@ from support import SCHEMAS, stored_bytes, stored_events, wait_for
 from spotify_events.collector.ingest import Ingest, IngestError
 from spotify_events.config import ClientConfig
 from spotify_events.queue import ROW_OVERHEAD, DurableQueue, PendingEvent
-from spotify_events.queue.blocks import DROP_BLOCK_UNREADABLE
+from spotify_events.queue.blocks import DROP_BLOCK_UNREADABLE, UNREADABLE_BLOCK
+from spotify_events.queue_tools import describe_queue
 from spotify_events.schemas import SchemaRegistry
 from spotify_events.shipper import Shipper
 from spotify_events.transport import HttpTransport, MockTransport, SendResult
@@ -170,3 +171,19 @@ def test_a_block_reading_back_more_events_than_its_ids_is_reported_not_exploded(
     assert sorted(received) == [(B, 1), (B, 2), (B, 3), (B, 4)]
     assert [(n.event_type, n.first_seq, n.last_seq) for n in notices] == [(A, 1, 4)]
     assert (queue.depth().events, queue.depth().bytes) == (0, 0)
+
+
+def test_inspecting_a_queue_with_damaged_blocks_counts_their_events(
+    make_queue: MakeQueue, queue_path: Path
+) -> None:
+    """``queue inspect`` reads each block's per-type counts from its summary: one whose
+    summary does not read back is counted from its events, and one whose bytes do not
+    either under its own name, instead of the tool failing on the file it inspects."""
+    queue = make_queue()
+    queue.append(group(5, A))
+    queue.append(group(3, B))
+    damage_first_summary(queue_path)
+    assert queue.depth_by_type() == {A: (5, TS), B: (3, TS)}
+    damage_first_block(queue_path)
+    assert queue.depth_by_type() == {UNREADABLE_BLOCK: (5, TS), B: (3, TS)}
+    assert describe_queue(queue)["types"][UNREADABLE_BLOCK]["events"] == 5
