@@ -15,6 +15,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate
+from typing import Any
 
 from ..settings import DropPolicy
 from ..wire import EnvelopeFields
@@ -290,11 +291,7 @@ class QueueEvents(QueueStore):
         come decoded and may be cut (an acknowledgement of part of one explodes it)."""
         pieces = self._read_pieces(after_id, max_events, max_bytes, whole_blocks=False)
         rows = [e for e in QueuedBatch(pieces).events() if e.id > after_id][:max_events]
-        # Each row's size as the writers charge it; the loops run in C, since a
-        # shipper reads every event the service logs.
-        ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))
-        fits = max(1, bisect_right(ends, max_bytes))
-        return rows[:fits]
+        return rows[: _fitting(rows, max_bytes)]
 
     def read_shipment(
         self, *, after_id: int = 0, max_events: int = 1000, max_bytes: int = 1 << 20
@@ -371,9 +368,8 @@ class QueueEvents(QueueStore):
                 "AND last_id <= ? ORDER BY first_id LIMIT ?",
                 (after_id - BLOCK_MAX_EVENTS, after_id, upper, max_events),
             )
-            if not metas:  # rows only, as many as fit (at least one, whatever its size)
-                ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))
-                return list(map(QueuedEvent._make, rows[: max(1, bisect_right(ends, max_bytes))]))
+            if not metas:  # rows only, as many as fit
+                return list(map(QueuedEvent._make, rows[: _fitting(rows, max_bytes)]))
             chosen: list[QueuedEvent | int] = []  # rows, and blocks by first id
             count = size = i = j = 0
             exploded = False
@@ -541,3 +537,11 @@ class QueueEvents(QueueStore):
             n, oldest = depth.get(e.event_type, (0, e.timestamp))
             depth[e.event_type] = (n + 1, min(oldest, e.timestamp))
         return [(t, n, oldest) for t, (n, oldest) in depth.items()]
+
+
+def _fitting(rows: Sequence[tuple[Any, ...]], max_bytes: int) -> int:
+    """How many of ``rows`` (payload at index 5) fit in ``max_bytes`` as the writers
+    charge them: at least one, whatever its size. The loops run in C, since a shipper
+    reads every event the service logs."""
+    ends = list(accumulate(len(row[5]) + ROW_OVERHEAD for row in rows))
+    return max(1, bisect_right(ends, max_bytes))
