@@ -105,7 +105,6 @@ class QueueOutbox(QueueStore):
             return 0
         now = time.time()
         with self.atomic() as conn:
-            explode(conn, min(e.id for e in events), max(e.id for e in events), self.producer_of)
             events = self._still_queued(conn, events)
             if not events:
                 return 0
@@ -143,12 +142,16 @@ class QueueOutbox(QueueStore):
                 )
         return moved
 
-    @staticmethod
-    def _still_queued(conn: sqlite3.Connection, events: Sequence[QueuedEvent]) -> list[QueuedEvent]:
-        """Those of ``events`` still in the queue (read inside the caller's transaction)."""
+    def _still_queued(
+        self, conn: sqlite3.Connection, events: Sequence[QueuedEvent]
+    ) -> list[QueuedEvent]:
+        """Those of ``events`` still in the queue, read inside the caller's transaction.
+        The blocks holding them become rows first (only those: a rejection at each end
+        of a batch leaves the blocks between them whole), which is how they leave."""
         queued: set[int] = set()
         ids = sorted(e.id for e in events)
         for first, last in runs(ids):
+            explode(conn, first, last, self.producer_of)
             queued.update(
                 row[0]
                 for row in conn.execute(
